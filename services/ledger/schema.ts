@@ -1,0 +1,95 @@
+// The Ledger's tables, in PostgreSQL schema "ledger". Balances live only in the four totals of
+// an account, which change in the same transaction as the transfers that move them; the check
+// constraints are the second line of defence behind the write path's own checks.
+import { sql } from "drizzle-orm";
+import { bigint, boolean, check, customType, index, integer, jsonb, pgSchema, text, timestamp, uuid } from "drizzle-orm/pg-core";
+
+export const ledger = pgSchema("ledger");
+
+const bytea = customType<{ data: Uint8Array; driverData: Uint8Array }>({ dataType: () => "bytea" });
+
+export const accounts = ledger.table(
+  "accounts",
+  {
+    id: text("id").primaryKey(),
+    currency: text("currency").notNull(),
+    code: integer("code").notNull(),
+    ownerRef: text("owner_ref").notNull().default(""),
+    metadata: jsonb("metadata").$type<Record<string, string>>().notNull().default({}),
+    debitsMustNotExceedCredits: boolean("debits_must_not_exceed_credits").notNull().default(false),
+    creditsMustNotExceedDebits: boolean("credits_must_not_exceed_debits").notNull().default(false),
+    debitsPosted: bigint("debits_posted", { mode: "bigint" }).notNull().default(sql`0`),
+    creditsPosted: bigint("credits_posted", { mode: "bigint" }).notNull().default(sql`0`),
+    debitsPending: bigint("debits_pending", { mode: "bigint" }).notNull().default(sql`0`),
+    creditsPending: bigint("credits_pending", { mode: "bigint" }).notNull().default(sql`0`),
+    createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+  },
+  (table) => [
+    check("accounts_currency_iso", sql`${table.currency} ~ '^[A-Z]{3}$'`),
+    check("accounts_totals_not_negative", sql`${table.debitsPosted} >= 0 and ${table.creditsPosted} >= 0 and ${table.debitsPending} >= 0 and ${table.creditsPending} >= 0`),
+    check("accounts_one_constraint", sql`not (${table.debitsMustNotExceedCredits} and ${table.creditsMustNotExceedDebits})`),
+    check("accounts_debits_within_credits", sql`not ${table.debitsMustNotExceedCredits} or ${table.debitsPosted} + ${table.debitsPending} <= ${table.creditsPosted}`),
+    check("accounts_credits_within_debits", sql`not ${table.creditsMustNotExceedDebits} or ${table.creditsPosted} + ${table.creditsPending} <= ${table.debitsPosted}`),
+  ],
+);
+
+/** Committed transfers: immutable; the id is the caller's idempotency key, kept forever. */
+export const transfers = ledger.table(
+  "transfers",
+  {
+    id: text("id").primaryKey(),
+    sequence: bigint("sequence", { mode: "bigint" }).generatedAlwaysAsIdentity().notNull().unique(),
+    debitAccountId: text("debit_account_id").notNull().references(() => accounts.id),
+    creditAccountId: text("credit_account_id").notNull().references(() => accounts.id),
+    amountMinor: bigint("amount_minor", { mode: "bigint" }).notNull(),
+    currency: text("currency").notNull(),
+    code: integer("code").notNull(),
+    reference: text("reference").notNull().default(""),
+    metadata: jsonb("metadata").$type<Record<string, string>>().notNull().default({}),
+    linked: boolean("linked").notNull().default(false),
+    createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+  },
+  (table) => [
+    check("transfers_amount_positive", sql`${table.amountMinor} > 0`),
+    check("transfers_accounts_differ", sql`${table.debitAccountId} <> ${table.creditAccountId}`),
+    index("transfers_debit_account_idx").on(table.debitAccountId, table.sequence),
+    index("transfers_credit_account_idx").on(table.creditAccountId, table.sequence),
+  ],
+);
+
+/**
+ * Transfers that were refused, with the refusal. A retry with the same id returns the recorded
+ * result, so an outcome once decided never flips (a refused transfer cannot succeed later).
+ */
+export const transferFailures = ledger.table("transfer_failures", {
+  id: text("id").primaryKey(),
+  result: integer("result").notNull(),
+  debitAccountId: text("debit_account_id").notNull(),
+  creditAccountId: text("credit_account_id").notNull(),
+  amountMinor: bigint("amount_minor", { mode: "bigint" }).notNull(),
+  currency: text("currency").notNull(),
+  code: integer("code").notNull(),
+  reference: text("reference").notNull(),
+  metadata: jsonb("metadata").$type<Record<string, string>>().notNull(),
+  linked: boolean("linked").notNull(),
+  createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+});
+
+/**
+ * Events written in the same transaction as the change they describe; a relay publishes them to
+ * RabbitMQ and stamps published_at (the Events issue). Order per aggregate follows `sequence`.
+ */
+export const outbox = ledger.table(
+  "outbox",
+  {
+    id: uuid("id").primaryKey(),
+    sequence: bigint("sequence", { mode: "bigint" }).generatedAlwaysAsIdentity().notNull(),
+    eventType: text("event_type").notNull(),
+    subject: text("subject").notNull(),
+    tenantId: text("tenant_id").notNull().default(""),
+    payload: bytea("payload").notNull(),
+    createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+    publishedAt: timestamp("published_at", { withTimezone: true, mode: "date" }),
+  },
+  (table) => [index("outbox_unpublished_idx").on(table.sequence).where(sql`${table.publishedAt} is null`)],
+);

@@ -1,0 +1,71 @@
+// `npm start` (every service) or `npm run service -- ledger wallet` (some of them): loads the
+// configuration, starts the services, prints their endpoints, and stops cleanly on SIGINT/SIGTERM.
+import { ConfigError, SERVICE_NAMES, loadConfig, type Config, type ServiceName } from "./runtime/config.js";
+import { createLogger } from "./runtime/log.js";
+import { startMesh } from "./mesh.js";
+
+function fail(message: string): never {
+  process.stderr.write(`cowrie: ${message}\n`);
+  process.exit(2);
+}
+
+function serviceNames(args: string[]): ServiceName[] {
+  if (args.length === 0) return [...SERVICE_NAMES];
+  for (const arg of args) {
+    if (!(SERVICE_NAMES as readonly string[]).includes(arg)) {
+      fail(`unknown service '${arg}': expected one or more of ${SERVICE_NAMES.join(", ")}`);
+    }
+  }
+  return args as ServiceName[];
+}
+
+function describeBackends(config: Config): string {
+  const database = config.databaseUrl ? "PostgreSQL (DATABASE_URL)" : `embedded PGlite in ${config.dataDir}/pglite`;
+  const cache = config.redisUrl ? "Redis (REDIS_URL)" : "in-process cache";
+  const broker = config.amqpUrl ? "RabbitMQ (AMQP_URL)" : "in-process broker";
+  return `${database}; ${cache}; ${broker}`;
+}
+
+async function main(): Promise<void> {
+  const names = serviceNames(process.argv.slice(2));
+  let config: Config;
+  try {
+    config = loadConfig(process.env);
+  } catch (error) {
+    if (error instanceof ConfigError) fail(`configuration error: ${error.message}`);
+    throw error;
+  }
+  const log = createLogger(config.logLevel);
+  const startedAtMs = Date.now();
+  const mesh = await startMesh(config, names, log);
+  const lines = mesh.services.map((service) => `  ${service.name.padEnd(7)} http://${config.host}:${service.port}`);
+  process.stderr.write(
+    `cowrie: ${mesh.services.length} service(s) up in ${Date.now() - startedAtMs} ms on ${describeBackends(config)}\n` +
+      `${lines.join("\n")}\n` +
+      `cowrie: try  npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://${config.host}:${config.edgePort}\n`,
+  );
+
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) {
+      process.stderr.write(`cowrie: ${signal} again, exiting now\n`);
+      process.exit(130);
+    }
+    stopping = true;
+    process.stderr.write(`cowrie: ${signal} received, stopping (again to force)\n`);
+    mesh.close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        log.error({ err: error }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGINT", () => stop("SIGINT"));
+  process.on("SIGTERM", () => stop("SIGTERM"));
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`cowrie: failed to start: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,172 @@
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { createMemoryCache, createRedisCache, type Cache } from "./cache.js";
+
+const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
+const RUN_ID = `${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`;
+const COMMAND_TIMEOUT_MS = 1_000;
+
+interface Backend {
+  suite: string;
+  kind: Cache["kind"];
+  create(): Cache;
+}
+
+const backends: Backend[] = [
+  { suite: "createMemoryCache()", kind: "memory", create: () => createMemoryCache() },
+  {
+    suite: "createRedisCache()",
+    kind: "redis",
+    create: () =>
+      createRedisCache(REDIS_URL, { keyPrefix: `cowrie-test:${RUN_ID}:`, commandTimeoutMs: COMMAND_TIMEOUT_MS }),
+  },
+];
+
+for (const backend of backends) {
+  describe(backend.suite, () => {
+    let cache: Cache;
+    const usedKeys = new Set<string>();
+    /** Unique per test so cases never see each other's keys; remembered for cleanup. */
+    const key = (name: string) => {
+      const unique = `${name}:${randomBytes(4).toString("hex")}`;
+      usedKeys.add(unique);
+      return unique;
+    };
+
+    before(() => {
+      cache = backend.create();
+    });
+
+    after(async () => {
+      for (const usedKey of usedKeys) await cache.del(usedKey);
+      await cache.close();
+    });
+
+    it("reports its kind", () => {
+      assert.equal(cache.kind, backend.kind);
+    });
+
+    it("ping() resolves while the backend is reachable", async () => {
+      await cache.ping();
+    });
+
+    it("get() returns null for a missing key", async () => {
+      assert.equal(await cache.get(key("missing")), null);
+    });
+
+    it("set() stores a value that get() returns, and overwrites it", async () => {
+      const k = key("plain");
+      assert.equal(await cache.set(k, "first", { ttlMs: 10_000 }), true);
+      assert.equal(await cache.get(k), "first");
+      assert.equal(await cache.set(k, "second", { ttlMs: 10_000 }), true);
+      assert.equal(await cache.get(k), "second");
+    });
+
+    it("del() removes a key and ignores a missing one", async () => {
+      const k = key("del");
+      await cache.set(k, "v", { ttlMs: 10_000 });
+      await cache.del(k);
+      assert.equal(await cache.get(k), null);
+      await cache.del(k);
+    });
+
+    it("expires values after ttlMs", async () => {
+      const k = key("ttl");
+      await cache.set(k, "short-lived", { ttlMs: 100 });
+      assert.equal(await cache.get(k), "short-lived");
+      await sleep(200);
+      assert.equal(await cache.get(k), null);
+    });
+
+    it("set() with ifAbsent only writes when the key does not exist", async () => {
+      const k = key("nx");
+      assert.equal(await cache.set(k, "owner-a", { ttlMs: 10_000, ifAbsent: true }), true);
+      assert.equal(await cache.set(k, "owner-b", { ttlMs: 10_000, ifAbsent: true }), false);
+      assert.equal(await cache.get(k), "owner-a");
+      await cache.del(k);
+      assert.equal(await cache.set(k, "owner-b", { ttlMs: 10_000, ifAbsent: true }), true);
+      assert.equal(await cache.get(k), "owner-b");
+    });
+
+    it("set() with ifAbsent succeeds again once the previous value expired", async () => {
+      const k = key("nx-expired");
+      assert.equal(await cache.set(k, "first", { ttlMs: 50, ifAbsent: true }), true);
+      await sleep(120);
+      assert.equal(await cache.set(k, "second", { ttlMs: 10_000, ifAbsent: true }), true);
+      assert.equal(await cache.get(k), "second");
+    });
+
+    it("exactly one of many concurrent ifAbsent writers wins", async () => {
+      const k = key("nx-race");
+      const results = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => cache.set(k, `writer-${i}`, { ttlMs: 10_000, ifAbsent: true })),
+      );
+      assert.equal(results.filter(Boolean).length, 1);
+    });
+
+    it("rejects a ttlMs that is not a positive integer", async () => {
+      await assert.rejects(cache.set(key("bad-ttl"), "v", { ttlMs: 0 }), RangeError);
+      await assert.rejects(cache.set(key("bad-ttl"), "v", { ttlMs: 1.5 }), RangeError);
+      await assert.rejects(cache.incrementBy(key("bad-ttl"), 1, -1), RangeError);
+    });
+
+    it("incrementBy() creates a counter at 0 and adds to it", async () => {
+      const k = key("counter");
+      assert.equal(await cache.incrementBy(k, 5, 10_000), 5);
+      assert.equal(await cache.incrementBy(k, -2, 10_000), 3);
+      assert.equal(await cache.get(k), "3");
+    });
+
+    it("incrementBy() is atomic under 200 concurrent increments", async () => {
+      const k = key("concurrent");
+      const results = await Promise.all(Array.from({ length: 200 }, () => cache.incrementBy(k, 1, 10_000)));
+      assert.equal(await cache.get(k), "200");
+      // Every caller saw a distinct intermediate value: no lost or duplicated updates.
+      assert.deepEqual(
+        [...results].sort((a, b) => a - b),
+        Array.from({ length: 200 }, (_, i) => i + 1),
+      );
+    });
+
+    it("incrementBy() keeps the TTL from creation instead of extending it", async () => {
+      const k = key("counter-ttl");
+      assert.equal(await cache.incrementBy(k, 1, 300), 1);
+      await sleep(150);
+      assert.equal(await cache.incrementBy(k, 1, 300), 2);
+      // ≥ 350 ms after creation the counter is gone, although a TTL reset by the
+      // second increment would have kept it until ≥ 450 ms.
+      await sleep(200);
+      assert.equal(await cache.get(k), null);
+      assert.equal(await cache.incrementBy(k, 1, 10_000), 1);
+    });
+
+    it("incrementBy() rejects when the value is not an integer", async () => {
+      const k = key("not-a-number");
+      await cache.set(k, "abc", { ttlMs: 10_000 });
+      await assert.rejects(cache.incrementBy(k, 1, 10_000), /not an integer/);
+      assert.equal(await cache.get(k), "abc");
+    });
+  });
+}
+
+describe("createRedisCache() against an unreachable server", () => {
+  it("rejects commands within the command timeout instead of hanging, without crashing", async () => {
+    const errors: Error[] = [];
+    const cache = createRedisCache("redis://127.0.0.1:1", {
+      keyPrefix: `cowrie-test:${RUN_ID}:`,
+      commandTimeoutMs: 200,
+      onError: (error) => errors.push(error),
+    });
+    try {
+      const startedMs = performance.now();
+      await assert.rejects(cache.ping());
+      await assert.rejects(cache.get("anything"));
+      assert.ok(performance.now() - startedMs < 1_500, "commands should fail fast");
+      assert.ok(errors.length > 0, "connection errors are reported to onError");
+    } finally {
+      await cache.close();
+    }
+  });
+});

@@ -1,0 +1,224 @@
+/**
+ * A small key/value cache with TTLs and atomic counters, backed by Redis in
+ * deployments and by process memory in tests and single-process runs. Both
+ * implementations follow Redis semantics so code written against one behaves
+ * the same against the other.
+ */
+import { Redis } from "ioredis";
+
+export interface Cache {
+  readonly kind: "redis" | "memory";
+  get(key: string): Promise<string | null>;
+  /** Sets a value with a TTL. With ifAbsent, sets only when the key does not exist and returns false if it did. */
+  set(key: string, value: string, options: { ttlMs: number; ifAbsent?: boolean }): Promise<boolean>;
+  del(key: string): Promise<void>;
+  /** Atomically adds `by` to an integer counter, creating it at 0 with the TTL if missing (TTL not reset on later increments); returns the new value. */
+  incrementBy(key: string, by: number, ttlMs: number): Promise<number>;
+  /** Round trip to the backend; rejects when it is unreachable. Used by health checks. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface RedisCacheOptions {
+  /** Prepended to every key, so services and test runs sharing one Redis never collide. */
+  keyPrefix: string;
+  /** Upper bound for any single command, including waiting for the first connection. */
+  commandTimeoutMs: number;
+  /** Connection and reconnection errors. They are never thrown: commands reject instead. */
+  onError?: (error: Error) => void;
+}
+
+const MAX_RECONNECT_DELAY_MS = 2_000;
+const RECONNECT_STEP_MS = 100;
+const CONNECT_TIMEOUT_MS = 5_000;
+const MEMORY_SWEEP_INTERVAL_MS = 1_000;
+
+/** Same wording as Redis so callers (and tests) see one error for both implementations. */
+const NOT_AN_INTEGER = "ERR value is not an integer or out of range";
+
+function assertTtlMs(ttlMs: number): void {
+  // Redis rejects PX 0 and fractional milliseconds; reject them up front in both implementations.
+  if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) {
+    throw new RangeError(`ttlMs must be a positive integer, got ${ttlMs}`);
+  }
+}
+
+function assertIncrement(by: number): void {
+  if (!Number.isSafeInteger(by)) {
+    throw new RangeError(`by must be a safe integer, got ${by}`);
+  }
+}
+
+/** Bounded, never-ending backoff: a cache that gave up reconnecting would stay down after Redis recovers. */
+function reconnectDelayMs(attempt: number): number {
+  return Math.min(attempt * RECONNECT_STEP_MS, MAX_RECONNECT_DELAY_MS);
+}
+
+export function createRedisCache(url: string, options: RedisCacheOptions): Cache {
+  const client = new Redis(url, {
+    keyPrefix: options.keyPrefix,
+    lazyConnect: false,
+    // Fail fast while Redis is down instead of queueing commands until it returns:
+    // callers decide whether a cache miss is acceptable.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    commandTimeout: options.commandTimeoutMs,
+    connectTimeout: CONNECT_TIMEOUT_MS,
+    retryStrategy: reconnectDelayMs,
+    enableReadyCheck: true,
+    enableAutoPipelining: false,
+  });
+  // An 'error' event without a listener would crash the process on every reconnect attempt.
+  client.on("error", (error: Error) => options.onError?.(error));
+  const untilFirstReady = firstReadyWaiter(client, options.commandTimeoutMs);
+
+  async function run<T>(command: () => Promise<T>): Promise<T> {
+    await untilFirstReady();
+    return command();
+  }
+
+  return {
+    kind: "redis",
+    get: (key) => run(() => client.get(key)),
+    async set(key, value, { ttlMs, ifAbsent = false }) {
+      assertTtlMs(ttlMs);
+      const reply = await run(() =>
+        ifAbsent ? client.set(key, value, "PX", ttlMs, "NX") : client.set(key, value, "PX", ttlMs),
+      );
+      return reply === "OK";
+    },
+    async del(key) {
+      await run(() => client.del(key));
+    },
+    async incrementBy(key, by, ttlMs) {
+      assertIncrement(by);
+      assertTtlMs(ttlMs);
+      return run(() => redisIncrementBy(client, key, by, ttlMs));
+    },
+    async ping() {
+      await run(() => client.ping());
+    },
+    close: () => closeRedis(client),
+  };
+}
+
+/**
+ * With the offline queue disabled, commands issued before the first connection
+ * completes would fail immediately. Waiting (at most one command timeout) for that
+ * first connection avoids spurious errors at startup; after it, a dropped
+ * connection fails commands immediately.
+ */
+function firstReadyWaiter(client: Redis, timeoutMs: number): () => Promise<void> {
+  let wasReady = false;
+  client.once("ready", () => {
+    wasReady = true;
+  });
+  return () => {
+    if (wasReady || client.status === "ready" || client.status === "end") return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        client.off("ready", done);
+        client.off("end", done);
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      client.once("ready", done);
+      client.once("end", done);
+    });
+  };
+}
+
+/** INCRBY and PEXPIRE NX in one MULTI: the TTL is set only when the key has none, i.e. when INCRBY created it. */
+async function redisIncrementBy(client: Redis, key: string, by: number, ttlMs: number): Promise<number> {
+  const replies = await client.multi().incrby(key, by).pexpire(key, ttlMs, "NX").exec();
+  const incrementReply = replies?.[0];
+  if (!incrementReply) throw new Error("Redis transaction was aborted");
+  const [error, value] = incrementReply;
+  if (error) throw error;
+  return Number(value);
+}
+
+async function closeRedis(client: Redis): Promise<void> {
+  if (client.status === "end") return;
+  try {
+    // QUIT lets in-flight replies arrive; it fails when not connected, so fall back to a hard disconnect.
+    await client.quit();
+  } catch {
+    client.disconnect(false);
+  }
+}
+
+interface MemoryEntry {
+  value: string;
+  expiresAtMs: number;
+}
+
+/** An in-process cache with Redis semantics, for tests and single-process runs. */
+export function createMemoryCache(): Cache {
+  const entries = new Map<string, MemoryEntry>();
+  let closed = false;
+  // performance.now() is monotonic, so wall-clock adjustments cannot resurrect or expire keys.
+  const nowMs = () => performance.now();
+  const sweepTimer = setInterval(() => sweepExpired(entries, nowMs()), MEMORY_SWEEP_INTERVAL_MS);
+  sweepTimer.unref(); // the sweep alone must never keep the process alive
+
+  function live(key: string): MemoryEntry | undefined {
+    if (closed) throw new Error("cache is closed");
+    const entry = entries.get(key);
+    if (entry && entry.expiresAtMs <= nowMs()) {
+      entries.delete(key);
+      return undefined;
+    }
+    return entry;
+  }
+
+  return {
+    kind: "memory",
+    async get(key) {
+      return live(key)?.value ?? null;
+    },
+    async set(key, value, { ttlMs, ifAbsent = false }) {
+      assertTtlMs(ttlMs);
+      if (ifAbsent && live(key)) return false;
+      if (closed) throw new Error("cache is closed");
+      entries.set(key, { value, expiresAtMs: nowMs() + ttlMs });
+      return true;
+    },
+    async del(key) {
+      if (closed) throw new Error("cache is closed");
+      entries.delete(key);
+    },
+    async incrementBy(key, by, ttlMs) {
+      assertIncrement(by);
+      assertTtlMs(ttlMs);
+      const entry = live(key) ?? { value: "0", expiresAtMs: nowMs() + ttlMs };
+      const next = parseInteger(entry.value) + by;
+      if (!Number.isSafeInteger(next)) throw new Error(NOT_AN_INTEGER);
+      entries.set(key, { value: String(next), expiresAtMs: entry.expiresAtMs });
+      return next;
+    },
+    async ping() {
+      if (closed) throw new Error("cache is closed");
+    },
+    async close() {
+      closed = true;
+      clearInterval(sweepTimer);
+      entries.clear();
+    },
+  };
+}
+
+function parseInteger(value: string): number {
+  // Redis only counts on canonical base-10 integers: " 1", "1.0" and "01" are errors.
+  if (!/^(0|-?[1-9][0-9]*)$/.test(value)) throw new Error(NOT_AN_INTEGER);
+  const parsed = Number(value);
+  if (!Number.isSafeInteger(parsed)) throw new Error(NOT_AN_INTEGER);
+  return parsed;
+}
+
+function sweepExpired(entries: Map<string, MemoryEntry>, nowMs: number): void {
+  for (const [key, entry] of entries) {
+    if (entry.expiresAtMs <= nowMs) entries.delete(key);
+  }
+}

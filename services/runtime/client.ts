@@ -1,0 +1,113 @@
+// Clients for calling other Cowrie services. Each process keeps one HTTP/2 transport per target
+// (with keepalive pings) and each calling service one circuit breaker per target. Every call
+// carries the request id and what is left of the caller's deadline minus a margin, capped per
+// hop, so no downstream call outlives its caller.
+import { randomUUID } from "node:crypto";
+import type { DescService } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type CallOptions, type Client, type Transport } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { BrokenCircuitError, ConsecutiveBreaker, circuitBreaker, handleWhen, type CircuitBreakerPolicy } from "cockatiel";
+import { currentCallContext, outboundTimeoutMs, remainingMs } from "./call-context.js";
+import type { Config } from "./config.js";
+import type { Logger } from "./log.js";
+import { metrics } from "./metrics.js";
+import { REQUEST_ID_HEADER } from "./server.js";
+
+const transports = new Map<string, Transport>();
+
+/**
+ * The process-wide transport for a base URL. Cowrie's internal hops speak the Connect protocol
+ * with binary Protobuf over HTTP/2: on these machines a connect-node server handles about twice
+ * as many Connect calls per second as gRPC calls (see NOTES.md and `npm run bench:rpc`).
+ */
+export function sharedTransport(baseUrl: string): Transport {
+  let transport = transports.get(baseUrl);
+  if (!transport) {
+    transport = createConnectTransport({
+      baseUrl,
+      httpVersion: "2",
+      useBinaryFormat: true,
+      pingIntervalMs: 10_000,
+      pingTimeoutMs: 5_000,
+      idleConnectionTimeoutMs: 60_000,
+    });
+    transports.set(baseUrl, transport);
+  }
+  return transport;
+}
+
+/**
+ * Failures that say the target is unhealthy: it could not be reached, or did not answer within
+ * the deadline. Business outcomes (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND...) prove the
+ * target is working and never count.
+ */
+export function isTargetFailure(error: unknown): boolean {
+  if (!(error instanceof ConnectError)) return false;
+  return error.code === Code.Unavailable || error.code === Code.DeadlineExceeded || error.code === Code.Unknown;
+}
+
+export interface ClientOptions {
+  /** The calling service, for metric labels. */
+  caller: string;
+  /** The target service's short name ("ledger"). */
+  target: string;
+  baseUrl: string;
+  config: Config;
+  log: Logger;
+}
+
+export function createBreaker(options: ClientOptions): CircuitBreakerPolicy {
+  const breaker = circuitBreaker(handleWhen(isTargetFailure), {
+    halfOpenAfter: options.config.breakerHalfOpenAfterMs,
+    breaker: new ConsecutiveBreaker(options.config.breakerFailures),
+  });
+  const gauge = metrics().breakerState;
+  const labels = { service: options.caller, target: options.target };
+  gauge.set(labels, breaker.state);
+  breaker.onStateChange((state) => {
+    gauge.set(labels, state);
+    options.log.warn({ target: options.target, breakerState: state }, "circuit breaker changed state");
+  });
+  return breaker;
+}
+
+/** A client for one target service whose unary methods carry deadline, request id and breaker. */
+export function createServiceClient<T extends DescService>(service: T, options: ClientOptions): Client<T> {
+  const inner = createClient(service, sharedTransport(options.baseUrl)) as Record<string, (...args: never[]) => unknown>;
+  const breaker = createBreaker(options);
+  const counter = metrics().clientRequests;
+  const client: Record<string, unknown> = {};
+  for (const method of service.methods) {
+    const call = inner[method.localName] as (request: unknown, options: CallOptions) => Promise<unknown>;
+    if (method.methodKind !== "unary") {
+      client[method.localName] = call;
+      continue;
+    }
+    client[method.localName] = async (request: unknown, callOptions: CallOptions = {}) => {
+      const context = currentCallContext();
+      const timeoutMs = outboundTimeoutMs(context ? remainingMs(context) : undefined, options.config);
+      let code = "ok";
+      try {
+        if (timeoutMs <= 0) {
+          throw new ConnectError(`no time left in the deadline to call ${options.target}`, Code.DeadlineExceeded);
+        }
+        const headers = new Headers(callOptions.headers);
+        headers.set(REQUEST_ID_HEADER, context?.requestId ?? randomUUID());
+        const signals = [context?.signal, callOptions.signal].filter((signal) => signal !== undefined);
+        return await breaker.execute(() =>
+          call(request, { ...callOptions, timeoutMs, headers, signal: AbortSignal.any(signals) }),
+        );
+      } catch (error) {
+        const mapped = error instanceof BrokenCircuitError
+          ? new ConnectError(`${options.target} is unavailable: circuit breaker open, failing fast`, Code.Unavailable)
+          : error;
+        code = mapped instanceof ConnectError ? codeToString(mapped.code) : "unknown";
+        throw mapped;
+      } finally {
+        counter.inc({ service: options.caller, target: options.target, method: method.name, code });
+      }
+    };
+  }
+  return client as Client<T>;
+}

@@ -1,0 +1,175 @@
+// Configuration comes from environment variables only. Every variable is declared here once,
+// with its default and its parser, so that the README table, docker-compose.yml and the code
+// cannot drift apart (a test compares them). A bad value stops start-up with one line naming the
+// variable and the problem.
+
+export const SERVICE_NAMES = ["edge", "ledger", "wallet", "router", "risk"] as const;
+export type ServiceName = (typeof SERVICE_NAMES)[number];
+
+export class ConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    problem: string,
+  ) {
+    super(`${variable}: ${problem}`);
+    this.name = "ConfigError";
+  }
+}
+
+type Parser<T> = (raw: string, name: string) => T;
+
+interface Variable<T> {
+  name: string;
+  description: string;
+  /** The default as written in the environment; undefined means "unset is meaningful". */
+  fallback: string | undefined;
+  parse: Parser<T>;
+}
+
+function integer(min: number, max: number): Parser<number> {
+  return (raw, name) => {
+    if (!/^-?\d+$/.test(raw.trim())) {
+      throw new ConfigError(name, `must be an integer between ${min} and ${max}, got '${raw}'`);
+    }
+    const value = Number(raw.trim());
+    if (value < min || value > max) {
+      throw new ConfigError(name, `must be an integer between ${min} and ${max}, got '${raw}'`);
+    }
+    return value;
+  };
+}
+
+function url(protocols: string[]): Parser<string> {
+  return (raw, name) => {
+    let parsed: URL;
+    try {
+      parsed = new URL(raw);
+    } catch {
+      throw new ConfigError(name, `must be a URL (${protocols.join(", ")}), got '${redact(raw)}'`);
+    }
+    if (!protocols.includes(parsed.protocol)) {
+      throw new ConfigError(name, `must use ${protocols.join(" or ")}, got '${parsed.protocol}'`);
+    }
+    return raw;
+  };
+}
+
+function oneOf<T extends string>(values: readonly T[]): Parser<T> {
+  return (raw, name) => {
+    if (!(values as readonly string[]).includes(raw)) {
+      throw new ConfigError(name, `must be one of ${values.join(", ")}, got '${raw}'`);
+    }
+    return raw as T;
+  };
+}
+
+const text: Parser<string> = (raw, name) => {
+  if (raw.trim() === "") throw new ConfigError(name, "must not be empty");
+  return raw;
+};
+
+function redact(raw: string): string {
+  return raw.replace(/\/\/[^@/]*@/, "//***@");
+}
+
+function variable<T, F extends string | undefined>(
+  name: string,
+  fallback: F,
+  parse: Parser<T>,
+  description: string,
+): Variable<T> & { fallback: F } {
+  return { name, fallback, parse, description };
+}
+
+const DEFAULT_PORTS: Record<ServiceName, number> = {
+  edge: 8080,
+  ledger: 50051,
+  wallet: 50052,
+  router: 50053,
+  risk: 50054,
+};
+
+const port = integer(1, 65535);
+const httpUrl = url(["http:", "https:"]);
+
+/** Every variable Cowrie reads. Order is the order of the README table. */
+export const VARIABLES = {
+  databaseUrl: variable("DATABASE_URL", undefined, url(["postgres:", "postgresql:"]),
+    "PostgreSQL URL. Unset: embedded PGlite under COWRIE_DATA_DIR."),
+  redisUrl: variable("REDIS_URL", undefined, url(["redis:", "rediss:"]),
+    "Redis URL. Unset: in-process cache."),
+  amqpUrl: variable("AMQP_URL", undefined, url(["amqp:", "amqps:"]),
+    "RabbitMQ URL. Unset: in-process broker."),
+  dataDir: variable("COWRIE_DATA_DIR", ".cowrie", text,
+    "Folder for the embedded database when DATABASE_URL is unset."),
+  host: variable("COWRIE_HOST", "127.0.0.1", text, "Address every service listens on."),
+  edgePort: variable("COWRIE_EDGE_PORT", String(DEFAULT_PORTS.edge), port, "Edge port."),
+  ledgerPort: variable("COWRIE_LEDGER_PORT", String(DEFAULT_PORTS.ledger), port, "Ledger port."),
+  walletPort: variable("COWRIE_WALLET_PORT", String(DEFAULT_PORTS.wallet), port, "Wallet port."),
+  routerPort: variable("COWRIE_ROUTER_PORT", String(DEFAULT_PORTS.router), port, "Router port."),
+  riskPort: variable("COWRIE_RISK_PORT", String(DEFAULT_PORTS.risk), port, "Risk port."),
+  ledgerUrl: variable("COWRIE_LEDGER_URL", undefined, httpUrl,
+    "Where clients reach the Ledger. Unset: http://127.0.0.1:COWRIE_LEDGER_PORT."),
+  walletUrl: variable("COWRIE_WALLET_URL", undefined, httpUrl,
+    "Where clients reach the Wallet. Unset: http://127.0.0.1:COWRIE_WALLET_PORT."),
+  routerUrl: variable("COWRIE_ROUTER_URL", undefined, httpUrl,
+    "Where clients reach the Router. Unset: http://127.0.0.1:COWRIE_ROUTER_PORT."),
+  riskUrl: variable("COWRIE_RISK_URL", undefined, httpUrl,
+    "Where clients reach Risk. Unset: http://127.0.0.1:COWRIE_RISK_PORT."),
+  deadlineDefaultMs: variable("COWRIE_DEADLINE_DEFAULT_MS", "10000", integer(1, 300_000),
+    "Deadline given to a call that arrives without one."),
+  deadlineMaxMs: variable("COWRIE_DEADLINE_MAX_MS", "30000", integer(1, 300_000),
+    "Longest deadline a server honours; longer ones are cut to this."),
+  hopMarginMs: variable("COWRIE_HOP_MARGIN_MS", "20", integer(0, 10_000),
+    "Budget kept back by a caller on each outbound call, to answer its own caller in time."),
+  hopTimeoutMaxMs: variable("COWRIE_HOP_TIMEOUT_MAX_MS", "5000", integer(1, 300_000),
+    "Longest deadline any single outbound call may carry."),
+  breakerFailures: variable("COWRIE_BREAKER_FAILURES", "5", integer(1, 1000),
+    "Consecutive transport failures or deadline expiries that open a circuit breaker."),
+  breakerHalfOpenAfterMs: variable("COWRIE_BREAKER_HALF_OPEN_AFTER_MS", "5000",
+    integer(10, 600_000), "How long an open breaker fails fast before it lets a probe through."),
+  shutdownGraceMs: variable("COWRIE_SHUTDOWN_GRACE_MS", "10000", integer(0, 600_000),
+    "How long shutdown waits for in-flight calls before closing connections."),
+  databasePoolMax: variable("COWRIE_DATABASE_POOL_MAX", "8", integer(1, 200),
+    "PostgreSQL connections per service process."),
+  healthIntervalMs: variable("COWRIE_HEALTH_INTERVAL_MS", "2000", integer(100, 600_000),
+    "How often dependencies (database, cache, broker) are checked for the health service."),
+  logLevel: variable("COWRIE_LOG_LEVEL", "info",
+    oneOf(["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const), "Log level."),
+  corsOrigins: variable("COWRIE_CORS_ORIGINS", "*", text,
+    "Comma-separated origins allowed to call the services from a browser, or *."),
+};
+
+type Parsed<V> = V extends Variable<infer T> ? T : never;
+type Fallback<V> = V extends { fallback: infer F } ? F : never;
+
+export type Config = {
+  [K in keyof typeof VARIABLES]: undefined extends Fallback<(typeof VARIABLES)[K]>
+    ? Parsed<(typeof VARIABLES)[K]> | undefined
+    : Parsed<(typeof VARIABLES)[K]>;
+};
+
+/** Reads and validates every variable; throws ConfigError on the first bad one. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const config: Record<string, unknown> = {};
+  for (const [key, spec] of Object.entries(VARIABLES) as [string, Variable<unknown>][]) {
+    const raw = env[spec.name];
+    const value = raw === undefined || raw === "" ? spec.fallback : raw;
+    config[key] = value === undefined ? undefined : spec.parse(value, spec.name);
+  }
+  const result = config as Config;
+  if (result.deadlineDefaultMs > result.deadlineMaxMs) {
+    throw new ConfigError("COWRIE_DEADLINE_DEFAULT_MS",
+      `must not exceed COWRIE_DEADLINE_MAX_MS (${result.deadlineMaxMs})`);
+  }
+  return result;
+}
+
+export function servicePort(config: Config, service: ServiceName): number {
+  return config[`${service}Port`];
+}
+
+/** Where a client in this process reaches a service. */
+export function serviceUrl(config: Config, service: Exclude<ServiceName, "edge">): string {
+  return config[`${service}Url`] ?? `http://127.0.0.1:${servicePort(config, service)}`;
+}

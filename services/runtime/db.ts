@@ -1,0 +1,106 @@
+// PostgreSQL for every service, through drizzle-orm. With DATABASE_URL set each service gets its
+// own postgres.js pool; without it, every service in the process shares one embedded PGlite
+// database under COWRIE_DATA_DIR. Each service keeps its tables in its own schema ("ledger",
+// "wallet"...) and applies its drizzle-kit migrations at start-up.
+import { mkdir } from "node:fs/promises";
+import * as path from "node:path";
+import { PGlite } from "@electric-sql/pglite";
+import { sql } from "drizzle-orm";
+import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
+import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
+import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
+import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
+import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
+import postgres from "postgres";
+
+/** The drizzle database a service uses, the same type on postgres.js and on PGlite. */
+export type Db = PgDatabase<PgQueryResultHKT>;
+export type Tx = Parameters<Parameters<Db["transaction"]>[0]>[0];
+
+export interface Database {
+  readonly kind: "postgres" | "pglite";
+  readonly db: Db;
+  /** Applies the service's migrations; concurrent start-ups of the same service wait in turn. */
+  migrate(service: string, migrationsFolder: string): Promise<void>;
+  /** One round trip; rejects while the database is unreachable. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const MIGRATIONS_SCHEMA = "cowrie_migrations";
+
+export function createPostgresDatabase(url: string, options: { poolMax: number; applicationName: string }): Database {
+  const client = postgres(url, {
+    max: options.poolMax,
+    // int8 comes back as bigint, never as a float or a string: money is int64.
+    types: { bigint: postgres.BigInt },
+    connect_timeout: 5,
+    idle_timeout: 60,
+    max_lifetime: 30 * 60,
+    connection: { application_name: options.applicationName },
+    onnotice: () => {},
+  });
+  const db = drizzlePostgres({ client }) as unknown as Db;
+  return {
+    kind: "postgres",
+    db,
+    async migrate(service, migrationsFolder) {
+      // A session-level advisory lock on a reserved connection serializes concurrent start-ups
+      // (several replicas, or compose starting everything at once) around the same migrations.
+      const reserved = await client.reserve();
+      try {
+        await reserved`select pg_advisory_lock(hashtext(${`cowrie:migrate:${service}`}))`;
+        await migratePostgres(db as never, { migrationsFolder, migrationsSchema: MIGRATIONS_SCHEMA, migrationsTable: service });
+      } finally {
+        await reserved`select pg_advisory_unlock(hashtext(${`cowrie:migrate:${service}`}))`.catch(() => {});
+        reserved.release();
+      }
+    },
+    async ping() {
+      await client`select 1`;
+    },
+    async close() {
+      await client.end({ timeout: 5 });
+    },
+  };
+}
+
+/**
+ * The embedded default: one PGlite per process, shared by every service in it. PGlite has a
+ * single connection; drizzle runs each transaction exclusively on it, so correctness holds and
+ * concurrency is simply one transaction at a time.
+ */
+export async function openEmbeddedDatabase(dataDir: string): Promise<{ database(): Database; close(): Promise<void> }> {
+  const folder = path.resolve(dataDir, "pglite");
+  await mkdir(folder, { recursive: true });
+  const client = await PGlite.create(folder, { relaxedDurability: false });
+  const db = drizzlePglite({ client }) as unknown as Db;
+  let migrating = Promise.resolve();
+  const database: Database = {
+    kind: "pglite",
+    db,
+    async migrate(service, migrationsFolder) {
+      // One connection: migrations of the services in this process run one after another.
+      const run = migrating.then(() =>
+        migratePglite(db as never, { migrationsFolder, migrationsSchema: MIGRATIONS_SCHEMA, migrationsTable: service }),
+      );
+      migrating = run.catch(() => {});
+      await run;
+    },
+    async ping() {
+      await db.execute(sql`select 1`);
+    },
+    // The process closes the shared instance once, after every service has stopped.
+    async close() {},
+  };
+  return {
+    database: () => database,
+    close: () => client.close(),
+  };
+}
+
+/** Rows of a raw `db.execute` result, which postgres.js returns as an array and PGlite as { rows }. */
+export function rowsOf<T>(result: unknown): T[] {
+  if (Array.isArray(result)) return result as T[];
+  return ((result as { rows?: T[] }).rows ?? []) as T[];
+}

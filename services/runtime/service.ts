@@ -1,0 +1,159 @@
+// How every Cowrie service starts and stops. A service is a module that names its Protobuf
+// services, the backends it uses and its migrations, and builds its routes from a context; this
+// file does the rest identically for all five: migrations, health checks, the server, clients
+// with deadlines and breakers, and an orderly shutdown.
+import type { DescService } from "@bufbuild/protobuf";
+import type { Client, ConnectRouter } from "@connectrpc/connect";
+import { createMemoryBroker, createRabbitBroker, type Broker } from "./broker.js";
+import { createMemoryCache, createRedisCache, type Cache } from "./cache.js";
+import { createServiceClient } from "./client.js";
+import { servicePort, serviceUrl, type Config, type ServiceName } from "./config.js";
+import { createPostgresDatabase, openEmbeddedDatabase, type Database } from "./db.js";
+import { HealthState, type DependencyCheck } from "./health.js";
+import type { Logger } from "./log.js";
+import { startServer } from "./server.js";
+
+export interface ServiceContext {
+  readonly name: ServiceName;
+  readonly config: Config;
+  readonly log: Logger;
+  /** Present when the module declared `uses.database`. */
+  readonly database: Database;
+  readonly cache: Cache;
+  readonly broker: Broker;
+  /** A client for another Cowrie service, with deadline propagation and a circuit breaker. */
+  client<T extends DescService>(service: T, target: Exclude<ServiceName, "edge">): Client<T>;
+}
+
+export interface ServiceInstance {
+  routes(router: ConnectRouter): void;
+  /** Stops background work; called after the server has drained. */
+  stop?(): Promise<void>;
+}
+
+export interface ServiceModule {
+  readonly name: ServiceName;
+  /** The Protobuf services this service serves on its port. */
+  readonly services: DescService[];
+  /** Backends whose health decides the service's health. */
+  readonly uses: { database?: boolean; cache?: boolean; broker?: boolean };
+  /** Folder of drizzle-kit migrations, applied at start-up. */
+  readonly migrationsFolder?: string;
+  create(context: ServiceContext): Promise<ServiceInstance> | ServiceInstance;
+}
+
+/** The backends of one process: shared cache and broker, and a database per service. */
+export interface Backends {
+  readonly cache: Cache;
+  readonly broker: Broker;
+  database(service: ServiceName): Database;
+  close(): Promise<void>;
+}
+
+export async function openBackends(config: Config): Promise<Backends> {
+  const cache = config.redisUrl
+    ? createRedisCache(config.redisUrl, { keyPrefix: "cowrie:", commandTimeoutMs: 1000 })
+    : createMemoryCache();
+  const broker = config.amqpUrl
+    ? createRabbitBroker(config.amqpUrl, { connectionName: `cowrie-${process.pid}` })
+    : createMemoryBroker();
+  const embedded = config.databaseUrl ? undefined : await openEmbeddedDatabase(config.dataDir);
+  const pools = new Map<ServiceName, Database>();
+  return {
+    cache,
+    broker,
+    database(service) {
+      if (embedded) return embedded.database();
+      let pool = pools.get(service);
+      if (!pool) {
+        pool = createPostgresDatabase(config.databaseUrl as string, {
+          poolMax: config.databasePoolMax,
+          applicationName: `cowrie-${service}`,
+        });
+        pools.set(service, pool);
+      }
+      return pool;
+    },
+    async close() {
+      await Promise.allSettled([...pools.values()].map((pool) => pool.close()));
+      await embedded?.close();
+      await Promise.allSettled([cache.close(), broker.close()]);
+    },
+  };
+}
+
+function dependencyChecks(module: ServiceModule, backends: Backends): DependencyCheck[] {
+  const checks: DependencyCheck[] = [];
+  if (module.uses.database) {
+    const database = backends.database(module.name);
+    checks.push({ name: "database", check: () => database.ping() });
+  }
+  if (module.uses.cache) checks.push({ name: "cache", check: () => backends.cache.ping() });
+  if (module.uses.broker) {
+    checks.push({
+      name: "broker",
+      check: async () => {
+        if (!backends.broker.isReady()) throw new Error("not connected to the broker");
+      },
+    });
+  }
+  return checks;
+}
+
+export interface RunningService {
+  readonly name: ServiceName;
+  readonly port: number;
+  readonly health: HealthState;
+  close(): Promise<void>;
+}
+
+export async function startService(
+  module: ServiceModule,
+  backends: Backends,
+  config: Config,
+  rootLog: Logger,
+): Promise<RunningService> {
+  const log = rootLog.child({ service: module.name });
+  const database = module.uses.database ? backends.database(module.name) : undefined;
+  if (database && module.migrationsFolder) await database.migrate(module.name, module.migrationsFolder);
+  const context: ServiceContext = {
+    name: module.name,
+    config,
+    log,
+    get database(): Database {
+      if (!database) throw new Error(`${module.name} did not declare uses.database`);
+      return database;
+    },
+    cache: backends.cache,
+    broker: backends.broker,
+    client: (service, target) =>
+      createServiceClient(service, { caller: module.name, target, baseUrl: serviceUrl(config, target), config, log }),
+  };
+  const instance = await module.create(context);
+  const health = new HealthState(
+    module.name,
+    module.services.map((service) => service.typeName),
+    dependencyChecks(module, backends),
+    log,
+  );
+  await health.start(config.healthIntervalMs, Math.min(config.healthIntervalMs, 2000));
+  const server = await startServer({
+    name: module.name,
+    host: config.host,
+    port: servicePort(config, module.name),
+    config,
+    log,
+    services: module.services,
+    routes: (router) => instance.routes(router),
+    health,
+  });
+  return {
+    name: module.name,
+    port: server.port,
+    health,
+    async close() {
+      await server.close();
+      await instance.stop?.();
+    },
+  };
+}
