@@ -27,7 +27,7 @@ export interface Mesh {
 }
 
 export async function startMesh(config: Config, names: readonly ServiceName[], log: Logger): Promise<Mesh> {
-  const backends = await openBackends(config);
+  const backends = await openBackends(config, log);
   const services: RunningService[] = [];
   try {
     for (const name of START_ORDER.filter((candidate) => names.includes(candidate))) {

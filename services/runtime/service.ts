@@ -50,13 +50,17 @@ export interface Backends {
   close(): Promise<void>;
 }
 
-export async function openBackends(config: Config): Promise<Backends> {
+export async function openBackends(config: Config, log: Logger): Promise<Backends> {
+  // Backend connection errors are logged, never thrown: calls fail with UNAVAILABLE and the
+  // health service reports NOT_SERVING until the backend is back.
+  const onError = (backend: string) => (error: unknown) =>
+    log.warn({ backend, err: error instanceof Error ? error.message : String(error) }, "backend error");
   const cache = config.redisUrl
-    ? createRedisCache(config.redisUrl, { keyPrefix: "cowrie:", commandTimeoutMs: 1000 })
+    ? createRedisCache(config.redisUrl, { keyPrefix: "cowrie:", commandTimeoutMs: 1000, onError: onError("redis") })
     : createMemoryCache();
   const broker = config.amqpUrl
-    ? createRabbitBroker(config.amqpUrl, { connectionName: `cowrie-${process.pid}` })
-    : createMemoryBroker();
+    ? createRabbitBroker(config.amqpUrl, { connectionName: `cowrie-${process.pid}`, onError: onError("rabbitmq") })
+    : createMemoryBroker({ onError: onError("memory-broker") });
   const embedded = config.databaseUrl ? undefined : await openEmbeddedDatabase(config.dataDir);
   const pools = new Map<ServiceName, Database>();
   return {

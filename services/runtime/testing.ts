@@ -1,0 +1,76 @@
+// Helpers for Cowrie's own tests: real backends with isolated state, free ports, and a config
+// built the same way the services build theirs. Nothing here replaces a product component.
+import * as net from "node:net";
+import { Writable } from "node:stream";
+import { pino } from "pino";
+import postgres from "postgres";
+import { loadConfig, type Config } from "./config.js";
+import type { Logger } from "./log.js";
+
+export const TEST_POSTGRES_URL = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
+export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
+export const TEST_AMQP_URL = process.env.TEST_AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672";
+
+/** Creates an empty database for one test file and returns its URL and a function that drops it. */
+export async function freshDatabase(label: string): Promise<{ url: string; drop(): Promise<void> }> {
+  const name = `cowrie_test_${label}_${process.pid}_${Date.now().toString(36)}`.toLowerCase().replace(/[^a-z0-9_]/g, "_");
+  const admin = postgres(TEST_POSTGRES_URL, { max: 1, onnotice: () => {} });
+  await admin.unsafe(`create database "${name}"`);
+  await admin.end();
+  const url = new URL(TEST_POSTGRES_URL);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    async drop() {
+      const cleanup = postgres(TEST_POSTGRES_URL, { max: 1, onnotice: () => {} });
+      await cleanup.unsafe(`drop database if exists "${name}" with (force)`);
+      await cleanup.end();
+    },
+  };
+}
+
+/** Ports the OS reports free right now. */
+export async function freePorts(count: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: count }, () =>
+      new Promise<net.Server>((resolve, reject) => {
+        const server = net.createServer();
+        server.once("error", reject);
+        server.listen(0, "127.0.0.1", () => resolve(server));
+      }),
+    ),
+  );
+  const ports = servers.map((server) => (server.address() as net.AddressInfo).port);
+  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  return ports;
+}
+
+/** Environment for a mesh on free ports; merge backend URLs in as needed. */
+export async function meshEnvironment(extra: Record<string, string> = {}): Promise<Record<string, string>> {
+  const [edge, ledger, wallet, router, risk] = (await freePorts(5)) as [number, number, number, number, number];
+  return {
+    COWRIE_EDGE_PORT: String(edge),
+    COWRIE_LEDGER_PORT: String(ledger),
+    COWRIE_WALLET_PORT: String(wallet),
+    COWRIE_ROUTER_PORT: String(router),
+    COWRIE_RISK_PORT: String(risk),
+    COWRIE_LOG_LEVEL: "warn",
+    ...extra,
+  };
+}
+
+export function testConfig(env: Record<string, string>): Config {
+  return loadConfig({ ...env } as NodeJS.ProcessEnv);
+}
+
+/** A logger whose JSON lines are kept in memory, for asserting on what was logged. */
+export function capturingLogger(): { log: Logger; lines: () => Record<string, unknown>[] } {
+  const captured: string[] = [];
+  const sink = new Writable({
+    write(chunk, _encoding, done) {
+      captured.push(...String(chunk).split("\n").filter(Boolean));
+      done();
+    },
+  });
+  return { log: pino({ level: "info" }, sink), lines: () => captured.map((line) => JSON.parse(line)) };
+}
