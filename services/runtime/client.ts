@@ -72,6 +72,16 @@ export function createBreaker(options: ClientOptions): CircuitBreakerPolicy {
   return breaker;
 }
 
+/**
+ * The downstream's error with its code, message and details, but without the response headers
+ * and trailers it arrived with: re-thrown by a handler, those would be written into the
+ * caller's response (content-type, grpc-status...) and corrupt it.
+ */
+function withoutTransportMetadata(error: unknown): unknown {
+  if (!(error instanceof ConnectError)) return error;
+  return new ConnectError(error.rawMessage, error.code, undefined, error.details, error);
+}
+
 /** A client for one target service whose unary methods carry deadline, request id and breaker. */
 export function createServiceClient<T extends DescService>(service: T, options: ClientOptions): Client<T> {
   const inner = createClient(service, sharedTransport(options.baseUrl)) as Record<string, (...args: never[]) => unknown>;
@@ -101,7 +111,7 @@ export function createServiceClient<T extends DescService>(service: T, options: 
       } catch (error) {
         const mapped = error instanceof BrokenCircuitError
           ? new ConnectError(`${options.target} is unavailable: circuit breaker open, failing fast`, Code.Unavailable)
-          : error;
+          : withoutTransportMetadata(error);
         code = mapped instanceof ConnectError ? codeToString(mapped.code) : "unknown";
         throw mapped;
       } finally {
