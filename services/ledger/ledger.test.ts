@@ -60,7 +60,9 @@ async function fundingAccount(): Promise<string> {
   return id as string;
 }
 
-function transfer(fields: Partial<Transfer> & Pick<Transfer, "debitAccountId" | "creditAccountId">): Partial<Transfer> {
+type TransferInit = Omit<Partial<Transfer>, "$typeName">;
+
+function transfer(fields: TransferInit & Pick<Transfer, "debitAccountId" | "creditAccountId">): TransferInit {
   return { id: uniqueId("tr"), amountMinor: 100n, currency: "NGN", code: 1, ...fields };
 }
 
@@ -145,7 +147,7 @@ describe("LedgerService.CreateTransfers", () => {
     const source = await fundingAccount();
     const [wallet] = (await openAccounts(1)) as [string];
     const good = transfer({ debitAccountId: source, creditAccountId: wallet });
-    const cases: [Partial<Transfer>[], string][] = [
+    const cases: [TransferInit[], string][] = [
       [[good, transfer({ debitAccountId: source, creditAccountId: wallet, amountMinor: 0n })], "transfers[1].amount_minor:"],
       [[good, transfer({ debitAccountId: source, creditAccountId: wallet, currency: "ngn" })], "transfers[1].currency:"],
       [[good, transfer({ debitAccountId: wallet, creditAccountId: wallet })], "transfers[1].credit_account_id:"],

@@ -79,7 +79,9 @@ export function createBreaker(options: ClientOptions): CircuitBreakerPolicy {
  */
 function withoutTransportMetadata(error: unknown): unknown {
   if (!(error instanceof ConnectError)) return error;
-  return new ConnectError(error.rawMessage, error.code, undefined, error.details, error);
+  // Incoming details (type name and bytes) are written back out as they came.
+  const details = error.details as ConstructorParameters<typeof ConnectError>[3];
+  return new ConnectError(error.rawMessage, error.code, undefined, details, error);
 }
 
 /** A client for one target service whose unary methods carry deadline, request id and breaker. */
@@ -96,7 +98,9 @@ export function createServiceClient<T extends DescService>(service: T, options: 
     }
     client[method.localName] = async (request: unknown, callOptions: CallOptions = {}) => {
       const context = currentCallContext();
-      const timeoutMs = outboundTimeoutMs(context ? remainingMs(context) : undefined, options.config);
+      // A caller may ask for less time than the budget allows, never for more.
+      const budgetMs = outboundTimeoutMs(context ? remainingMs(context) : undefined, options.config);
+      const timeoutMs = callOptions.timeoutMs && callOptions.timeoutMs > 0 ? Math.min(budgetMs, callOptions.timeoutMs) : budgetMs;
       let code = "ok";
       try {
         if (timeoutMs <= 0) {

@@ -2,7 +2,7 @@
 // own postgres.js pool; without it, every service in the process shares one embedded PGlite
 // database under COWRIE_DATA_DIR. Each service keeps its tables in its own schema ("ledger",
 // "wallet"...) and applies its drizzle-kit migrations at start-up.
-import { mkdir } from "node:fs/promises";
+import { mkdir, open, readFile, rm } from "node:fs/promises";
 import * as path from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import { sql } from "drizzle-orm";
@@ -73,7 +73,11 @@ export function createPostgresDatabase(url: string, options: { poolMax: number; 
 export async function openEmbeddedDatabase(dataDir: string): Promise<{ database(): Database; close(): Promise<void> }> {
   const folder = path.resolve(dataDir, "pglite");
   await mkdir(folder, { recursive: true });
-  const client = await PGlite.create(folder, { relaxedDurability: false });
+  const releaseLock = await lockDataDir(path.resolve(dataDir, "pglite.lock"));
+  const client = await PGlite.create(folder, { relaxedDurability: false }).catch(async (error: unknown) => {
+    await releaseLock();
+    throw error;
+  });
   const db = drizzlePglite({ client }) as unknown as Db;
   let migrating = Promise.resolve();
   const database: Database = {
@@ -95,8 +99,44 @@ export async function openEmbeddedDatabase(dataDir: string): Promise<{ database(
   };
   return {
     database: () => database,
-    close: () => client.close(),
+    async close() {
+      await client.close();
+      await releaseLock();
+    },
   };
+}
+
+/**
+ * PGlite's files must have one process at a time: a second process on the same folder corrupts
+ * it. A lock file holding the owner's pid refuses the second start, and is taken over when its
+ * owner is gone (a crash leaves it behind).
+ */
+async function lockDataDir(lockPath: string): Promise<() => Promise<void>> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const handle = await open(lockPath, "wx");
+      await handle.writeFile(String(process.pid));
+      await handle.close();
+      return () => rm(lockPath, { force: true });
+    } catch (error) {
+      if ((error as { code?: string }).code !== "EEXIST") throw error;
+      const owner = Number(await readFile(lockPath, "utf8").catch(() => "0"));
+      if (owner > 0 && owner !== process.pid && isAlive(owner)) {
+        throw new Error(`the embedded database in ${path.dirname(lockPath)} is in use by process ${owner}; stop it or set COWRIE_DATA_DIR`);
+      }
+      await rm(lockPath, { force: true });
+    }
+  }
+  throw new Error(`could not lock ${lockPath}`);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as { code?: string }).code === "EPERM";
+  }
 }
 
 /** Rows of a raw `db.execute` result, which postgres.js returns as an array and PGlite as { rows }. */

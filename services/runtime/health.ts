@@ -130,12 +130,15 @@ export function registerHealth(router: ConnectRouter, state: HealthState): void 
       const aborted = new Promise<void>((resolve) => context.signal.addEventListener("abort", () => resolve(), { once: true }));
       try {
         let last: ServingStatus | undefined;
-        while (!context.signal.aborted) {
+        for (;;) {
           const status = state.statusOf(request.service);
           if (status !== last) {
             last = status;
             yield response(status);
           }
+          // Checked after sending, so that a change arriving with the abort still goes out:
+          // close() marks the service NOT_SERVING and, when idle, aborts in the same tick.
+          if (context.signal.aborted) break;
           await Promise.race([new Promise<void>((resolve) => (changed = resolve)), aborted]);
         }
       } finally {

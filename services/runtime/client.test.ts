@@ -1,0 +1,357 @@
+// Service-to-service calls over real sockets: deadlines that shrink hop by hop, request ids that
+// follow the call, the circuit breaker, and a grpc-js client calling a Cowrie server with nothing
+// but the generated protobuf-es code. Server A (Router contract) calls server B (Risk contract)
+// through createServiceClient(); both handlers are controllable test doubles.
+import { after, before, beforeEach, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { setTimeout as sleep } from "node:timers/promises";
+import * as grpc from "@grpc/grpc-js";
+import { create, fromBinary, toBinary, type DescService, type Message } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type Client, type HandlerContext } from "@connectrpc/connect";
+import { Http2SessionManager, createConnectTransport } from "@connectrpc/connect-node";
+import {
+  Decision,
+  EvaluateResponseSchema,
+  RiskService,
+  type EvaluateRequest,
+  type EvaluateResponse,
+} from "../../gen/cowrie/risk/v1/risk_pb.js";
+import {
+  GetPaymentRequestSchema,
+  GetPaymentResponseSchema,
+  PaymentStatus,
+  RouterService,
+  type GetPaymentRequest,
+  type GetPaymentResponse,
+} from "../../gen/cowrie/router/v1/router_pb.js";
+import { currentCallContext, remainingMs } from "./call-context.js";
+import { createServiceClient } from "./client.js";
+import type { Config } from "./config.js";
+import { HealthState } from "./health.js";
+import { metrics } from "./metrics.js";
+import { REQUEST_ID_HEADER, startServer, type RunningServer } from "./server.js";
+import { capturingLogger, freePorts, testConfig } from "./testing.js";
+
+/**
+ * A grpc-js service definition built from protobuf-es generated code: no .proto files loaded at
+ * run time and no grpc-tools code generation. Requests and responses are protobuf-es messages.
+ *
+ *   const RouterClient = grpc.makeGenericClientConstructor(grpcServiceDefinition(RouterService), "RouterService");
+ *   const router = new RouterClient("127.0.0.1:50053", grpc.credentials.createInsecure());
+ *   router.getPayment(create(GetPaymentRequestSchema, { ... }), { deadline: Date.now() + 2000 }, (error, response) => { ... });
+ */
+function grpcServiceDefinition(service: DescService): grpc.ServiceDefinition {
+  const definition: Record<string, grpc.MethodDefinition<Message, Message>> = {};
+  for (const method of service.methods) {
+    definition[method.localName] = {
+      path: `/${service.typeName}/${method.name}`,
+      originalName: method.name,
+      requestStream: method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming",
+      responseStream: method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming",
+      requestSerialize: (message) => Buffer.from(toBinary(method.input, message)),
+      requestDeserialize: (bytes) => fromBinary(method.input, bytes),
+      responseSerialize: (message) => Buffer.from(toBinary(method.output, message)),
+      responseDeserialize: (bytes) => fromBinary(method.output, bytes),
+    };
+  }
+  return definition;
+}
+
+/** One unary call on a generic grpc-js client, as a promise. */
+function grpcUnary<O>(client: grpc.Client, method: string, request: Message, options: grpc.CallOptions): Promise<O> {
+  const call = (client as unknown as Record<string, grpc.requestCallback<O> | undefined>)[method];
+  assert.ok(call, `the client has no method ${method}`);
+  return new Promise((resolve, reject) => {
+    const callback: grpc.requestCallback<O> = (error, response) => (error ? reject(error) : resolve(response as O));
+    (call as unknown as (...args: unknown[]) => void).call(client, request, new grpc.Metadata(), options, callback);
+  });
+}
+
+type Handler<I, O> = (request: I, context: HandlerContext) => Promise<O>;
+
+interface Started {
+  readonly port: number;
+  readonly baseUrl: string;
+  readonly server: RunningServer;
+}
+
+async function startOn<I, O>(
+  name: string,
+  service: typeof RouterService | typeof RiskService,
+  handler: Handler<I, O>,
+  options: { config: Config; log: ReturnType<typeof capturingLogger>["log"]; port?: number },
+): Promise<Started> {
+  const health = new HealthState(name, [service.typeName], [], options.log);
+  await health.start(60_000, 500);
+  const server = await startServer({
+    name,
+    host: "127.0.0.1",
+    port: options.port ?? 0,
+    config: options.config,
+    log: options.log,
+    services: [service],
+    routes: (router) =>
+      service === RouterService
+        ? router.service(RouterService, { getPayment: handler as unknown as Handler<GetPaymentRequest, GetPaymentResponse> })
+        : router.service(RiskService, { evaluate: handler as unknown as Handler<EvaluateRequest, EvaluateResponse> }),
+    health,
+  });
+  return { port: server.port, baseUrl: `http://127.0.0.1:${server.port}`, server };
+}
+
+function allow(reasons: string[] = []): EvaluateResponse {
+  return create(EvaluateResponseSchema, { decision: Decision.ALLOW, score: 7, reasons });
+}
+
+async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await promise;
+  } catch (error) {
+    return ConnectError.from(error);
+  }
+  assert.fail("expected the call to fail");
+}
+
+async function breakerState(caller: string, target: string): Promise<number | undefined> {
+  const gauge = await metrics().breakerState.get();
+  return gauge.values.find((value) => value.labels.service === caller && value.labels.target === target)?.value;
+}
+
+/** What server B saw of one call. */
+interface Seen {
+  requestId: string | undefined;
+  remainingMs: number | undefined;
+  timeoutHeader: Record<string, string | null>;
+}
+
+describe("createServiceClient()", () => {
+  const HOP_MARGIN_MS = 50;
+  const baseEnv = { COWRIE_HOP_MARGIN_MS: String(HOP_MARGIN_MS), COWRIE_SHUTDOWN_GRACE_MS: "1000" };
+  const configA = testConfig(baseEnv);
+  const configAHopCapped = testConfig({ ...baseEnv, COWRIE_HOP_TIMEOUT_MAX_MS: "300" });
+  const configB = testConfig(baseEnv);
+  const logsA = capturingLogger();
+  const logsB = capturingLogger();
+  const sessions: Http2SessionManager[] = [];
+
+  let a: Started;
+  let b: Started;
+  let riskFromA: Client<typeof RiskService>;
+  let riskFromAHopCapped: Client<typeof RiskService>;
+  let router: Client<typeof RouterService>;
+
+  /** Which outbound client A's handler uses, and what it does before calling B. */
+  let viaA: { client: () => Client<typeof RiskService>; before?: () => Promise<void> };
+  let outboundErrors: unknown[] = [];
+  let seenAtB: Seen[] = [];
+  let answerB: (request: EvaluateRequest) => Promise<EvaluateResponse> = async () => allow();
+
+  before(async () => {
+    b = await startOn<EvaluateRequest, EvaluateResponse>("risk-b", RiskService, async (request, context) => {
+      const callContext = currentCallContext();
+      seenAtB.push({
+        requestId: callContext?.requestId,
+        remainingMs: callContext ? remainingMs(callContext) : undefined,
+        timeoutHeader: {
+          "connect-timeout-ms": context.requestHeader.get("connect-timeout-ms"),
+          "grpc-timeout": context.requestHeader.get("grpc-timeout"),
+        },
+      });
+      return answerB(request);
+    }, { config: configB, log: logsB.log });
+
+    a = await startOn<GetPaymentRequest, GetPaymentResponse>("router-a", RouterService, async (request) => {
+      await viaA.before?.();
+      let decision: EvaluateResponse;
+      try {
+        decision = await viaA.client().evaluate({ tenantId: request.tenantId, paymentId: request.paymentId, amountMinor: 100n });
+      } catch (error) {
+        outboundErrors.push(error);
+        throw error;
+      }
+      return create(GetPaymentResponseSchema, {
+        payment: {
+          id: request.paymentId,
+          tenantId: request.tenantId,
+          status: decision.decision === Decision.ALLOW ? PaymentStatus.SUCCEEDED : PaymentStatus.FAILED,
+          failureCode: decision.reasons.join(","),
+        },
+      });
+    }, { config: configA, log: logsA.log });
+
+    const clientOptions = { caller: "router-a", target: "risk-b", baseUrl: b.baseUrl, log: logsA.log };
+    riskFromA = createServiceClient(RiskService, { ...clientOptions, config: configA });
+    riskFromAHopCapped = createServiceClient(RiskService, { ...clientOptions, target: "risk-b-capped", config: configAHopCapped });
+
+    const session = new Http2SessionManager(a.baseUrl);
+    sessions.push(session);
+    router = createClient(
+      RouterService,
+      createConnectTransport({ baseUrl: a.baseUrl, httpVersion: "2", useBinaryFormat: true, sessionManager: session }),
+    );
+  });
+
+  beforeEach(() => {
+    viaA = { client: () => riskFromA };
+    outboundErrors = [];
+    seenAtB = [];
+    answerB = async () => allow();
+  });
+
+  after(async () => {
+    for (const session of sessions) session.abort();
+    await Promise.all([a.server.close(), b.server.close()]);
+  });
+
+  it("propagates the caller's deadline, shrunk by the hop margin, to the next hop", async () => {
+    const response = await router.getPayment({ tenantId: "ten_1", paymentId: "pay_1" }, { timeoutMs: 2000 });
+    assert.equal(response.payment?.status, PaymentStatus.SUCCEEDED);
+    assert.equal(seenAtB.length, 1);
+    const seen = seenAtB[0]!;
+    const header = Number(seen.timeoutHeader["connect-timeout-ms"]);
+    assert.ok(header > 0 && header <= 2000 - HOP_MARGIN_MS, `B was given ${header} ms`);
+    assert.ok(seen.remainingMs !== undefined && seen.remainingMs > 0, `B had ${seen.remainingMs} ms left`);
+    assert.ok(seen.remainingMs < 2000 - HOP_MARGIN_MS, `B had ${seen.remainingMs} ms left`);
+  });
+
+  it("caps each hop's deadline at COWRIE_HOP_TIMEOUT_MAX_MS", async () => {
+    viaA = { client: () => riskFromAHopCapped };
+    await router.getPayment({ tenantId: "ten_1", paymentId: "pay_2" }, { timeoutMs: 2000 });
+    assert.equal(seenAtB.length, 1);
+    const seen = seenAtB[0]!;
+    const header = Number(seen.timeoutHeader["connect-timeout-ms"]);
+    assert.ok(header > 0 && header <= 300, `B was given ${header} ms`);
+    assert.ok(seen.remainingMs !== undefined && seen.remainingMs > 0 && seen.remainingMs <= 300, `B had ${seen.remainingMs} ms left`);
+  });
+
+  it("carries the request id given to A into B's call context and both servers' log lines", async () => {
+    const requestId = `req-hop-${Date.now()}`;
+    let returned: string | null = null;
+    await router.getPayment(
+      { tenantId: "ten_1", paymentId: "pay_3" },
+      { timeoutMs: 2000, headers: { [REQUEST_ID_HEADER]: requestId }, onHeader: (headers) => (returned = headers.get(REQUEST_ID_HEADER)) },
+    );
+    assert.equal(returned, requestId);
+    assert.equal(seenAtB[0]?.requestId, requestId);
+    const linesA = logsA.lines().filter((line) => line.msg === "rpc" && line.requestId === requestId);
+    const linesB = logsB.lines().filter((line) => line.msg === "rpc" && line.requestId === requestId);
+    assert.deepEqual(linesA.map((line) => [line.rpc, line.code]), [[`${RouterService.typeName}/GetPayment`, "ok"]]);
+    assert.deepEqual(linesB.map((line) => [line.rpc, line.code]), [[`${RiskService.typeName}/Evaluate`, "ok"]]);
+  });
+
+  it("fails with DEADLINE_EXCEEDED without reaching B when less than the margin is left", async () => {
+    viaA = {
+      client: () => riskFromA,
+      // Spend A's budget until less than the hop margin (but some time) is left.
+      before: async () => {
+        const context = currentCallContext();
+        assert.ok(context);
+        await sleep(Math.max(0, remainingMs(context) - HOP_MARGIN_MS / 2));
+      },
+    };
+    const error = await rejection(router.getPayment({ tenantId: "ten_1", paymentId: "pay_4" }, { timeoutMs: 300 }));
+    assert.equal(error.code, Code.DeadlineExceeded);
+    assert.equal(seenAtB.length, 0, "B was never called");
+    assert.equal(outboundErrors.length, 1);
+    const outbound = ConnectError.from(outboundErrors[0]);
+    assert.equal(outbound.code, Code.DeadlineExceeded);
+    assert.match(outbound.rawMessage, /no time left/);
+  });
+
+  it("never opens the breaker on business errors: every call reaches B", async () => {
+    const config = testConfig({ ...baseEnv, COWRIE_BREAKER_FAILURES: "3" });
+    const risk = createServiceClient(RiskService, {
+      caller: "router-a",
+      target: "risk-b-business",
+      baseUrl: b.baseUrl,
+      config,
+      log: logsA.log,
+    });
+    const codes = [Code.FailedPrecondition, Code.InvalidArgument, Code.NotFound];
+    let call = 0;
+    answerB = async () => {
+      throw new ConnectError("decided no", codes[call++ % codes.length]);
+    };
+    for (let i = 0; i < 10; i++) {
+      const error = await rejection(risk.evaluate({ paymentId: `pay_b${i}` }));
+      assert.equal(error.code, codes[i % codes.length]);
+    }
+    assert.equal(seenAtB.length, 10, "every call reached B");
+    assert.equal(await breakerState("router-a", "risk-b-business"), 0, "the breaker stays closed");
+  });
+
+  it("opens the breaker after consecutive transport failures, fails fast, and closes once the target answers", async () => {
+    const [port] = (await freePorts(1)) as [number];
+    const baseUrl = `http://127.0.0.1:${port}`;
+    const config = testConfig({
+      ...baseEnv,
+      COWRIE_BREAKER_FAILURES: "3",
+      COWRIE_BREAKER_HALF_OPEN_AFTER_MS: "200",
+    });
+    const risk = createServiceClient(RiskService, { caller: "router-a", target: "risk-down", baseUrl, config, log: logsA.log });
+    assert.equal(await breakerState("router-a", "risk-down"), 0);
+
+    for (let i = 0; i < 3; i++) {
+      const error = await rejection(risk.evaluate({ paymentId: `pay_down${i}` }));
+      assert.equal(error.code, Code.Unavailable, `call ${i + 1}`);
+      assert.doesNotMatch(error.rawMessage, /circuit breaker/, `call ${i + 1} reached the transport`);
+    }
+    const startedAt = Date.now();
+    const fast = await rejection(risk.evaluate({ paymentId: "pay_fast" }));
+    assert.equal(fast.code, Code.Unavailable);
+    assert.match(fast.rawMessage, /circuit breaker open/);
+    assert.ok(Date.now() - startedAt < 50, "an open breaker fails fast");
+    assert.equal(await breakerState("router-a", "risk-down"), 1, "the gauge shows open");
+
+    const revived = await startOn<EvaluateRequest, EvaluateResponse>("risk-revived", RiskService, async () => allow(["REVIVED"]), {
+      config: configB,
+      log: logsB.log,
+      port,
+    });
+    try {
+      await sleep(250);
+      const response = await risk.evaluate({ paymentId: "pay_probe" });
+      assert.deepEqual(response.reasons, ["REVIVED"]);
+      assert.equal(await breakerState("router-a", "risk-down"), 0, "the breaker closed again");
+    } finally {
+      await revived.server.close();
+    }
+  });
+
+  it("serves a grpc-js client that uses only the generated protobuf-es code", async () => {
+    answerB = async (request) => allow([`seen:${request.paymentId}`]);
+    const RouterClient = grpc.makeGenericClientConstructor(grpcServiceDefinition(RouterService), "RouterService");
+    const client = new RouterClient(`127.0.0.1:${a.port}`, grpc.credentials.createInsecure());
+    try {
+      const response = await grpcUnary<GetPaymentResponse>(
+        client,
+        "getPayment",
+        create(GetPaymentRequestSchema, { tenantId: "ten_grpcjs", paymentId: "pay_grpcjs" }),
+        { deadline: Date.now() + 2000 },
+      );
+      assert.equal(response.payment?.id, "pay_grpcjs");
+      assert.equal(response.payment?.status, PaymentStatus.SUCCEEDED);
+      assert.equal(response.payment?.failureCode, "seen:pay_grpcjs");
+      // The grpc-timeout sent by grpc-js became A's deadline, and shrank on the way to B.
+      const header = Number(seenAtB[0]?.timeoutHeader["connect-timeout-ms"]);
+      assert.ok(header > 0 && header <= 2000 - HOP_MARGIN_MS, `B was given ${header} ms`);
+
+      answerB = async () => {
+        throw new ConnectError("no such payment", Code.NotFound);
+      };
+      const failure = await grpcUnary<GetPaymentResponse>(
+        client,
+        "getPayment",
+        create(GetPaymentRequestSchema, { tenantId: "ten_grpcjs", paymentId: "pay_missing" }),
+        { deadline: Date.now() + 2000 },
+      ).then(
+        () => assert.fail("expected NOT_FOUND"),
+        (error: grpc.ServiceError) => error,
+      );
+      assert.equal(failure.code, grpc.status.NOT_FOUND);
+      assert.equal(failure.details, "no such payment");
+    } finally {
+      client.close();
+    }
+  });
+});
