@@ -12,7 +12,6 @@ import {
   type Account,
   type Transfer,
 } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
-import { currentCallContext } from "../runtime/call-context.js";
 import { invalidArgument } from "../runtime/errors.js";
 import type { ServiceModule } from "../runtime/service.js";
 import {
@@ -122,10 +121,9 @@ export const ledgerModule: ServiceModule = {
             const results = await createAccounts(db, batch);
             return { results: results.map((item, index) => create(CreateAccountsResponse_ItemSchema, { index, ...item })) };
           },
-          async createTransfers(request, context) {
+          async createTransfers(request) {
             const batch = validateTransfers(request.transfers);
-            const signal = currentCallContext()?.signal ?? context.signal;
-            const outcomes = await createTransfers(db, batch, signal);
+            const outcomes = await createTransfers(db, batch);
             return { results: outcomes.map((item, index) => create(CreateTransfersResponse_ItemSchema, { index, ...item })) };
           },
           async lookupAccounts(request) {

@@ -10,7 +10,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { asc, inArray, sql } from "drizzle-orm";
 import { EnvelopeSchema, LedgerTransferCreatedSchema } from "../../gen/cowrie/events/v1/events_pb.js";
 import { CreateAccountResult, type CreateTransferResult } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
-import type { Db, Tx } from "../runtime/db.js";
+import { transact, type Db, type Tx } from "../runtime/db.js";
 import { planTransfers, type AccountState, type ItemOutcome, type StoredOutcome, type TransferInput } from "./engine.js";
 import { accounts, outbox, transferFailures, transfers } from "./schema.js";
 
@@ -44,10 +44,11 @@ function differingAccountField(stored: AccountRow, incoming: NewAccount): string
   return same ? undefined : "metadata";
 }
 
-export async function createAccounts(
-  db: Db,
-  batch: NewAccount[],
-): Promise<{ result: CreateAccountResult; field?: string }[]> {
+export function createAccounts(db: Db, batch: NewAccount[]): Promise<{ result: CreateAccountResult; field?: string }[]> {
+  return transact(db, (tx) => insertAccounts(tx, batch));
+}
+
+async function insertAccounts(db: Tx, batch: NewAccount[]): Promise<{ result: CreateAccountResult; field?: string }[]> {
   const inserted = await db
     .insert(accounts)
     .values(batch)
@@ -156,16 +157,13 @@ async function writePlan(tx: Tx, plan: ReturnType<typeof planTransfers>): Promis
   return sequences;
 }
 
-/**
- * Creates a batch of validated transfers. `signal` aborts the transaction before it commits, so
- * a call whose deadline passed leaves nothing behind.
- */
-export async function createTransfers(db: Db, batch: TransferInput[], signal: AbortSignal): Promise<ItemOutcome[]> {
+/** Creates a batch of validated transfers, in a transaction bound to the call's deadline. */
+export async function createTransfers(db: Db, batch: TransferInput[]): Promise<ItemOutcome[]> {
   const ids = batch.map((transfer) => transfer.id);
   const accountIds = [...new Set(batch.flatMap((t) => [t.debitAccountId, t.creditAccountId]))].sort();
   for (let attempt = 1; ; attempt++) {
     try {
-      return await db.transaction(async (tx) => {
+      return await transact(db, async (tx) => {
         const locked = await tx
           .select()
           .from(accounts)
@@ -176,7 +174,6 @@ export async function createTransfers(db: Db, batch: TransferInput[], signal: Ab
         const stored = await readStored(tx, ids);
         const plan = planTransfers(batch, new Map(locked.map((row) => [row.id, toState(row)])), stored);
         const sequences = await writePlan(tx, plan);
-        signal.throwIfAborted();
         return plan.outcomes.map((outcome, index) => {
           const sequence = sequences.get((batch[index] as TransferInput).id);
           return sequence === undefined ? outcome : { ...outcome, sequence };

@@ -12,6 +12,7 @@ import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
 import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
 import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
 import postgres from "postgres";
+import { currentCallContext } from "./call-context.js";
 
 /** The drizzle database a service uses, the same type on postgres.js and on PGlite. */
 export type Db = PgDatabase<PgQueryResultHKT>;
@@ -137,6 +138,21 @@ function isAlive(pid: number): boolean {
   } catch (error) {
     return (error as { code?: string }).code === "EPERM";
   }
+}
+
+/**
+ * Runs a write in a transaction bound to the call's deadline: it does not start once the call is
+ * over and it rolls back instead of committing when the deadline passed meanwhile. Without this,
+ * a statement queued on a connection that is being re-established runs whenever the database
+ * comes back, long after the caller was told DEADLINE_EXCEEDED.
+ */
+export async function transact<T>(db: Db, work: (tx: Tx) => Promise<T>, signal = currentCallContext()?.signal): Promise<T> {
+  signal?.throwIfAborted();
+  return db.transaction(async (tx) => {
+    const result = await work(tx);
+    signal?.throwIfAborted();
+    return result;
+  });
 }
 
 /** Rows of a raw `db.execute` result, which postgres.js returns as an array and PGlite as { rows }. */

@@ -22,7 +22,7 @@ import {
   WalletStatus,
   type Wallet,
 } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
-import type { Db } from "../runtime/db.js";
+import { transact, type Db } from "../runtime/db.js";
 import { failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import type { ServiceModule } from "../runtime/service.js";
 import {
@@ -175,11 +175,13 @@ export const walletModule: ServiceModule = {
             if (accountResult !== CreateAccountResult.CREATED && accountResult !== CreateAccountResult.EXISTS) {
               throw new ConnectError(`ledger account ${id} conflicts (${results[0]?.field})`, Code.Internal);
             }
-            const inserted = await db
-              .insert(wallets)
-              .values({ id, tenantId, ownerId, currency, kind, status: WalletStatus.ACTIVE })
-              .onConflictDoNothing({ target: wallets.id })
-              .returning();
+            const inserted = await transact(db, (tx) =>
+              tx
+                .insert(wallets)
+                .values({ id, tenantId, ownerId, currency, kind, status: WalletStatus.ACTIVE })
+                .onConflictDoNothing({ target: wallets.id })
+                .returning(),
+            );
             const row = inserted[0] ?? (await findWallet(db, tenantId, id));
             if (!row) throw new ConnectError(`wallet ${id} vanished`, Code.Internal);
             const [wallet] = await withBalances(ledger, [row]);
