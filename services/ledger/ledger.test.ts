@@ -9,6 +9,7 @@ import {
   CreateAccountResult,
   CreateTransferResult,
   LedgerService,
+  TransferKind,
   type Transfer,
 } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import { openBackends, startService, type Backends, type RunningService } from "../runtime/service.js";
@@ -63,7 +64,7 @@ async function fundingAccount(): Promise<string> {
 type TransferInit = Omit<Partial<Transfer>, "$typeName">;
 
 function transfer(fields: TransferInit & Pick<Transfer, "debitAccountId" | "creditAccountId">): TransferInit {
-  return { id: uniqueId("tr"), amountMinor: 100n, currency: "NGN", code: 1, ...fields };
+  return { id: uniqueId("tr"), kind: TransferKind.POSTED, amountMinor: 100n, currency: "NGN", code: 1, ...fields };
 }
 
 async function balances(id: string) {

@@ -2,7 +2,7 @@
 // an account, which change in the same transaction as the transfers that move them; the check
 // constraints are the second line of defence behind the write path's own checks.
 import { sql } from "drizzle-orm";
-import { bigint, boolean, check, customType, index, integer, jsonb, pgSchema, text, timestamp, uuid } from "drizzle-orm/pg-core";
+import { bigint, boolean, check, customType, index, integer, jsonb, pgSchema, smallint, text, timestamp, uuid } from "drizzle-orm/pg-core";
 
 export const ledger = pgSchema("ledger");
 
@@ -22,6 +22,7 @@ export const accounts = ledger.table(
     creditsPosted: bigint("credits_posted", { mode: "bigint" }).notNull().default(sql`0`),
     debitsPending: bigint("debits_pending", { mode: "bigint" }).notNull().default(sql`0`),
     creditsPending: bigint("credits_pending", { mode: "bigint" }).notNull().default(sql`0`),
+    closed: boolean("closed").notNull().default(false),
     createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
   },
   (table) => [
@@ -33,21 +34,30 @@ export const accounts = ledger.table(
   ],
 );
 
-/** Committed transfers: immutable; the id is the caller's idempotency key, kept forever. */
+/**
+ * The journal: committed transfers, immutable (a trigger refuses UPDATE and DELETE). The id is
+ * the caller's idempotency key, kept forever. `sequence` numbers transfers 1, 2, 3... in commit
+ * order without gaps; `batch` ties each to the hash-chained journal batch that committed it.
+ * POST/VOID/EXPIRE rows are stored resolved: accounts, currency and amount filled in.
+ */
 export const transfers = ledger.table(
   "transfers",
   {
     id: text("id").primaryKey(),
-    sequence: bigint("sequence", { mode: "bigint" }).generatedAlwaysAsIdentity().notNull().unique(),
+    sequence: bigint("sequence", { mode: "bigint" }).notNull().unique(),
+    batch: bigint("batch", { mode: "bigint" }).notNull(),
+    kind: smallint("kind").notNull(),
     debitAccountId: text("debit_account_id").notNull().references(() => accounts.id),
     creditAccountId: text("credit_account_id").notNull().references(() => accounts.id),
     amountMinor: bigint("amount_minor", { mode: "bigint" }).notNull(),
     currency: text("currency").notNull(),
     code: integer("code").notNull(),
-    reference: text("reference").notNull().default(""),
-    metadata: jsonb("metadata").$type<Record<string, string>>().notNull().default({}),
-    linked: boolean("linked").notNull().default(false),
-    createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+    reference: text("reference").notNull(),
+    metadata: jsonb("metadata").$type<Record<string, string>>().notNull(),
+    linked: boolean("linked").notNull(),
+    pendingId: text("pending_id").notNull(),
+    timeoutSeconds: integer("timeout_seconds").notNull(),
+    createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull(),
   },
   (table) => [
     check("transfers_amount_positive", sql`${table.amountMinor} > 0`),
@@ -57,13 +67,26 @@ export const transfers = ledger.table(
   ],
 );
 
+/** Resolution state of PENDING transfers (the journal rows themselves never change). */
+export const pendingTransfers = ledger.table(
+  "pending_transfers",
+  {
+    id: text("id").primaryKey().references(() => transfers.id),
+    status: smallint("status").notNull(),
+    expiresAt: timestamp("expires_at", { withTimezone: true, mode: "date" }),
+    resolvedBy: text("resolved_by"),
+  },
+  (table) => [index("pending_transfers_expiry_idx").on(table.expiresAt).where(sql`${table.status} = 1 and ${table.expiresAt} is not null`)],
+);
+
 /**
- * Transfers that were refused, with the refusal. A retry with the same id returns the recorded
- * result, so an outcome once decided never flips (a refused transfer cannot succeed later).
+ * Transfers that were refused, as submitted, with the refusal. A retry with the same id returns
+ * the recorded result, so an outcome once decided never flips.
  */
 export const transferFailures = ledger.table("transfer_failures", {
   id: text("id").primaryKey(),
   result: integer("result").notNull(),
+  kind: smallint("kind").notNull(),
   debitAccountId: text("debit_account_id").notNull(),
   creditAccountId: text("credit_account_id").notNull(),
   amountMinor: bigint("amount_minor", { mode: "bigint" }).notNull(),
@@ -72,7 +95,34 @@ export const transferFailures = ledger.table("transfer_failures", {
   reference: text("reference").notNull(),
   metadata: jsonb("metadata").$type<Record<string, string>>().notNull(),
   linked: boolean("linked").notNull(),
+  pendingId: text("pending_id").notNull(),
+  timeoutSeconds: integer("timeout_seconds").notNull(),
   createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+});
+
+/**
+ * One row per committed batch: hash = SHA-256(previous batch's hash, then every transfer of the
+ * batch in sequence order in a canonical encoding). Changing, adding or removing any journal row
+ * breaks the chain from that batch on.
+ */
+export const journalBatches = ledger.table("journal_batches", {
+  batch: bigint("batch", { mode: "bigint" }).primaryKey(),
+  firstSequence: bigint("first_sequence", { mode: "bigint" }).notNull(),
+  lastSequence: bigint("last_sequence", { mode: "bigint" }).notNull(),
+  previousHash: bytea("previous_hash").notNull(),
+  hash: bytea("hash").notNull(),
+  createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull(),
+});
+
+/**
+ * The head of the journal, one row. Every commit locks it, so batches get consecutive numbers
+ * and sequences even with several Ledger processes on one database.
+ */
+export const journalHead = ledger.table("journal_head", {
+  id: smallint("id").primaryKey(),
+  lastBatch: bigint("last_batch", { mode: "bigint" }).notNull(),
+  lastSequence: bigint("last_sequence", { mode: "bigint" }).notNull(),
+  lastHash: bytea("last_hash").notNull(),
 });
 
 /**

@@ -1,17 +1,24 @@
-// The Ledger service: validates requests field by field, then hands them to the store.
+// The Ledger service: validates requests field by field, then hands transfers to the group
+// committer and reads to the store. A bounded background task releases expired reservations
+// through the same write path, so expiry is journaled like any other transfer.
 import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import {
   AccountCode,
   AccountSchema,
+  BalanceSchema,
+  CloseAccountsResponse_ItemSchema,
   CreateAccountsResponse_ItemSchema,
   CreateTransfersResponse_ItemSchema,
+  GetAccountHistoryResponse_EntrySchema,
   LedgerService,
+  TransferKind,
   TransferSchema,
   type Account,
   type Transfer,
 } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
+import { currentCallContext } from "../runtime/call-context.js";
 import { invalidArgument } from "../runtime/errors.js";
 import type { ServiceModule } from "../runtime/service.js";
 import {
@@ -23,12 +30,35 @@ import {
   requireEnum,
   requireId,
 } from "../runtime/validate.js";
-import type { TransferInput } from "./engine.js";
-import { createAccounts, createTransfers, lookupAccounts, lookupTransfers, type AccountRow, type NewAccount, type TransferRow } from "./store.js";
+import { resolvesPending, type TransferInput } from "./engine.js";
+import { GroupCommitter } from "./group-commit.js";
+import {
+  accountHistory,
+  balanceAt,
+  closeAccounts,
+  commitTransfers,
+  createAccounts,
+  expiredPendingIds,
+  lookupAccounts,
+  lookupTransfers,
+  requireAccount,
+  type AccountRow,
+  type NewAccount,
+  type Totals,
+  type TransferRow,
+} from "./store.js";
+import { verifyJournal } from "./verifier.js";
 
 /** Largest batch of accounts, transfers or ids in one call. */
 export const BATCH_SIZE_MAX = 8000;
+/** Most transfers committed together by group commit. */
+const GROUP_TRANSFERS_MAX = 8000;
 const CODE_MAX = 65535;
+const TIMEOUT_SECONDS_MAX = 31_536_000;
+const EXPIRY_INTERVAL_MS = 1000;
+const EXPIRY_BATCH_MAX = 1000;
+const HISTORY_PAGE_SIZE_DEFAULT = 100;
+const HISTORY_PAGE_SIZE_MAX = 1000;
 
 function requireDistinct(ids: string[], field: string): void {
   const seen = new Map<string, number>();
@@ -55,24 +85,44 @@ function validateAccount(account: Account, index: number): NewAccount {
   };
 }
 
+const CLIENT_KINDS = { POSTED: 1, PENDING: 2, POST_PENDING: 3, VOID_PENDING: 4 };
+
+/** Accounts, currency and amount may be left to the pending transfer by POST and VOID. */
+function optional<T>(value: T, empty: T, check: (value: T) => T): T {
+  return value === empty ? value : check(value);
+}
+
 function validateTransfer(transfer: Transfer, index: number): TransferInput {
   const field = `transfers[${index}]`;
-  const debitAccountId = requireId(transfer.debitAccountId, `${field}.debit_account_id`);
-  const creditAccountId = requireId(transfer.creditAccountId, `${field}.credit_account_id`);
-  if (debitAccountId === creditAccountId) {
+  const kind = requireEnum(transfer.kind, `${field}.kind`, CLIENT_KINDS) as TransferKind;
+  const resolving = resolvesPending(kind);
+  const accountId = (value: string, name: string) => (resolving ? optional(value, "", (v) => requireId(v, name)) : requireId(value, name));
+  const debitAccountId = accountId(transfer.debitAccountId, `${field}.debit_account_id`);
+  const creditAccountId = accountId(transfer.creditAccountId, `${field}.credit_account_id`);
+  if (debitAccountId !== "" && debitAccountId === creditAccountId) {
     throw invalidArgument(`${field}.credit_account_id`, "must differ from debit_account_id");
   }
   if (transfer.code > CODE_MAX) throw invalidArgument(`${field}.code`, `must be at most ${CODE_MAX}`);
+  if (resolving) requireId(transfer.pendingId, `${field}.pending_id`);
+  else if (transfer.pendingId !== "") throw invalidArgument(`${field}.pending_id`, "is only for POST_PENDING and VOID_PENDING");
+  if (kind !== TransferKind.PENDING && transfer.timeoutSeconds !== 0) {
+    throw invalidArgument(`${field}.timeout_seconds`, "is only for PENDING");
+  }
+  if (transfer.timeoutSeconds > TIMEOUT_SECONDS_MAX) throw invalidArgument(`${field}.timeout_seconds`, `must be at most ${TIMEOUT_SECONDS_MAX}`);
+  const amountField = `${field}.amount_minor`;
   return {
     id: requireId(transfer.id, `${field}.id`),
+    kind,
     debitAccountId,
     creditAccountId,
-    amountMinor: requireAmountMinor(transfer.amountMinor, `${field}.amount_minor`),
-    currency: requireCurrency(transfer.currency, `${field}.currency`),
+    amountMinor: resolving ? optional(transfer.amountMinor, 0n, (v) => requireAmountMinor(v, amountField)) : requireAmountMinor(transfer.amountMinor, amountField),
+    currency: resolving ? optional(transfer.currency, "", (v) => requireCurrency(v, `${field}.currency`)) : requireCurrency(transfer.currency, `${field}.currency`),
     code: transfer.code,
     reference: limitText(transfer.reference, `${field}.reference`, 128),
     metadata: limitMetadata(transfer.metadata, `${field}.metadata`),
     linked: transfer.linked,
+    pendingId: transfer.pendingId,
+    timeoutSeconds: transfer.timeoutSeconds,
   };
 }
 
@@ -96,12 +146,39 @@ function inRequestOrder<T extends { id: string }>(ids: string[], rows: T[]): T[]
   return ids.flatMap((id) => byId.get(id) ?? []);
 }
 
-export function accountMessage(row: AccountRow): Account {
-  return create(AccountSchema, { ...row, createdAt: timestampFromDate(row.createdAt) });
+export function availableMinor(row: Totals & { creditsMustNotExceedDebits: boolean }): bigint {
+  return row.creditsMustNotExceedDebits
+    ? row.debitsPosted - row.creditsPosted - row.creditsPending
+    : row.creditsPosted - row.debitsPosted - row.debitsPending;
 }
 
-function transferMessage(row: TransferRow): Transfer {
+export function accountMessage(row: AccountRow): Account {
+  return create(AccountSchema, { ...row, createdAt: timestampFromDate(row.createdAt), availableMinor: availableMinor(row) });
+}
+
+function transferMessage(row: TransferRow | (Omit<TransferRow, "kind"> & { kind: number })): Transfer {
   return create(TransferSchema, { ...row, createdAt: timestampFromDate(row.createdAt) });
+}
+
+function optionalTime(value: Timestamp | undefined): Date | undefined {
+  return value ? timestampDate(value) : undefined;
+}
+
+function pageSize(requested: number): number {
+  if (requested > HISTORY_PAGE_SIZE_MAX) throw invalidArgument("page_size", `must be at most ${HISTORY_PAGE_SIZE_MAX}`);
+  return requested === 0 ? HISTORY_PAGE_SIZE_DEFAULT : requested;
+}
+
+/** Page tokens are the last sequence returned, opaque to clients. */
+function afterSequence(token: string): bigint {
+  if (token === "") return 0n;
+  const decoded = Buffer.from(token, "base64url").toString("utf8");
+  if (!/^s:\d{1,19}$/.test(decoded)) throw invalidArgument("page_token", "is not a token this service issued");
+  return BigInt(decoded.slice(2));
+}
+
+function pageToken(sequence: bigint): string {
+  return Buffer.from(`s:${sequence}`, "utf8").toString("base64url");
 }
 
 export const ledgerModule: ServiceModule = {
@@ -109,9 +186,37 @@ export const ledgerModule: ServiceModule = {
   services: [LedgerService],
   uses: { database: true },
   migrationsFolder: fileURLToPath(new URL("./migrations", import.meta.url)),
-  create({ database }) {
+  create({ database, log }) {
     const db = database.db;
+    const committer = new GroupCommitter((batch) => commitTransfers(db, batch), GROUP_TRANSFERS_MAX);
+
+    // Releases expired reservations a bounded number at a time. The ids are derived from the
+    // pending transfer, so two Ledger processes expiring the same one write it once.
+    let expiring = false;
+    const expiryTimer = setInterval(async () => {
+      if (expiring) return;
+      expiring = true;
+      try {
+        const ids = await expiredPendingIds(db, Date.now(), EXPIRY_BATCH_MAX);
+        if (ids.length === 0) return;
+        const outcomes = await committer.submit(ids.map((pendingId) => ({
+          id: `expire:${pendingId}`.slice(0, 64), kind: TransferKind.EXPIRE_PENDING, debitAccountId: "", creditAccountId: "",
+          amountMinor: 0n, currency: "", code: 0, reference: "", metadata: {}, linked: false, pendingId, timeoutSeconds: 0,
+        })));
+        log.info({ expired: outcomes.length }, "released expired pending transfers");
+      } catch (error) {
+        log.warn({ err: error instanceof Error ? error.message : String(error) }, "expiry pass failed; will retry");
+      } finally {
+        expiring = false;
+      }
+    }, EXPIRY_INTERVAL_MS);
+    expiryTimer.unref();
+
     return {
+      async stop() {
+        clearInterval(expiryTimer);
+        await committer.idle();
+      },
       routes(router) {
         router.service(LedgerService, {
           async createAccounts(request) {
@@ -123,8 +228,13 @@ export const ledgerModule: ServiceModule = {
           },
           async createTransfers(request) {
             const batch = validateTransfers(request.transfers);
-            const outcomes = await createTransfers(db, batch);
+            const outcomes = await committer.submit(batch, currentCallContext()?.signal);
             return { results: outcomes.map((item, index) => create(CreateTransfersResponse_ItemSchema, { index, ...item })) };
+          },
+          async closeAccounts(request) {
+            const ids = requireIds(request.ids);
+            const results = await closeAccounts(db, ids);
+            return { results: results.map((result, index) => create(CloseAccountsResponse_ItemSchema, { index, result })) };
           },
           async lookupAccounts(request) {
             const ids = requireIds(request.ids);
@@ -134,9 +244,41 @@ export const ledgerModule: ServiceModule = {
             const ids = requireIds(request.ids);
             return { transfers: inRequestOrder(ids, await lookupTransfers(db, ids)).map(transferMessage) };
           },
+          async getAccountHistory(request) {
+            const accountId = requireId(request.accountId, "account_id");
+            const limit = pageSize(request.pageSize);
+            const after = afterSequence(request.pageToken);
+            requireAccount((await lookupAccounts(db, [accountId]))[0], accountId);
+            const entries = await accountHistory(db, accountId, {
+              fromTime: optionalTime(request.fromTime),
+              toTime: optionalTime(request.toTime),
+              afterSequence: after,
+              limit: limit + 1,
+            });
+            const page = entries.slice(0, limit);
+            const last = page[page.length - 1];
+            return {
+              entries: page.map((entry) =>
+                create(GetAccountHistoryResponse_EntrySchema, {
+                  transfer: transferMessage(entry.transfer),
+                  balanceAfter: create(BalanceSchema, entry.balanceAfter),
+                }),
+              ),
+              nextPageToken: entries.length > limit && last ? pageToken(last.transfer.sequence) : "",
+            };
+          },
+          async getAccountBalanceAt(request) {
+            const accountId = requireId(request.accountId, "account_id");
+            if (!request.time) throw invalidArgument("time", "is required");
+            requireAccount((await lookupAccounts(db, [accountId]))[0], accountId);
+            const { totals, sequence } = await balanceAt(db, accountId, timestampDate(request.time));
+            return { balance: create(BalanceSchema, totals), sequence };
+          },
+          async verifyJournal() {
+            return verifyJournal(db);
+          },
         });
       },
     };
   },
 };
-

@@ -1,32 +1,44 @@
-// The Ledger's reads and writes in PostgreSQL. A transfer batch is one transaction: lock every
-// account it names (in id order, so concurrent batches never deadlock), read what is already
-// stored under its ids, plan it with the pure engine, and write transfers, refusals, new
-// balance totals and outbox events together. A concurrent insert of the same id surfaces as a
-// unique violation and the whole batch is re-planned, so each id is decided exactly once.
+// The Ledger's reads and writes in PostgreSQL. A group of transfer batches is one transaction:
+// lock the journal head (so batches and sequences are consecutive even with several Ledger
+// processes), read what is stored under the ids and the pending transfers they resolve, lock
+// every account involved in id order, plan with the pure engine, and append transfers, refusals,
+// pending states, balance totals, the hash-chained batch record and outbox events together.
 import { randomUUID } from "node:crypto";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { anyPack, timestampNow } from "@bufbuild/protobuf/wkt";
+import { anyPack, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { asc, inArray, sql } from "drizzle-orm";
+import { and, asc, eq, inArray, sql, type SQL } from "drizzle-orm";
 import { EnvelopeSchema, LedgerTransferCreatedSchema } from "../../gen/cowrie/events/v1/events_pb.js";
-import { CreateAccountResult, type CreateTransferResult } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
-import { transact, type Db, type Tx } from "../runtime/db.js";
-import { planTransfers, type AccountState, type ItemOutcome, type StoredOutcome, type TransferInput } from "./engine.js";
-import { accounts, outbox, transferFailures, transfers } from "./schema.js";
+import { CloseAccountResult, CreateAccountResult, TransferKind, type CreateTransferResult } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
+import { rowsOf, transact, type Db, type Tx } from "../runtime/db.js";
+import {
+  PendingStatus,
+  planTransfers,
+  resolvesPending,
+  type AccountState,
+  type ItemOutcome,
+  type PendingState,
+  type StoredOutcome,
+  type TransferInput,
+} from "./engine.js";
+import { batchHash, type JournalRow } from "./journal.js";
+import { accounts, journalHead, pendingTransfers, transferFailures, transfers } from "./schema.js";
 
 export type AccountRow = typeof accounts.$inferSelect;
 export type NewAccount = typeof accounts.$inferInsert;
 export type TransferRow = typeof transfers.$inferSelect;
 
 const UNIQUE_VIOLATION = "23505";
-const SERIALIZATION_RETRIES_MAX = 4;
 
-function isUniqueViolation(error: unknown): boolean {
+export function isUniqueViolation(error: unknown): boolean {
   for (let cause = error; cause instanceof Error; cause = (cause as { cause?: unknown }).cause) {
     if ((cause as { code?: unknown }).code === UNIQUE_VIOLATION) return true;
   }
   return false;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Accounts
 
 const ACCOUNT_FIELDS: [keyof NewAccount, string][] = [
   ["currency", "currency"],
@@ -45,27 +57,34 @@ function differingAccountField(stored: AccountRow, incoming: NewAccount): string
 }
 
 export function createAccounts(db: Db, batch: NewAccount[]): Promise<{ result: CreateAccountResult; field?: string }[]> {
-  return transact(db, (tx) => insertAccounts(tx, batch));
+  return transact(db, async (tx) => {
+    const inserted = await tx.insert(accounts).values(batch).onConflictDoNothing({ target: accounts.id }).returning({ id: accounts.id });
+    const created = new Set(inserted.map((row) => row.id));
+    const others = batch.filter((account) => !created.has(account.id)).map((account) => account.id);
+    const existing = others.length ? await tx.select().from(accounts).where(inArray(accounts.id, others)) : [];
+    const byId = new Map(existing.map((row) => [row.id, row]));
+    return batch.map((account) => {
+      if (created.has(account.id)) return { result: CreateAccountResult.CREATED };
+      const field = differingAccountField(byId.get(account.id) as AccountRow, account);
+      return field === undefined ? { result: CreateAccountResult.EXISTS } : { result: CreateAccountResult.EXISTS_WITH_DIFFERENT_FIELD, field };
+    });
+  });
 }
 
-async function insertAccounts(db: Tx, batch: NewAccount[]): Promise<{ result: CreateAccountResult; field?: string }[]> {
-  const inserted = await db
-    .insert(accounts)
-    .values(batch)
-    .onConflictDoNothing({ target: accounts.id })
-    .returning({ id: accounts.id });
-  const created = new Set(inserted.map((row) => row.id));
-  const others = batch.filter((account) => !created.has(account.id));
-  const existing = others.length
-    ? new Map((await db.select().from(accounts).where(inArray(accounts.id, others.map((a) => a.id)))).map((row) => [row.id, row]))
-    : new Map<string, AccountRow>();
-  return batch.map((account) => {
-    if (created.has(account.id)) return { result: CreateAccountResult.CREATED };
-    const stored = existing.get(account.id) as AccountRow;
-    const field = differingAccountField(stored, account);
-    return field === undefined
-      ? { result: CreateAccountResult.EXISTS }
-      : { result: CreateAccountResult.EXISTS_WITH_DIFFERENT_FIELD, field };
+export function closeAccounts(db: Db, ids: string[]): Promise<CloseAccountResult[]> {
+  return transact(db, async (tx) => {
+    const locked = await tx.select().from(accounts).where(inArray(accounts.id, ids)).orderBy(asc(accounts.id)).for("update");
+    const byId = new Map(locked.map((row) => [row.id, row]));
+    const results = ids.map((id) => {
+      const account = byId.get(id);
+      if (!account) return CloseAccountResult.NOT_FOUND;
+      if (account.closed) return CloseAccountResult.ALREADY_CLOSED;
+      if (account.debitsPending !== 0n || account.creditsPending !== 0n) return CloseAccountResult.HAS_PENDING_TRANSFERS;
+      return CloseAccountResult.CLOSED;
+    });
+    const closing = ids.filter((_, index) => results[index] === CloseAccountResult.CLOSED);
+    if (closing.length > 0) await tx.update(accounts).set({ closed: true }).where(inArray(accounts.id, closing));
+    return results;
   });
 }
 
@@ -77,12 +96,16 @@ export function lookupTransfers(db: Db, ids: string[]): Promise<TransferRow[]> {
   return db.select().from(transfers).where(inArray(transfers.id, ids));
 }
 
+// ---------------------------------------------------------------------------------------------
+// The write path
+
 function toState(row: AccountRow): AccountState {
   return {
     id: row.id,
     currency: row.currency,
     debitsMustNotExceedCredits: row.debitsMustNotExceedCredits,
     creditsMustNotExceedDebits: row.creditsMustNotExceedDebits,
+    closed: row.closed,
     debitsPosted: row.debitsPosted,
     creditsPosted: row.creditsPosted,
     debitsPending: row.debitsPending,
@@ -91,99 +114,303 @@ function toState(row: AccountRow): AccountState {
 }
 
 async function readStored(tx: Tx, ids: string[]): Promise<Map<string, StoredOutcome>> {
-  const stored = new Map<string, StoredOutcome>();
   const [committed, refused] = await Promise.all([
     tx.select().from(transfers).where(inArray(transfers.id, ids)),
     tx.select().from(transferFailures).where(inArray(transferFailures.id, ids)),
   ]);
-  for (const row of committed) stored.set(row.id, { kind: "created", transfer: row, sequence: row.sequence });
-  for (const row of refused) stored.set(row.id, { kind: "failed", transfer: row, result: row.result as CreateTransferResult });
+  const stored = new Map<string, StoredOutcome>();
+  for (const row of committed) stored.set(row.id, { kind: "created", transfer: row as TransferInput, sequence: row.sequence });
+  for (const row of refused) stored.set(row.id, { kind: "failed", transfer: row as TransferInput, result: row.result as CreateTransferResult });
   return stored;
 }
 
-function transferCreatedEvent(transfer: TransferInput, sequence: bigint): typeof outbox.$inferInsert {
-  const id = randomUUID();
-  const data = create(LedgerTransferCreatedSchema, {
-    transferId: transfer.id,
-    debitAccountId: transfer.debitAccountId,
-    creditAccountId: transfer.creditAccountId,
-    amountMinor: transfer.amountMinor,
-    currency: transfer.currency,
-    code: transfer.code,
-    reference: transfer.reference,
-    sequence,
+async function readPendings(tx: Tx, ids: string[]): Promise<Map<string, PendingState>> {
+  if (ids.length === 0) return new Map();
+  const rows = await tx
+    .select({ transfer: transfers, status: pendingTransfers.status, expiresAt: pendingTransfers.expiresAt })
+    .from(transfers)
+    .leftJoin(pendingTransfers, eq(pendingTransfers.id, transfers.id))
+    .where(inArray(transfers.id, ids));
+  return new Map(
+    rows.map((row) => [
+      row.transfer.id,
+      {
+        transfer: row.transfer as TransferInput,
+        status: row.transfer.kind === TransferKind.PENDING ? ((row.status ?? undefined) as PendingStatus | undefined) : undefined,
+        expiresAtMs: row.expiresAt?.getTime(),
+      },
+    ]),
+  );
+}
+
+/** A PostgreSQL array literal, passed as one text parameter: one round trip for any batch size. */
+function arrayLiteral(values: readonly (string | bigint | number | boolean | null)[]): string {
+  const items = values.map((value) => {
+    if (value === null) return "NULL";
+    if (typeof value === "boolean") return value ? "t" : "f";
+    if (typeof value !== "string") return String(value);
+    return `"${value.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
   });
+  return `{${items.join(",")}}`;
+}
+
+function column<T>(rows: readonly T[], pick: (row: T) => string | bigint | number | boolean | null, type: string): SQL {
+  return sql`${arrayLiteral(rows.map(pick))}::${sql.raw(type)}[]`;
+}
+
+function transferCreatedEvent(row: JournalRow): { id: string; subject: string; payloadHex: string } {
+  const id = randomUUID();
+  const subject = `transfer/${row.id}`;
   const envelope = create(EnvelopeSchema, {
     id,
     type: LedgerTransferCreatedSchema.typeName,
     source: "ledger",
-    subject: `transfer/${transfer.id}`,
-    time: timestampNow(),
-    data: anyPack(LedgerTransferCreatedSchema, data),
+    subject,
+    time: timestampFromDate(row.createdAt),
+    data: anyPack(
+      LedgerTransferCreatedSchema,
+      create(LedgerTransferCreatedSchema, {
+        transferId: row.id,
+        debitAccountId: row.debitAccountId,
+        creditAccountId: row.creditAccountId,
+        amountMinor: row.amountMinor,
+        currency: row.currency,
+        code: row.code,
+        reference: row.reference,
+        sequence: row.sequence,
+      }),
+    ),
   });
-  return { id, eventType: envelope.type, subject: envelope.subject, payload: toBinary(EnvelopeSchema, envelope) };
+  return { id, subject, payloadHex: Buffer.from(toBinary(EnvelopeSchema, envelope)).toString("hex") };
 }
 
-async function writePlan(tx: Tx, plan: ReturnType<typeof planTransfers>): Promise<Map<string, bigint>> {
-  const sequences = new Map<string, bigint>();
-  if (plan.created.length > 0) {
-    const rows = await tx
-      .insert(transfers)
-      .values(plan.created.map((transfer) => ({ ...transfer, metadata: { ...transfer.metadata } })))
-      .returning({ id: transfers.id, sequence: transfers.sequence });
-    for (const row of rows) sequences.set(row.id, row.sequence);
-    await tx.insert(outbox).values(plan.created.map((transfer) => transferCreatedEvent(transfer, sequences.get(transfer.id) as bigint)));
-  }
-  if (plan.failed.length > 0) {
-    await tx.insert(transferFailures).values(
-      plan.failed.map(({ transfer, result }) => ({ ...transfer, metadata: { ...transfer.metadata }, result })),
-    );
-  }
-  if (plan.changed.size > 0) {
-    const values = sql.join(
-      [...plan.changed.values()].map(
-        (account) =>
-          sql`(${account.id}, ${account.debitsPosted}::bigint, ${account.creditsPosted}::bigint, ${account.debitsPending}::bigint, ${account.creditsPending}::bigint)`,
-      ),
-      sql`, `,
-    );
+async function appendJournal(tx: Tx, rows: JournalRow[], head: { lastBatch: bigint; lastHash: Uint8Array }): Promise<void> {
+  if (rows.length === 0) return;
+  const batch = head.lastBatch + 1n;
+  const hash = batchHash(head.lastHash, rows);
+  const first = rows[0] as JournalRow;
+  const last = rows[rows.length - 1] as JournalRow;
+  const events = rows.map(transferCreatedEvent);
+  await tx.execute(sql`
+    insert into ledger.transfers (id, sequence, batch, kind, debit_account_id, credit_account_id, amount_minor, currency, code, reference, metadata, linked, pending_id, timeout_seconds, created_at)
+    select *, ${first.createdAt.toISOString()}::timestamptz from unnest(
+      ${column(rows, (r) => r.id, "text")}, ${column(rows, (r) => r.sequence, "int8")}, ${column(rows, () => batch, "int8")},
+      ${column(rows, (r) => r.kind, "int2")}, ${column(rows, (r) => r.debitAccountId, "text")}, ${column(rows, (r) => r.creditAccountId, "text")},
+      ${column(rows, (r) => r.amountMinor, "int8")}, ${column(rows, (r) => r.currency, "text")}, ${column(rows, (r) => r.code, "int4")},
+      ${column(rows, (r) => r.reference, "text")}, ${column(rows, (r) => JSON.stringify(r.metadata), "jsonb")}, ${column(rows, (r) => r.linked, "bool")},
+      ${column(rows, (r) => r.pendingId, "text")}, ${column(rows, (r) => r.timeoutSeconds, "int4")})`);
+  await tx.execute(sql`
+    insert into ledger.outbox (id, event_type, subject, payload)
+    select id, ${LedgerTransferCreatedSchema.typeName}, subject, decode(payload, 'hex') from unnest(
+      ${column(events, (e) => e.id, "uuid")}, ${column(events, (e) => e.subject, "text")}, ${column(events, (e) => e.payloadHex, "text")}) as e(id, subject, payload)`);
+  await tx.execute(sql`
+    insert into ledger.journal_batches (batch, first_sequence, last_sequence, previous_hash, hash, created_at)
+    values (${batch}, ${first.sequence}, ${last.sequence}, decode(${Buffer.from(head.lastHash).toString("hex")}, 'hex'), decode(${Buffer.from(hash).toString("hex")}, 'hex'), ${first.createdAt.toISOString()}::timestamptz)`);
+  await tx.execute(sql`
+    update ledger.journal_head set last_batch = ${batch}, last_sequence = ${last.sequence}, last_hash = decode(${Buffer.from(hash).toString("hex")}, 'hex') where id = 1`);
+}
+
+async function writePendingChanges(tx: Tx, changes: Map<string, PendingState>, resolvedBy: Map<string, string>): Promise<void> {
+  const created = [...changes.values()].filter((pending) => pending.status === PendingStatus.PENDING);
+  const resolved = [...changes.values()].filter((pending) => pending.status !== PendingStatus.PENDING);
+  if (created.length > 0) {
     await tx.execute(sql`
-      update ledger.accounts as a set
-        debits_posted = v.debits_posted, credits_posted = v.credits_posted,
-        debits_pending = v.debits_pending, credits_pending = v.credits_pending
-      from (values ${values}) as v(id, debits_posted, credits_posted, debits_pending, credits_pending)
-      where a.id = v.id`);
+      insert into ledger.pending_transfers (id, status, expires_at)
+      select id, ${PendingStatus.PENDING}, case when expires_ms is null then null else to_timestamp(expires_ms / 1000.0) end
+      from unnest(${column(created, (p) => p.transfer.id, "text")}, ${column(created, (p) => p.expiresAtMs ?? null, "int8")}) as p(id, expires_ms)
+      on conflict (id) do nothing`);
   }
-  return sequences;
+  if (resolved.length > 0) {
+    // A pending transfer created and resolved in the same group has no row yet: upsert.
+    await tx.execute(sql`
+      insert into ledger.pending_transfers (id, status, expires_at, resolved_by)
+      select id, status, case when expires_ms is null then null else to_timestamp(expires_ms / 1000.0) end, resolved_by
+      from unnest(${column(resolved, (p) => p.transfer.id, "text")}, ${column(resolved, (p) => p.status as number, "int2")},
+        ${column(resolved, (p) => p.expiresAtMs ?? null, "int8")}, ${column(resolved, (p) => resolvedBy.get(p.transfer.id) ?? null, "text")})
+        as p(id, status, expires_ms, resolved_by)
+      on conflict (id) do update set status = excluded.status, resolved_by = excluded.resolved_by`);
+  }
 }
 
-/** Creates a batch of validated transfers, in a transaction bound to the call's deadline. */
-export async function createTransfers(db: Db, batch: TransferInput[]): Promise<ItemOutcome[]> {
-  const ids = batch.map((transfer) => transfer.id);
-  const accountIds = [...new Set(batch.flatMap((t) => [t.debitAccountId, t.creditAccountId]))].sort();
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await transact(db, async (tx) => {
-        const locked = await tx
-          .select()
-          .from(accounts)
-          .where(inArray(accounts.id, accountIds))
-          .orderBy(asc(accounts.id))
-          .for("update");
-        // Read after locking: a concurrent batch with the same ids has committed by now.
-        const stored = await readStored(tx, ids);
-        const plan = planTransfers(batch, new Map(locked.map((row) => [row.id, toState(row)])), stored);
-        const sequences = await writePlan(tx, plan);
-        return plan.outcomes.map((outcome, index) => {
-          const sequence = sequences.get((batch[index] as TransferInput).id);
-          return sequence === undefined ? outcome : { ...outcome, sequence };
-        });
-      });
-    } catch (error) {
-      if (!isUniqueViolation(error)) throw error;
-      if (attempt >= SERIALIZATION_RETRIES_MAX) {
-        throw new ConnectError("the same transfer ids are being written concurrently; retry", Code.Aborted);
-      }
-    }
-  }
+async function writeFailures(tx: Tx, failed: { transfer: TransferInput; result: CreateTransferResult }[]): Promise<void> {
+  if (failed.length === 0) return;
+  const rows = failed.map(({ transfer, result }) => ({ ...transfer, result }));
+  await tx.execute(sql`
+    insert into ledger.transfer_failures (id, result, kind, debit_account_id, credit_account_id, amount_minor, currency, code, reference, metadata, linked, pending_id, timeout_seconds)
+    select * from unnest(
+      ${column(rows, (r) => r.id, "text")}, ${column(rows, (r) => r.result, "int4")}, ${column(rows, (r) => r.kind, "int2")},
+      ${column(rows, (r) => r.debitAccountId, "text")}, ${column(rows, (r) => r.creditAccountId, "text")}, ${column(rows, (r) => r.amountMinor, "int8")},
+      ${column(rows, (r) => r.currency, "text")}, ${column(rows, (r) => r.code, "int4")}, ${column(rows, (r) => r.reference, "text")},
+      ${column(rows, (r) => JSON.stringify(r.metadata), "jsonb")}, ${column(rows, (r) => r.linked, "bool")}, ${column(rows, (r) => r.pendingId, "text")},
+      ${column(rows, (r) => r.timeoutSeconds, "int4")})`);
+}
+
+async function writeBalances(tx: Tx, changed: Map<string, AccountState>): Promise<void> {
+  if (changed.size === 0) return;
+  const rows = [...changed.values()];
+  await tx.execute(sql`
+    update ledger.accounts as a set
+      debits_posted = v.debits_posted, credits_posted = v.credits_posted,
+      debits_pending = v.debits_pending, credits_pending = v.credits_pending
+    from unnest(${column(rows, (r) => r.id, "text")}, ${column(rows, (r) => r.debitsPosted, "int8")}, ${column(rows, (r) => r.creditsPosted, "int8")},
+      ${column(rows, (r) => r.debitsPending, "int8")}, ${column(rows, (r) => r.creditsPending, "int8")})
+      as v(id, debits_posted, credits_posted, debits_pending, credits_pending)
+    where a.id = v.id`);
+}
+
+/**
+ * Commits one batch of validated transfers (in the Ledger, a group of callers' batches) in one
+ * transaction. `nowMs` is the commit time: it stamps the transfers and decides expiry.
+ */
+export async function commitTransfers(db: Db, batch: TransferInput[], nowMs = Date.now()): Promise<ItemOutcome[]> {
+  return db.transaction(async (tx) => {
+    const [headRow] = await tx.select().from(journalHead).where(eq(journalHead.id, 1)).for("update");
+    if (!headRow) throw new Error("ledger invariant: journal head row is missing");
+    const ids = batch.map((transfer) => transfer.id);
+    const pendingIds = [...new Set(batch.filter((t) => resolvesPending(t.kind)).map((t) => t.pendingId))];
+    const [stored, pendings] = await Promise.all([readStored(tx, ids), readPendings(tx, pendingIds)]);
+    const accountIds = new Set<string>();
+    for (const transfer of batch) accountIds.add(transfer.debitAccountId).add(transfer.creditAccountId);
+    for (const pending of pendings.values()) accountIds.add(pending.transfer.debitAccountId).add(pending.transfer.creditAccountId);
+    accountIds.delete("");
+    const locked = await tx
+      .select()
+      .from(accounts)
+      .where(inArray(accounts.id, [...accountIds]))
+      .orderBy(asc(accounts.id))
+      .for("update");
+    const plan = planTransfers(batch, new Map(locked.map((row) => [row.id, toState(row)])), pendings, stored, nowMs);
+    const createdAt = new Date(nowMs);
+    const rows: JournalRow[] = plan.created.map((transfer, index) => ({
+      ...transfer,
+      sequence: headRow.lastSequence + BigInt(index + 1),
+      batch: headRow.lastBatch + 1n,
+      createdAt,
+    }));
+    const resolvedBy = new Map(plan.created.filter((t) => resolvesPending(t.kind)).map((t) => [t.pendingId, t.id]));
+    await appendJournal(tx, rows, headRow);
+    await Promise.all([writePendingChanges(tx, plan.pendingChanges, resolvedBy), writeFailures(tx, plan.failed), writeBalances(tx, plan.changed)]);
+    const sequences = new Map(rows.map((row) => [row.id, row.sequence]));
+    return plan.outcomes.map((outcome, index) => {
+      const sequence = sequences.get((batch[index] as TransferInput).id);
+      return sequence === undefined ? outcome : { ...outcome, sequence };
+    });
+  });
+}
+
+/** Pending transfers whose timeout has passed, oldest first, at most `limit`. */
+export async function expiredPendingIds(db: Db, nowMs: number, limit: number): Promise<string[]> {
+  const rows = await db
+    .select({ id: pendingTransfers.id })
+    .from(pendingTransfers)
+    .where(and(eq(pendingTransfers.status, PendingStatus.PENDING), sql`${pendingTransfers.expiresAt} <= ${new Date(nowMs).toISOString()}::timestamptz`))
+    .orderBy(asc(pendingTransfers.expiresAt))
+    .limit(limit);
+  return rows.map((row) => row.id);
+}
+
+// ---------------------------------------------------------------------------------------------
+// History
+
+export interface Totals {
+  debitsPosted: bigint;
+  creditsPosted: bigint;
+  debitsPending: bigint;
+  creditsPending: bigint;
+}
+
+/**
+ * The change one journal row makes to an account's four totals, as SQL over `t` (the transfer)
+ * and `p` (the pending transfer it resolves). Mirrors applyToTotals in the engine.
+ */
+function deltaSql(accountId: string): Record<keyof Totals, SQL> {
+  const side = (which: "debit" | "credit"): SQL => sql.raw(`t.${which}_account_id`);
+  const posted = (which: "debit" | "credit") => sql`case when ${side(which)} = ${accountId} then
+    case t.kind when ${TransferKind.POSTED} then t.amount_minor when ${TransferKind.POST_PENDING} then t.amount_minor else 0 end else 0 end`;
+  const pending = (which: "debit" | "credit") => sql`case when ${side(which)} = ${accountId} then
+    case t.kind when ${TransferKind.PENDING} then t.amount_minor when ${TransferKind.POSTED} then 0 else -coalesce(p.amount_minor, 0) end else 0 end`;
+  return { debitsPosted: posted("debit"), creditsPosted: posted("credit"), debitsPending: pending("debit"), creditsPending: pending("credit") };
+}
+
+export interface HistoryEntry {
+  transfer: TransferRow;
+  balanceAfter: Totals;
+}
+
+/**
+ * Transfers of an account in journal order with the totals after each. The running totals are
+ * window sums over the account's entries up to the page, read through the per-account indexes.
+ */
+export async function accountHistory(
+  db: Db,
+  accountId: string,
+  options: { fromTime?: Date; toTime?: Date; afterSequence: bigint; limit: number },
+): Promise<HistoryEntry[]> {
+  const delta = deltaSql(accountId);
+  const result = await db.execute(sql`
+    select * from (
+      select t.id, t.sequence, t.batch, t.kind, t.debit_account_id, t.credit_account_id, t.amount_minor, t.currency, t.code,
+        t.reference, t.metadata, t.linked, t.pending_id, t.timeout_seconds, t.created_at,
+        sum(${delta.debitsPosted}) over w as debits_posted, sum(${delta.creditsPosted}) over w as credits_posted,
+        sum(${delta.debitsPending}) over w as debits_pending, sum(${delta.creditsPending}) over w as credits_pending
+      from ledger.transfers t left join ledger.transfers p on p.id = t.pending_id and t.pending_id <> ''
+      where t.debit_account_id = ${accountId} or t.credit_account_id = ${accountId}
+      window w as (order by t.sequence)
+    ) h
+    where h.sequence > ${options.afterSequence}
+      ${options.fromTime ? sql`and h.created_at >= ${options.fromTime.toISOString()}::timestamptz` : sql``}
+      ${options.toTime ? sql`and h.created_at < ${options.toTime.toISOString()}::timestamptz` : sql``}
+    order by h.sequence
+    limit ${options.limit}`);
+  return rowsOf<Record<string, unknown>>(result).map((row) => ({
+    transfer: {
+      id: row.id as string,
+      sequence: BigInt(row.sequence as string),
+      batch: BigInt(row.batch as string),
+      kind: Number(row.kind),
+      debitAccountId: row.debit_account_id as string,
+      creditAccountId: row.credit_account_id as string,
+      amountMinor: BigInt(row.amount_minor as string),
+      currency: row.currency as string,
+      code: Number(row.code),
+      reference: row.reference as string,
+      metadata: (typeof row.metadata === "string" ? JSON.parse(row.metadata) : row.metadata) as Record<string, string>,
+      linked: row.linked as boolean,
+      pendingId: row.pending_id as string,
+      timeoutSeconds: Number(row.timeout_seconds),
+      createdAt: new Date(row.created_at as string),
+    },
+    balanceAfter: {
+      debitsPosted: BigInt(row.debits_posted as string),
+      creditsPosted: BigInt(row.credits_posted as string),
+      debitsPending: BigInt(row.debits_pending as string),
+      creditsPending: BigInt(row.credits_pending as string),
+    },
+  }));
+}
+
+/** An account's totals after every transfer committed at or before `time`, and the last sequence. */
+export async function balanceAt(db: Db, accountId: string, time: Date): Promise<{ totals: Totals; sequence: bigint }> {
+  const delta = deltaSql(accountId);
+  const result = await db.execute(sql`
+    select coalesce(sum(${delta.debitsPosted}), 0) as debits_posted, coalesce(sum(${delta.creditsPosted}), 0) as credits_posted,
+      coalesce(sum(${delta.debitsPending}), 0) as debits_pending, coalesce(sum(${delta.creditsPending}), 0) as credits_pending,
+      coalesce(max(t.sequence), 0) as sequence
+    from ledger.transfers t left join ledger.transfers p on p.id = t.pending_id and t.pending_id <> ''
+    where (t.debit_account_id = ${accountId} or t.credit_account_id = ${accountId}) and t.created_at <= ${time.toISOString()}::timestamptz`);
+  const row = rowsOf<Record<string, string>>(result)[0] as Record<string, string>;
+  return {
+    totals: {
+      debitsPosted: BigInt(row.debits_posted as string),
+      creditsPosted: BigInt(row.credits_posted as string),
+      debitsPending: BigInt(row.debits_pending as string),
+      creditsPending: BigInt(row.credits_pending as string),
+    },
+    sequence: BigInt(row.sequence as string),
+  };
+}
+
+export function requireAccount(row: AccountRow | undefined, id: string): AccountRow {
+  if (!row) throw new ConnectError(`account ${id} not found`, Code.NotFound);
+  return row;
 }

@@ -45,8 +45,9 @@ export function requireIdempotencyKey(value: string | null | undefined, field: s
   return value;
 }
 
+/** `known` is a generated enum or a map of allowed names to values; 0 (UNSPECIFIED) never passes. */
 export function requireEnum(value: number, field: string, known: object): number {
-  if (value === 0 || !(value in known)) throw invalidArgument(field, "must be set to a known value");
+  if (value === 0 || !Object.values(known).includes(value)) throw invalidArgument(field, "must be set to a known value");
   return value;
 }
 

@@ -13,6 +13,7 @@ import {
   CreateAccountResult,
   CreateTransferResult,
   LedgerService,
+  TransferKind,
   type Account,
 } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import {
@@ -139,7 +140,9 @@ export const walletModule: ServiceModule = {
       id: string; debitAccountId: string; creditAccountId: string; amountMinor: bigint; currency: string; code: number; reference: string; tenantId: string;
     }): Promise<boolean> {
       const { tenantId, ...fields } = transfer;
-      const { results } = await ledger.createTransfers({ transfers: [{ ...fields, metadata: { tenant_id: tenantId } }] });
+      const { results } = await ledger.createTransfers({
+        transfers: [{ ...fields, kind: TransferKind.POSTED, metadata: { tenant_id: tenantId } }],
+      });
       const outcome = results[0];
       if (!outcome) throw new ConnectError("ledger returned no result", Code.Internal);
       if (outcome.result === CreateTransferResult.CREATED) return false;

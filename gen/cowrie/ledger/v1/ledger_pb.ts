@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowrie/ledger/v1/ledger.proto.
  */
 export const file_cowrie_ledger_v1_ledger: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jb3dyaWUvbGVkZ2VyL3YxL2xlZGdlci5wcm90bxIQY293cmllLmxlZGdlci52MSKzAwoHQWNjb3VudBIKCgJpZBgBIAEoCRIQCghjdXJyZW5jeRgCIAEoCRIrCgRjb2RlGAMgASgOMh0uY293cmllLmxlZGdlci52MS5BY2NvdW50Q29kZRIRCglvd25lcl9yZWYYBCABKAkSOQoIbWV0YWRhdGEYBSADKAsyJy5jb3dyaWUubGVkZ2VyLnYxLkFjY291bnQuTWV0YWRhdGFFbnRyeRImCh5kZWJpdHNfbXVzdF9ub3RfZXhjZWVkX2NyZWRpdHMYBiABKAgSJgoeY3JlZGl0c19tdXN0X25vdF9leGNlZWRfZGViaXRzGAcgASgIEhUKDWRlYml0c19wb3N0ZWQYCCABKAMSFgoOY3JlZGl0c19wb3N0ZWQYCSABKAMSFgoOZGViaXRzX3BlbmRpbmcYCiABKAMSFwoPY3JlZGl0c19wZW5kaW5nGAsgASgDEi4KCmNyZWF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJEChVDcmVhdGVBY2NvdW50c1JlcXVlc3QSKwoIYWNjb3VudHMYASADKAsyGS5jb3dyaWUubGVkZ2VyLnYxLkFjY291bnQitQEKFkNyZWF0ZUFjY291bnRzUmVzcG9uc2USPgoHcmVzdWx0cxgBIAMoCzItLmNvd3JpZS5sZWRnZXIudjEuQ3JlYXRlQWNjb3VudHNSZXNwb25zZS5JdGVtGlsKBEl0ZW0SDQoFaW5kZXgYASABKA0SNQoGcmVzdWx0GAIgASgOMiUuY293cmllLmxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVzdWx0Eg0KBWZpZWxkGAMgASgJItMCCghUcmFuc2ZlchIKCgJpZBgBIAEoCRIYChBkZWJpdF9hY2NvdW50X2lkGAIgASgJEhkKEWNyZWRpdF9hY2NvdW50X2lkGAMgASgJEhQKDGFtb3VudF9taW5vchgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIMCgRjb2RlGAYgASgNEhEKCXJlZmVyZW5jZRgHIAEoCRI6CghtZXRhZGF0YRgIIAMoCzIoLmNvd3JpZS5sZWRnZXIudjEuVHJhbnNmZXIuTWV0YWRhdGFFbnRyeRIOCgZsaW5rZWQYCSABKAgSEAoIc2VxdWVuY2UYCiABKAMSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkcKFkNyZWF0ZVRyYW5zZmVyc1JlcXVlc3QSLQoJdHJhbnNmZXJzGAEgAygLMhouY293cmllLmxlZGdlci52MS5UcmFuc2ZlciLKAQoXQ3JlYXRlVHJhbnNmZXJzUmVzcG9uc2USPwoHcmVzdWx0cxgBIAMoCzIuLmNvd3JpZS5sZWRnZXIudjEuQ3JlYXRlVHJhbnNmZXJzUmVzcG9uc2UuSXRlbRpuCgRJdGVtEg0KBWluZGV4GAEgASgNEjYKBnJlc3VsdBgCIAEoDjImLmNvd3JpZS5sZWRnZXIudjEuQ3JlYXRlVHJhbnNmZXJSZXN1bHQSDQoFZmllbGQYAyABKAkSEAoIc2VxdWVuY2UYBCABKAMiJAoVTG9va3VwQWNjb3VudHNSZXF1ZXN0EgsKA2lkcxgBIAMoCSJFChZMb29rdXBBY2NvdW50c1Jlc3BvbnNlEisKCGFjY291bnRzGAEgAygLMhkuY293cmllLmxlZGdlci52MS5BY2NvdW50IiUKFkxvb2t1cFRyYW5zZmVyc1JlcXVlc3QSCwoDaWRzGAEgAygJIkgKF0xvb2t1cFRyYW5zZmVyc1Jlc3BvbnNlEi0KCXRyYW5zZmVycxgBIAMoCzIaLmNvd3JpZS5sZWRnZXIudjEuVHJhbnNmZXIq3gEKC0FjY291bnRDb2RlEhwKGEFDQ09VTlRfQ09ERV9VTlNQRUNJRklFRBAAEiAKHEFDQ09VTlRfQ09ERV9DVVNUT01FUl9XQUxMRVQQARIgChxBQ0NPVU5UX0NPREVfTUVSQ0hBTlRfV0FMTEVUEAISIQodQUNDT1VOVF9DT0RFX0dBVEVXQVlfQ0xFQVJJTkcQAxIVChFBQ0NPVU5UX0NPREVfRkVFUxAEEhgKFEFDQ09VTlRfQ09ERV9GVU5ESU5HEAUSGQoVQUNDT1VOVF9DT0RFX1NVU1BFTlNFEAYquAEKE0NyZWF0ZUFjY291bnRSZXN1bHQSJQohQ1JFQVRFX0FDQ09VTlRfUkVTVUxUX1VOU1BFQ0lGSUVEEAASIQodQ1JFQVRFX0FDQ09VTlRfUkVTVUxUX0NSRUFURUQQARIgChxDUkVBVEVfQUNDT1VOVF9SRVNVTFRfRVhJU1RTEAISNQoxQ1JFQVRFX0FDQ09VTlRfUkVTVUxUX0VYSVNUU19XSVRIX0RJRkZFUkVOVF9GSUVMRBADKoEEChRDcmVhdGVUcmFuc2ZlclJlc3VsdBImCiJDUkVBVEVfVFJBTlNGRVJfUkVTVUxUX1VOU1BFQ0lGSUVEEAASIgoeQ1JFQVRFX1RSQU5TRkVSX1JFU1VMVF9DUkVBVEVEEAESIQodQ1JFQVRFX1RSQU5TRkVSX1JFU1VMVF9FWElTVFMQAhI2CjJDUkVBVEVfVFJBTlNGRVJfUkVTVUxUX0VYSVNUU19XSVRIX0RJRkZFUkVOVF9GSUVMRBADEi4KKkNSRUFURV9UUkFOU0ZFUl9SRVNVTFRfTElOS0VEX0VWRU5UX0ZBSUxFRBAEEjIKLkNSRUFURV9UUkFOU0ZFUl9SRVNVTFRfREVCSVRfQUNDT1VOVF9OT1RfRk9VTkQQBRIzCi9DUkVBVEVfVFJBTlNGRVJfUkVTVUxUX0NSRURJVF9BQ0NPVU5UX05PVF9GT1VORBAGEiwKKENSRUFURV9UUkFOU0ZFUl9SRVNVTFRfQ1VSUkVOQ1lfTUlTTUFUQ0gQBxIqCiZDUkVBVEVfVFJBTlNGRVJfUkVTVUxUX0VYQ0VFRFNfQ1JFRElUUxAIEikKJUNSRUFURV9UUkFOU0ZFUl9SRVNVTFRfRVhDRUVEU19ERUJJVFMQCRIkCiBDUkVBVEVfVFJBTlNGRVJfUkVTVUxUX09WRVJGTE9XUxAKMqkDCg1MZWRnZXJTZXJ2aWNlEmMKDkNyZWF0ZUFjY291bnRzEicuY293cmllLmxlZGdlci52MS5DcmVhdGVBY2NvdW50c1JlcXVlc3QaKC5jb3dyaWUubGVkZ2VyLnYxLkNyZWF0ZUFjY291bnRzUmVzcG9uc2USZgoPQ3JlYXRlVHJhbnNmZXJzEiguY293cmllLmxlZGdlci52MS5DcmVhdGVUcmFuc2ZlcnNSZXF1ZXN0GikuY293cmllLmxlZGdlci52MS5DcmVhdGVUcmFuc2ZlcnNSZXNwb25zZRJjCg5Mb29rdXBBY2NvdW50cxInLmNvd3JpZS5sZWRnZXIudjEuTG9va3VwQWNjb3VudHNSZXF1ZXN0GiguY293cmllLmxlZGdlci52MS5Mb29rdXBBY2NvdW50c1Jlc3BvbnNlEmYKD0xvb2t1cFRyYW5zZmVycxIoLmNvd3JpZS5sZWRnZXIudjEuTG9va3VwVHJhbnNmZXJzUmVxdWVzdBopLmNvd3JpZS5sZWRnZXIudjEuTG9va3VwVHJhbnNmZXJzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1jb3dyaWUvbGVkZ2VyL3YxL2xlZGdlci5wcm90bxIQY293cmllLmxlZGdlci52MSLcAwoHQWNjb3VudBIKCgJpZBgBIAEoCRIQCghjdXJyZW5jeRgCIAEoCRIrCgRjb2RlGAMgASgOMh0uY293cmllLmxlZGdlci52MS5BY2NvdW50Q29kZRIRCglvd25lcl9yZWYYBCABKAkSOQoIbWV0YWRhdGEYBSADKAsyJy5jb3dyaWUubGVkZ2VyLnYxLkFjY291bnQuTWV0YWRhdGFFbnRyeRImCh5kZWJpdHNfbXVzdF9ub3RfZXhjZWVkX2NyZWRpdHMYBiABKAgSJgoeY3JlZGl0c19tdXN0X25vdF9leGNlZWRfZGViaXRzGAcgASgIEhUKDWRlYml0c19wb3N0ZWQYCCABKAMSFgoOY3JlZGl0c19wb3N0ZWQYCSABKAMSFgoOZGViaXRzX3BlbmRpbmcYCiABKAMSFwoPY3JlZGl0c19wZW5kaW5nGAsgASgDEi4KCmNyZWF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmNsb3NlZBgNIAEoCBIXCg9hdmFpbGFibGVfbWlub3IYDiABKAMaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkQKFUNyZWF0ZUFjY291bnRzUmVxdWVzdBIrCghhY2NvdW50cxgBIAMoCzIZLmNvd3JpZS5sZWRnZXIudjEuQWNjb3VudCK1AQoWQ3JlYXRlQWNjb3VudHNSZXNwb25zZRI+CgdyZXN1bHRzGAEgAygLMi0uY293cmllLmxlZGdlci52MS5DcmVhdGVBY2NvdW50c1Jlc3BvbnNlLkl0ZW0aWwoESXRlbRINCgVpbmRleBgBIAEoDRI1CgZyZXN1bHQYAiABKA4yJS5jb3dyaWUubGVkZ2VyLnYxLkNyZWF0ZUFjY291bnRSZXN1bHQSDQoFZmllbGQYAyABKAkirgMKCFRyYW5zZmVyEgoKAmlkGAEgASgJEhgKEGRlYml0X2FjY291bnRfaWQYAiABKAkSGQoRY3JlZGl0X2FjY291bnRfaWQYAyABKAkSFAoMYW1vdW50X21pbm9yGAQgASgDEhAKCGN1cnJlbmN5GAUgASgJEgwKBGNvZGUYBiABKA0SEQoJcmVmZXJlbmNlGAcgASgJEjoKCG1ldGFkYXRhGAggAygLMiguY293cmllLmxlZGdlci52MS5UcmFuc2Zlci5NZXRhZGF0YUVudHJ5Eg4KBmxpbmtlZBgJIAEoCBIQCghzZXF1ZW5jZRgKIAEoAxIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgRraW5kGAwgASgOMh4uY293cmllLmxlZGdlci52MS5UcmFuc2ZlcktpbmQSEgoKcGVuZGluZ19pZBgNIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYDiABKA0aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkcKFkNyZWF0ZVRyYW5zZmVyc1JlcXVlc3QSLQoJdHJhbnNmZXJzGAEgAygLMhouY293cmllLmxlZGdlci52MS5UcmFuc2ZlciLKAQoXQ3JlYXRlVHJhbnNmZXJzUmVzcG9uc2USPwoHcmVzdWx0cxgBIAMoCzIuLmNvd3JpZS5sZWRnZXIudjEuQ3JlYXRlVHJhbnNmZXJzUmVzcG9uc2UuSXRlbRpuCgRJdGVtEg0KBWluZGV4GAEgASgNEjYKBnJlc3VsdBgCIAEoDjImLmNvd3JpZS5sZWRnZXIudjEuQ3JlYXRlVHJhbnNmZXJSZXN1bHQSDQoFZmllbGQYAyABKAkSEAoIc2VxdWVuY2UYBCABKAMiIwoUQ2xvc2VBY2NvdW50c1JlcXVlc3QSCwoDaWRzGAEgAygJIqMBChVDbG9zZUFjY291bnRzUmVzcG9uc2USPQoHcmVzdWx0cxgBIAMoCzIsLmNvd3JpZS5sZWRnZXIudjEuQ2xvc2VBY2NvdW50c1Jlc3BvbnNlLkl0ZW0aSwoESXRlbRINCgVpbmRleBgBIAEoDRI0CgZyZXN1bHQYAiABKA4yJC5jb3dyaWUubGVkZ2VyLnYxLkNsb3NlQWNjb3VudFJlc3VsdCIkChVMb29rdXBBY2NvdW50c1JlcXVlc3QSCwoDaWRzGAEgAygJIkUKFkxvb2t1cEFjY291bnRzUmVzcG9uc2USKwoIYWNjb3VudHMYASADKAsyGS5jb3dyaWUubGVkZ2VyLnYxLkFjY291bnQiJQoWTG9va3VwVHJhbnNmZXJzUmVxdWVzdBILCgNpZHMYASADKAkiSAoXTG9va3VwVHJhbnNmZXJzUmVzcG9uc2USLQoJdHJhbnNmZXJzGAEgAygLMhouY293cmllLmxlZGdlci52MS5UcmFuc2ZlciJpCgdCYWxhbmNlEhUKDWRlYml0c19wb3N0ZWQYASABKAMSFgoOY3JlZGl0c19wb3N0ZWQYAiABKAMSFgoOZGViaXRzX3BlbmRpbmcYAyABKAMSFwoPY3JlZGl0c19wZW5kaW5nGAQgASgDIrEBChhHZXRBY2NvdW50SGlzdG9yeVJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRItCglmcm9tX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKB3RvX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgEIAEoDRISCgpwYWdlX3Rva2VuGAUgASgJIuEBChlHZXRBY2NvdW50SGlzdG9yeVJlc3BvbnNlEkIKB2VudHJpZXMYASADKAsyMS5jb3dyaWUubGVkZ2VyLnYxLkdldEFjY291bnRIaXN0b3J5UmVzcG9uc2UuRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJGmcKBUVudHJ5EiwKCHRyYW5zZmVyGAEgASgLMhouY293cmllLmxlZGdlci52MS5UcmFuc2ZlchIwCg1iYWxhbmNlX2FmdGVyGAIgASgLMhkuY293cmllLmxlZGdlci52MS5CYWxhbmNlIloKGkdldEFjY291bnRCYWxhbmNlQXRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWwobR2V0QWNjb3VudEJhbGFuY2VBdFJlc3BvbnNlEioKB2JhbGFuY2UYASABKAsyGS5jb3dyaWUubGVkZ2VyLnYxLkJhbGFuY2USEAoIc2VxdWVuY2UYAiABKAMiFgoUVmVyaWZ5Sm91cm5hbFJlcXVlc3QiVwoHRmluZGluZxIrCgRraW5kGAEgASgOMh0uY293cmllLmxlZGdlci52MS5GaW5kaW5nS2luZBIPCgdzdWJqZWN0GAIgASgJEg4KBmRldGFpbBgDIAEoCSKSAQoVVmVyaWZ5Sm91cm5hbFJlc3BvbnNlEisKCGZpbmRpbmdzGAEgAygLMhkuY293cmllLmxlZGdlci52MS5GaW5kaW5nEhkKEXRyYW5zZmVyc19jaGVja2VkGAIgASgDEhcKD2JhdGNoZXNfY2hlY2tlZBgDIAEoAxIYChBhY2NvdW50c19jaGVja2VkGAQgASgDKt4BCgtBY2NvdW50Q29kZRIcChhBQ0NPVU5UX0NPREVfVU5TUEVDSUZJRUQQABIgChxBQ0NPVU5UX0NPREVfQ1VTVE9NRVJfV0FMTEVUEAESIAocQUNDT1VOVF9DT0RFX01FUkNIQU5UX1dBTExFVBACEiEKHUFDQ09VTlRfQ09ERV9HQVRFV0FZX0NMRUFSSU5HEAMSFQoRQUNDT1VOVF9DT0RFX0ZFRVMQBBIYChRBQ0NPVU5UX0NPREVfRlVORElORxAFEhkKFUFDQ09VTlRfQ09ERV9TVVNQRU5TRRAGKrgBChNDcmVhdGVBY2NvdW50UmVzdWx0EiUKIUNSRUFURV9BQ0NPVU5UX1JFU1VMVF9VTlNQRUNJRklFRBAAEiEKHUNSRUFURV9BQ0NPVU5UX1JFU1VMVF9DUkVBVEVEEAESIAocQ1JFQVRFX0FDQ09VTlRfUkVTVUxUX0VYSVNUUxACEjUKMUNSRUFURV9BQ0NPVU5UX1JFU1VMVF9FWElTVFNfV0lUSF9ESUZGRVJFTlRfRklFTEQQAyrEAQoMVHJhbnNmZXJLaW5kEh0KGVRSQU5TRkVSX0tJTkRfVU5TUEVDSUZJRUQQABIYChRUUkFOU0ZFUl9LSU5EX1BPU1RFRBABEhkKFVRSQU5TRkVSX0tJTkRfUEVORElORxACEh4KGlRSQU5TRkVSX0tJTkRfUE9TVF9QRU5ESU5HEAMSHgoaVFJBTlNGRVJfS0lORF9WT0lEX1BFTkRJTkcQBBIgChxUUkFOU0ZFUl9LSU5EX0VYUElSRV9QRU5ESU5HEAUq/gcKFENyZWF0ZVRyYW5zZmVyUmVzdWx0EiYKIkNSRUFURV9UUkFOU0ZFUl9SRVNVTFRfVU5TUEVDSUZJRUQQABIiCh5DUkVBVEVfVFJBTlNGRVJfUkVTVUxUX0NSRUFURUQQARIhCh1DUkVBVEVfVFJBTlNGRVJfUkVTVUxUX0VYSVNUUxACEjYKMkNSRUFURV9UUkFOU0ZFUl9SRVNVTFRfRVhJU1RTX1dJVEhfRElGRkVSRU5UX0ZJRUxEEAMSLgoqQ1JFQVRFX1RSQU5TRkVSX1JFU1VMVF9MSU5LRURfRVZFTlRfRkFJTEVEEAQSMgouQ1JFQVRFX1RSQU5TRkVSX1JFU1VMVF9ERUJJVF9BQ0NPVU5UX05PVF9GT1VORBAFEjMKL0NSRUFURV9UUkFOU0ZFUl9SRVNVTFRfQ1JFRElUX0FDQ09VTlRfTk9UX0ZPVU5EEAYSLAooQ1JFQVRFX1RSQU5TRkVSX1JFU1VMVF9DVVJSRU5DWV9NSVNNQVRDSBAHEioKJkNSRUFURV9UUkFOU0ZFUl9SRVNVTFRfRVhDRUVEU19DUkVESVRTEAgSKQolQ1JFQVRFX1RSQU5TRkVSX1JFU1VMVF9FWENFRURTX0RFQklUUxAJEiQKIENSRUFURV9UUkFOU0ZFUl9SRVNVTFRfT1ZFUkZMT1dTEAoSLworQ1JFQVRFX1RSQU5TRkVSX1JFU1VMVF9ERUJJVF9BQ0NPVU5UX0NMT1NFRBALEjAKLENSRUFURV9UUkFOU0ZFUl9SRVNVTFRfQ1JFRElUX0FDQ09VTlRfQ0xPU0VEEAwSNQoxQ1JFQVRFX1RSQU5TRkVSX1JFU1VMVF9QRU5ESU5HX1RSQU5TRkVSX05PVF9GT1VORBANEjcKM0NSRUFURV9UUkFOU0ZFUl9SRVNVTFRfUEVORElOR19UUkFOU0ZFUl9OT1RfUEVORElORxAOEjoKNkNSRUFURV9UUkFOU0ZFUl9SRVNVTFRfUEVORElOR19UUkFOU0ZFUl9BTFJFQURZX1BPU1RFRBAPEjoKNkNSRUFURV9UUkFOU0ZFUl9SRVNVTFRfUEVORElOR19UUkFOU0ZFUl9BTFJFQURZX1ZPSURFRBAQEjMKL0NSRUFURV9UUkFOU0ZFUl9SRVNVTFRfUEVORElOR19UUkFOU0ZFUl9FWFBJUkVEEBESOgo2Q1JFQVRFX1RSQU5TRkVSX1JFU1VMVF9FWENFRURTX1BFTkRJTkdfVFJBTlNGRVJfQU1PVU5UEBISPwo7Q1JFQVRFX1RSQU5TRkVSX1JFU1VMVF9QRU5ESU5HX1RSQU5TRkVSX0hBU19ESUZGRVJFTlRfRklFTEQQEyrYAQoSQ2xvc2VBY2NvdW50UmVzdWx0EiQKIENMT1NFX0FDQ09VTlRfUkVTVUxUX1VOU1BFQ0lGSUVEEAASHwobQ0xPU0VfQUNDT1VOVF9SRVNVTFRfQ0xPU0VEEAESJwojQ0xPU0VfQUNDT1VOVF9SRVNVTFRfQUxSRUFEWV9DTE9TRUQQAhIiCh5DTE9TRV9BQ0NPVU5UX1JFU1VMVF9OT1RfRk9VTkQQAxIuCipDTE9TRV9BQ0NPVU5UX1JFU1VMVF9IQVNfUEVORElOR19UUkFOU0ZFUlMQBCq4AQoLRmluZGluZ0tpbmQSHAoYRklORElOR19LSU5EX1VOU1BFQ0lGSUVEEAASHgoaRklORElOR19LSU5EX0hBU0hfTUlTTUFUQ0gQARIdChlGSU5ESU5HX0tJTkRfU0VRVUVOQ0VfR0FQEAISIQodRklORElOR19LSU5EX0JBTEFOQ0VfTUlTTUFUQ0gQAxIpCiVGSU5ESU5HX0tJTkRfREVCSVRTX05PVF9FUVVBTF9DUkVESVRTEAQyzwYKDUxlZGdlclNlcnZpY2USYwoOQ3JlYXRlQWNjb3VudHMSJy5jb3dyaWUubGVkZ2VyLnYxLkNyZWF0ZUFjY291bnRzUmVxdWVzdBooLmNvd3JpZS5sZWRnZXIudjEuQ3JlYXRlQWNjb3VudHNSZXNwb25zZRJmCg9DcmVhdGVUcmFuc2ZlcnMSKC5jb3dyaWUubGVkZ2VyLnYxLkNyZWF0ZVRyYW5zZmVyc1JlcXVlc3QaKS5jb3dyaWUubGVkZ2VyLnYxLkNyZWF0ZVRyYW5zZmVyc1Jlc3BvbnNlEmAKDUNsb3NlQWNjb3VudHMSJi5jb3dyaWUubGVkZ2VyLnYxLkNsb3NlQWNjb3VudHNSZXF1ZXN0GicuY293cmllLmxlZGdlci52MS5DbG9zZUFjY291bnRzUmVzcG9uc2USYwoOTG9va3VwQWNjb3VudHMSJy5jb3dyaWUubGVkZ2VyLnYxLkxvb2t1cEFjY291bnRzUmVxdWVzdBooLmNvd3JpZS5sZWRnZXIudjEuTG9va3VwQWNjb3VudHNSZXNwb25zZRJmCg9Mb29rdXBUcmFuc2ZlcnMSKC5jb3dyaWUubGVkZ2VyLnYxLkxvb2t1cFRyYW5zZmVyc1JlcXVlc3QaKS5jb3dyaWUubGVkZ2VyLnYxLkxvb2t1cFRyYW5zZmVyc1Jlc3BvbnNlEmwKEUdldEFjY291bnRIaXN0b3J5EiouY293cmllLmxlZGdlci52MS5HZXRBY2NvdW50SGlzdG9yeVJlcXVlc3QaKy5jb3dyaWUubGVkZ2VyLnYxLkdldEFjY291bnRIaXN0b3J5UmVzcG9uc2UScgoTR2V0QWNjb3VudEJhbGFuY2VBdBIsLmNvd3JpZS5sZWRnZXIudjEuR2V0QWNjb3VudEJhbGFuY2VBdFJlcXVlc3QaLS5jb3dyaWUubGVkZ2VyLnYxLkdldEFjY291bnRCYWxhbmNlQXRSZXNwb25zZRJgCg1WZXJpZnlKb3VybmFsEiYuY293cmllLmxlZGdlci52MS5WZXJpZnlKb3VybmFsUmVxdWVzdBonLmNvd3JpZS5sZWRnZXIudjEuVmVyaWZ5Sm91cm5hbFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * An account and its four balance totals.
@@ -47,7 +47,7 @@ export type Account = Message<"cowrie.ledger.v1.Account"> & {
   ownerRef: string;
 
   /**
-   * Free-form labels, up to 16 entries of up to 256 characters each.
+   * Free-form labels, up to 16 entries; keys up to 64 and values up to 256 characters.
    *
    * @generated from field: map<string, string> metadata = 5;
    */
@@ -101,6 +101,22 @@ export type Account = Message<"cowrie.ledger.v1.Account"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 12;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * Output only. True once CloseAccounts closed it.
+   *
+   * @generated from field: bool closed = 13;
+   */
+  closed: boolean;
+
+  /**
+   * Output only. For a credit-normal account: credits_posted - debits_posted - debits_pending,
+   * what may be spent now. For a debit-normal account: debits_posted - credits_posted -
+   * credits_pending. Debit-normal means credits_must_not_exceed_debits is set.
+   *
+   * @generated from field: int64 available_minor = 14;
+   */
+  availableMinor: bigint;
 };
 
 /**
@@ -193,21 +209,23 @@ export type Transfer = Message<"cowrie.ledger.v1.Transfer"> & {
   id: string;
 
   /**
-   * The account debited; must differ from credit_account_id.
+   * The account debited; must differ from credit_account_id. For POST_PENDING and
+   * VOID_PENDING it may be empty (taken from the pending transfer) or must match it.
    *
    * @generated from field: string debit_account_id = 2;
    */
   debitAccountId: string;
 
   /**
-   * The account credited.
+   * The account credited. Same rule as debit_account_id.
    *
    * @generated from field: string credit_account_id = 3;
    */
   creditAccountId: string;
 
   /**
-   * Minor units, 1 to 2^63-1. Both accounts must be in `currency`.
+   * Minor units, 1 to 2^63-1. For POST_PENDING, 0 posts the whole pending amount; for
+   * VOID_PENDING it must be 0 or the pending amount. Both accounts must be in `currency`.
    *
    * @generated from field: int64 amount_minor = 4;
    */
@@ -235,7 +253,7 @@ export type Transfer = Message<"cowrie.ledger.v1.Transfer"> & {
   reference: string;
 
   /**
-   * Free-form labels, up to 16 entries of up to 256 characters each.
+   * Free-form labels, up to 16 entries; keys up to 64 and values up to 256 characters.
    *
    * @generated from field: map<string, string> metadata = 8;
    */
@@ -250,7 +268,8 @@ export type Transfer = Message<"cowrie.ledger.v1.Transfer"> & {
   linked: boolean;
 
   /**
-   * Output only. Position of the transfer in the journal: unique, increasing in write order.
+   * Output only. Position of the transfer in the journal: 1, 2, 3... without gaps, in commit
+   * order.
    *
    * @generated from field: int64 sequence = 10;
    */
@@ -262,6 +281,28 @@ export type Transfer = Message<"cowrie.ledger.v1.Transfer"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 11;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * Must not be UNSPECIFIED.
+   *
+   * @generated from field: cowrie.ledger.v1.TransferKind kind = 12;
+   */
+  kind: TransferKind;
+
+  /**
+   * For POST_PENDING and VOID_PENDING: the id of the PENDING transfer they resolve.
+   *
+   * @generated from field: string pending_id = 13;
+   */
+  pendingId: string;
+
+  /**
+   * For PENDING: seconds after which the reservation is released if nothing resolved it;
+   * 0 means never. At most 31,536,000 (a year).
+   *
+   * @generated from field: uint32 timeout_seconds = 14;
+   */
+  timeoutSeconds: number;
 };
 
 /**
@@ -327,7 +368,8 @@ export type CreateTransfersResponse_Item = Message<"cowrie.ledger.v1.CreateTrans
   result: CreateTransferResult;
 
   /**
-   * For EXISTS_WITH_DIFFERENT_FIELD: the proto field name that differs.
+   * For EXISTS_WITH_DIFFERENT_FIELD and PENDING_TRANSFER_HAS_DIFFERENT_FIELD: the proto field
+   * name that differs.
    *
    * @generated from field: string field = 3;
    */
@@ -349,6 +391,66 @@ export const CreateTransfersResponse_ItemSchema: GenMessage<CreateTransfersRespo
   messageDesc(file_cowrie_ledger_v1_ledger, 5, 0);
 
 /**
+ * @generated from message cowrie.ledger.v1.CloseAccountsRequest
+ */
+export type CloseAccountsRequest = Message<"cowrie.ledger.v1.CloseAccountsRequest"> & {
+  /**
+   * 1 to 8,000 account ids.
+   *
+   * @generated from field: repeated string ids = 1;
+   */
+  ids: string[];
+};
+
+/**
+ * Describes the message cowrie.ledger.v1.CloseAccountsRequest.
+ * Use `create(CloseAccountsRequestSchema)` to create a new message.
+ */
+export const CloseAccountsRequestSchema: GenMessage<CloseAccountsRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_ledger_v1_ledger, 6);
+
+/**
+ * @generated from message cowrie.ledger.v1.CloseAccountsResponse
+ */
+export type CloseAccountsResponse = Message<"cowrie.ledger.v1.CloseAccountsResponse"> & {
+  /**
+   * One item per requested id, in request order.
+   *
+   * @generated from field: repeated cowrie.ledger.v1.CloseAccountsResponse.Item results = 1;
+   */
+  results: CloseAccountsResponse_Item[];
+};
+
+/**
+ * Describes the message cowrie.ledger.v1.CloseAccountsResponse.
+ * Use `create(CloseAccountsResponseSchema)` to create a new message.
+ */
+export const CloseAccountsResponseSchema: GenMessage<CloseAccountsResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_ledger_v1_ledger, 7);
+
+/**
+ * @generated from message cowrie.ledger.v1.CloseAccountsResponse.Item
+ */
+export type CloseAccountsResponse_Item = Message<"cowrie.ledger.v1.CloseAccountsResponse.Item"> & {
+  /**
+   * @generated from field: uint32 index = 1;
+   */
+  index: number;
+
+  /**
+   * @generated from field: cowrie.ledger.v1.CloseAccountResult result = 2;
+   */
+  result: CloseAccountResult;
+};
+
+/**
+ * Describes the message cowrie.ledger.v1.CloseAccountsResponse.Item.
+ * Use `create(CloseAccountsResponse_ItemSchema)` to create a new message.
+ */
+export const CloseAccountsResponse_ItemSchema: GenMessage<CloseAccountsResponse_Item> = /*@__PURE__*/
+  messageDesc(file_cowrie_ledger_v1_ledger, 7, 0);
+
+/**
  * @generated from message cowrie.ledger.v1.LookupAccountsRequest
  */
 export type LookupAccountsRequest = Message<"cowrie.ledger.v1.LookupAccountsRequest"> & {
@@ -365,7 +467,7 @@ export type LookupAccountsRequest = Message<"cowrie.ledger.v1.LookupAccountsRequ
  * Use `create(LookupAccountsRequestSchema)` to create a new message.
  */
 export const LookupAccountsRequestSchema: GenMessage<LookupAccountsRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_ledger_v1_ledger, 6);
+  messageDesc(file_cowrie_ledger_v1_ledger, 8);
 
 /**
  * @generated from message cowrie.ledger.v1.LookupAccountsResponse
@@ -384,7 +486,7 @@ export type LookupAccountsResponse = Message<"cowrie.ledger.v1.LookupAccountsRes
  * Use `create(LookupAccountsResponseSchema)` to create a new message.
  */
 export const LookupAccountsResponseSchema: GenMessage<LookupAccountsResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_ledger_v1_ledger, 7);
+  messageDesc(file_cowrie_ledger_v1_ledger, 9);
 
 /**
  * @generated from message cowrie.ledger.v1.LookupTransfersRequest
@@ -403,14 +505,14 @@ export type LookupTransfersRequest = Message<"cowrie.ledger.v1.LookupTransfersRe
  * Use `create(LookupTransfersRequestSchema)` to create a new message.
  */
 export const LookupTransfersRequestSchema: GenMessage<LookupTransfersRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_ledger_v1_ledger, 8);
+  messageDesc(file_cowrie_ledger_v1_ledger, 10);
 
 /**
  * @generated from message cowrie.ledger.v1.LookupTransfersResponse
  */
 export type LookupTransfersResponse = Message<"cowrie.ledger.v1.LookupTransfersResponse"> & {
   /**
-   * Committed transfers found, in request order; unknown or failed ids are omitted.
+   * Committed transfers found, in request order; unknown or refused ids are omitted.
    *
    * @generated from field: repeated cowrie.ledger.v1.Transfer transfers = 1;
    */
@@ -422,7 +524,264 @@ export type LookupTransfersResponse = Message<"cowrie.ledger.v1.LookupTransfersR
  * Use `create(LookupTransfersResponseSchema)` to create a new message.
  */
 export const LookupTransfersResponseSchema: GenMessage<LookupTransfersResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_ledger_v1_ledger, 9);
+  messageDesc(file_cowrie_ledger_v1_ledger, 11);
+
+/**
+ * An account's four totals at one point of its history.
+ *
+ * @generated from message cowrie.ledger.v1.Balance
+ */
+export type Balance = Message<"cowrie.ledger.v1.Balance"> & {
+  /**
+   * @generated from field: int64 debits_posted = 1;
+   */
+  debitsPosted: bigint;
+
+  /**
+   * @generated from field: int64 credits_posted = 2;
+   */
+  creditsPosted: bigint;
+
+  /**
+   * @generated from field: int64 debits_pending = 3;
+   */
+  debitsPending: bigint;
+
+  /**
+   * @generated from field: int64 credits_pending = 4;
+   */
+  creditsPending: bigint;
+};
+
+/**
+ * Describes the message cowrie.ledger.v1.Balance.
+ * Use `create(BalanceSchema)` to create a new message.
+ */
+export const BalanceSchema: GenMessage<Balance> = /*@__PURE__*/
+  messageDesc(file_cowrie_ledger_v1_ledger, 12);
+
+/**
+ * @generated from message cowrie.ledger.v1.GetAccountHistoryRequest
+ */
+export type GetAccountHistoryRequest = Message<"cowrie.ledger.v1.GetAccountHistoryRequest"> & {
+  /**
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * Only transfers committed at or after this time (inclusive). Unset: from the beginning.
+   *
+   * @generated from field: google.protobuf.Timestamp from_time = 2;
+   */
+  fromTime?: Timestamp | undefined;
+
+  /**
+   * Only transfers committed before this time (exclusive). Unset: up to now.
+   *
+   * @generated from field: google.protobuf.Timestamp to_time = 3;
+   */
+  toTime?: Timestamp | undefined;
+
+  /**
+   * 1 to 1,000; 0 means 100.
+   *
+   * @generated from field: uint32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; empty for the first page.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message cowrie.ledger.v1.GetAccountHistoryRequest.
+ * Use `create(GetAccountHistoryRequestSchema)` to create a new message.
+ */
+export const GetAccountHistoryRequestSchema: GenMessage<GetAccountHistoryRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_ledger_v1_ledger, 13);
+
+/**
+ * @generated from message cowrie.ledger.v1.GetAccountHistoryResponse
+ */
+export type GetAccountHistoryResponse = Message<"cowrie.ledger.v1.GetAccountHistoryResponse"> & {
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated cowrie.ledger.v1.GetAccountHistoryResponse.Entry entries = 1;
+   */
+  entries: GetAccountHistoryResponse_Entry[];
+
+  /**
+   * Empty when there are no more entries.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message cowrie.ledger.v1.GetAccountHistoryResponse.
+ * Use `create(GetAccountHistoryResponseSchema)` to create a new message.
+ */
+export const GetAccountHistoryResponseSchema: GenMessage<GetAccountHistoryResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_ledger_v1_ledger, 14);
+
+/**
+ * @generated from message cowrie.ledger.v1.GetAccountHistoryResponse.Entry
+ */
+export type GetAccountHistoryResponse_Entry = Message<"cowrie.ledger.v1.GetAccountHistoryResponse.Entry"> & {
+  /**
+   * @generated from field: cowrie.ledger.v1.Transfer transfer = 1;
+   */
+  transfer?: Transfer | undefined;
+
+  /**
+   * The account's totals right after this transfer.
+   *
+   * @generated from field: cowrie.ledger.v1.Balance balance_after = 2;
+   */
+  balanceAfter?: Balance | undefined;
+};
+
+/**
+ * Describes the message cowrie.ledger.v1.GetAccountHistoryResponse.Entry.
+ * Use `create(GetAccountHistoryResponse_EntrySchema)` to create a new message.
+ */
+export const GetAccountHistoryResponse_EntrySchema: GenMessage<GetAccountHistoryResponse_Entry> = /*@__PURE__*/
+  messageDesc(file_cowrie_ledger_v1_ledger, 14, 0);
+
+/**
+ * @generated from message cowrie.ledger.v1.GetAccountBalanceAtRequest
+ */
+export type GetAccountBalanceAtRequest = Message<"cowrie.ledger.v1.GetAccountBalanceAtRequest"> & {
+  /**
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * The balances after every transfer committed at or before this time. Required.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message cowrie.ledger.v1.GetAccountBalanceAtRequest.
+ * Use `create(GetAccountBalanceAtRequestSchema)` to create a new message.
+ */
+export const GetAccountBalanceAtRequestSchema: GenMessage<GetAccountBalanceAtRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_ledger_v1_ledger, 15);
+
+/**
+ * @generated from message cowrie.ledger.v1.GetAccountBalanceAtResponse
+ */
+export type GetAccountBalanceAtResponse = Message<"cowrie.ledger.v1.GetAccountBalanceAtResponse"> & {
+  /**
+   * @generated from field: cowrie.ledger.v1.Balance balance = 1;
+   */
+  balance?: Balance | undefined;
+
+  /**
+   * The journal position of the last transfer counted, 0 if none.
+   *
+   * @generated from field: int64 sequence = 2;
+   */
+  sequence: bigint;
+};
+
+/**
+ * Describes the message cowrie.ledger.v1.GetAccountBalanceAtResponse.
+ * Use `create(GetAccountBalanceAtResponseSchema)` to create a new message.
+ */
+export const GetAccountBalanceAtResponseSchema: GenMessage<GetAccountBalanceAtResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_ledger_v1_ledger, 16);
+
+/**
+ * @generated from message cowrie.ledger.v1.VerifyJournalRequest
+ */
+export type VerifyJournalRequest = Message<"cowrie.ledger.v1.VerifyJournalRequest"> & {
+};
+
+/**
+ * Describes the message cowrie.ledger.v1.VerifyJournalRequest.
+ * Use `create(VerifyJournalRequestSchema)` to create a new message.
+ */
+export const VerifyJournalRequestSchema: GenMessage<VerifyJournalRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_ledger_v1_ledger, 17);
+
+/**
+ * @generated from message cowrie.ledger.v1.Finding
+ */
+export type Finding = Message<"cowrie.ledger.v1.Finding"> & {
+  /**
+   * @generated from field: cowrie.ledger.v1.FindingKind kind = 1;
+   */
+  kind: FindingKind;
+
+  /**
+   * What it concerns: "batch 12", "sequence 40", "account acc-1 debits_posted", "currency NGN".
+   *
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * What was expected and what was found.
+   *
+   * @generated from field: string detail = 3;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message cowrie.ledger.v1.Finding.
+ * Use `create(FindingSchema)` to create a new message.
+ */
+export const FindingSchema: GenMessage<Finding> = /*@__PURE__*/
+  messageDesc(file_cowrie_ledger_v1_ledger, 18);
+
+/**
+ * @generated from message cowrie.ledger.v1.VerifyJournalResponse
+ */
+export type VerifyJournalResponse = Message<"cowrie.ledger.v1.VerifyJournalResponse"> & {
+  /**
+   * Empty for a clean journal.
+   *
+   * @generated from field: repeated cowrie.ledger.v1.Finding findings = 1;
+   */
+  findings: Finding[];
+
+  /**
+   * How much was replayed.
+   *
+   * @generated from field: int64 transfers_checked = 2;
+   */
+  transfersChecked: bigint;
+
+  /**
+   * @generated from field: int64 batches_checked = 3;
+   */
+  batchesChecked: bigint;
+
+  /**
+   * @generated from field: int64 accounts_checked = 4;
+   */
+  accountsChecked: bigint;
+};
+
+/**
+ * Describes the message cowrie.ledger.v1.VerifyJournalResponse.
+ * Use `create(VerifyJournalResponseSchema)` to create a new message.
+ */
+export const VerifyJournalResponseSchema: GenMessage<VerifyJournalResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_ledger_v1_ledger, 19);
 
 /**
  * The type of an account, which decides how it is used (not how it is stored).
@@ -524,6 +883,61 @@ export const CreateAccountResultSchema: GenEnum<CreateAccountResult> = /*@__PURE
   enumDesc(file_cowrie_ledger_v1_ledger, 1);
 
 /**
+ * What a transfer does.
+ *
+ * @generated from enum cowrie.ledger.v1.TransferKind
+ */
+export enum TransferKind {
+  /**
+   * @generated from enum value: TRANSFER_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Moves money now: debits_posted and credits_posted grow by amount_minor.
+   *
+   * @generated from enum value: TRANSFER_KIND_POSTED = 1;
+   */
+  POSTED = 1,
+
+  /**
+   * Reserves money: debits_pending and credits_pending grow by amount_minor until a later
+   * transfer posts or voids it, or timeout_seconds pass.
+   *
+   * @generated from enum value: TRANSFER_KIND_PENDING = 2;
+   */
+  PENDING = 2,
+
+  /**
+   * Posts the pending transfer `pending_id`: amount_minor of it (0 = all of it) moves to the
+   * posted totals and the rest of the reservation is released.
+   *
+   * @generated from enum value: TRANSFER_KIND_POST_PENDING = 3;
+   */
+  POST_PENDING = 3,
+
+  /**
+   * Releases the reservation of the pending transfer `pending_id`.
+   *
+   * @generated from enum value: TRANSFER_KIND_VOID_PENDING = 4;
+   */
+  VOID_PENDING = 4,
+
+  /**
+   * Output only. Written by the ledger when a pending transfer's timeout passed: releases it.
+   *
+   * @generated from enum value: TRANSFER_KIND_EXPIRE_PENDING = 5;
+   */
+  EXPIRE_PENDING = 5,
+}
+
+/**
+ * Describes the enum cowrie.ledger.v1.TransferKind.
+ */
+export const TransferKindSchema: GenEnum<TransferKind> = /*@__PURE__*/
+  enumDesc(file_cowrie_ledger_v1_ledger, 2);
+
+/**
  * The outcome of one transfer in a CreateTransfers batch. Every outcome other than CREATED is
  * final for the id: a retry with the same id and fields returns it again.
  *
@@ -601,27 +1015,174 @@ export enum CreateTransferResult {
    * @generated from enum value: CREATE_TRANSFER_RESULT_OVERFLOWS = 10;
    */
   OVERFLOWS = 10,
+
+  /**
+   * @generated from enum value: CREATE_TRANSFER_RESULT_DEBIT_ACCOUNT_CLOSED = 11;
+   */
+  DEBIT_ACCOUNT_CLOSED = 11,
+
+  /**
+   * @generated from enum value: CREATE_TRANSFER_RESULT_CREDIT_ACCOUNT_CLOSED = 12;
+   */
+  CREDIT_ACCOUNT_CLOSED = 12,
+
+  /**
+   * `pending_id` names no committed transfer.
+   *
+   * @generated from enum value: CREATE_TRANSFER_RESULT_PENDING_TRANSFER_NOT_FOUND = 13;
+   */
+  PENDING_TRANSFER_NOT_FOUND = 13,
+
+  /**
+   * `pending_id` names a transfer that is not of kind PENDING.
+   *
+   * @generated from enum value: CREATE_TRANSFER_RESULT_PENDING_TRANSFER_NOT_PENDING = 14;
+   */
+  PENDING_TRANSFER_NOT_PENDING = 14,
+
+  /**
+   * @generated from enum value: CREATE_TRANSFER_RESULT_PENDING_TRANSFER_ALREADY_POSTED = 15;
+   */
+  PENDING_TRANSFER_ALREADY_POSTED = 15,
+
+  /**
+   * @generated from enum value: CREATE_TRANSFER_RESULT_PENDING_TRANSFER_ALREADY_VOIDED = 16;
+   */
+  PENDING_TRANSFER_ALREADY_VOIDED = 16,
+
+  /**
+   * @generated from enum value: CREATE_TRANSFER_RESULT_PENDING_TRANSFER_EXPIRED = 17;
+   */
+  PENDING_TRANSFER_EXPIRED = 17,
+
+  /**
+   * The post asks for more than was reserved, or the void names another amount.
+   *
+   * @generated from enum value: CREATE_TRANSFER_RESULT_EXCEEDS_PENDING_TRANSFER_AMOUNT = 18;
+   */
+  EXCEEDS_PENDING_TRANSFER_AMOUNT = 18,
+
+  /**
+   * debit_account_id, credit_account_id or currency differ from the pending transfer's.
+   *
+   * @generated from enum value: CREATE_TRANSFER_RESULT_PENDING_TRANSFER_HAS_DIFFERENT_FIELD = 19;
+   */
+  PENDING_TRANSFER_HAS_DIFFERENT_FIELD = 19,
 }
 
 /**
  * Describes the enum cowrie.ledger.v1.CreateTransferResult.
  */
 export const CreateTransferResultSchema: GenEnum<CreateTransferResult> = /*@__PURE__*/
-  enumDesc(file_cowrie_ledger_v1_ledger, 2);
+  enumDesc(file_cowrie_ledger_v1_ledger, 3);
+
+/**
+ * The outcome of one account in a CloseAccounts batch.
+ *
+ * @generated from enum cowrie.ledger.v1.CloseAccountResult
+ */
+export enum CloseAccountResult {
+  /**
+   * @generated from enum value: CLOSE_ACCOUNT_RESULT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The account is now closed.
+   *
+   * @generated from enum value: CLOSE_ACCOUNT_RESULT_CLOSED = 1;
+   */
+  CLOSED = 1,
+
+  /**
+   * The account was already closed.
+   *
+   * @generated from enum value: CLOSE_ACCOUNT_RESULT_ALREADY_CLOSED = 2;
+   */
+  ALREADY_CLOSED = 2,
+
+  /**
+   * @generated from enum value: CLOSE_ACCOUNT_RESULT_NOT_FOUND = 3;
+   */
+  NOT_FOUND = 3,
+
+  /**
+   * The account still has pending debits or credits.
+   *
+   * @generated from enum value: CLOSE_ACCOUNT_RESULT_HAS_PENDING_TRANSFERS = 4;
+   */
+  HAS_PENDING_TRANSFERS = 4,
+}
+
+/**
+ * Describes the enum cowrie.ledger.v1.CloseAccountResult.
+ */
+export const CloseAccountResultSchema: GenEnum<CloseAccountResult> = /*@__PURE__*/
+  enumDesc(file_cowrie_ledger_v1_ledger, 4);
+
+/**
+ * A kind of problem the verifier found.
+ *
+ * @generated from enum cowrie.ledger.v1.FindingKind
+ */
+export enum FindingKind {
+  /**
+   * @generated from enum value: FINDING_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A batch's stored hash differs from the hash of its transfers and the previous batch's hash:
+   * a journal row was changed, added or removed.
+   *
+   * @generated from enum value: FINDING_KIND_HASH_MISMATCH = 1;
+   */
+  HASH_MISMATCH = 1,
+
+  /**
+   * Journal positions are not 1, 2, 3... without gaps.
+   *
+   * @generated from enum value: FINDING_KIND_SEQUENCE_GAP = 2;
+   */
+  SEQUENCE_GAP = 2,
+
+  /**
+   * An account's stored totals differ from the totals replayed from the journal.
+   *
+   * @generated from enum value: FINDING_KIND_BALANCE_MISMATCH = 3;
+   */
+  BALANCE_MISMATCH = 3,
+
+  /**
+   * Across a currency, debits and credits in the journal differ.
+   *
+   * @generated from enum value: FINDING_KIND_DEBITS_NOT_EQUAL_CREDITS = 4;
+   */
+  DEBITS_NOT_EQUAL_CREDITS = 4,
+}
+
+/**
+ * Describes the enum cowrie.ledger.v1.FindingKind.
+ */
+export const FindingKindSchema: GenEnum<FindingKind> = /*@__PURE__*/
+  enumDesc(file_cowrie_ledger_v1_ledger, 5);
 
 /**
  * LedgerService is Cowrie's append-only double-entry journal and the source of truth for every
- * unit of money. Balances are never stored anywhere else: they are the totals of the journal.
+ * unit of money. Balances are never stored anywhere else: they are the totals of the journal,
+ * and `npm run ledger:verify` (or VerifyJournal) rebuilds them from it.
  *
  * Amounts are int64 minor units of the account's ISO 4217 currency (for NGN, 1 = one kobo).
  * Transfer ids are chosen by the caller and are idempotency keys kept forever: submitting the
- * same transfer again returns the first outcome, including a recorded failure.
+ * same transfer again returns the first outcome, including a recorded failure, so an outcome
+ * once decided never flips.
  *
  * Errors common to every RPC:
  *   INVALID_ARGUMENT   a field is malformed; the message names it (for example
  *                      "transfers[2].amount_minor: must be > 0"); nothing was written.
- *   DEADLINE_EXCEEDED  the call's deadline ran out; nothing was committed.
- *   UNAVAILABLE        the ledger's database is unreachable; safe to retry with the same ids.
+ *   DEADLINE_EXCEEDED  the call's deadline ran out before the batch was committed; retry with
+ *                      the same ids to learn the outcome.
+ *   UNAVAILABLE        the ledger's database is unreachable; retry with the same ids.
  *
  * @generated from service cowrie.ledger.v1.LedgerService
  */
@@ -638,9 +1199,10 @@ export const LedgerService: GenService<{
     output: typeof CreateAccountsResponseSchema;
   },
   /**
-   * Creates transfers atomically per linked chain. Batches of up to 8,000 transfers; per-item
-   * results in request order. A business failure (insufficient funds, unknown account) is a
-   * per-item result, not an RPC error, and is recorded so that a retry returns the same result.
+   * Creates transfers. Batches of up to 8,000 transfers; per-item results in request order. A
+   * linked chain commits entirely or not at all. A business failure (insufficient funds, unknown
+   * account) is a per-item result, not an RPC error, and is recorded. Concurrent calls are
+   * committed together (group commit), so many small calls share one database commit.
    *
    * @generated from rpc cowrie.ledger.v1.LedgerService.CreateTransfers
    */
@@ -648,6 +1210,17 @@ export const LedgerService: GenService<{
     methodKind: "unary";
     input: typeof CreateTransfersRequestSchema;
     output: typeof CreateTransfersResponseSchema;
+  },
+  /**
+   * Closes accounts: no further transfer may debit or credit them. Pending transfers must be
+   * resolved first.
+   *
+   * @generated from rpc cowrie.ledger.v1.LedgerService.CloseAccounts
+   */
+  closeAccounts: {
+    methodKind: "unary";
+    input: typeof CloseAccountsRequestSchema;
+    output: typeof CloseAccountsResponseSchema;
   },
   /**
    * Reads accounts with their balances. Unknown ids are omitted from the response.
@@ -660,7 +1233,7 @@ export const LedgerService: GenService<{
     output: typeof LookupAccountsResponseSchema;
   },
   /**
-   * Reads transfers by id. Unknown ids are omitted from the response.
+   * Reads committed transfers by id. Unknown or refused ids are omitted from the response.
    *
    * @generated from rpc cowrie.ledger.v1.LedgerService.LookupTransfers
    */
@@ -668,6 +1241,39 @@ export const LedgerService: GenService<{
     methodKind: "unary";
     input: typeof LookupTransfersRequestSchema;
     output: typeof LookupTransfersResponseSchema;
+  },
+  /**
+   * Lists the transfers that debit or credit an account, oldest first, with the account's
+   * balances after each one. NOT_FOUND when the account does not exist.
+   *
+   * @generated from rpc cowrie.ledger.v1.LedgerService.GetAccountHistory
+   */
+  getAccountHistory: {
+    methodKind: "unary";
+    input: typeof GetAccountHistoryRequestSchema;
+    output: typeof GetAccountHistoryResponseSchema;
+  },
+  /**
+   * An account's balances as they were at a point in time. NOT_FOUND when the account does not
+   * exist.
+   *
+   * @generated from rpc cowrie.ledger.v1.LedgerService.GetAccountBalanceAt
+   */
+  getAccountBalanceAt: {
+    methodKind: "unary";
+    input: typeof GetAccountBalanceAtRequestSchema;
+    output: typeof GetAccountBalanceAtResponseSchema;
+  },
+  /**
+   * Replays the whole journal: checks the hash chain, the sequence, debits against credits, and
+   * every account's balances. A clean journal has no findings.
+   *
+   * @generated from rpc cowrie.ledger.v1.LedgerService.VerifyJournal
+   */
+  verifyJournal: {
+    methodKind: "unary";
+    input: typeof VerifyJournalRequestSchema;
+    output: typeof VerifyJournalResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_cowrie_ledger_v1_ledger, 0);
