@@ -19,6 +19,7 @@
 // BENCH_TIMEOUT_MS (5000; deadline on every call, 0 for none), BENCH_CASES (e.g. "b,c"),
 // BENCH_PIN (1 = server on core 0 and load on core 1; "S,C" picks the cores; 0 pins nothing).
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
 import * as http2 from "node:http2";
 import { fileURLToPath } from "node:url";
 import * as path from "node:path";
@@ -227,6 +228,20 @@ interface Measured {
   result: CaseResult;
   serverCpuUs: number;
   serverWallSeconds: number;
+  /** CPU the rest of the machine used during the window (% of one core), when /proc/stat exists. */
+  otherCpuPct: number | undefined;
+}
+
+/** Busy CPU seconds of the whole machine so far (all cores), from /proc/stat; undefined elsewhere. */
+function machineBusySeconds(): number | undefined {
+  try {
+    const line = readFileSync("/proc/stat", "utf8").split("\n", 1)[0] ?? "";
+    const [, user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).map(Number);
+    const busy = [user, nice, system, irq, softirq, steal].reduce<number>((sum, value) => sum + (value ?? 0), 0);
+    return Number.isFinite(busy) ? busy / 100 : undefined; // USER_HZ is 100 on Linux
+  } catch {
+    return undefined;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -335,12 +350,19 @@ async function runCase(child: LoadChild, spec: CaseSpec, warmupSeconds = WARMUP_
     child.send(message);
     await started;
     const cpuStart = cpuMicros();
+    const machineStart = machineBusySeconds();
     const wallStart = process.hrtime.bigint();
     await ended;
     const serverCpuUs = cpuMicros() - cpuStart;
+    const machineEnd = machineBusySeconds();
     const serverWallSeconds = Number(process.hrtime.bigint() - wallStart) / 1e9;
     const result = (await resulted) as CaseResult;
-    return { spec, result, serverCpuUs, serverWallSeconds };
+    // Whatever else ran on the machine meanwhile (other processes, and the kernel's softirq work
+    // for our own sockets): the figures are only comparable when this stays small.
+    const otherCpuPct = machineStart === undefined || machineEnd === undefined
+      ? undefined
+      : Math.max(0, ((machineEnd - machineStart) - (serverCpuUs + result.clientCpuUs) / 1e6) / serverWallSeconds) * 100;
+    return { spec, result, serverCpuUs, serverWallSeconds, otherCpuPct };
   } finally {
     await server.close();
     if (spec.id === "c2") logged?.flush();
@@ -356,8 +378,8 @@ const round = (value: number, digits: number): number => {
 };
 
 function table(rows: Measured[], pin: [number, number] | undefined): string {
-  const header = ["case", "what", "req/s", "p50 ms", "p99 ms", "errors", "server CPU", "client CPU", "server µs/call", "client µs/call"];
-  const body = rows.map(({ spec, result, serverCpuUs, serverWallSeconds }) => {
+  const header = ["case", "what", "req/s", "p50 ms", "p99 ms", "errors", "server CPU", "client CPU", "server µs/call", "client µs/call", "other load"];
+  const body = rows.map(({ spec, result, serverCpuUs, serverWallSeconds, otherCpuPct }) => {
     const calls = Math.max(1, result.calls);
     return [
       spec.id,
@@ -370,6 +392,7 @@ function table(rows: Measured[], pin: [number, number] | undefined): string {
       `${((result.clientCpuUs / 1e6 / result.windowSeconds) * 100).toFixed(0)}%`,
       (serverCpuUs / calls).toFixed(0),
       (result.clientCpuUs / calls).toFixed(0),
+      otherCpuPct === undefined ? "n/a" : `${otherCpuPct.toFixed(0)}%`,
     ];
   });
   const widths = header.map((title, column) => Math.max(title.length, ...body.map((row) => (row[column] as string).length)));
@@ -385,7 +408,12 @@ function table(rows: Measured[], pin: [number, number] | undefined): string {
     ...body.map(line),
     "CPU columns are % of one core over the measured window (GC threads included); µs/call is CPU time per completed call.",
     "A side at ~100% is the bottleneck: if it is the client, req/s is the client's limit, not the server's capacity.",
+    "other load: CPU the rest of the machine used meanwhile (other processes, kernel network work), % of one core.",
   ];
+  const busiest = Math.max(0, ...rows.map((row) => row.otherCpuPct ?? 0));
+  if (busiest > 15) {
+    lines.push(`WARNING: something else used up to ${busiest.toFixed(0)}% of a core during the run; these figures are disturbed.`);
+  }
   for (const { spec, result } of rows) {
     if (result.firstError !== undefined) lines.push(`case ${spec.id}: first error: ${result.firstError}`);
   }
@@ -405,7 +433,7 @@ function summary(rows: Measured[], pin: [number, number] | undefined): Record<st
   };
   const c = byKey.get("cowrie_connect");
   const cases: Record<string, unknown> = {};
-  for (const { spec, result, serverCpuUs, serverWallSeconds } of rows) {
+  for (const { spec, result, serverCpuUs, serverWallSeconds, otherCpuPct } of rows) {
     const calls = Math.max(1, result.calls);
     cases[spec.key] = {
       case: spec.id,
@@ -417,6 +445,7 @@ function summary(rows: Measured[], pin: [number, number] | undefined): Record<st
       client_cpu_pct: round((result.clientCpuUs / 1e6 / result.windowSeconds) * 100, 1),
       server_us_per_call: round(serverCpuUs / calls, 1),
       client_us_per_call: round(result.clientCpuUs / calls, 1),
+      other_cpu_pct: otherCpuPct === undefined ? null : round(otherCpuPct, 1),
     };
   }
   const serverUs = (key: string): number | null => {

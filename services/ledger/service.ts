@@ -1,6 +1,7 @@
 // The Ledger service: validates requests field by field, then hands transfers to the group
 // committer and reads to the store. A bounded background task releases expired reservations
 // through the same write path, so expiry is journaled like any other transfer.
+import { createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
@@ -87,6 +88,19 @@ function validateAccount(account: Account, index: number): NewAccount {
 
 const CLIENT_KINDS = { POSTED: 1, PENDING: 2, POST_PENDING: 3, VOID_PENDING: 4 };
 
+/** Ids of the EXPIRE_PENDING transfers the ledger writes; clients may not use them. */
+const EXPIRE_PREFIX = "expire:";
+
+/**
+ * The id of the transfer that expires `pendingId`: "expire:<pendingId>", or, when that would pass
+ * 64 characters, "expire:" and a hash of the id, so two long ids never share one expiry id.
+ */
+export function expireTransferId(pendingId: string): string {
+  const plain = `${EXPIRE_PREFIX}${pendingId}`;
+  if (plain.length <= 64) return plain;
+  return `${EXPIRE_PREFIX}${createHash("sha256").update(pendingId).digest("hex").slice(0, 64 - EXPIRE_PREFIX.length)}`;
+}
+
 /** Accounts, currency and amount may be left to the pending transfer by POST and VOID. */
 function optional<T>(value: T, empty: T, check: (value: T) => T): T {
   return value === empty ? value : check(value);
@@ -94,6 +108,9 @@ function optional<T>(value: T, empty: T, check: (value: T) => T): T {
 
 function validateTransfer(transfer: Transfer, index: number): TransferInput {
   const field = `transfers[${index}]`;
+  if (transfer.id.startsWith(EXPIRE_PREFIX)) {
+    throw invalidArgument(`${field}.id`, `ids starting with "${EXPIRE_PREFIX}" are reserved for the ledger's expiry transfers`);
+  }
   const kind = requireEnum(transfer.kind, `${field}.kind`, CLIENT_KINDS) as TransferKind;
   const resolving = resolvesPending(kind);
   const accountId = (value: string, name: string) => (resolving ? optional(value, "", (v) => requireId(v, name)) : requireId(value, name));
@@ -192,29 +209,29 @@ export const ledgerModule: ServiceModule = {
 
     // Releases expired reservations a bounded number at a time. The ids are derived from the
     // pending transfer, so two Ledger processes expiring the same one write it once.
-    let expiring = false;
-    const expiryTimer = setInterval(async () => {
-      if (expiring) return;
-      expiring = true;
+    let expiring: Promise<void> | undefined;
+    const expiryTimer = setInterval(() => {
+      expiring ??= expirePass().finally(() => (expiring = undefined));
+    }, EXPIRY_INTERVAL_MS);
+    expiryTimer.unref();
+    async function expirePass(): Promise<void> {
       try {
         const ids = await expiredPendingIds(db, Date.now(), EXPIRY_BATCH_MAX);
         if (ids.length === 0) return;
         const outcomes = await committer.submit(ids.map((pendingId) => ({
-          id: `expire:${pendingId}`.slice(0, 64), kind: TransferKind.EXPIRE_PENDING, debitAccountId: "", creditAccountId: "",
+          id: expireTransferId(pendingId), kind: TransferKind.EXPIRE_PENDING, debitAccountId: "", creditAccountId: "",
           amountMinor: 0n, currency: "", code: 0, reference: "", metadata: {}, linked: false, pendingId, timeoutSeconds: 0,
         })));
         log.info({ expired: outcomes.length }, "released expired pending transfers");
       } catch (error) {
         log.warn({ err: error instanceof Error ? error.message : String(error) }, "expiry pass failed; will retry");
-      } finally {
-        expiring = false;
       }
-    }, EXPIRY_INTERVAL_MS);
-    expiryTimer.unref();
+    }
 
     return {
       async stop() {
         clearInterval(expiryTimer);
+        await expiring;
         await committer.idle();
       },
       routes(router) {

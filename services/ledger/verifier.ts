@@ -4,7 +4,7 @@
 import { create } from "@bufbuild/protobuf";
 import { asc, gt } from "drizzle-orm";
 import { FindingKind, FindingSchema, type Finding } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
-import type { Db } from "../runtime/db.js";
+import type { Db, Tx } from "../runtime/db.js";
 import { applyToTotals, type TransferInput } from "./engine.js";
 import { batchHash, GENESIS_HASH, type JournalRow } from "./journal.js";
 import { accounts, journalBatches, journalHead, transfers } from "./schema.js";
@@ -42,7 +42,7 @@ class Findings {
 }
 
 /** Pages of journal rows in sequence order. */
-async function* journalRows(db: Db): AsyncGenerator<JournalRow> {
+async function* journalRows(db: Tx): AsyncGenerator<JournalRow> {
   let after = 0n;
   for (;;) {
     const page = await db.select().from(transfers).where(gt(transfers.sequence, after)).orderBy(asc(transfers.sequence)).limit(PAGE_ROWS);
@@ -52,7 +52,7 @@ async function* journalRows(db: Db): AsyncGenerator<JournalRow> {
   }
 }
 
-async function* batchRows(db: Db): AsyncGenerator<BatchRow> {
+async function* batchRows(db: Tx): AsyncGenerator<BatchRow> {
   let after = 0n;
   for (;;) {
     const page = await db.select().from(journalBatches).where(gt(journalBatches.batch, after)).orderBy(asc(journalBatches.batch)).limit(PAGE_ROWS);
@@ -66,7 +66,16 @@ function zero(): Totals {
   return { debitsPosted: 0n, creditsPosted: 0n, debitsPending: 0n, creditsPending: 0n };
 }
 
-export async function verifyJournal(db: Db): Promise<VerifyResult> {
+/**
+ * Replays the journal in one read-only REPEATABLE READ transaction: the journal, the batch
+ * records, the head and the accounts are read from one snapshot, so commits made while it runs
+ * are either wholly seen or not at all and never show up as findings.
+ */
+export function verifyJournal(db: Db): Promise<VerifyResult> {
+  return db.transaction((tx) => replayJournal(tx), { isolationLevel: "repeatable read", accessMode: "read only" });
+}
+
+async function replayJournal(db: Tx): Promise<VerifyResult> {
   const findings = new Findings();
   const replayed = new Map<string, Totals>();
   const pendingAmounts = new Map<string, bigint>();
@@ -82,13 +91,32 @@ export async function verifyJournal(db: Db): Promise<VerifyResult> {
   let batchesChecked = 0n;
   let pendingRows: JournalRow[] = [];
   let currentBatch: bigint | undefined;
+  // A batch record read ahead that belongs to later journal rows.
+  let lookahead: BatchRow | undefined;
+  const nextBatch = async (): Promise<BatchRow | undefined> => {
+    if (lookahead) {
+      const record = lookahead;
+      lookahead = undefined;
+      return record;
+    }
+    const next = await batches.next();
+    return next.done ? undefined : next.value;
+  };
   const closeBatch = async (): Promise<void> => {
     if (currentBatch === undefined) return;
-    const next = await batches.next();
-    const stored = next.done ? undefined : next.value;
+    let stored = await nextBatch();
+    // Records of batches whose rows are all gone: reported each, and the chain continues from
+    // their stored hash so that the batches after them still line up with their records.
+    while (stored && stored.batch < currentBatch) {
+      batchesChecked++;
+      findings.add(FindingKind.HASH_MISMATCH, `batch ${stored.batch}`, "batch record has no journal rows");
+      previousHash = stored.hash;
+      stored = await nextBatch();
+    }
     batchesChecked++;
     if (!stored || stored.batch !== currentBatch) {
       findings.add(FindingKind.HASH_MISMATCH, `batch ${currentBatch}`, `no batch record matches (next record is ${stored?.batch ?? "none"})`);
+      lookahead = stored;
     } else {
       const computed = batchHash(previousHash, pendingRows);
       if (hex(computed) !== hex(stored.hash) || hex(stored.previousHash) !== hex(previousHash)) {
@@ -120,9 +148,9 @@ export async function verifyJournal(db: Db): Promise<VerifyResult> {
     applyToTotals(totalsOf(transfer.creditAccountId), transfer, "credit", reserved);
   }
   await closeBatch();
-  for (let extra = await batches.next(); !extra.done; extra = await batches.next()) {
+  for (let extra = await nextBatch(); extra; extra = await nextBatch()) {
     batchesChecked++;
-    findings.add(FindingKind.HASH_MISMATCH, `batch ${extra.value.batch}`, "batch record has no journal rows");
+    findings.add(FindingKind.HASH_MISMATCH, `batch ${extra.batch}`, "batch record has no journal rows");
   }
 
   const [head] = await db.select().from(journalHead);

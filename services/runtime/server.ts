@@ -5,6 +5,7 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
+import { setMaxListeners } from "node:events";
 import { randomUUID } from "node:crypto";
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, cors, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
@@ -121,6 +122,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const { name, config, log, health } = options;
   const inFlight = { count: 0 };
   const shutdown = new AbortController();
+  // connect-node links every in-flight call to this signal: one listener per call, by design.
+  setMaxListeners(0, shutdown.signal);
   const rpcHandler = connectNodeAdapter({
     routes: (router) => {
       options.routes(router);

@@ -202,7 +202,8 @@ export const CreateAccountsResponse_ItemSchema: GenMessage<CreateAccountsRespons
  */
 export type Transfer = Message<"cowrie.ledger.v1.Transfer"> & {
   /**
-   * Caller-chosen id and idempotency key: 1 to 64 characters of [A-Za-z0-9_.:-].
+   * Caller-chosen id and idempotency key: 1 to 64 characters of [A-Za-z0-9_.:-]. Ids starting
+   * with "expire:" are reserved for the ledger's own expiry transfers.
    *
    * @generated from field: string id = 1;
    */
