@@ -48,7 +48,10 @@ async function runFor(seconds: number, concurrency: number, work: () => Promise<
       while (Date.now() < endsAtMs) {
         const callStartedMs = performance.now();
         try {
-          units += await work();
+          // Not `units += await work()`: that reads `units` before the await and loses the
+          // other loops' additions.
+          const done = await work();
+          units += done;
           latenciesMs.push(performance.now() - callStartedMs);
         } catch {
           errors++;

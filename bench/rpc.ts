@@ -17,7 +17,13 @@
 // BENCH_PREWARM_SECONDS (2; unmeasured run of each library pairing before the cases),
 // BENCH_CONNECTIONS (1; HTTP/2 connections the calls are spread over),
 // BENCH_TIMEOUT_MS (5000; deadline on every call, 0 for none), BENCH_CASES (e.g. "b,c"),
-// BENCH_PIN (1 = server on core 0 and load on core 1; "S,C" picks the cores; 0 pins nothing).
+// BENCH_PIN (1 = server on core 0 and load on core 1; "S,C" picks the cores; 0 pins nothing),
+// BENCH_TRACE=1 (the child prints completed calls/s per 500 ms on stderr).
+//
+// Reading the figures: with one Node client process the closed loop mostly alternates (the
+// server answers a batch while the client waits, then the other way round), so req/s reflects
+// client + server cost and moves ±30% between runs. CPU µs per call on each side is the steadier
+// measure of what a hop costs; "other load" says whether something else disturbed the run.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import * as http2 from "node:http2";
@@ -175,7 +181,17 @@ function devNullLogger(): { log: Logger; flush(): void } {
     },
     destination,
   );
-  return { log: root.child({ service: "bench" }), flush: () => destination.flushSync() };
+  return {
+    log: root.child({ service: "bench" }),
+    flush: () => {
+      try {
+        destination.flushSync();
+      } catch {
+        // nothing buffered, or still opening: nothing to lose on /dev/null
+      }
+      destination.end();
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,7 +394,7 @@ const round = (value: number, digits: number): number => {
 };
 
 function table(rows: Measured[], pin: [number, number] | undefined): string {
-  const header = ["case", "what", "req/s", "p50 ms", "p99 ms", "errors", "server CPU", "client CPU", "server µs/call", "client µs/call", "other load"];
+  const header = ["case", "what", "req/s", "p50 ms", "p99 ms", "errors", "server CPU", "client CPU", "server µs/call", "client µs/call", "server core cap/s", "other load"];
   const body = rows.map(({ spec, result, serverCpuUs, serverWallSeconds, otherCpuPct }) => {
     const calls = Math.max(1, result.calls);
     return [
@@ -392,6 +408,7 @@ function table(rows: Measured[], pin: [number, number] | undefined): string {
       `${((result.clientCpuUs / 1e6 / result.windowSeconds) * 100).toFixed(0)}%`,
       (serverCpuUs / calls).toFixed(0),
       (result.clientCpuUs / calls).toFixed(0),
+      (1e6 / Math.max(1, serverCpuUs / calls)).toFixed(0),
       otherCpuPct === undefined ? "n/a" : `${otherCpuPct.toFixed(0)}%`,
     ];
   });
@@ -406,7 +423,8 @@ function table(rows: Measured[], pin: [number, number] | undefined): string {
     line(header),
     line(header.map((title) => "-".repeat(title.length))),
     ...body.map(line),
-    "CPU columns are % of one core over the measured window (GC threads included); µs/call is CPU time per completed call.",
+    "CPU columns are % of one core over the measured window (GC threads included); µs/call is CPU time per completed call;",
+    "server core cap/s = 1e6 / server µs/call, the calls/s one saturated server core would answer at that cost.",
     "A side at ~100% is the bottleneck: if it is the client, req/s is the client's limit, not the server's capacity.",
     "other load: CPU the rest of the machine used meanwhile (other processes, kernel network work), % of one core.",
   ];
@@ -445,6 +463,7 @@ function summary(rows: Measured[], pin: [number, number] | undefined): Record<st
       client_cpu_pct: round((result.clientCpuUs / 1e6 / result.windowSeconds) * 100, 1),
       server_us_per_call: round(serverCpuUs / calls, 1),
       client_us_per_call: round(result.clientCpuUs / calls, 1),
+      server_core_capacity_rps: round(1e6 / Math.max(1, serverCpuUs / calls), 0),
       other_cpu_pct: otherCpuPct === undefined ? null : round(otherCpuPct, 1),
     };
   }

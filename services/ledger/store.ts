@@ -2,13 +2,10 @@
 // lock the journal head (so batches and sequences are consecutive even with several Ledger
 // processes), read what is stored under the ids and the pending transfers they resolve, lock
 // every account involved in id order, plan with the pure engine, and append transfers, refusals,
-// pending states, balance totals, the hash-chained batch record and outbox events together.
-import { randomUUID } from "node:crypto";
-import { create, toBinary } from "@bufbuild/protobuf";
-import { anyPack, timestampFromDate } from "@bufbuild/protobuf/wkt";
+// pending states, balance totals, the hash-chained batch record and outbox rows together.
 import { Code, ConnectError } from "@connectrpc/connect";
 import { and, asc, eq, inArray, sql, type SQL } from "drizzle-orm";
-import { EnvelopeSchema, LedgerTransferCreatedSchema } from "../../gen/cowrie/events/v1/events_pb.js";
+import { LedgerTransferCreatedSchema } from "../../gen/cowrie/events/v1/events_pb.js";
 import { CloseAccountResult, CreateAccountResult, TransferKind, type CreateTransferResult } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import { rowsOf, transact, type Db, type Tx } from "../runtime/db.js";
 import {
@@ -115,8 +112,8 @@ function toState(row: AccountRow): AccountState {
 
 async function readStored(tx: Tx, ids: string[]): Promise<Map<string, StoredOutcome>> {
   const [committed, refused] = await Promise.all([
-    tx.select().from(transfers).where(inArray(transfers.id, ids)),
-    tx.select().from(transferFailures).where(inArray(transferFailures.id, ids)),
+    tx.select().from(transfers).where(isAnyOf(transfers.id, ids)),
+    tx.select().from(transferFailures).where(isAnyOf(transferFailures.id, ids)),
   ]);
   const stored = new Map<string, StoredOutcome>();
   for (const row of committed) stored.set(row.id, { kind: "created", transfer: row as TransferInput, sequence: row.sequence });
@@ -130,7 +127,7 @@ async function readPendings(tx: Tx, ids: string[]): Promise<Map<string, PendingS
     .select({ transfer: transfers, status: pendingTransfers.status, expiresAt: pendingTransfers.expiresAt })
     .from(transfers)
     .leftJoin(pendingTransfers, eq(pendingTransfers.id, transfers.id))
-    .where(inArray(transfers.id, ids));
+    .where(isAnyOf(transfers.id, ids));
   return new Map(
     rows.map((row) => [
       row.transfer.id,
@@ -154,60 +151,45 @@ function arrayLiteral(values: readonly (string | bigint | number | boolean | nul
   return `{${items.join(",")}}`;
 }
 
+/** `column = any(array)` with the ids as one parameter: no statement with thousands of parameters. */
+function isAnyOf(target: SQL.Aliased | SQL | import("drizzle-orm/pg-core").PgColumn, ids: readonly string[]): SQL {
+  return sql`${target} = any(${arrayLiteral(ids)}::text[])`;
+}
+
 function column<T>(rows: readonly T[], pick: (row: T) => string | bigint | number | boolean | null, type: string): SQL {
   return sql`${arrayLiteral(rows.map(pick))}::${sql.raw(type)}[]`;
 }
 
-function transferCreatedEvent(row: JournalRow): { id: string; subject: string; payloadHex: string } {
-  const id = randomUUID();
-  const subject = `transfer/${row.id}`;
-  const envelope = create(EnvelopeSchema, {
-    id,
-    type: LedgerTransferCreatedSchema.typeName,
-    source: "ledger",
-    subject,
-    time: timestampFromDate(row.createdAt),
-    data: anyPack(
-      LedgerTransferCreatedSchema,
-      create(LedgerTransferCreatedSchema, {
-        transferId: row.id,
-        debitAccountId: row.debitAccountId,
-        creditAccountId: row.creditAccountId,
-        amountMinor: row.amountMinor,
-        currency: row.currency,
-        code: row.code,
-        reference: row.reference,
-        sequence: row.sequence,
-      }),
-    ),
-  });
-  return { id, subject, payloadHex: Buffer.from(toBinary(EnvelopeSchema, envelope)).toString("hex") };
-}
-
-async function appendJournal(tx: Tx, rows: JournalRow[], head: { lastBatch: bigint; lastHash: Uint8Array }): Promise<void> {
-  if (rows.length === 0) return;
+/**
+ * Appends the journal rows, their outbox events and the hash-chained batch record. The three
+ * statements are issued together and pipelined on the transaction's connection.
+ */
+function appendJournal(tx: Tx, rows: JournalRow[], head: { lastBatch: bigint; lastHash: Uint8Array }): Promise<unknown>[] {
+  if (rows.length === 0) return [];
   const batch = head.lastBatch + 1n;
   const hash = batchHash(head.lastHash, rows);
+  const hashHex = Buffer.from(hash).toString("hex");
   const first = rows[0] as JournalRow;
   const last = rows[rows.length - 1] as JournalRow;
-  const events = rows.map(transferCreatedEvent);
-  await tx.execute(sql`
-    insert into ledger.transfers (id, sequence, batch, kind, debit_account_id, credit_account_id, amount_minor, currency, code, reference, metadata, linked, pending_id, timeout_seconds, created_at)
-    select *, ${first.createdAt.toISOString()}::timestamptz from unnest(
-      ${column(rows, (r) => r.id, "text")}, ${column(rows, (r) => r.sequence, "int8")}, ${column(rows, () => batch, "int8")},
-      ${column(rows, (r) => r.kind, "int2")}, ${column(rows, (r) => r.debitAccountId, "text")}, ${column(rows, (r) => r.creditAccountId, "text")},
-      ${column(rows, (r) => r.amountMinor, "int8")}, ${column(rows, (r) => r.currency, "text")}, ${column(rows, (r) => r.code, "int4")},
-      ${column(rows, (r) => r.reference, "text")}, ${column(rows, (r) => JSON.stringify(r.metadata), "jsonb")}, ${column(rows, (r) => r.linked, "bool")},
-      ${column(rows, (r) => r.pendingId, "text")}, ${column(rows, (r) => r.timeoutSeconds, "int4")})`);
-  await tx.execute(sql`
-    insert into ledger.outbox (id, event_type, subject, payload)
-    select id, ${LedgerTransferCreatedSchema.typeName}, subject, decode(payload, 'hex') from unnest(
-      ${column(events, (e) => e.id, "uuid")}, ${column(events, (e) => e.subject, "text")}, ${column(events, (e) => e.payloadHex, "text")}) as e(id, subject, payload)`);
-  await tx.execute(sql`
-    insert into ledger.journal_batches (batch, first_sequence, last_sequence, previous_hash, hash, created_at)
-    values (${batch}, ${first.sequence}, ${last.sequence}, decode(${Buffer.from(head.lastHash).toString("hex")}, 'hex'), decode(${Buffer.from(hash).toString("hex")}, 'hex'), ${first.createdAt.toISOString()}::timestamptz)`);
-  await tx.execute(sql`
-    update ledger.journal_head set last_batch = ${batch}, last_sequence = ${last.sequence}, last_hash = decode(${Buffer.from(hash).toString("hex")}, 'hex') where id = 1`);
+  return [
+    tx.execute(sql`
+      insert into ledger.transfers (id, sequence, batch, kind, debit_account_id, credit_account_id, amount_minor, currency, code, reference, metadata, linked, pending_id, timeout_seconds, created_at)
+      select *, ${first.createdAt.toISOString()}::timestamptz from unnest(
+        ${column(rows, (r) => r.id, "text")}, ${column(rows, (r) => r.sequence, "int8")}, ${column(rows, () => batch, "int8")},
+        ${column(rows, (r) => r.kind, "int2")}, ${column(rows, (r) => r.debitAccountId, "text")}, ${column(rows, (r) => r.creditAccountId, "text")},
+        ${column(rows, (r) => r.amountMinor, "int8")}, ${column(rows, (r) => r.currency, "text")}, ${column(rows, (r) => r.code, "int4")},
+        ${column(rows, (r) => r.reference, "text")}, ${column(rows, (r) => JSON.stringify(r.metadata), "jsonb")}, ${column(rows, (r) => r.linked, "bool")},
+        ${column(rows, (r) => r.pendingId, "text")}, ${column(rows, (r) => r.timeoutSeconds, "int4")})`),
+    tx.execute(sql`
+      insert into ledger.outbox (id, event_type, subject)
+      select gen_random_uuid(), ${LedgerTransferCreatedSchema.typeName}, 'transfer/' || id from unnest(${column(rows, (r) => r.id, "text")}) as t(id)`),
+    tx.execute(sql`
+      with recorded as (
+        insert into ledger.journal_batches (batch, first_sequence, last_sequence, previous_hash, hash, created_at)
+        values (${batch}, ${first.sequence}, ${last.sequence}, decode(${Buffer.from(head.lastHash).toString("hex")}, 'hex'), decode(${hashHex}, 'hex'), ${first.createdAt.toISOString()}::timestamptz)
+      )
+      update ledger.journal_head set last_batch = ${batch}, last_sequence = ${last.sequence}, last_hash = decode(${hashHex}, 'hex') where id = 1`),
+  ];
 }
 
 async function writePendingChanges(tx: Tx, changes: Map<string, PendingState>, resolvedBy: Map<string, string>): Promise<void> {
@@ -276,7 +258,7 @@ export async function commitTransfers(db: Db, batch: TransferInput[], nowMs = Da
     const locked = await tx
       .select()
       .from(accounts)
-      .where(inArray(accounts.id, [...accountIds]))
+      .where(isAnyOf(accounts.id, [...accountIds]))
       .orderBy(asc(accounts.id))
       .for("update");
     const plan = planTransfers(batch, new Map(locked.map((row) => [row.id, toState(row)])), pendings, stored, nowMs);
@@ -288,7 +270,9 @@ export async function commitTransfers(db: Db, batch: TransferInput[], nowMs = Da
       createdAt,
     }));
     const resolvedBy = new Map(plan.created.filter((t) => resolvesPending(t.kind)).map((t) => [t.pendingId, t.id]));
-    await appendJournal(tx, rows, headRow);
+    // Two waves: pending states reference the journal rows, so those must be in first. Within a
+    // wave the statements are pipelined on the transaction's connection.
+    await Promise.all(appendJournal(tx, rows, headRow));
     await Promise.all([writePendingChanges(tx, plan.pendingChanges, resolvedBy), writeFailures(tx, plan.failed), writeBalances(tx, plan.changed)]);
     const sequences = new Map(rows.map((row) => [row.id, row.sequence]));
     return plan.outcomes.map((outcome, index) => {

@@ -43,7 +43,7 @@ CREATE TABLE "ledger"."outbox" (
 	"event_type" text NOT NULL,
 	"subject" text NOT NULL,
 	"tenant_id" text DEFAULT '' NOT NULL,
-	"payload" "bytea" NOT NULL,
+	"payload" "bytea",
 	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
 	"published_at" timestamp with time zone
 );
