@@ -7,7 +7,7 @@
 import { performance } from "node:perf_hooks";
 import { pathToFileURL } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import { create, fromBinary, toBinary, type DescService, type Message } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { Http2SessionManager, createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import {
@@ -16,6 +16,7 @@ import {
   HealthCheckResponse_ServingStatus as ServingStatus,
   type HealthCheckResponse,
 } from "../gen/grpc/health/v1/health_pb.js";
+import { grpcServiceDefinition } from "../services/runtime/grpc-js.js";
 
 /** Which client library and protocol the child uses for a case. */
 export type ClientKind = "grpcjs" | "connect" | "connect-grpc";
@@ -60,27 +61,6 @@ export interface MarkMessage {
 }
 
 export type ChildMessage = CaseResult | MarkMessage | { type: "ready" } | { type: "fatal"; message: string };
-
-/**
- * A grpc-js service definition built from protobuf-es descriptors (as in README.md and
- * services/runtime/client.test.ts): no .proto loading, messages are protobuf-es messages.
- */
-export function grpcServiceDefinition(service: DescService): grpc.ServiceDefinition {
-  const definition: Record<string, grpc.MethodDefinition<Message, Message>> = {};
-  for (const method of service.methods) {
-    definition[method.localName] = {
-      path: `/${service.typeName}/${method.name}`,
-      originalName: method.name,
-      requestStream: method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming",
-      responseStream: method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming",
-      requestSerialize: (message) => Buffer.from(toBinary(method.input, message)),
-      requestDeserialize: (bytes) => fromBinary(method.input, bytes),
-      responseSerialize: (message) => Buffer.from(toBinary(method.output, message)),
-      responseDeserialize: (bytes) => fromBinary(method.output, bytes),
-    };
-  }
-  return definition as grpc.ServiceDefinition;
-}
 
 interface BenchClient {
   /** One Health/Check call; resolves with the serving status, rejects on any RPC error. */

@@ -39,10 +39,11 @@ import {
   HealthCheckResponse_ServingStatus as ServingStatus,
 } from "../gen/grpc/health/v1/health_pb.js";
 import { loadConfig } from "../services/runtime/config.js";
+import { grpcServiceDefinition } from "../services/runtime/grpc-js.js";
 import { HealthState } from "../services/runtime/health.js";
 import type { Logger } from "../services/runtime/log.js";
 import { startServer } from "../services/runtime/server.js";
-import { grpcServiceDefinition, type CaseResult, type ChildMessage, type ClientKind, type RunMessage } from "./rpc-load.js";
+import { type CaseResult, type ChildMessage, type ClientKind, type RunMessage } from "./rpc-load.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const HOST = "127.0.0.1";

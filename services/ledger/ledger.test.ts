@@ -12,27 +12,21 @@ import {
   TransferKind,
   type Transfer,
 } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
-import { openBackends, startService, type Backends, type RunningService } from "../runtime/service.js";
-import { capturingLogger, freshDatabase, meshEnvironment, testConfig } from "../runtime/testing.js";
+import { freshDatabase, startTestService } from "../runtime/testing.js";
 import { ledgerModule } from "./service.js";
 
 let database: Awaited<ReturnType<typeof freshDatabase>>;
-let backends: Backends;
-let service: RunningService;
+let service: Awaited<ReturnType<typeof startTestService>>;
 let ledger: Client<typeof LedgerService>;
 
 before(async () => {
   database = await freshDatabase("ledger");
-  const config = testConfig(await meshEnvironment({ DATABASE_URL: database.url, COWRIE_DATABASE_POOL_MAX: "16" }));
-  const { log } = capturingLogger();
-  backends = await openBackends(config, log);
-  service = await startService(ledgerModule, backends, config, log);
-  ledger = createClient(LedgerService, createConnectTransport({ baseUrl: `http://127.0.0.1:${service.port}`, httpVersion: "2" }));
+  service = await startTestService(ledgerModule, { DATABASE_URL: database.url, COWRIE_DATABASE_POOL_MAX: "16" });
+  ledger = createClient(LedgerService, createConnectTransport({ baseUrl: service.baseUrl, httpVersion: "2" }));
 });
 
 after(async () => {
   await service?.close();
-  await backends?.close();
   await database?.drop();
 });
 

@@ -7,14 +7,14 @@ import { Code, ConnectError, createClient, type Client } from "@connectrpc/conne
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AccountCode, CreateAccountResult, LedgerService } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import { ServingStatus } from "../runtime/health.js";
-import { openBackends, startService, type Backends, type RunningService } from "../runtime/service.js";
+import type { RunningService } from "../runtime/service.js";
 import { startTcpProxy, type TcpProxy } from "../runtime/tcp-proxy.js";
-import { capturingLogger, freshDatabase, meshEnvironment, testConfig, TEST_POSTGRES_URL } from "../runtime/testing.js";
+import { freshDatabase, startTestService, TEST_POSTGRES_URL } from "../runtime/testing.js";
 import { ledgerModule } from "./service.js";
 
 let database: Awaited<ReturnType<typeof freshDatabase>>;
 let proxy: TcpProxy;
-let backends: Backends;
+let started: Awaited<ReturnType<typeof startTestService>>;
 let service: RunningService;
 let ledger: Client<typeof LedgerService>;
 
@@ -37,16 +37,13 @@ before(async () => {
   proxy = await startTcpProxy({ host: postgres.hostname, port: Number(postgres.port || 5432) });
   const viaProxy = new URL(database.url);
   viaProxy.host = `127.0.0.1:${proxy.port}`;
-  const config = testConfig(await meshEnvironment({ DATABASE_URL: viaProxy.toString(), COWRIE_HEALTH_INTERVAL_MS: "200" }));
-  const { log } = capturingLogger();
-  backends = await openBackends(config, log);
-  service = await startService(ledgerModule, backends, config, log);
-  ledger = createClient(LedgerService, createConnectTransport({ baseUrl: `http://127.0.0.1:${service.port}`, httpVersion: "2" }));
+  started = await startTestService(ledgerModule, { DATABASE_URL: viaProxy.toString(), COWRIE_HEALTH_INTERVAL_MS: "200" });
+  service = started.service;
+  ledger = createClient(LedgerService, createConnectTransport({ baseUrl: started.baseUrl, httpVersion: "2" }));
 });
 
 after(async () => {
-  await service?.close();
-  await backends?.close();
+  await started?.close();
   await proxy?.close();
   await database?.drop();
 });

@@ -17,25 +17,21 @@ import {
   TransferKind,
   type Transfer,
 } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
-import { openBackends, startService, type Backends, type RunningService } from "../runtime/service.js";
-import { capturingLogger, freshDatabase, meshEnvironment, testConfig } from "../runtime/testing.js";
+import { freshDatabase, startTestService } from "../runtime/testing.js";
 import { expireTransferId, ledgerModule } from "./service.js";
 
 type Ledger = Client<typeof LedgerService>;
 
 let database: Awaited<ReturnType<typeof freshDatabase>>;
 /** Two Ledger processes' worth of service on the same database: A is the default. */
-const instances: { backends: Backends; service: RunningService }[] = [];
+const instances: Awaited<ReturnType<typeof startTestService>>[] = [];
 let ledger: Ledger;
 let ledgerB: Ledger;
 
 async function startInstance(): Promise<Ledger> {
-  const config = testConfig(await meshEnvironment({ DATABASE_URL: database.url, COWRIE_DATABASE_POOL_MAX: "16" }));
-  const { log } = capturingLogger();
-  const backends = await openBackends(config, log);
-  const service = await startService(ledgerModule, backends, config, log);
-  instances.push({ backends, service });
-  return createClient(LedgerService, createConnectTransport({ baseUrl: `http://127.0.0.1:${service.port}`, httpVersion: "2" }));
+  const instance = await startTestService(ledgerModule, { DATABASE_URL: database.url, COWRIE_DATABASE_POOL_MAX: "16" });
+  instances.push(instance);
+  return createClient(LedgerService, createConnectTransport({ baseUrl: instance.baseUrl, httpVersion: "2" }));
 }
 
 before(async () => {
@@ -45,10 +41,7 @@ before(async () => {
 });
 
 after(async () => {
-  for (const { service, backends } of instances) {
-    await service.close();
-    await backends.close();
-  }
+  for (const instance of instances) await instance.close();
   await database?.drop();
 });
 

@@ -19,8 +19,7 @@ import {
   type Transfer,
   type VerifyJournalResponse,
 } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
-import { openBackends, startService } from "../runtime/service.js";
-import { capturingLogger, freshDatabase, meshEnvironment, testConfig } from "../runtime/testing.js";
+import { freshDatabase, startTestService } from "../runtime/testing.js";
 import { ledgerModule } from "./service.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -45,11 +44,8 @@ after(async () => {
 /** A Ledger on a fresh database. */
 async function startLedger(label: string): Promise<Omit<Seeded, "accounts" | "ids">> {
   const database = await freshDatabase(`verify_${label}`);
-  const config = testConfig(await meshEnvironment({ DATABASE_URL: database.url, COWRIE_DATABASE_POOL_MAX: "8" }));
-  const { log } = capturingLogger();
-  const backends = await openBackends(config, log);
-  const service = await startService(ledgerModule, backends, config, log);
-  const ledger = createClient(LedgerService, createConnectTransport({ baseUrl: `http://127.0.0.1:${service.port}`, httpVersion: "2" }));
+  const service = await startTestService(ledgerModule, { DATABASE_URL: database.url, COWRIE_DATABASE_POOL_MAX: "8" });
+  const ledger = createClient(LedgerService, createConnectTransport({ baseUrl: service.baseUrl, httpVersion: "2" }));
   let closed = false;
   return {
     url: database.url,
@@ -58,7 +54,6 @@ async function startLedger(label: string): Promise<Omit<Seeded, "accounts" | "id
       if (closed) return;
       closed = true;
       await service.close();
-      await backends.close();
       await database.drop();
     },
   };

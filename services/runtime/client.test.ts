@@ -6,7 +6,7 @@ import { after, before, beforeEach, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
-import { create, fromBinary, toBinary, type DescService, type Message } from "@bufbuild/protobuf";
+import { create, type Message } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client, type HandlerContext } from "@connectrpc/connect";
 import { Http2SessionManager, createConnectTransport } from "@connectrpc/connect-node";
 import {
@@ -31,31 +31,7 @@ import { HealthState } from "./health.js";
 import { metrics } from "./metrics.js";
 import { REQUEST_ID_HEADER, startServer, type RunningServer } from "./server.js";
 import { capturingLogger, freePorts, testConfig } from "./testing.js";
-
-/**
- * A grpc-js service definition built from protobuf-es generated code: no .proto files loaded at
- * run time and no grpc-tools code generation. Requests and responses are protobuf-es messages.
- *
- *   const RouterClient = grpc.makeGenericClientConstructor(grpcServiceDefinition(RouterService), "RouterService");
- *   const router = new RouterClient("127.0.0.1:50053", grpc.credentials.createInsecure());
- *   router.getPayment(create(GetPaymentRequestSchema, { ... }), { deadline: Date.now() + 2000 }, (error, response) => { ... });
- */
-function grpcServiceDefinition(service: DescService): grpc.ServiceDefinition {
-  const definition: Record<string, grpc.MethodDefinition<Message, Message>> = {};
-  for (const method of service.methods) {
-    definition[method.localName] = {
-      path: `/${service.typeName}/${method.name}`,
-      originalName: method.name,
-      requestStream: method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming",
-      responseStream: method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming",
-      requestSerialize: (message) => Buffer.from(toBinary(method.input, message)),
-      requestDeserialize: (bytes) => fromBinary(method.input, bytes),
-      responseSerialize: (message) => Buffer.from(toBinary(method.output, message)),
-      responseDeserialize: (bytes) => fromBinary(method.output, bytes),
-    };
-  }
-  return definition;
-}
+import { grpcServiceDefinition } from "./grpc-js.js";
 
 /** One unary call on a generic grpc-js client, as a promise. */
 function grpcUnary<O>(client: grpc.Client, method: string, request: Message, options: grpc.CallOptions): Promise<O> {

@@ -6,6 +6,7 @@ import { pino } from "pino";
 import postgres from "postgres";
 import { loadConfig, type Config } from "./config.js";
 import type { Logger } from "./log.js";
+import { openBackends, startService, type RunningService, type ServiceModule } from "./service.js";
 
 export const TEST_POSTGRES_URL = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
@@ -73,4 +74,28 @@ export function capturingLogger(): { log: Logger; lines: () => Record<string, un
     },
   });
   return { log: pino({ level: "info" }, sink), lines: () => captured.map((line) => JSON.parse(line)) };
+}
+
+/** One service started in this process on its own backends, as the runtime starts it, for a test. */
+export async function startTestService(
+  module: ServiceModule,
+  env: Record<string, string>,
+): Promise<{ service: RunningService; baseUrl: string; close(): Promise<void> }> {
+  const config = testConfig(await meshEnvironment(env));
+  const { log } = capturingLogger();
+  const backends = await openBackends(config, log);
+  // A service that fails to start must not leave its pools open and keep the test process alive.
+  const service = await startService(module, backends, config, log).catch(async (error: unknown) => {
+    await backends.close();
+    throw error;
+  });
+  return {
+    service,
+    baseUrl: `http://127.0.0.1:${service.port}`,
+    async close() {
+      // The server drains before its backends go, so in-flight calls finish against a live database.
+      await service.close();
+      await backends.close();
+    },
+  };
 }
