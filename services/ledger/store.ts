@@ -25,15 +25,6 @@ export type AccountRow = typeof accounts.$inferSelect;
 export type NewAccount = typeof accounts.$inferInsert;
 export type TransferRow = typeof transfers.$inferSelect;
 
-const UNIQUE_VIOLATION = "23505";
-
-export function isUniqueViolation(error: unknown): boolean {
-  for (let cause = error; cause instanceof Error; cause = (cause as { cause?: unknown }).cause) {
-    if ((cause as { code?: unknown }).code === UNIQUE_VIOLATION) return true;
-  }
-  return false;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Accounts
 
