@@ -4,6 +4,7 @@
 import { create } from "@bufbuild/protobuf";
 import type { HandlerContext } from "@connectrpc/connect";
 import {
+  WalletKind,
   WalletSchema as PublicWalletSchema,
   WalletsService,
   type Wallet as PublicWallet,
@@ -19,7 +20,6 @@ import {
   requireIdempotencyKey,
   requireText,
 } from "../runtime/validate.js";
-import { WalletKind } from "../../gen/cowrie/edge/v1/wallets_pb.js";
 
 export const IDEMPOTENCY_KEY_HEADER = "idempotency-key";
 

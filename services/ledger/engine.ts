@@ -3,8 +3,7 @@
 // each transfer's outcome and the new balance totals. The store reads and writes PostgreSQL
 // around it; tests drive it directly against a model. Nothing here does I/O.
 import { CreateTransferResult, TransferKind } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
-
-export const INT64_MAX = 2n ** 63n - 1n;
+import { INT64_MAX } from "../runtime/validate.js";
 
 export interface AccountState {
   readonly id: string;
@@ -116,7 +115,7 @@ export function differingField(stored: TransferInput, incoming: TransferInput): 
   return sameMetadata(stored.metadata, incoming.metadata) ? undefined : "metadata";
 }
 
-function sameMetadata(a: Readonly<Record<string, string>>, b: Readonly<Record<string, string>>): boolean {
+export function sameMetadata(a: Readonly<Record<string, string>>, b: Readonly<Record<string, string>>): boolean {
   const keys = Object.keys(a);
   return keys.length === Object.keys(b).length && keys.every((key) => a[key] === b[key]);
 }

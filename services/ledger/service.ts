@@ -20,7 +20,8 @@ import {
   type Transfer,
 } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import { currentCallContext } from "../runtime/call-context.js";
-import { invalidArgument } from "../runtime/errors.js";
+import { invalidArgument, notFound } from "../runtime/errors.js";
+import type { Db } from "../runtime/db.js";
 import type { ServiceModule } from "../runtime/service.js";
 import {
   limitMetadata,
@@ -42,7 +43,6 @@ import {
   expiredPendingIds,
   lookupAccounts,
   lookupTransfers,
-  requireAccount,
   type AccountRow,
   type NewAccount,
   type Totals,
@@ -177,6 +177,10 @@ function transferMessage(row: TransferRow | (Omit<TransferRow, "kind"> & { kind:
   return create(TransferSchema, { ...row, createdAt: timestampFromDate(row.createdAt) });
 }
 
+async function requireAccountExists(db: Db, id: string): Promise<void> {
+  if ((await lookupAccounts(db, [id])).length === 0) throw notFound(`account ${id}`);
+}
+
 function optionalTime(value: Timestamp | undefined): Date | undefined {
   return value ? timestampDate(value) : undefined;
 }
@@ -265,7 +269,7 @@ export const ledgerModule: ServiceModule = {
             const accountId = requireId(request.accountId, "account_id");
             const limit = pageSize(request.pageSize);
             const after = afterSequence(request.pageToken);
-            requireAccount((await lookupAccounts(db, [accountId]))[0], accountId);
+            await requireAccountExists(db, accountId);
             const entries = await accountHistory(db, accountId, {
               fromTime: optionalTime(request.fromTime),
               toTime: optionalTime(request.toTime),
@@ -287,7 +291,7 @@ export const ledgerModule: ServiceModule = {
           async getAccountBalanceAt(request) {
             const accountId = requireId(request.accountId, "account_id");
             if (!request.time) throw invalidArgument("time", "is required");
-            requireAccount((await lookupAccounts(db, [accountId]))[0], accountId);
+            await requireAccountExists(db, accountId);
             const { totals, sequence } = await balanceAt(db, accountId, timestampDate(request.time));
             return { balance: create(BalanceSchema, totals), sequence };
           },

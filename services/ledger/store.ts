@@ -3,7 +3,6 @@
 // processes), read what is stored under the ids and the pending transfers they resolve, lock
 // every account involved in id order, plan with the pure engine, and append transfers, refusals,
 // pending states, balance totals, the hash-chained batch record and outbox rows together.
-import { Code, ConnectError } from "@connectrpc/connect";
 import { and, asc, eq, inArray, sql, type SQL } from "drizzle-orm";
 import { LedgerTransferCreatedSchema } from "../../gen/cowrie/events/v1/events_pb.js";
 import { CloseAccountResult, CreateAccountResult, TransferKind, type CreateTransferResult } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
@@ -12,6 +11,7 @@ import {
   PendingStatus,
   planTransfers,
   resolvesPending,
+  sameMetadata,
   type AccountState,
   type ItemOutcome,
   type PendingState,
@@ -38,10 +38,7 @@ const ACCOUNT_FIELDS: [keyof NewAccount, string][] = [
 
 function differingAccountField(stored: AccountRow, incoming: NewAccount): string | undefined {
   for (const [key, field] of ACCOUNT_FIELDS) if (stored[key] !== incoming[key]) return field;
-  const a = stored.metadata;
-  const b = incoming.metadata ?? {};
-  const same = Object.keys(a).length === Object.keys(b).length && Object.keys(a).every((key) => a[key] === b[key]);
-  return same ? undefined : "metadata";
+  return sameMetadata(stored.metadata, incoming.metadata ?? {}) ? undefined : "metadata";
 }
 
 export function createAccounts(db: Db, batch: NewAccount[]): Promise<{ result: CreateAccountResult; field?: string }[]> {
@@ -383,9 +380,4 @@ export async function balanceAt(db: Db, accountId: string, time: Date): Promise<
     },
     sequence: BigInt(row.sequence as string),
   };
-}
-
-export function requireAccount(row: AccountRow | undefined, id: string): AccountRow {
-  if (!row) throw new ConnectError(`account ${id} not found`, Code.NotFound);
-  return row;
 }

@@ -30,7 +30,7 @@ import type { Config } from "./config.js";
 import { HealthState } from "./health.js";
 import { metrics } from "./metrics.js";
 import { REQUEST_ID_HEADER, startServer, type RunningServer } from "./server.js";
-import { capturingLogger, freePorts, testConfig } from "./testing.js";
+import { capturingLogger, freePorts, rejection, testConfig } from "./testing.js";
 import { grpcServiceDefinition } from "./grpc-js.js";
 
 /** One unary call on a generic grpc-js client, as a promise. */
@@ -77,15 +77,6 @@ async function startOn<I, O>(
 
 function allow(reasons: string[] = []): EvaluateResponse {
   return create(EvaluateResponseSchema, { decision: Decision.ALLOW, score: 7, reasons });
-}
-
-async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await promise;
-  } catch (error) {
-    return ConnectError.from(error);
-  }
-  assert.fail("expected the call to fail");
 }
 
 async function breakerState(caller: string, target: string): Promise<number | undefined> {

@@ -32,7 +32,7 @@ import * as reflectionV1alpha from "../../gen/grpc/reflection/v1alpha/reflection
 import { currentCallContext, type CallContext } from "./call-context.js";
 import { HealthState } from "./health.js";
 import { REQUEST_ID_HEADER, startServer, type RunningServer } from "./server.js";
-import { capturingLogger, testConfig } from "./testing.js";
+import { capturingLogger, rejection, testConfig } from "./testing.js";
 
 const execFileAsync = promisify(execFile);
 const BUF = path.resolve(import.meta.dirname, "../../node_modules/.bin/buf");
@@ -141,15 +141,6 @@ async function within<T>(promise: Promise<T>, ms: number, what: string): Promise
   } finally {
     timeout.abort();
   }
-}
-
-async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await promise;
-  } catch (error) {
-    return ConnectError.from(error);
-  }
-  assert.fail("expected the call to fail");
 }
 
 async function connectionRefused(port: number): Promise<boolean> {

@@ -1,8 +1,10 @@
 // Helpers for Cowrie's own tests: real backends with isolated state, free ports, and a config
 // built the same way the services build theirs. Nothing here replaces a product component.
+import assert from "node:assert/strict";
 import * as net from "node:net";
 import { Writable } from "node:stream";
 import { pino } from "pino";
+import { ConnectError } from "@connectrpc/connect";
 import postgres from "postgres";
 import { loadConfig, type Config } from "./config.js";
 import type { Logger } from "./log.js";
@@ -98,4 +100,14 @@ export async function startTestService(
       await backends.close();
     },
   };
+}
+
+/** The ConnectError a call failed with; fails the test when the call succeeded. */
+export async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await promise;
+  } catch (error) {
+    return ConnectError.from(error);
+  }
+  assert.fail("expected the call to fail");
 }

@@ -5,7 +5,7 @@ import { invalidArgument } from "./errors.js";
 const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,64}$/;
 const CURRENCY_PATTERN = /^[A-Z]{3}$/;
 const IDEMPOTENCY_KEY_PATTERN = /^[\x21-\x7e]{1,255}$/;
-const INT64_MAX = 2n ** 63n - 1n;
+export const INT64_MAX = 2n ** 63n - 1n;
 
 export function requireId(value: string, field: string): string {
   if (!ID_PATTERN.test(value)) {
