@@ -12,10 +12,10 @@ import { spawn } from "node:child_process";
 import * as path from "node:path";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import postgres from "postgres";
 import { AccountCode, CreateTransferResult, LedgerService, TransferKind, type Transfer } from "../gen/cowrie/ledger/v1/ledger_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { freePorts, freshDatabase } from "../services/runtime/testing.js";
+import { BASELINE_CLIENTS, commitBaseline, percentileSorted, rate, round, runFor } from "./support.js";
 
 const root = path.resolve(import.meta.dirname, "..");
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
@@ -23,65 +23,12 @@ const ACCOUNTS = 10_000;
 const SINGLE_CLIENTS = 64;
 const BATCH_SIZE = 1_000;
 const BATCH_CLIENTS = 4;
-const BASELINE_CLIENTS = 16;
 const FUNDING_MINOR = 1_000_000_000n;
 
 type TransferInit = Omit<Partial<Transfer>, "$typeName">;
 
-interface PhaseResult {
-  operations: number;
-  units: number;
-  seconds: number;
-  latenciesMs: number[];
-  errors: number;
-}
-
-/** Runs `work` from `concurrency` loops until the time is up; each call returns how many units it did. */
-async function runFor(seconds: number, concurrency: number, work: () => Promise<number>): Promise<PhaseResult> {
-  const endsAtMs = Date.now() + seconds * 1000;
-  const latenciesMs: number[] = [];
-  let units = 0;
-  let errors = 0;
-  const startedAtMs = Date.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (Date.now() < endsAtMs) {
-        const callStartedMs = performance.now();
-        try {
-          // Not `units += await work()`: that reads `units` before the await and loses the
-          // other loops' additions.
-          const done = await work();
-          units += done;
-          latenciesMs.push(performance.now() - callStartedMs);
-        } catch {
-          errors++;
-        }
-      }
-    }),
-  );
-  return { operations: latenciesMs.length, units, seconds: (Date.now() - startedAtMs) / 1000, latenciesMs, errors };
-}
-
 function percentile(values: number[], fraction: number): number {
-  if (values.length === 0) return 0;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * fraction))] as number;
-}
-
-const rate = (result: PhaseResult) => Math.round(result.units / result.seconds);
-const round = (value: number, digits = 2) => Number(value.toFixed(digits));
-
-async function baseline(url: string): Promise<PhaseResult> {
-  const sql = postgres(url, { max: BASELINE_CLIENTS, onnotice: () => {} });
-  await sql`create table bench_baseline (id bigserial primary key, amount_minor bigint not null, created_at timestamptz not null default now())`;
-  try {
-    return await runFor(SECONDS, BASELINE_CLIENTS, async () => {
-      await sql`insert into bench_baseline (amount_minor) values (${1})`;
-      return 1;
-    });
-  } finally {
-    await sql.end();
-  }
+  return percentileSorted([...values].sort((x, y) => x - y), fraction);
 }
 
 async function startLedger(databaseUrl: string): Promise<{ port: number; stop(): Promise<void> }> {
@@ -148,7 +95,7 @@ async function main(): Promise<void> {
   let ledgerProcess: Awaited<ReturnType<typeof startLedger>> | undefined;
   try {
     process.stdout.write(`baseline: one-row insert transactions, ${BASELINE_CLIENTS} postgres.js clients, ${SECONDS} s\n`);
-    const base = await baseline(database.url);
+    const base = await commitBaseline(database.url, SECONDS);
 
     ledgerProcess = await startLedger(database.url);
     const transport = createConnectTransport({ baseUrl: `http://127.0.0.1:${ledgerProcess.port}`, httpVersion: "2", useBinaryFormat: true });

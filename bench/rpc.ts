@@ -24,7 +24,7 @@
 // server answers a batch while the client waits, then the other way round), so req/s reflects
 // client + server cost and moves ±30% between runs. CPU µs per call on each side is the steadier
 // measure of what a hop costs; "other load" says whether something else disturbed the run.
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import * as http2 from "node:http2";
 import { fileURLToPath } from "node:url";
@@ -44,6 +44,7 @@ import { HealthState } from "../services/runtime/health.js";
 import type { Logger } from "../services/runtime/log.js";
 import { startServer } from "../services/runtime/server.js";
 import { type CaseResult, type ChildMessage, type ClientKind, type RunMessage } from "./rpc-load.js";
+import { LoadProcess } from "./support.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const HOST = "127.0.0.1";
@@ -273,71 +274,14 @@ function hasTaskset(): boolean {
   }
 }
 
-class LoadChild {
-  readonly #child: ChildProcess;
-  readonly #waiters = new Map<string, (message: ChildMessage) => void>();
-  readonly exited: Promise<number | null>;
-  #failure: string | undefined;
+/** The load generator, bench/rpc-load.ts, in its own process, pinned to a core when asked. */
+type Load = LoadProcess<RunMessage, ChildMessage>;
 
-  constructor(pinTo: number | undefined) {
-    const script = path.join(HERE, "rpc-load.ts");
-    const nodeArgs = ["--import", "tsx", script];
-    const [command, args] = pinTo === undefined
-      ? [process.execPath, nodeArgs]
-      : ["taskset", ["-c", String(pinTo), process.execPath, ...nodeArgs]];
-    // The child's stdout goes to our stderr so that the JSON line stays the last line of stdout.
-    this.#child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit", "ipc"] });
-    this.#child.stdout?.pipe(process.stderr);
-    this.exited = new Promise((resolve) => this.#child.once("exit", (code) => resolve(code)));
-    this.#child.on("message", (raw: unknown) => {
-      const message = raw as ChildMessage;
-      if (message.type === "fatal") {
-        this.#failure = message.message;
-        for (const waiter of [...this.#waiters.values()]) waiter(message);
-        return;
-      }
-      const key = "id" in message ? `${message.type}:${message.id}` : message.type;
-      this.#waiters.get(key)?.(message);
-    });
-    void this.exited.then(() => {
-      for (const waiter of [...this.#waiters.values()]) waiter({ type: "fatal", message: this.#failure ?? "load child exited" });
-    });
-  }
-
-  get pid(): number | undefined {
-    return this.#child.pid;
-  }
-
-  /** Waits for one message of that type (and case id), or fails on a fatal message, exit or timeout. */
-  next(type: string, id: string | undefined, timeoutMs: number): Promise<ChildMessage> {
-    const key = id === undefined ? type : `${type}:${id}`;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#waiters.delete(key);
-        reject(new Error(`no '${type}' from the load child within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.#waiters.set(key, (message) => {
-        clearTimeout(timer);
-        this.#waiters.delete(key);
-        if (message.type === "fatal") reject(new Error(`load child failed: ${message.message}`));
-        else resolve(message);
-      });
-    });
-  }
-
-  send(message: RunMessage | { type: "exit" }): void {
-    this.#child.send(message);
-  }
-
-  /** Asks the child to leave, and kills it if it has not within the grace period. */
-  async stop(graceMs: number): Promise<number | null> {
-    if (this.#child.exitCode !== null || this.#child.signalCode !== null) return this.#child.exitCode;
-    if (this.#child.connected) this.send({ type: "exit" });
-    const timer = setTimeout(() => this.#child.kill("SIGKILL"), graceMs);
-    const code = await this.exited;
-    clearTimeout(timer);
-    return code;
-  }
+function startLoad(pinTo: number | undefined): Load {
+  const nodeArgs = ["--import", "tsx", path.join(HERE, "rpc-load.ts")];
+  return pinTo === undefined
+    ? new LoadProcess(process.execPath, nodeArgs)
+    : new LoadProcess("taskset", ["-c", String(pinTo), process.execPath, ...nodeArgs]);
 }
 
 function cpuMicros(): number {
@@ -345,7 +289,7 @@ function cpuMicros(): number {
   return usage.user + usage.system;
 }
 
-async function runCase(child: LoadChild, spec: CaseSpec, warmupSeconds = WARMUP_SECONDS, seconds = SECONDS): Promise<Measured> {
+async function runCase(child: Load, spec: CaseSpec, warmupSeconds = WARMUP_SECONDS, seconds = SECONDS): Promise<Measured> {
   const server = await spec.start();
   try {
     const message: RunMessage = {
@@ -530,7 +474,7 @@ async function main(): Promise<void> {
 
   const pin = PIN && hasTaskset() ? PIN : undefined;
   if (pin) execFileSync("taskset", ["-a", "-p", "-c", String(pin[0]), String(process.pid)], { stdio: "ignore" });
-  const child = new LoadChild(pin?.[1]);
+  const child = startLoad(pin?.[1]);
   const rows: Measured[] = [];
   try {
     await child.next("ready", undefined, 30_000);

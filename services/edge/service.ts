@@ -1,93 +1,69 @@
-// The Edge: Cowrie's public API. It validates each request against the public contract (so
-// errors name the public fields), takes the Idempotency-Key header of mutating calls, and calls
-// the internal services with the caller's deadline.
-import { create } from "@bufbuild/protobuf";
-import type { HandlerContext } from "@connectrpc/connect";
-import {
-  WalletKind,
-  WalletSchema as PublicWalletSchema,
-  WalletsService,
-  type Wallet as PublicWallet,
-} from "../../gen/cowrie/edge/v1/wallets_pb.js";
-import { WalletService, type Wallet } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
-import type { ServiceModule } from "../runtime/service.js";
-import {
-  limitText,
-  requireAmountMinor,
-  requireCurrency,
-  requireEnum,
-  requireId,
-  requireIdempotencyKey,
-  requireText,
-} from "../runtime/validate.js";
+// The Edge: Cowrie's public API. Tenants call WalletsService and PaymentsService with an API key
+// (auth.ts); every call is rate-limited per key (rate-limit.ts); every mutation needs an
+// Idempotency-Key and runs exactly once (idempotency.ts); the handlers (wallets.ts, payments.ts)
+// validate public fields and call the internal Wallet and Router with the key's tenant. Operators
+// manage tenants and keys through AdminService (admin.ts) with the operator token. endpoints.ts
+// is the one place that puts those checks around every handler.
+import { fileURLToPath } from "node:url";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { eq } from "drizzle-orm";
+import { AdminService } from "../../gen/cowrie/edge/v1/admin_pb.js";
+import { PaymentsService } from "../../gen/cowrie/edge/v1/payments_pb.js";
+import { WalletsService } from "../../gen/cowrie/edge/v1/wallets_pb.js";
+import { RouterService } from "../../gen/cowrie/router/v1/router_pb.js";
+import { WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
+import type { ServiceInstance, ServiceModule } from "../runtime/service.js";
+import { adminImpl } from "./admin.js";
+import { ApiKeyAuthenticator, loadOperatorToken } from "./auth.js";
+import { operatorService, publicService, type PublicGuards } from "./endpoints.js";
+import { IdempotencyStore } from "./idempotency.js";
+import { paymentsEndpoints } from "./payments.js";
+import { RateLimiter } from "./rate-limit.js";
+import { tenants } from "./schema.js";
+import { walletsEndpoints } from "./wallets.js";
 
-export const IDEMPOTENCY_KEY_HEADER = "idempotency-key";
-
-/**
- * The tenant every Edge call acts for until API keys land (the Wallets and Edge issue): keys will
- * resolve to a tenant here, and nothing below the Edge changes.
- */
-export const DEFAULT_TENANT_ID = "default";
-
-function publicWallet(wallet: Wallet | undefined): PublicWallet | undefined {
-  if (!wallet) return undefined;
-  const { tenantId: _tenantId, $typeName: _type, ...fields } = wallet;
-  return create(PublicWalletSchema, fields);
-}
-
-function idempotencyKey(context: HandlerContext): string {
-  return requireIdempotencyKey(context.requestHeader.get(IDEMPOTENCY_KEY_HEADER), "Idempotency-Key header");
-}
+export { IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER } from "./idempotency.js";
 
 export const edgeModule: ServiceModule = {
   name: "edge",
-  services: [WalletsService],
-  uses: { cache: true },
-  create({ client }) {
-    const wallets = client(WalletService, "wallet");
-    const tenantId = DEFAULT_TENANT_ID;
+  services: [WalletsService, PaymentsService, AdminService],
+  // Redis is not a health dependency: the rate limiter lets calls through and the replay cache
+  // falls back to PostgreSQL while it is down, so the Edge keeps serving and says so.
+  uses: { database: true },
+  migrationsFolder: fileURLToPath(new URL("./migrations", import.meta.url)),
+  async create({ config, database, cache, log, client }): Promise<ServiceInstance> {
+    const db = database.db;
+    const operatorToken = await loadOperatorToken(config, log);
+    const apiKeys = new ApiKeyAuthenticator(db, config);
+    const idempotency = new IdempotencyStore({
+      db,
+      cache,
+      log,
+      ttlHours: config.idempotencyTtlHours,
+      recoveryAfterMs: config.recoveryAfterMs,
+      completerIntervalMs: config.completerIntervalMs,
+      completerDeadlineMs: config.deadlineDefaultMs,
+    });
+    const guards: PublicGuards = { apiKeys, rateLimiter: new RateLimiter(cache, log), idempotency };
+    // Built once, before serving: this also registers every mutation with the completer.
+    const requireSandbox = async (tenantId: string): Promise<void> => {
+      const [tenant] = await db.select({ live: tenants.live }).from(tenants).where(eq(tenants.id, tenantId));
+      if (tenant?.live !== false) {
+        throw new ConnectError("FundWallet is for sandbox tenants; a live tenant's money comes in through pay-ins", Code.PermissionDenied);
+      }
+    };
+    const wallets = publicService(WalletsService, guards, walletsEndpoints(client(WalletService, "wallet"), requireSandbox));
+    const payments = publicService(PaymentsService, guards, paymentsEndpoints(client(RouterService, "router")));
+    const admin = operatorService(AdminService, operatorToken, adminImpl({ db, config, apiKeys }));
+    idempotency.start();
     return {
       routes(router) {
-        router.service(WalletsService, {
-          async createWallet(request) {
-            const ownerId = requireText(request.ownerId, "owner_id", 128);
-            const currency = requireCurrency(request.currency, "currency");
-            const kind = requireEnum(request.kind, "kind", WalletKind);
-            const response = await wallets.createWallet({ tenantId, ownerId, currency, kind });
-            return { wallet: publicWallet(response.wallet), created: response.created };
-          },
-          async getWallet(request) {
-            const walletId = requireId(request.walletId, "wallet_id");
-            const response = await wallets.getWallet({ tenantId, walletId });
-            return { wallet: publicWallet(response.wallet) };
-          },
-          async fundWallet(request, context) {
-            const key = idempotencyKey(context);
-            const walletId = requireId(request.walletId, "wallet_id");
-            const amountMinor = requireAmountMinor(request.amountMinor, "amount_minor");
-            const currency = requireCurrency(request.currency, "currency");
-            const response = await wallets.fundWallet({ tenantId, walletId, amountMinor, currency, idempotencyKey: key });
-            return { transferId: response.transferId, wallet: publicWallet(response.wallet), replayed: response.replayed };
-          },
-          async transferFunds(request, context) {
-            const key = idempotencyKey(context);
-            const response = await wallets.transferFunds({
-              tenantId,
-              sourceWalletId: requireId(request.sourceWalletId, "source_wallet_id"),
-              destinationWalletId: requireId(request.destinationWalletId, "destination_wallet_id"),
-              amountMinor: requireAmountMinor(request.amountMinor, "amount_minor"),
-              currency: requireCurrency(request.currency, "currency"),
-              reference: limitText(request.reference, "reference", 128),
-              idempotencyKey: key,
-            });
-            return {
-              transferId: response.transferId,
-              sourceWallet: publicWallet(response.sourceWallet),
-              destinationWallet: publicWallet(response.destinationWallet),
-              replayed: response.replayed,
-            };
-          },
-        });
+        router.service(WalletsService, wallets);
+        router.service(PaymentsService, payments);
+        router.service(AdminService, admin);
+      },
+      async stop() {
+        await idempotency.stop();
       },
     };
   },

@@ -31,6 +31,8 @@ import {
   requireCurrency,
   requireEnum,
   requireId,
+  requirePageSize,
+  PENDING_TIMEOUT_SECONDS_MAX,
 } from "../runtime/validate.js";
 import { resolvesPending, type TransferInput } from "./engine.js";
 import { GroupCommitter } from "./group-commit.js";
@@ -55,7 +57,6 @@ export const BATCH_SIZE_MAX = 8000;
 /** Most transfers committed together by group commit. */
 const GROUP_TRANSFERS_MAX = 8000;
 const CODE_MAX = 65535;
-const TIMEOUT_SECONDS_MAX = 31_536_000;
 const EXPIRY_INTERVAL_MS = 1000;
 const EXPIRY_BATCH_MAX = 1000;
 const HISTORY_PAGE_SIZE_DEFAULT = 100;
@@ -125,7 +126,7 @@ function validateTransfer(transfer: Transfer, index: number): TransferInput {
   if (kind !== TransferKind.PENDING && transfer.timeoutSeconds !== 0) {
     throw invalidArgument(`${field}.timeout_seconds`, "is only for PENDING");
   }
-  if (transfer.timeoutSeconds > TIMEOUT_SECONDS_MAX) throw invalidArgument(`${field}.timeout_seconds`, `must be at most ${TIMEOUT_SECONDS_MAX}`);
+  if (transfer.timeoutSeconds > PENDING_TIMEOUT_SECONDS_MAX) throw invalidArgument(`${field}.timeout_seconds`, `must be at most ${PENDING_TIMEOUT_SECONDS_MAX}`);
   const amountField = `${field}.amount_minor`;
   return {
     id: requireId(transfer.id, `${field}.id`),
@@ -186,8 +187,7 @@ function optionalTime(value: Timestamp | undefined): Date | undefined {
 }
 
 function pageSize(requested: number): number {
-  if (requested > HISTORY_PAGE_SIZE_MAX) throw invalidArgument("page_size", `must be at most ${HISTORY_PAGE_SIZE_MAX}`);
-  return requested === 0 ? HISTORY_PAGE_SIZE_DEFAULT : requested;
+  return requirePageSize(requested, HISTORY_PAGE_SIZE_MAX, HISTORY_PAGE_SIZE_DEFAULT);
 }
 
 /** Page tokens are the last sequence returned, opaque to clients. */

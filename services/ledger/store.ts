@@ -65,6 +65,7 @@ export function closeAccounts(db: Db, ids: string[]): Promise<CloseAccountResult
       if (!account) return CloseAccountResult.NOT_FOUND;
       if (account.closed) return CloseAccountResult.ALREADY_CLOSED;
       if (account.debitsPending !== 0n || account.creditsPending !== 0n) return CloseAccountResult.HAS_PENDING_TRANSFERS;
+      if (account.debitsPosted !== account.creditsPosted) return CloseAccountResult.HAS_BALANCE;
       return CloseAccountResult.CLOSED;
     });
     const closing = ids.filter((_, index) => results[index] === CloseAccountResult.CLOSED);

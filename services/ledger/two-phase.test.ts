@@ -415,11 +415,13 @@ describe("expiry of reservations", () => {
 });
 
 describe("LedgerService.CloseAccounts", () => {
-  it("closes, reports ALREADY_CLOSED, HAS_PENDING_TRANSFERS and NOT_FOUND, and closed accounts take no transfers", async () => {
+  it("closes only empty accounts, reports ALREADY_CLOSED, HAS_PENDING_TRANSFERS, HAS_BALANCE and NOT_FOUND, and closed accounts take no transfers", async () => {
     const { source, wallets: [open, held] } = await fundedWallets(2, 1000n);
     const hold = pending(held as string, source, 100n);
     await created(hold);
     const unknown = uniqueId("nobody");
+    assert.equal(CloseAccountResult[(await ledger.closeAccounts({ ids: [open as string] })).results[0]?.result as number], "HAS_BALANCE");
+    await created(posted(open as string, source, 1000n));
     const { results } = await ledger.closeAccounts({ ids: [open as string, unknown, held as string] });
     assert.deepEqual(results.map((item) => item.index), [0, 1, 2]);
     assert.deepEqual(
@@ -433,10 +435,12 @@ describe("LedgerService.CloseAccounts", () => {
     assert.equal(CreateTransferResult[(await submit(posted(source, open as string, 10n))).result], "CREDIT_ACCOUNT_CLOSED");
     assert.equal(CreateTransferResult[(await submit(posted(open as string, source, 10n))).result], "DEBIT_ACCOUNT_CLOSED");
     assert.equal(CreateTransferResult[(await submit(pending(source, open as string, 10n))).result], "CREDIT_ACCOUNT_CLOSED");
-    assert.deepEqual(totals(await account(open as string)), { debitsPosted: 0n, creditsPosted: 1000n, debitsPending: 0n, creditsPending: 0n });
+    assert.deepEqual(totals(await account(open as string)), { debitsPosted: 1000n, creditsPosted: 1000n, debitsPending: 0n, creditsPending: 0n });
 
-    // Once its reservation is resolved the account can be closed.
+    // Once its reservation is resolved and its money moved out, the account can be closed.
     await created(voidPending(hold.id as string));
+    assert.equal(CloseAccountResult[(await ledger.closeAccounts({ ids: [held as string] })).results[0]?.result as number], "HAS_BALANCE");
+    await created(posted(held as string, source, 1000n));
     assert.equal(CloseAccountResult[(await ledger.closeAccounts({ ids: [held as string] })).results[0]?.result as number], "CLOSED");
     await assert.rejects(ledger.closeAccounts({ ids: ["not valid!"] }), expectInvalid("ids[0]"));
   });

@@ -142,6 +142,61 @@ for (const backend of backends) {
       assert.equal(await cache.incrementBy(k, 1, 10_000), 1);
     });
 
+    it("takeToken() allows a full burst, then refuses with the time until the next token", async () => {
+      const k = key("bucket-burst");
+      const options = { ratePerSecond: 2, burst: 3, nowMs: 1_000_000 };
+      for (let i = 0; i < 3; i++) assert.deepEqual(await cache.takeToken(k, options), { allowed: true, retryAfterMs: 0 });
+      // Empty: one token comes every 500 ms at 2 per second.
+      assert.deepEqual(await cache.takeToken(k, options), { allowed: false, retryAfterMs: 500 });
+      assert.deepEqual(await cache.takeToken(k, { ...options, nowMs: 1_000_200 }), { allowed: false, retryAfterMs: 300 });
+    });
+
+    it("takeToken() refills at the rate and never above the burst", async () => {
+      const k = key("bucket-refill");
+      const at = (nowMs: number) => cache.takeToken(k, { ratePerSecond: 10, burst: 2, nowMs });
+      assert.equal((await at(0)).allowed, true);
+      assert.equal((await at(0)).allowed, true);
+      assert.equal((await at(0)).allowed, false);
+      assert.equal((await at(100)).allowed, true); // 100 ms at 10/s = one token
+      assert.equal((await at(100)).allowed, false);
+      // A long pause fills the bucket to its size, not beyond.
+      assert.equal((await at(60_000)).allowed, true);
+      assert.equal((await at(60_000)).allowed, true);
+      assert.deepEqual(await at(60_000), { allowed: false, retryAfterMs: 100 });
+    });
+
+    it("takeToken() treats a clock going backwards as no time elapsed", async () => {
+      const k = key("bucket-backwards");
+      assert.equal((await cache.takeToken(k, { ratePerSecond: 1, burst: 1, nowMs: 5_000 })).allowed, true);
+      assert.equal((await cache.takeToken(k, { ratePerSecond: 1, burst: 1, nowMs: 1_000 })).allowed, false);
+    });
+
+    it("takeToken() is atomic: 100 concurrent takes from a bucket of 10 allow exactly 10", async () => {
+      const k = key("bucket-race");
+      const results = await Promise.all(
+        Array.from({ length: 100 }, () => cache.takeToken(k, { ratePerSecond: 0.001, burst: 10 })),
+      );
+      assert.equal(results.filter((result) => result.allowed).length, 10);
+      for (const result of results.filter((r) => !r.allowed)) assert.ok(result.retryAfterMs > 0);
+    });
+
+    it("takeToken() uses the backend's own clock when no time is given", async () => {
+      const k = key("bucket-clock");
+      const options = { ratePerSecond: 20, burst: 1 };
+      assert.equal((await cache.takeToken(k, options)).allowed, true);
+      const refused = await cache.takeToken(k, options);
+      assert.equal(refused.allowed, false);
+      assert.ok(refused.retryAfterMs > 0 && refused.retryAfterMs <= 50, `retryAfterMs ${refused.retryAfterMs}`);
+      await sleep(80);
+      assert.equal((await cache.takeToken(k, options)).allowed, true);
+    });
+
+    it("takeToken() rejects a rate or burst that makes no bucket", async () => {
+      await assert.rejects(cache.takeToken(key("bad-bucket"), { ratePerSecond: 0, burst: 1 }), RangeError);
+      await assert.rejects(cache.takeToken(key("bad-bucket"), { ratePerSecond: 1, burst: 0 }), RangeError);
+      await assert.rejects(cache.takeToken(key("bad-bucket"), { ratePerSecond: 1, burst: 1.5 }), RangeError);
+    });
+
     it("incrementBy() rejects when the value is not an integer", async () => {
       const k = key("not-a-number");
       await cache.set(k, "abc", { ttlMs: 10_000 });

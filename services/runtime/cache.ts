@@ -14,9 +14,32 @@ export interface Cache {
   del(key: string): Promise<void>;
   /** Atomically adds `by` to an integer counter, creating it at 0 with the TTL if missing (TTL not reset on later increments); returns the new value. */
   incrementBy(key: string, by: number, ttlMs: number): Promise<number>;
+  /**
+   * Takes one token from the token bucket at `key` (created full, with `burst` tokens, refilled
+   * at `ratePerSecond`), atomically. Refused takes leave the bucket as it was and say how long
+   * until a token is there. Time is the backend's own clock (Redis TIME), so the clocks of the
+   * processes sharing a bucket do not matter; `nowMs` overrides it (tests), and must then come
+   * from one clock for every take on the key.
+   */
+  takeToken(key: string, options: TokenBucketOptions): Promise<TokenBucketResult>;
   /** Round trip to the backend; rejects when it is unreachable. Used by health checks. */
   ping(): Promise<void>;
   close(): Promise<void>;
+}
+
+export interface TokenBucketOptions {
+  /** Tokens added per second; > 0, fractions allowed. */
+  ratePerSecond: number;
+  /** Bucket size: the most tokens one burst may take; a positive integer. */
+  burst: number;
+  /** The current time in milliseconds; default: the backend's clock. */
+  nowMs?: number;
+}
+
+export interface TokenBucketResult {
+  allowed: boolean;
+  /** 0 when allowed; else whole milliseconds until the next token (at least 1). */
+  retryAfterMs: number;
 }
 
 export interface RedisCacheOptions {
@@ -49,6 +72,79 @@ function assertIncrement(by: number): void {
   }
 }
 
+function assertBucket({ ratePerSecond, burst, nowMs }: TokenBucketOptions): void {
+  if (!Number.isFinite(ratePerSecond) || ratePerSecond <= 0) {
+    throw new RangeError(`ratePerSecond must be a positive number, got ${ratePerSecond}`);
+  }
+  if (!Number.isSafeInteger(burst) || burst < 1) throw new RangeError(`burst must be a positive integer, got ${burst}`);
+  if (nowMs !== undefined && (!Number.isFinite(nowMs) || nowMs < 0)) {
+    throw new RangeError(`nowMs must be a non-negative number, got ${nowMs}`);
+  }
+}
+
+/** How long the bucket state must live: after a full refill it equals a missing (full) bucket. */
+function bucketTtlMs(ratePerSecond: number, burst: number): number {
+  return Math.ceil((burst / ratePerSecond) * 1000) + 1000;
+}
+
+/**
+ * One token bucket step, shared in meaning by the Lua script below and the in-memory cache:
+ * refill for the time elapsed since the last step (never negative, never above burst), then
+ * take one token if there is a whole one.
+ */
+function bucketStep(
+  state: { tokens: number; atMs: number } | undefined,
+  nowMs: number,
+  ratePerSecond: number,
+  burst: number,
+): { state: { tokens: number; atMs: number }; result: TokenBucketResult } {
+  const elapsedMs = state ? Math.max(0, nowMs - state.atMs) : 0;
+  let tokens = state ? Math.min(burst, state.tokens + (elapsedMs * ratePerSecond) / 1000) : burst;
+  if (tokens >= 1) {
+    tokens -= 1;
+    return { state: { tokens, atMs: nowMs }, result: { allowed: true, retryAfterMs: 0 } };
+  }
+  const retryAfterMs = Math.max(1, Math.ceil(((1 - tokens) * 1000) / ratePerSecond));
+  return { state: { tokens, atMs: nowMs }, result: { allowed: false, retryAfterMs } };
+}
+
+/**
+ * The same step in Redis, atomic because a script runs alone. The bucket is a hash
+ * {tokens, at}; time is Redis TIME unless ARGV[3] gives it (Redis 7 replicates a script's
+ * effects, so reading TIME in a writing script is allowed). Returns {allowed, retryAfterMs}.
+ */
+const TAKE_TOKEN_LUA = `
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now
+if ARGV[3] ~= "" then
+  now = tonumber(ARGV[3])
+else
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local tokens = burst
+local stored = redis.call("HMGET", KEYS[1], "tokens", "at")
+if stored[1] and stored[2] then
+  local elapsed = now - tonumber(stored[2])
+  if elapsed < 0 then elapsed = 0 end
+  tokens = math.min(burst, tonumber(stored[1]) + elapsed * rate / 1000)
+end
+local allowed = 0
+local retry = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  retry = math.max(1, math.ceil((1 - tokens) * 1000 / rate))
+end
+redis.call("HSET", KEYS[1], "tokens", string.format("%.17g", tokens), "at", string.format("%.17g", now))
+redis.call("PEXPIRE", KEYS[1], ARGV[4])
+return {allowed, retry}
+`;
+
+type TakeTokenCommand = (key: string, rate: string, burst: string, nowMs: string, ttlMs: string) => Promise<[number, number]>;
+
 /** Bounded, never-ending backoff: a cache that gave up reconnecting would stay down after Redis recovers. */
 function reconnectDelayMs(attempt: number): number {
   return Math.min(attempt * RECONNECT_STEP_MS, MAX_RECONNECT_DELAY_MS);
@@ -68,6 +164,8 @@ export function createRedisCache(url: string, options: RedisCacheOptions): Cache
     enableReadyCheck: true,
     enableAutoPipelining: false,
   });
+  client.defineCommand("cowrieTakeToken", { numberOfKeys: 1, lua: TAKE_TOKEN_LUA });
+  const takeTokenCommand = (client as unknown as { cowrieTakeToken: TakeTokenCommand }).cowrieTakeToken.bind(client);
   // An 'error' event without a listener would crash the process on every reconnect attempt.
   client.on("error", (error: Error) => options.onError?.(error));
   const untilFirstReady = firstReadyWaiter(client, options.commandTimeoutMs);
@@ -94,6 +192,15 @@ export function createRedisCache(url: string, options: RedisCacheOptions): Cache
       assertIncrement(by);
       assertTtlMs(ttlMs);
       return run(() => redisIncrementBy(client, key, by, ttlMs));
+    },
+    async takeToken(key, options) {
+      assertBucket(options);
+      const { ratePerSecond, burst, nowMs } = options;
+      const [allowed, retryAfterMs] = await run(() =>
+        takeTokenCommand(key, String(ratePerSecond), String(burst), nowMs === undefined ? "" : String(nowMs),
+          String(bucketTtlMs(ratePerSecond, burst))),
+      );
+      return { allowed: allowed === 1, retryAfterMs: Number(retryAfterMs) };
     },
     async ping() {
       await run(() => client.ping());
@@ -197,6 +304,16 @@ export function createMemoryCache(): Cache {
       if (!Number.isSafeInteger(next)) throw new Error(NOT_AN_INTEGER);
       entries.set(key, { value: String(next), expiresAtMs: entry.expiresAtMs });
       return next;
+    },
+    async takeToken(key, options) {
+      assertBucket(options);
+      const { ratePerSecond, burst } = options;
+      const now = options.nowMs ?? nowMs();
+      const entry = live(key);
+      const previous = entry ? (JSON.parse(entry.value) as { tokens: number; atMs: number }) : undefined;
+      const { state, result } = bucketStep(previous, now, ratePerSecond, burst);
+      entries.set(key, { value: JSON.stringify(state), expiresAtMs: nowMs() + bucketTtlMs(ratePerSecond, burst) });
+      return result;
     },
     async ping() {
       if (closed) throw new Error("cache is closed");

@@ -68,6 +68,11 @@ const text: Parser<string> = (raw, name) => {
   return raw;
 };
 
+const secret: Parser<string> = (raw, name) => {
+  if (raw.length < 16) throw new ConfigError(name, "must be at least 16 characters");
+  return raw;
+};
+
 function redact(raw: string): string {
   return raw.replace(/\/\/[^@/]*@/, "//***@");
 }
@@ -108,6 +113,8 @@ export const VARIABLES = {
   walletPort: variable("COWRIE_WALLET_PORT", String(DEFAULT_PORTS.wallet), port, "Wallet port."),
   routerPort: variable("COWRIE_ROUTER_PORT", String(DEFAULT_PORTS.router), port, "Router port."),
   riskPort: variable("COWRIE_RISK_PORT", String(DEFAULT_PORTS.risk), port, "Risk port."),
+  edgeUrl: variable("COWRIE_EDGE_URL", undefined, httpUrl,
+    "Where operator tools (npm run admin) reach the Edge. Unset: http://127.0.0.1:COWRIE_EDGE_PORT."),
   ledgerUrl: variable("COWRIE_LEDGER_URL", undefined, httpUrl,
     "Where clients reach the Ledger. Unset: http://127.0.0.1:COWRIE_LEDGER_PORT."),
   walletUrl: variable("COWRIE_WALLET_URL", undefined, httpUrl,
@@ -138,6 +145,18 @@ export const VARIABLES = {
     oneOf(["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const), "Log level."),
   corsOrigins: variable("COWRIE_CORS_ORIGINS", "*", text,
     "Comma-separated origins allowed to call the services from a browser, or *."),
+  operatorToken: variable("COWRIE_OPERATOR_TOKEN", undefined, secret,
+    "Bearer token for the Edge's AdminService. Unset: one is generated into COWRIE_DATA_DIR/operator-token."),
+  rateLimitPerSecond: variable("COWRIE_RATE_LIMIT_PER_SECOND", "100", integer(1, 1_000_000),
+    "Requests per second per API key (token bucket refill), unless the key sets its own."),
+  rateLimitBurst: variable("COWRIE_RATE_LIMIT_BURST", "200", integer(1, 1_000_000),
+    "Requests per API key in a burst (token bucket size), unless the key sets its own."),
+  idempotencyTtlHours: variable("COWRIE_IDEMPOTENCY_TTL_HOURS", "24", integer(1, 24 * 365),
+    "How long Edge idempotency keys and their responses are kept before the reaper deletes them."),
+  recoveryAfterMs: variable("COWRIE_RECOVERY_AFTER_MS", "35000", integer(100, 3_600_000),
+    "Age after which a request or payment left unfinished (its process died) is finished by a completer."),
+  completerIntervalMs: variable("COWRIE_COMPLETER_INTERVAL_MS", "5000", integer(50, 600_000),
+    "How often the completers and reapers look for unfinished and expired work."),
 };
 
 type Parsed<V> = V extends Variable<infer T> ? T : never;

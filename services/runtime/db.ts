@@ -47,13 +47,15 @@ export function createPostgresDatabase(url: string, options: { poolMax: number; 
     db,
     async migrate(service, migrationsFolder) {
       // A session-level advisory lock on a reserved connection serializes concurrent start-ups
-      // (several replicas, or compose starting everything at once) around the same migrations.
+      // (several replicas, or compose starting everything at once). One lock for all services,
+      // not one each: every service's migrator first creates the shared cowrie_migrations
+      // schema, and two CREATE SCHEMA IF NOT EXISTS racing on an empty database collide.
       const reserved = await client.reserve();
       try {
-        await reserved`select pg_advisory_lock(hashtext(${`cowrie:migrate:${service}`}))`;
+        await reserved`select pg_advisory_lock(hashtext('cowrie:migrate'))`;
         await migratePostgres(db as never, { migrationsFolder, migrationsSchema: MIGRATIONS_SCHEMA, migrationsTable: service });
       } finally {
-        await reserved`select pg_advisory_unlock(hashtext(${`cowrie:migrate:${service}`}))`.catch(() => {});
+        await reserved`select pg_advisory_unlock(hashtext('cowrie:migrate'))`.catch(() => {});
         reserved.release();
       }
     },

@@ -22,6 +22,8 @@ import { reflectedServices, registerReflection } from "./reflection.js";
 export const REQUEST_ID_HEADER = "x-request-id";
 const HTTP2_PREFACE_START = Buffer.from("PRI");
 const EXTRA_CORS_HEADERS = [REQUEST_ID_HEADER, "idempotency-key", "authorization"];
+/** Response headers a browser client may read: the request id, replay marker and rate-limit hint. */
+const EXPOSED_HEADERS = [REQUEST_ID_HEADER, "idempotent-replayed", "retry-after"];
 
 export interface ServerOptions {
   /** Short service name, used in logs and metric labels ("ledger"). */
@@ -139,7 +141,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     if (origin) {
       response.setHeader("access-control-allow-origin", origin);
       response.setHeader("vary", "origin");
-      response.setHeader("access-control-expose-headers", [...cors.exposedHeaders, REQUEST_ID_HEADER].join(", "));
+      response.setHeader("access-control-expose-headers", [...cors.exposedHeaders, ...EXPOSED_HEADERS].join(", "));
     }
     if (request.method === "OPTIONS" && origin) {
       response.writeHead(204, {

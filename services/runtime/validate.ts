@@ -4,8 +4,28 @@ import { invalidArgument } from "./errors.js";
 
 const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,64}$/;
 const CURRENCY_PATTERN = /^[A-Z]{3}$/;
+
+// Currencies in use: CLDR's list of current ISO 4217 codes as shipped with Node's ICU (no
+// historic codes, no funds, metals or test codes such as XAU and XTS).
+const CURRENCIES = new Set(Intl.supportedValuesOf("currency"));
+
+// ISO 4217 minor-unit exponents other than 2. ICU's display digits differ from ISO for some
+// currencies (HUF, IDR), so the exponent comes from this table, not from Intl.
+const EXPONENTS: Record<string, number> = {
+  BIF: 0, CLP: 0, DJF: 0, GNF: 0, ISK: 0, JPY: 0, KMF: 0, KRW: 0, PYG: 0, RWF: 0, UGX: 0,
+  UYI: 0, VND: 0, VUV: 0, XAF: 0, XOF: 0, XPF: 0,
+  BHD: 3, IQD: 3, JOD: 3, KWD: 3, LYD: 3, OMR: 3, TND: 3,
+  CLF: 4, UYW: 4,
+};
+
+/** The ISO 4217 minor-unit exponent of a known currency: 2 for USD (cents), 0 for JPY, 3 for KWD. */
+export function minorUnitExponent(currency: string): number {
+  return EXPONENTS[currency] ?? 2;
+}
 const IDEMPOTENCY_KEY_PATTERN = /^[\x21-\x7e]{1,255}$/;
 export const INT64_MAX = 2n ** 63n - 1n;
+/** The longest a Ledger reservation (a hold) may last before it expires: a year. */
+export const PENDING_TIMEOUT_SECONDS_MAX = 31_536_000;
 
 export function requireId(value: string, field: string): string {
   if (!ID_PATTERN.test(value)) {
@@ -18,6 +38,7 @@ export function requireCurrency(value: string, field: string): string {
   if (!CURRENCY_PATTERN.test(value)) {
     throw invalidArgument(field, "must be an ISO 4217 code of three upper-case letters");
   }
+  if (!CURRENCIES.has(value)) throw invalidArgument(field, `${value} is not an ISO 4217 currency in use`);
   return value;
 }
 
@@ -34,7 +55,15 @@ export function requireText(value: string, field: string, maxLength: number): st
 
 export function limitText(value: string, field: string, maxLength: number): string {
   if (value.length > maxLength) throw invalidArgument(field, `must be at most ${maxLength} characters`);
+  // PostgreSQL text cannot hold NUL: refuse it here, naming the field, not later as INTERNAL.
+  if (value.includes("\u0000")) throw invalidArgument(field, "must not contain NUL characters");
   return value;
+}
+
+/** `page_size`: at most `max`; 0 means `defaultSize` (0 keeps it 0, for a caller that passes it on). */
+export function requirePageSize(value: number, max: number, defaultSize = 0): number {
+  if (value > max) throw invalidArgument("page_size", `must be at most ${max}`);
+  return value === 0 ? defaultSize : value;
 }
 
 export function requireIdempotencyKey(value: string | null | undefined, field: string): string {

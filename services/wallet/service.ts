@@ -1,47 +1,85 @@
-// The Wallet service. Wallets keep identity and status here; every balance comes from the
+// The Wallet service. Wallets keep identity, status and limits here; every balance comes from the
 // Ledger account with the wallet's id, and every movement is a Ledger transfer whose id is
 // derived from the tenant and the caller's idempotency key, so the Ledger's own "same id, same
-// outcome" rule makes each operation exactly-once end to end.
+// outcome" rule makes each operation exactly-once end to end. Holds are Ledger pending transfers
+// with the hold's id. Daily outflow limits are counted in this service's own tables (outflows.ts)
+// before the Ledger is asked, and given back when it refuses.
 import { createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
-import { create } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
-import { and, eq } from "drizzle-orm";
+import { and, desc, eq, ne, sql, type SQL } from "drizzle-orm";
 import {
   AccountCode,
+  CloseAccountResult,
   CreateAccountResult,
   CreateTransferResult,
   LedgerService,
   TransferKind,
   type Account,
+  type GetAccountHistoryResponse_Entry,
+  type TransferSchema,
 } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import {
+  EntryDirection,
+  HoldSchema,
+  HoldStatus,
+  StatementEntrySchema,
   WalletKind,
+  WalletLimitsSchema,
   WalletSchema,
   WalletService,
   WalletStatus,
+  type Hold,
+  type StatementEntry,
   type Wallet,
+  type WalletLimits,
 } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
-import { transact, type Db } from "../runtime/db.js";
-import { failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
+import { expireTransferId } from "../ledger/service.js";
+import { transact } from "../runtime/db.js";
+import { invalidArgument, notFound } from "../runtime/errors.js";
 import type { ServiceModule } from "../runtime/service.js";
 import {
+  INT64_MAX,
   limitText,
+  minorUnitExponent,
   requireAmountMinor,
   requireCurrency,
   requireEnum,
   requireId,
   requireIdempotencyKey,
   requireText,
+  requirePageSize,
+  PENDING_TIMEOUT_SECONDS_MAX,
 } from "../runtime/validate.js";
-import { wallets } from "./schema.js";
+import { CALLER_TRANSFER_CODES, TRANSFER_CODE, entryTypeOf, refusal, refusalCodeOf, type RefusalCode } from "./codes.js";
+import {
+  findOutflow,
+  outflowToday,
+  recordRefusedOutflow,
+  refuseOutflow,
+  releaseOutflow,
+  reserveOutflow,
+  type OutflowRecord,
+} from "./outflows.js";
+import { holds, wallets } from "./schema.js";
+
 
 type WalletRow = typeof wallets.$inferSelect;
+type HoldRow = typeof holds.$inferSelect;
 type Ledger = Client<typeof LedgerService>;
+type TransferInit = MessageInitShape<typeof TransferSchema>;
 
-/** Ledger transfer codes the Wallet service writes. */
-export const TRANSFER_CODE = { funding: 1, walletTransfer: 2 } as const;
+/** A hold with timeout_seconds 0 lasts 7 days; the Ledger allows at most a year. */
+export const HOLD_TIMEOUT_DEFAULT_SECONDS = 604_800;
+const LIST_PAGE_SIZE_DEFAULT = 20;
+const LIST_PAGE_SIZE_MAX = 100;
+const STATEMENT_PAGE_SIZE_DEFAULT = 50;
+const STATEMENT_PAGE_SIZE_MAX = 500;
+/** Ledger history pages one statement page may read while skipping entries with no posted effect. */
+const STATEMENT_LEDGER_PAGES_MAX = 8;
+const LEDGER_ID_MAX = 64;
 
 function digest(...parts: string[]): string {
   return createHash("sha256").update(parts.join("\u0000")).digest("base64url");
@@ -57,11 +95,89 @@ export function transferIdFor(tenantId: string, idempotencyKey: string): string 
   return `wtx_${digest("wallet-operation", tenantId, idempotencyKey).slice(0, 40)}`;
 }
 
+/** The fee leg of a TransferFunds: the main leg's id with a suffix (48 characters). */
+export function feeTransferIdFor(transferId: string): string {
+  return `${transferId}:fee`;
+}
+
+/** A hold's id, which is also its Ledger pending transfer's id: "hld_" and 40 characters. */
+export function holdIdFor(tenantId: string, idempotencyKey: string): string {
+  return `hld_${digest("wallet-hold", tenantId, idempotencyKey).slice(0, 40)}`;
+}
+
+/** The Ledger POST_PENDING that captures a hold: one per hold, so a capture happens once. */
+export function captureIdFor(holdId: string): string {
+  return `${holdId}:post`;
+}
+
+/** The Ledger VOID_PENDING that releases a hold. */
+export function releaseIdFor(holdId: string): string {
+  return `${holdId}:void`;
+}
+
 export function fundingAccountId(currency: string): string {
   return `funding:${currency}`;
 }
 
-function walletMessage(row: WalletRow, account: Account | undefined): Wallet {
+/**
+ * The tenant's fee account for a currency: "fees:<tenant>:<CUR>", readable in statements, or
+ * "fees_" and a hash when a long tenant id would pass the Ledger's 64 characters. The two forms
+ * cannot collide (":" versus "_" after "fees").
+ */
+export function feeAccountId(tenantId: string, currency: string): string {
+  const plain = `fees:${tenantId}:${currency}`;
+  return plain.length <= LEDGER_ID_MAX ? plain : `fees_${digest("fees", tenantId, currency).slice(0, 40)}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+
+function requireLimit(value: bigint, field: string): bigint {
+  if (value < 0n || value > INT64_MAX) throw invalidArgument(field, "must be 0 (no limit) to 2^63-1");
+  return value;
+}
+
+function requireLimits(limits: WalletLimits | undefined, field: string): { perTransaction: bigint; daily: bigint } {
+  return {
+    perTransaction: requireLimit(limits?.perTransactionMinor ?? 0n, `${field}.per_transaction_minor`),
+    daily: requireLimit(limits?.dailyOutflowMinor ?? 0n, `${field}.daily_outflow_minor`),
+  };
+}
+
+
+/** ListWallets page tokens name the last wallet returned; opaque to clients. */
+function listPageToken(walletId: string): string {
+  return Buffer.from(`w:${walletId}`, "utf8").toString("base64url");
+}
+
+function afterWalletId(token: string): string | undefined {
+  if (token === "") return undefined;
+  const decoded = Buffer.from(token, "base64url").toString("utf8");
+  if (!/^w:[A-Za-z0-9_.:-]{1,64}$/.test(decoded)) throw invalidArgument("page_token", "is not a token this service issued");
+  return decoded.slice(2);
+}
+
+/** Which of two requests for the same hold key differ, by proto field name. */
+function differingHoldField(row: HoldRow, request: Pick<HoldRow, "walletId" | "destinationWalletId" | "amountMinor" | "currency" | "reference" | "timeoutSeconds">): string | undefined {
+  const fields: [keyof typeof request, string][] = [
+    ["walletId", "wallet_id"],
+    ["destinationWalletId", "destination_wallet_id"],
+    ["amountMinor", "amount_minor"],
+    ["currency", "currency"],
+    ["reference", "reference"],
+    ["timeoutSeconds", "timeout_seconds"],
+  ];
+  return fields.find(([key]) => row[key] !== request[key])?.[1];
+}
+
+function keyReused(field: string): ConnectError {
+  return new ConnectError(`idempotency key was already used for a different request (${field} differs)`, Code.AlreadyExists);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+function walletMessage(row: WalletRow, account: Account | undefined, outflowTodayMinor: bigint): Wallet {
   if (!account) throw new ConnectError(`ledger account of wallet ${row.id} is missing`, Code.Internal);
   const posted = account.creditsPosted - account.debitsPosted;
   return create(WalletSchema, {
@@ -75,79 +191,313 @@ function walletMessage(row: WalletRow, account: Account | undefined): Wallet {
     pendingDebitsMinor: account.debitsPending,
     availableBalanceMinor: posted - account.debitsPending,
     createdAt: timestampFromDate(row.createdAt),
+    minorUnitExponent: minorUnitExponent(row.currency),
+    limits: create(WalletLimitsSchema, {
+      perTransactionMinor: row.perTransactionLimitMinor,
+      dailyOutflowMinor: row.dailyOutflowLimitMinor,
+    }),
+    outflowTodayMinor,
+    frozenReason: row.frozenReason,
+    updatedAt: timestampFromDate(row.updatedAt),
   });
 }
 
-async function findWallet(db: Db, tenantId: string, walletId: string): Promise<WalletRow | undefined> {
-  const [row] = await db.select().from(wallets).where(and(eq(wallets.id, walletId), eq(wallets.tenantId, tenantId)));
-  return row;
+/**
+ * A hold as callers see it. A HELD hold whose expiry time has passed is EXPIRED even before the
+ * Ledger's background task has journaled the expiry: from that instant the Ledger refuses to
+ * post or void it.
+ */
+function holdMessage(row: HoldRow, nowMs = Date.now()): Hold {
+  const expired = row.status === HoldStatus.HELD && row.expiresAt.getTime() <= nowMs;
+  return create(HoldSchema, {
+    id: row.id,
+    tenantId: row.tenantId,
+    walletId: row.walletId,
+    destinationWalletId: row.destinationWalletId,
+    amountMinor: row.amountMinor,
+    currency: row.currency,
+    status: expired ? HoldStatus.EXPIRED : row.status,
+    capturedMinor: row.capturedMinor,
+    reference: row.reference,
+    createdAt: timestampFromDate(row.createdAt),
+    expiresAt: timestampFromDate(row.expiresAt),
+    updatedAt: timestampFromDate(row.updatedAt),
+  });
 }
 
-async function requireWallet(db: Db, tenantId: string, walletId: string, field: string): Promise<WalletRow> {
-  const row = await findWallet(db, tenantId, requireId(walletId, field));
-  if (!row) throw notFound(`wallet ${walletId}`);
-  return row;
+/** A posted movement of the wallet, or undefined for entries that only reserve or release. */
+function statementEntry(walletId: string, entry: GetAccountHistoryResponse_Entry): StatementEntry | undefined {
+  const transfer = entry.transfer;
+  const balance = entry.balanceAfter;
+  if (!transfer || !balance) return undefined;
+  if (transfer.kind !== TransferKind.POSTED && transfer.kind !== TransferKind.POST_PENDING) return undefined;
+  const credit = transfer.creditAccountId === walletId;
+  return create(StatementEntrySchema, {
+    transferId: transfer.id,
+    time: transfer.createdAt,
+    direction: credit ? EntryDirection.CREDIT : EntryDirection.DEBIT,
+    type: entryTypeOf(transfer.code),
+    amountMinor: transfer.amountMinor,
+    balanceAfterMinor: balance.creditsPosted - balance.debitsPosted,
+    counterparty: credit ? transfer.debitAccountId : transfer.creditAccountId,
+    reference: transfer.reference,
+  });
 }
 
-async function withBalances(ledger: Ledger, rows: WalletRow[]): Promise<Wallet[]> {
-  const { accounts } = await ledger.lookupAccounts({ ids: rows.map((row) => row.id) });
-  const byId = new Map(accounts.map((account) => [account.id, account]));
-  return rows.map((row) => walletMessage(row, byId.get(row.id)));
+// ---------------------------------------------------------------------------------------------
+// Wallet-side checks (for operations the Ledger has not decided yet)
+
+function requireCurrencyOf(row: WalletRow, currency: string, role: string): void {
+  if (row.currency !== currency) throw refusal("currency_mismatch", `${role} wallet ${row.id} holds ${row.currency}, not ${currency}`);
 }
 
-/** Turns a Ledger refusal into the error the wallet's caller sees; the outcome is final. */
-function refusal(result: CreateTransferResult, field: string, sourceWalletId: string): ConnectError {
+/** Money may leave only an ACTIVE wallet. */
+function requireCanPayOut(row: WalletRow): void {
+  if (row.status === WalletStatus.CLOSED) throw refusal("wallet_closed", `wallet ${row.id} is closed`);
+  if (row.status === WalletStatus.FROZEN) throw refusal("wallet_frozen", `wallet ${row.id} is frozen`);
+}
+
+/** Money may come into an ACTIVE or FROZEN wallet. */
+function requireCanReceive(row: WalletRow): void {
+  if (row.status === WalletStatus.CLOSED) throw refusal("wallet_closed", `wallet ${row.id} is closed`);
+}
+
+function requireWithinPerTransaction(row: WalletRow, amountMinor: bigint): void {
+  const limit = row.perTransactionLimitMinor;
+  if (limit > 0n && amountMinor > limit) {
+    throw refusal("limit_exceeded", `${amountMinor} is over wallet ${row.id}'s per-transaction limit of ${limit}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ledger outcomes
+
+type Submitted =
+  | { status: "created" | "exists" }
+  | { status: "refused"; result: CreateTransferResult; error: ConnectError };
+
+/** The error a caller sees for a Ledger refusal; final for the key, like the refusal itself. */
+function ledgerRefusal(result: CreateTransferResult, field: string, transfer: TransferInit): ConnectError {
+  const R = CreateTransferResult;
   switch (result) {
-    case CreateTransferResult.EXISTS_WITH_DIFFERENT_FIELD:
-      return new ConnectError(`idempotency key was already used for a different request (${field} differs)`, Code.AlreadyExists);
-    case CreateTransferResult.EXCEEDS_CREDITS:
-      return failedPrecondition(`insufficient funds in wallet ${sourceWalletId}`);
+    case R.EXISTS_WITH_DIFFERENT_FIELD:
+      return keyReused(field);
+    case R.EXCEEDS_CREDITS:
+      return refusal("insufficient_funds", `insufficient funds in wallet ${transfer.debitAccountId}`);
+    case R.DEBIT_ACCOUNT_CLOSED:
+      return refusal("wallet_closed", `wallet ${transfer.debitAccountId} is closed`);
+    case R.CREDIT_ACCOUNT_CLOSED:
+      return refusal("wallet_closed", `wallet ${transfer.creditAccountId} is closed`);
+    case R.CURRENCY_MISMATCH:
+      return refusal("currency_mismatch", `${transfer.debitAccountId} and ${transfer.creditAccountId} do not both hold ${transfer.currency}`);
+    case R.OVERFLOWS:
+      return refusal("limit_exceeded", "the transfer would take a balance past 2^63-1");
+    case R.PENDING_TRANSFER_ALREADY_POSTED:
+      return refusal("hold_not_held", `hold ${transfer.pendingId} was already captured`);
+    case R.PENDING_TRANSFER_ALREADY_VOIDED:
+      return refusal("hold_not_held", `hold ${transfer.pendingId} was already released`);
+    case R.PENDING_TRANSFER_EXPIRED:
+      return refusal("hold_not_held", `hold ${transfer.pendingId} has expired`);
+    case R.EXCEEDS_PENDING_TRANSFER_AMOUNT:
+      return refusal("exceeds_hold_amount", `the capture is more than hold ${transfer.pendingId} reserved`);
     default:
-      return failedPrecondition(`ledger refused the transfer: ${CreateTransferResult[result]}`);
+      return new ConnectError(`ledger refused transfer ${transfer.id}: ${R[result]}`, Code.Internal);
   }
 }
 
-function requireUsable(row: WalletRow, currency: string, role: "source" | "destination"): void {
-  if (row.currency !== currency) {
-    throw failedPrecondition(`${role} wallet ${row.id} holds ${row.currency}, not ${currency}`);
-  }
-  if (row.status === WalletStatus.CLOSED) throw failedPrecondition(`${role} wallet ${row.id} is closed`);
-  if (role === "source" && row.status === WalletStatus.FROZEN) throw failedPrecondition(`source wallet ${row.id} is frozen`);
-}
+const SETTLED = new Set([CreateTransferResult.CREATED, CreateTransferResult.EXISTS]);
 
 export const walletModule: ServiceModule = {
   name: "wallet",
   services: [WalletService],
   uses: { database: true },
   migrationsFolder: fileURLToPath(new URL("./migrations", import.meta.url)),
-  create({ database, client }) {
+  create({ database, client, log }) {
     const db = database.db;
-    const ledger = client(LedgerService, "ledger");
-    const fundingAccounts = new Set<string>();
+    const ledger: Ledger = client(LedgerService, "ledger");
+    const platformAccounts = new Set<string>();
 
-    async function ensureFundingAccount(currency: string): Promise<string> {
-      const id = fundingAccountId(currency);
-      if (fundingAccounts.has(id)) return id;
-      await ledger.createAccounts({
-        accounts: [{ id, currency, code: AccountCode.FUNDING, ownerRef: "platform:funding" }],
-      });
-      fundingAccounts.add(id);
-      return id;
+    // -------------------------------------------------------------------------------------------
+    // Rows
+
+    async function findWallet(tenantId: string, walletId: string): Promise<WalletRow | undefined> {
+      const [row] = await db.select().from(wallets).where(and(eq(wallets.id, walletId), eq(wallets.tenantId, tenantId)));
+      return row;
     }
 
-    /** Moves money through the Ledger and reports whether this key had already been applied. */
-    async function move(transfer: {
-      id: string; debitAccountId: string; creditAccountId: string; amountMinor: bigint; currency: string; code: number; reference: string; tenantId: string;
-    }): Promise<boolean> {
-      const { tenantId, ...fields } = transfer;
-      const { results } = await ledger.createTransfers({
-        transfers: [{ ...fields, kind: TransferKind.POSTED, metadata: { tenant_id: tenantId } }],
-      });
-      const outcome = results[0];
-      if (!outcome) throw new ConnectError("ledger returned no result", Code.Internal);
-      if (outcome.result === CreateTransferResult.CREATED) return false;
-      if (outcome.result === CreateTransferResult.EXISTS) return true;
-      throw refusal(outcome.result, outcome.field, transfer.debitAccountId);
+    /** The wallet within the tenant; another tenant's wallet is NOT_FOUND like an unknown one. */
+    async function requireWallet(tenantId: string, walletId: string): Promise<WalletRow> {
+      const row = await findWallet(tenantId, walletId);
+      if (!row) throw notFound(`wallet ${walletId}`);
+      return row;
+    }
+
+    async function findHold(tenantId: string, holdId: string): Promise<HoldRow | undefined> {
+      const [row] = await db.select().from(holds).where(and(eq(holds.id, holdId), eq(holds.tenantId, tenantId)));
+      return row;
+    }
+
+    async function requireHold(tenantId: string, holdId: string): Promise<HoldRow> {
+      const row = await findHold(tenantId, holdId);
+      if (!row) throw notFound(`hold ${holdId}`);
+      return row;
+    }
+
+    async function withBalances(rows: WalletRow[]): Promise<Wallet[]> {
+      if (rows.length === 0) return [];
+      const ids = rows.map((row) => row.id);
+      const [{ accounts }, outflow] = await Promise.all([ledger.lookupAccounts({ ids }), outflowToday(db, ids)]);
+      const byId = new Map(accounts.map((account) => [account.id, account]));
+      return rows.map((row) => walletMessage(row, byId.get(row.id), outflow.get(row.id) ?? 0n));
+    }
+
+    async function oneWithBalances(row: WalletRow): Promise<Wallet> {
+      return (await withBalances([row]))[0] as Wallet;
+    }
+
+    // -------------------------------------------------------------------------------------------
+    // Platform accounts, created on first use
+
+    async function ensurePlatformAccount(account: { id: string; currency: string; code: AccountCode; ownerRef: string }): Promise<string> {
+      if (platformAccounts.has(account.id)) return account.id;
+      const { results } = await ledger.createAccounts({ accounts: [account] });
+      const result = results[0]?.result;
+      if (result !== CreateAccountResult.CREATED && result !== CreateAccountResult.EXISTS) {
+        throw new ConnectError(`ledger account ${account.id} conflicts (${results[0]?.field})`, Code.Internal);
+      }
+      platformAccounts.add(account.id);
+      return account.id;
+    }
+
+    function ensureFundingAccount(currency: string): Promise<string> {
+      return ensurePlatformAccount({ id: fundingAccountId(currency), currency, code: AccountCode.FUNDING, ownerRef: "platform:funding" });
+    }
+
+    /** The tenant's fee account: plain credit account, no balance constraint (it only receives). */
+    function ensureFeeAccount(tenantId: string, currency: string): Promise<string> {
+      return ensurePlatformAccount({ id: feeAccountId(tenantId, currency), currency, code: AccountCode.FEES, ownerRef: `tenant:${tenantId}:fees` });
+    }
+
+    // -------------------------------------------------------------------------------------------
+    // Ledger writes
+
+    /** Submits one linked chain (or one transfer) and reduces the per-item results to one outcome. */
+    async function submit(transfers: TransferInit[]): Promise<Submitted> {
+      const { results } = await ledger.createTransfers({ transfers });
+      if (results.length !== transfers.length) throw new ConnectError("ledger returned the wrong number of results", Code.Internal);
+      if (results.every((item) => item.result === CreateTransferResult.CREATED)) return { status: "created" };
+      if (results.every((item) => item.result === CreateTransferResult.EXISTS)) return { status: "exists" };
+      // The member that failed the chain; the others say LINKED_EVENT_FAILED.
+      const index = results.findIndex((item) => !SETTLED.has(item.result) && item.result !== CreateTransferResult.LINKED_EVENT_FAILED);
+      const cause = results[index < 0 ? 0 : index];
+      if (index < 0 || !cause) {
+        throw new ConnectError(`ledger settled only part of chain ${transfers[0]?.id}`, Code.Internal);
+      }
+      return { status: "refused", result: cause.result, error: ledgerRefusal(cause.result, cause.field, transfers[index] as TransferInit) };
+    }
+
+    /**
+     * After the Ledger refused an operation that reserved outflow: a refusal of this id gives the
+     * day's allowance back and is remembered; "key reused for something else" only undoes the
+     * reservation if this very call made it.
+     */
+    async function settleRefusedOutflow(operationId: string, outcome: Extract<Submitted, { status: "refused" }>, reservedHere: boolean): Promise<never> {
+      if (outcome.result === CreateTransferResult.EXISTS_WITH_DIFFERENT_FIELD) {
+        if (reservedHere) await releaseOutflow(db, operationId);
+      } else {
+        await refuseOutflow(db, operationId, refusalCodeOf(outcome.error) ?? CreateTransferResult[outcome.result] ?? "refused");
+      }
+      throw outcome.error;
+    }
+
+    /**
+     * Decides, once per operation id, whether the Wallet lets a transfer out or a hold reach the
+     * Ledger. The first decision is written as the operation's outflow row (reserved and counted
+     * against the source's day, or refused with its code), and every later attempt, concurrent or
+     * after a crash, follows that row instead of checking again. So a refusal for a frozen wallet
+     * stays a refusal after it is unfrozen, and a retry of an admitted operation goes back to the
+     * Ledger even if the wallet was frozen since: the Router can never record a payment FAILED
+     * while a racing retry of the same key moved its money. Returns whether this call reserved.
+     */
+    async function admit(
+      source: WalletRow, destination: WalletRow, currency: string, operationId: string, amountMinor: bigint,
+    ): Promise<boolean> {
+      // No look-up first: both ways below end in an insert that finds an earlier decision (a
+      // retry's, or a concurrent attempt's) and then follow it, so a replay after a freeze still
+      // goes to the Ledger and a refusal stays a refusal.
+      let refused: ConnectError | undefined;
+      try {
+        requireCurrencyOf(source, currency, "source");
+        requireCurrencyOf(destination, currency, "destination");
+        requireCanPayOut(source);
+        requireCanReceive(destination);
+        requireWithinPerTransaction(source, amountMinor);
+      } catch (error) {
+        if (!(error instanceof ConnectError)) throw error;
+        refused = error;
+      }
+      if (!refused) {
+        const reservation = await reserveOutflow(db, {
+          operationId,
+          walletId: source.id,
+          amountMinor,
+          dailyLimitMinor: source.dailyOutflowLimitMinor,
+        });
+        if (reservation === "reserved") return true;
+        if (reservation === "known") return followRecorded(await findOutflow(db, operationId), source, amountMinor);
+        refused = refusal("limit_exceeded", `${amountMinor} would pass wallet ${source.id}'s daily outflow limit of ${source.dailyOutflowLimitMinor}`);
+      }
+      const code = refusalCodeOf(refused) ?? "refused";
+      if (await recordRefusedOutflow(db, { operationId, walletId: source.id, amountMinor, code })) throw refused;
+      return followRecorded(await findOutflow(db, operationId), source, amountMinor);
+    }
+
+    /**
+     * An operation decided before: its refusal again, or false (admitted, not reserved by this
+     * call). The record must be of this very request: the key reused from another wallet or for
+     * another amount would otherwise skip the checks (frozen, limits) made for the first one.
+     */
+    function followRecorded(record: OutflowRecord | undefined, source: WalletRow, amountMinor: bigint): false {
+      if (record && record.walletId !== source.id) throw keyReused("source wallet");
+      if (record && record.amountMinor !== amountMinor) throw keyReused("amount_minor");
+      // Stored codes are Refusal codes (or, for an unexpected Ledger refusal, its result name).
+      if (record?.refused) throw refusal(record.refused as RefusalCode, `this operation was refused before (${record.refused}); use a new key`);
+      return false;
+    }
+
+    // -------------------------------------------------------------------------------------------
+    // Holds
+
+    /** Writes a hold's new state if it is still HELD; the Ledger decided it, so no deadline applies. */
+    async function resolveHold(row: HoldRow, change: { status: HoldStatus; capturedMinor?: bigint }): Promise<HoldRow> {
+      const [updated] = await db
+        .update(holds)
+        .set({ ...change, updatedAt: sql`now()` })
+        .where(and(eq(holds.id, row.id), eq(holds.status, HoldStatus.HELD)))
+        .returning();
+      return updated ?? (await findHold(row.tenantId, row.id)) ?? row;
+    }
+
+    /**
+     * Brings a HELD row up to date with the Ledger: captured by "<id>:post", released by
+     * "<id>:void", expired by the Ledger's "expire:<id>". Rows fall behind only when a call
+     * stopped between the Ledger and the row update, or when the Ledger expired the hold.
+     */
+    async function syncHold(row: HoldRow): Promise<HoldRow> {
+      if (row.status !== HoldStatus.HELD) return row;
+      const ids = [captureIdFor(row.id), releaseIdFor(row.id), expireTransferId(row.id)] as const;
+      const { transfers } = await ledger.lookupTransfers({ ids: [...ids] });
+      const byId = new Map(transfers.map((transfer) => [transfer.id, transfer]));
+      const capture = byId.get(ids[0]);
+      if (capture) return resolveHold(row, { status: HoldStatus.CAPTURED, capturedMinor: capture.amountMinor });
+      if (byId.has(ids[1])) return resolveHold(row, { status: HoldStatus.RELEASED });
+      if (byId.has(ids[2])) return resolveHold(row, { status: HoldStatus.EXPIRED });
+      return row;
+    }
+
+    function holdNotHeld(row: HoldRow): ConnectError {
+      const status = holdMessage(row).status;
+      return refusal("hold_not_held", `hold ${row.id} is ${HoldStatus[status].toLowerCase()}`);
     }
 
     return {
@@ -158,8 +508,9 @@ export const walletModule: ServiceModule = {
             const ownerId = requireText(request.ownerId, "owner_id", 128);
             const currency = requireCurrency(request.currency, "currency");
             const kind = requireEnum(request.kind, "kind", WalletKind) as WalletKind;
+            const limits = requireLimits(request.limits, "limits");
             const id = walletIdFor(tenantId, ownerId, currency);
-            const existing = await findWallet(db, tenantId, id);
+            const existing = await findWallet(tenantId, id);
             if (existing && existing.kind !== kind) {
               throw new ConnectError(`wallet ${id} already exists with kind ${WalletKind[existing.kind]}`, Code.AlreadyExists);
             }
@@ -175,77 +526,393 @@ export const walletModule: ServiceModule = {
               }],
             });
             const accountResult = results[0]?.result;
+            if (accountResult === CreateAccountResult.EXISTS_WITH_DIFFERENT_FIELD && results[0]?.field === "code") {
+              // A concurrent (or crashed) create for the same owner and currency with the other kind.
+              throw new ConnectError(`wallet ${id} already exists with another kind`, Code.AlreadyExists);
+            }
             if (accountResult !== CreateAccountResult.CREATED && accountResult !== CreateAccountResult.EXISTS) {
               throw new ConnectError(`ledger account ${id} conflicts (${results[0]?.field})`, Code.Internal);
             }
+            // An existing wallet is returned as it is: its limits are changed by SetWalletLimits.
             const inserted = await transact(db, (tx) =>
               tx
                 .insert(wallets)
-                .values({ id, tenantId, ownerId, currency, kind, status: WalletStatus.ACTIVE })
+                .values({
+                  id,
+                  tenantId,
+                  ownerId,
+                  currency,
+                  kind,
+                  status: WalletStatus.ACTIVE,
+                  perTransactionLimitMinor: limits.perTransaction,
+                  dailyOutflowLimitMinor: limits.daily,
+                })
                 .onConflictDoNothing({ target: wallets.id })
                 .returning(),
             );
-            const row = inserted[0] ?? (await findWallet(db, tenantId, id));
+            const row = inserted[0] ?? (await findWallet(tenantId, id));
             if (!row) throw new ConnectError(`wallet ${id} vanished`, Code.Internal);
-            const [wallet] = await withBalances(ledger, [row]);
-            return { wallet, created: inserted.length > 0 };
+            return { wallet: await oneWithBalances(row), created: inserted.length > 0 };
           },
 
           async getWallet(request) {
             const tenantId = requireId(request.tenantId, "tenant_id");
-            const row = await requireWallet(db, tenantId, request.walletId, "wallet_id");
-            const [wallet] = await withBalances(ledger, [row]);
-            return { wallet };
+            const walletId = requireId(request.walletId, "wallet_id");
+            return { wallet: await oneWithBalances(await requireWallet(tenantId, walletId)) };
+          },
+
+          async listWallets(request) {
+            const tenantId = requireId(request.tenantId, "tenant_id");
+            const ownerId = limitText(request.ownerId, "owner_id", 128);
+            const pageSize = requirePageSize(request.pageSize, LIST_PAGE_SIZE_MAX, LIST_PAGE_SIZE_DEFAULT);
+            const afterId = afterWalletId(request.pageToken);
+            const conditions: SQL[] = [eq(wallets.tenantId, tenantId)];
+            if (ownerId !== "") conditions.push(eq(wallets.ownerId, ownerId));
+            if (afterId !== undefined) {
+              if (!(await findWallet(tenantId, afterId))) throw invalidArgument("page_token", "is not a token this service issued");
+              // Keyset on (created_at, id), read from the row itself: timestamps keep microseconds
+              // that a JavaScript Date would lose.
+              conditions.push(sql`(${wallets.createdAt}, ${wallets.id}) < (select c.created_at, c.id from wallet.wallets c where c.id = ${afterId})`);
+            }
+            const rows = await db
+              .select()
+              .from(wallets)
+              .where(and(...conditions))
+              .orderBy(desc(wallets.createdAt), desc(wallets.id))
+              .limit(pageSize + 1);
+            const page = rows.slice(0, pageSize);
+            const last = page[page.length - 1];
+            return {
+              wallets: await withBalances(page),
+              nextPageToken: rows.length > pageSize && last ? listPageToken(last.id) : "",
+            };
+          },
+
+          async freezeWallet(request) {
+            const tenantId = requireId(request.tenantId, "tenant_id");
+            const walletId = requireId(request.walletId, "wallet_id");
+            const reason = limitText(request.reason, "reason", 256);
+            await requireWallet(tenantId, walletId);
+            // Compare-and-set from ACTIVE. Freezing a frozen wallet changes nothing (the first
+            // reason stays); a closed wallet cannot be frozen.
+            const [frozen] = await transact(db, (tx) =>
+              tx
+                .update(wallets)
+                .set({ status: WalletStatus.FROZEN, frozenReason: reason, updatedAt: sql`now()` })
+                .where(and(eq(wallets.id, walletId), eq(wallets.tenantId, tenantId), eq(wallets.status, WalletStatus.ACTIVE)))
+                .returning(),
+            );
+            const row = frozen ?? (await requireWallet(tenantId, walletId));
+            if (row.status === WalletStatus.CLOSED) throw refusal("wallet_closed", `wallet ${walletId} is closed`);
+            return { wallet: await oneWithBalances(row) };
+          },
+
+          async unfreezeWallet(request) {
+            const tenantId = requireId(request.tenantId, "tenant_id");
+            const walletId = requireId(request.walletId, "wallet_id");
+            await requireWallet(tenantId, walletId);
+            const [active] = await transact(db, (tx) =>
+              tx
+                .update(wallets)
+                .set({ status: WalletStatus.ACTIVE, frozenReason: "", updatedAt: sql`now()` })
+                .where(and(eq(wallets.id, walletId), eq(wallets.tenantId, tenantId), eq(wallets.status, WalletStatus.FROZEN)))
+                .returning(),
+            );
+            const row = active ?? (await requireWallet(tenantId, walletId));
+            if (row.status === WalletStatus.CLOSED) throw refusal("wallet_closed", `wallet ${walletId} is closed`);
+            return { wallet: await oneWithBalances(row) };
+          },
+
+          async closeWallet(request) {
+            const tenantId = requireId(request.tenantId, "tenant_id");
+            const walletId = requireId(request.walletId, "wallet_id");
+            const row = await requireWallet(tenantId, walletId);
+            if (row.status === WalletStatus.CLOSED) return { wallet: await oneWithBalances(row) };
+            // The Ledger closes the account only if it holds nothing, posted or pending, under its
+            // own account lock: from then on it refuses every transfer in or out, so no money can
+            // slip in between the check and the close. A retry after a crash finds the account
+            // ALREADY_CLOSED and finishes the job.
+            const result = (await ledger.closeAccounts({ ids: [walletId] })).results[0]?.result;
+            if (result === CloseAccountResult.HAS_PENDING_TRANSFERS) {
+              throw refusal("wallet_not_empty", `wallet ${walletId} has open holds or pending transfers`);
+            }
+            if (result === CloseAccountResult.HAS_BALANCE) {
+              throw refusal("wallet_not_empty", `wallet ${walletId} still holds money; move it out before closing`);
+            }
+            if (result !== CloseAccountResult.CLOSED && result !== CloseAccountResult.ALREADY_CLOSED) {
+              throw new ConnectError(`ledger could not close account ${walletId}: ${CloseAccountResult[result ?? 0]}`, Code.Internal);
+            }
+            const [closed] = await transact(db, (tx) =>
+              tx
+                .update(wallets)
+                .set({ status: WalletStatus.CLOSED, frozenReason: "", updatedAt: sql`now()` })
+                .where(and(eq(wallets.id, walletId), ne(wallets.status, WalletStatus.CLOSED)))
+                .returning(),
+            );
+            return { wallet: await oneWithBalances(closed ?? row) };
+          },
+
+          async setWalletLimits(request) {
+            const tenantId = requireId(request.tenantId, "tenant_id");
+            const walletId = requireId(request.walletId, "wallet_id");
+            if (!request.limits) throw invalidArgument("limits", "is required (0 removes a limit)");
+            const limits = requireLimits(request.limits, "limits");
+            await requireWallet(tenantId, walletId);
+            const [updated] = await transact(db, (tx) =>
+              tx
+                .update(wallets)
+                .set({ perTransactionLimitMinor: limits.perTransaction, dailyOutflowLimitMinor: limits.daily, updatedAt: sql`now()` })
+                .where(and(eq(wallets.id, walletId), eq(wallets.tenantId, tenantId), ne(wallets.status, WalletStatus.CLOSED)))
+                .returning(),
+            );
+            if (!updated) throw refusal("wallet_closed", `wallet ${walletId} is closed`);
+            return { wallet: await oneWithBalances(updated) };
           },
 
           async fundWallet(request) {
             const tenantId = requireId(request.tenantId, "tenant_id");
+            const walletId = requireId(request.walletId, "wallet_id");
             const amountMinor = requireAmountMinor(request.amountMinor, "amount_minor");
             const currency = requireCurrency(request.currency, "currency");
             const key = requireIdempotencyKey(request.idempotencyKey, "idempotency_key");
-            const row = await requireWallet(db, tenantId, request.walletId, "wallet_id");
-            requireUsable(row, currency, "destination");
+            const row = await requireWallet(tenantId, walletId);
+            // No wallet-side checks: everything that can refuse a top-up (currency, a closed
+            // account) the Ledger decides and records under the transfer id, so a retry always
+            // gets the first outcome.
             const transferId = transferIdFor(tenantId, key);
-            const replayed = await move({
+            const transfer: TransferInit = {
               id: transferId,
+              kind: TransferKind.POSTED,
               debitAccountId: await ensureFundingAccount(currency),
               creditAccountId: row.id,
               amountMinor,
               currency,
               code: TRANSFER_CODE.funding,
-              reference: "",
-              tenantId,
-            });
-            const [wallet] = await withBalances(ledger, [row]);
-            return { transferId, wallet, replayed };
+              metadata: { tenant_id: tenantId },
+            };
+            const outcome = await submit([transfer]);
+            if (outcome.status === "refused") throw outcome.error;
+            return { transferId, wallet: await oneWithBalances(row), replayed: outcome.status === "exists" };
           },
 
           async transferFunds(request) {
             const tenantId = requireId(request.tenantId, "tenant_id");
+            const sourceId = requireId(request.sourceWalletId, "source_wallet_id");
+            const destinationId = requireId(request.destinationWalletId, "destination_wallet_id");
+            if (sourceId === destinationId) throw invalidArgument("destination_wallet_id", "must differ from source_wallet_id");
             const amountMinor = requireAmountMinor(request.amountMinor, "amount_minor");
             const currency = requireCurrency(request.currency, "currency");
             const key = requireIdempotencyKey(request.idempotencyKey, "idempotency_key");
             const reference = limitText(request.reference, "reference", 128);
-            if (request.sourceWalletId === request.destinationWalletId) {
-              throw invalidArgument("destination_wallet_id", "must differ from source_wallet_id");
+            const feeMinor = request.feeMinor;
+            if (feeMinor < 0n || feeMinor >= amountMinor) throw invalidArgument("fee_minor", "must be 0 to amount_minor - 1");
+            const code = request.code === 0 ? TRANSFER_CODE.walletTransfer : request.code;
+            if (!CALLER_TRANSFER_CODES.has(code)) {
+              throw invalidArgument("code", `must be 0 or one of ${[...CALLER_TRANSFER_CODES].join(", ")} (transfer, payment, refund)`);
             }
-            const source = await requireWallet(db, tenantId, request.sourceWalletId, "source_wallet_id");
-            const destination = await requireWallet(db, tenantId, request.destinationWalletId, "destination_wallet_id");
-            requireUsable(source, currency, "source");
-            requireUsable(destination, currency, "destination");
+            const source = await requireWallet(tenantId, sourceId);
+            const destination = await requireWallet(tenantId, destinationId);
             const transferId = transferIdFor(tenantId, key);
-            const replayed = await move({
+            const feeTransferId = feeMinor > 0n ? feeTransferIdFor(transferId) : "";
+
+            const reservedHere = await admit(source, destination, currency, transferId, amountMinor);
+            const metadata = { tenant_id: tenantId };
+            const legs: TransferInit[] = [{
               id: transferId,
+              kind: TransferKind.POSTED,
+              debitAccountId: source.id,
+              creditAccountId: destination.id,
+              amountMinor: amountMinor - feeMinor,
+              currency,
+              code,
+              reference,
+              metadata,
+              linked: feeMinor > 0n,
+            }];
+            if (feeMinor > 0n) {
+              legs.push({
+                id: feeTransferId,
+                kind: TransferKind.POSTED,
+                debitAccountId: source.id,
+                creditAccountId: await ensureFeeAccount(tenantId, currency),
+                amountMinor: feeMinor,
+                currency,
+                code: TRANSFER_CODE.fee,
+                reference,
+                metadata,
+              });
+            }
+            const outcome = await submit(legs);
+            if (outcome.status === "refused") await settleRefusedOutflow(transferId, outcome, reservedHere);
+            const replayed = outcome.status === "exists";
+            if (request.omitWallets) return { transferId, feeTransferId, replayed };
+            const [sourceWallet, destinationWallet] = await withBalances([source, destination]);
+            return { transferId, feeTransferId, sourceWallet, destinationWallet, replayed };
+          },
+
+          async getStatement(request) {
+            const tenantId = requireId(request.tenantId, "tenant_id");
+            const walletId = requireId(request.walletId, "wallet_id");
+            const pageSize = requirePageSize(request.pageSize, STATEMENT_PAGE_SIZE_MAX, STATEMENT_PAGE_SIZE_DEFAULT);
+            const row = await requireWallet(tenantId, walletId);
+            // The Ledger's history of the account, keeping only entries that moved posted money
+            // (holds placed, released or expired do not). Each Ledger page asks for no more than
+            // the statement page still needs, so the Ledger's own token always marks where this
+            // page stopped; a page may come back short when there were many such entries.
+            const entries: StatementEntry[] = [];
+            let pageToken = request.pageToken;
+            for (let pages = 0; pages < STATEMENT_LEDGER_PAGES_MAX; pages++) {
+              const history = await ledger.getAccountHistory({
+                accountId: row.id,
+                fromTime: request.fromTime,
+                toTime: request.toTime,
+                pageSize: pageSize - entries.length,
+                pageToken,
+              });
+              for (const entry of history.entries) {
+                const mapped = statementEntry(row.id, entry);
+                if (mapped) entries.push(mapped);
+              }
+              pageToken = history.nextPageToken;
+              if (pageToken === "" || entries.length >= pageSize) break;
+            }
+            return { wallet: await oneWithBalances(row), entries, nextPageToken: pageToken };
+          },
+
+          async placeHold(request) {
+            const tenantId = requireId(request.tenantId, "tenant_id");
+            const sourceId = requireId(request.walletId, "wallet_id");
+            const destinationId = requireId(request.destinationWalletId, "destination_wallet_id");
+            if (sourceId === destinationId) throw invalidArgument("destination_wallet_id", "must differ from wallet_id");
+            const amountMinor = requireAmountMinor(request.amountMinor, "amount_minor");
+            const currency = requireCurrency(request.currency, "currency");
+            const key = requireIdempotencyKey(request.idempotencyKey, "idempotency_key");
+            if (request.timeoutSeconds > PENDING_TIMEOUT_SECONDS_MAX) {
+              throw invalidArgument("timeout_seconds", `must be at most ${PENDING_TIMEOUT_SECONDS_MAX}`);
+            }
+            const timeoutSeconds = request.timeoutSeconds === 0 ? HOLD_TIMEOUT_DEFAULT_SECONDS : request.timeoutSeconds;
+            const reference = limitText(request.reference, "reference", 128);
+            const source = await requireWallet(tenantId, sourceId);
+            const destination = await requireWallet(tenantId, destinationId);
+            const holdId = holdIdFor(tenantId, key);
+            const asked = { walletId: sourceId, destinationWalletId: destinationId, amountMinor, currency, reference, timeoutSeconds };
+
+            const existing = await findHold(tenantId, holdId);
+            if (existing) {
+              const field = differingHoldField(existing, asked);
+              if (field) throw keyReused(field);
+              return { hold: holdMessage(await syncHold(existing)), replayed: true };
+            }
+            const reservedHere = await admit(source, destination, currency, holdId, amountMinor);
+            // The Ledger's pending transfer reserves the amount in the source account at once; its
+            // debits_must_not_exceed_credits counts pending debits, so concurrent holds and
+            // spends can never reserve more than the balance between them.
+            const pending: TransferInit = {
+              id: holdId,
+              kind: TransferKind.PENDING,
               debitAccountId: source.id,
               creditAccountId: destination.id,
               amountMinor,
               currency,
-              code: TRANSFER_CODE.walletTransfer,
+              code: TRANSFER_CODE.holdCapture,
               reference,
-              tenantId,
-            });
-            const [sourceWallet, destinationWallet] = await withBalances(ledger, [source, destination]);
-            return { transferId, sourceWallet, destinationWallet, replayed };
+              metadata: { tenant_id: tenantId },
+              timeoutSeconds,
+            };
+            const outcome = await submit([pending]);
+            if (outcome.status === "refused") await settleRefusedOutflow(holdId, outcome, reservedHere);
+            // The row is written after the Ledger accepted: a crash in between leaves a pending
+            // transfer that the retry (which finds the reservation, then EXISTS) records.
+            const committed = (await ledger.lookupTransfers({ ids: [holdId] })).transfers[0];
+            if (!committed?.createdAt) throw new ConnectError(`ledger lost pending transfer ${holdId}`, Code.Internal);
+            const createdAt = timestampDate(committed.createdAt);
+            await db
+              .insert(holds)
+              .values({
+                id: holdId,
+                tenantId,
+                ...asked,
+                status: HoldStatus.HELD,
+                createdAt,
+                expiresAt: new Date(createdAt.getTime() + timeoutSeconds * 1000),
+              })
+              .onConflictDoNothing({ target: holds.id });
+            const row = await requireHold(tenantId, holdId);
+            return { hold: holdMessage(outcome.status === "exists" ? await syncHold(row) : row), replayed: outcome.status === "exists" };
+          },
+
+          async captureHold(request) {
+            const tenantId = requireId(request.tenantId, "tenant_id");
+            const holdId = requireId(request.holdId, "hold_id");
+            if (request.amountMinor < 0n || request.amountMinor > INT64_MAX) {
+              throw invalidArgument("amount_minor", "must be 0 (all of it) to the held amount");
+            }
+            const row = await requireHold(tenantId, holdId);
+            // Always an explicit amount to the Ledger, so "0 = all" and the same amount spelled
+            // out are one capture, and any other amount is a different one.
+            const amountMinor = request.amountMinor === 0n ? row.amountMinor : request.amountMinor;
+            if (amountMinor > row.amountMinor) {
+              throw refusal("exceeds_hold_amount", `${amountMinor} is more than hold ${holdId} reserved (${row.amountMinor})`);
+            }
+            if (row.status === HoldStatus.CAPTURED) {
+              if (row.capturedMinor === amountMinor) return { hold: holdMessage(row) };
+              throw holdNotHeld(row);
+            }
+            if (row.status !== HoldStatus.HELD) throw holdNotHeld(row);
+            const outcome = await submit([{
+              id: captureIdFor(holdId),
+              kind: TransferKind.POST_PENDING,
+              pendingId: holdId,
+              amountMinor,
+              code: TRANSFER_CODE.holdCapture,
+              reference: row.reference,
+              metadata: { tenant_id: tenantId },
+            }]);
+            if (outcome.status === "refused") {
+              // Released, expired, or captured with another amount by a call whose row update
+              // has not landed: learn which from the Ledger and say so.
+              const synced = await syncHold(row);
+              if (synced.status !== HoldStatus.HELD) throw holdNotHeld(synced);
+              if (outcome.result === CreateTransferResult.EXISTS_WITH_DIFFERENT_FIELD) {
+                // The one capture id of this hold already holds a refused attempt with another
+                // amount: that attempt decided the capture.
+                throw refusal("hold_not_held", `hold ${holdId} already had a capture attempt of another amount`);
+              }
+              throw outcome.error;
+            }
+            return { hold: holdMessage(await resolveHold(row, { status: HoldStatus.CAPTURED, capturedMinor: amountMinor })) };
+          },
+
+          async releaseHold(request) {
+            const tenantId = requireId(request.tenantId, "tenant_id");
+            const holdId = requireId(request.holdId, "hold_id");
+            const row = await requireHold(tenantId, holdId);
+            // A released hold keeps its amount counted in the day's outflow (and so does an
+            // expired one, and the uncaptured rest of a capture): the allowance is spent when money
+            // is reserved. Giving it back would let a place-and-release loop reserve past the limit
+            // within a day, and an expiry is only noticed lazily, so it could not be given back
+            // consistently anyway.
+            if (row.status === HoldStatus.RELEASED) return { hold: holdMessage(row) };
+            if (row.status !== HoldStatus.HELD) throw holdNotHeld(row);
+            const outcome = await submit([{
+              id: releaseIdFor(holdId),
+              kind: TransferKind.VOID_PENDING,
+              pendingId: holdId,
+              amountMinor: row.amountMinor,
+              metadata: { tenant_id: tenantId },
+            }]);
+            if (outcome.status === "refused") {
+              const synced = await syncHold(row);
+              if (synced.status === HoldStatus.HELD) throw outcome.error;
+              throw holdNotHeld(synced);
+            }
+            return { hold: holdMessage(await resolveHold(row, { status: HoldStatus.RELEASED })) };
+          },
+
+          async getHold(request) {
+            const tenantId = requireId(request.tenantId, "tenant_id");
+            const holdId = requireId(request.holdId, "hold_id");
+            return { hold: holdMessage(await syncHold(await requireHold(tenantId, holdId))) };
           },
         });
       },

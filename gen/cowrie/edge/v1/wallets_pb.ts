@@ -12,68 +12,127 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowrie/edge/v1/wallets.proto.
  */
 export const file_cowrie_edge_v1_wallets: GenFile = /*@__PURE__*/
-  fileDesc("Chxjb3dyaWUvZWRnZS92MS93YWxsZXRzLnByb3RvEg5jb3dyaWUuZWRnZS52MSKdAgoGV2FsbGV0EgoKAmlkGAEgASgJEhAKCG93bmVyX2lkGAIgASgJEhAKCGN1cnJlbmN5GAMgASgJEigKBGtpbmQYBCABKA4yGi5jb3dyaWUuZWRnZS52MS5XYWxsZXRLaW5kEiwKBnN0YXR1cxgFIAEoDjIcLmNvd3JpZS5lZGdlLnYxLldhbGxldFN0YXR1cxIcChRwb3N0ZWRfYmFsYW5jZV9taW5vchgGIAEoAxIcChRwZW5kaW5nX2RlYml0c19taW5vchgHIAEoAxIfChdhdmFpbGFibGVfYmFsYW5jZV9taW5vchgIIAEoAxIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJjChNDcmVhdGVXYWxsZXRSZXF1ZXN0EhAKCG93bmVyX2lkGAEgASgJEhAKCGN1cnJlbmN5GAIgASgJEigKBGtpbmQYAyABKA4yGi5jb3dyaWUuZWRnZS52MS5XYWxsZXRLaW5kIk8KFENyZWF0ZVdhbGxldFJlc3BvbnNlEiYKBndhbGxldBgBIAEoCzIWLmNvd3JpZS5lZGdlLnYxLldhbGxldBIPCgdjcmVhdGVkGAIgASgIIiUKEEdldFdhbGxldFJlcXVlc3QSEQoJd2FsbGV0X2lkGAEgASgJIjsKEUdldFdhbGxldFJlc3BvbnNlEiYKBndhbGxldBgBIAEoCzIWLmNvd3JpZS5lZGdlLnYxLldhbGxldCJOChFGdW5kV2FsbGV0UmVxdWVzdBIRCgl3YWxsZXRfaWQYASABKAkSFAoMYW1vdW50X21pbm9yGAIgASgDEhAKCGN1cnJlbmN5GAMgASgJImMKEkZ1bmRXYWxsZXRSZXNwb25zZRITCgt0cmFuc2Zlcl9pZBgBIAEoCRImCgZ3YWxsZXQYAiABKAsyFi5jb3dyaWUuZWRnZS52MS5XYWxsZXQSEAoIcmVwbGF5ZWQYAyABKAgiigEKFFRyYW5zZmVyRnVuZHNSZXF1ZXN0EhgKEHNvdXJjZV93YWxsZXRfaWQYASABKAkSHQoVZGVzdGluYXRpb25fd2FsbGV0X2lkGAIgASgJEhQKDGFtb3VudF9taW5vchgDIAEoAxIQCghjdXJyZW5jeRgEIAEoCRIRCglyZWZlcmVuY2UYBSABKAkioQEKFVRyYW5zZmVyRnVuZHNSZXNwb25zZRITCgt0cmFuc2Zlcl9pZBgBIAEoCRItCg1zb3VyY2Vfd2FsbGV0GAIgASgLMhYuY293cmllLmVkZ2UudjEuV2FsbGV0EjIKEmRlc3RpbmF0aW9uX3dhbGxldBgDIAEoCzIWLmNvd3JpZS5lZGdlLnYxLldhbGxldBIQCghyZXBsYXllZBgEIAEoCCpdCgpXYWxsZXRLaW5kEhsKF1dBTExFVF9LSU5EX1VOU1BFQ0lGSUVEEAASGAoUV0FMTEVUX0tJTkRfQ1VTVE9NRVIQARIYChRXQUxMRVRfS0lORF9NRVJDSEFOVBACKnsKDFdhbGxldFN0YXR1cxIdChlXQUxMRVRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGAoUV0FMTEVUX1NUQVRVU19BQ1RJVkUQARIYChRXQUxMRVRfU1RBVFVTX0ZST1pFThACEhgKFFdBTExFVF9TVEFUVVNfQ0xPU0VEEAMy8AIKDldhbGxldHNTZXJ2aWNlElkKDENyZWF0ZVdhbGxldBIjLmNvd3JpZS5lZGdlLnYxLkNyZWF0ZVdhbGxldFJlcXVlc3QaJC5jb3dyaWUuZWRnZS52MS5DcmVhdGVXYWxsZXRSZXNwb25zZRJQCglHZXRXYWxsZXQSIC5jb3dyaWUuZWRnZS52MS5HZXRXYWxsZXRSZXF1ZXN0GiEuY293cmllLmVkZ2UudjEuR2V0V2FsbGV0UmVzcG9uc2USUwoKRnVuZFdhbGxldBIhLmNvd3JpZS5lZGdlLnYxLkZ1bmRXYWxsZXRSZXF1ZXN0GiIuY293cmllLmVkZ2UudjEuRnVuZFdhbGxldFJlc3BvbnNlElwKDVRyYW5zZmVyRnVuZHMSJC5jb3dyaWUuZWRnZS52MS5UcmFuc2ZlckZ1bmRzUmVxdWVzdBolLmNvd3JpZS5lZGdlLnYxLlRyYW5zZmVyRnVuZHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Chxjb3dyaWUvZWRnZS92MS93YWxsZXRzLnByb3RvEg5jb3dyaWUuZWRnZS52MSJKCgxXYWxsZXRMaW1pdHMSHQoVcGVyX3RyYW5zYWN0aW9uX21pbm9yGAEgASgDEhsKE2RhaWx5X291dGZsb3dfbWlub3IYAiABKAMizAMKBldhbGxldBIKCgJpZBgBIAEoCRIQCghvd25lcl9pZBgDIAEoCRIQCghjdXJyZW5jeRgEIAEoCRIoCgRraW5kGAUgASgOMhouY293cmllLmVkZ2UudjEuV2FsbGV0S2luZBIsCgZzdGF0dXMYBiABKA4yHC5jb3dyaWUuZWRnZS52MS5XYWxsZXRTdGF0dXMSHAoUcG9zdGVkX2JhbGFuY2VfbWlub3IYByABKAMSHAoUcGVuZGluZ19kZWJpdHNfbWlub3IYCCABKAMSHwoXYXZhaWxhYmxlX2JhbGFuY2VfbWlub3IYCSABKAMSLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoTbWlub3JfdW5pdF9leHBvbmVudBgLIAEoDRIsCgZsaW1pdHMYDCABKAsyHC5jb3dyaWUuZWRnZS52MS5XYWxsZXRMaW1pdHMSGwoTb3V0Zmxvd190b2RheV9taW5vchgNIAEoAxIVCg1mcm96ZW5fcmVhc29uGA4gASgJEi4KCnVwZGF0ZWRfYXQYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpEBChNDcmVhdGVXYWxsZXRSZXF1ZXN0EhAKCG93bmVyX2lkGAIgASgJEhAKCGN1cnJlbmN5GAMgASgJEigKBGtpbmQYBCABKA4yGi5jb3dyaWUuZWRnZS52MS5XYWxsZXRLaW5kEiwKBmxpbWl0cxgFIAEoCzIcLmNvd3JpZS5lZGdlLnYxLldhbGxldExpbWl0cyJPChRDcmVhdGVXYWxsZXRSZXNwb25zZRImCgZ3YWxsZXQYASABKAsyFi5jb3dyaWUuZWRnZS52MS5XYWxsZXQSDwoHY3JlYXRlZBgCIAEoCCIlChBHZXRXYWxsZXRSZXF1ZXN0EhEKCXdhbGxldF9pZBgCIAEoCSI7ChFHZXRXYWxsZXRSZXNwb25zZRImCgZ3YWxsZXQYASABKAsyFi5jb3dyaWUuZWRnZS52MS5XYWxsZXQiTQoSTGlzdFdhbGxldHNSZXF1ZXN0EhAKCG93bmVyX2lkGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJIlcKE0xpc3RXYWxsZXRzUmVzcG9uc2USJwoHd2FsbGV0cxgBIAMoCzIWLmNvd3JpZS5lZGdlLnYxLldhbGxldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOAoTRnJlZXplV2FsbGV0UmVxdWVzdBIRCgl3YWxsZXRfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJIj4KFEZyZWV6ZVdhbGxldFJlc3BvbnNlEiYKBndhbGxldBgBIAEoCzIWLmNvd3JpZS5lZGdlLnYxLldhbGxldCIqChVVbmZyZWV6ZVdhbGxldFJlcXVlc3QSEQoJd2FsbGV0X2lkGAIgASgJIkAKFlVuZnJlZXplV2FsbGV0UmVzcG9uc2USJgoGd2FsbGV0GAEgASgLMhYuY293cmllLmVkZ2UudjEuV2FsbGV0IicKEkNsb3NlV2FsbGV0UmVxdWVzdBIRCgl3YWxsZXRfaWQYAiABKAkiPQoTQ2xvc2VXYWxsZXRSZXNwb25zZRImCgZ3YWxsZXQYASABKAsyFi5jb3dyaWUuZWRnZS52MS5XYWxsZXQiWQoWU2V0V2FsbGV0TGltaXRzUmVxdWVzdBIRCgl3YWxsZXRfaWQYAiABKAkSLAoGbGltaXRzGAMgASgLMhwuY293cmllLmVkZ2UudjEuV2FsbGV0TGltaXRzIkEKF1NldFdhbGxldExpbWl0c1Jlc3BvbnNlEiYKBndhbGxldBgBIAEoCzIWLmNvd3JpZS5lZGdlLnYxLldhbGxldCJOChFGdW5kV2FsbGV0UmVxdWVzdBIRCgl3YWxsZXRfaWQYAiABKAkSFAoMYW1vdW50X21pbm9yGAMgASgDEhAKCGN1cnJlbmN5GAQgASgJImMKEkZ1bmRXYWxsZXRSZXNwb25zZRITCgt0cmFuc2Zlcl9pZBgBIAEoCRImCgZ3YWxsZXQYAiABKAsyFi5jb3dyaWUuZWRnZS52MS5XYWxsZXQSEAoIcmVwbGF5ZWQYAyABKAgihwIKDlN0YXRlbWVudEVudHJ5EhMKC3RyYW5zZmVyX2lkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKCWRpcmVjdGlvbhgDIAEoDjIeLmNvd3JpZS5lZGdlLnYxLkVudHJ5RGlyZWN0aW9uEicKBHR5cGUYBCABKA4yGS5jb3dyaWUuZWRnZS52MS5FbnRyeVR5cGUSFAoMYW1vdW50X21pbm9yGAUgASgDEhsKE2JhbGFuY2VfYWZ0ZXJfbWlub3IYBiABKAMSFAoMY291bnRlcnBhcnR5GAcgASgJEhEKCXJlZmVyZW5jZRgIIAEoCSKrAQoTR2V0U3RhdGVtZW50UmVxdWVzdBIRCgl3YWxsZXRfaWQYAiABKAkSLQoJZnJvbV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBSABKA0SEgoKcGFnZV90b2tlbhgGIAEoCSKIAQoUR2V0U3RhdGVtZW50UmVzcG9uc2USJgoGd2FsbGV0GAEgASgLMhYuY293cmllLmVkZ2UudjEuV2FsbGV0Ei8KB2VudHJpZXMYAiADKAsyHi5jb3dyaWUuZWRnZS52MS5TdGF0ZW1lbnRFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAki0wIKBEhvbGQSCgoCaWQYASABKAkSEQoJd2FsbGV0X2lkGAMgASgJEh0KFWRlc3RpbmF0aW9uX3dhbGxldF9pZBgEIAEoCRIUCgxhbW91bnRfbWlub3IYBSABKAMSEAoIY3VycmVuY3kYBiABKAkSKgoGc3RhdHVzGAcgASgOMhouY293cmllLmVkZ2UudjEuSG9sZFN0YXR1cxIWCg5jYXB0dXJlZF9taW5vchgIIAEoAxIRCglyZWZlcmVuY2UYCSABKAkSLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAimAEKEFBsYWNlSG9sZFJlcXVlc3QSEQoJd2FsbGV0X2lkGAIgASgJEh0KFWRlc3RpbmF0aW9uX3dhbGxldF9pZBgDIAEoCRIUCgxhbW91bnRfbWlub3IYBCABKAMSEAoIY3VycmVuY3kYBSABKAkSFwoPdGltZW91dF9zZWNvbmRzGAcgASgNEhEKCXJlZmVyZW5jZRgIIAEoCSJJChFQbGFjZUhvbGRSZXNwb25zZRIiCgRob2xkGAEgASgLMhQuY293cmllLmVkZ2UudjEuSG9sZBIQCghyZXBsYXllZBgCIAEoCCI7ChJDYXB0dXJlSG9sZFJlcXVlc3QSDwoHaG9sZF9pZBgCIAEoCRIUCgxhbW91bnRfbWlub3IYAyABKAMiOQoTQ2FwdHVyZUhvbGRSZXNwb25zZRIiCgRob2xkGAEgASgLMhQuY293cmllLmVkZ2UudjEuSG9sZCIlChJSZWxlYXNlSG9sZFJlcXVlc3QSDwoHaG9sZF9pZBgCIAEoCSI5ChNSZWxlYXNlSG9sZFJlc3BvbnNlEiIKBGhvbGQYASABKAsyFC5jb3dyaWUuZWRnZS52MS5Ib2xkIiEKDkdldEhvbGRSZXF1ZXN0Eg8KB2hvbGRfaWQYAiABKAkiNQoPR2V0SG9sZFJlc3BvbnNlEiIKBGhvbGQYASABKAsyFC5jb3dyaWUuZWRnZS52MS5Ib2xkKl0KCldhbGxldEtpbmQSGwoXV0FMTEVUX0tJTkRfVU5TUEVDSUZJRUQQABIYChRXQUxMRVRfS0lORF9DVVNUT01FUhABEhgKFFdBTExFVF9LSU5EX01FUkNIQU5UEAIqewoMV2FsbGV0U3RhdHVzEh0KGVdBTExFVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIYChRXQUxMRVRfU1RBVFVTX0FDVElWRRABEhgKFFdBTExFVF9TVEFUVVNfRlJPWkVOEAISGAoUV0FMTEVUX1NUQVRVU19DTE9TRUQQAypoCg5FbnRyeURpcmVjdGlvbhIfChtFTlRSWV9ESVJFQ1RJT05fVU5TUEVDSUZJRUQQABIaChZFTlRSWV9ESVJFQ1RJT05fQ1JFRElUEAESGQoVRU5UUllfRElSRUNUSU9OX0RFQklUEAIquAEKCUVudHJ5VHlwZRIaChZFTlRSWV9UWVBFX1VOU1BFQ0lGSUVEEAASFgoSRU5UUllfVFlQRV9GVU5ESU5HEAESFwoTRU5UUllfVFlQRV9UUkFOU0ZFUhACEhYKEkVOVFJZX1RZUEVfUEFZTUVOVBADEhUKEUVOVFJZX1RZUEVfUkVGVU5EEAQSEgoORU5UUllfVFlQRV9GRUUQBRIbChdFTlRSWV9UWVBFX0hPTERfQ0FQVFVSRRAGKowBCgpIb2xkU3RhdHVzEhsKF0hPTERfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFAoQSE9MRF9TVEFUVVNfSEVMRBABEhgKFEhPTERfU1RBVFVTX0NBUFRVUkVEEAISGAoUSE9MRF9TVEFUVVNfUkVMRUFTRUQQAxIXChNIT0xEX1NUQVRVU19FWFBJUkVEEAQyiwkKDldhbGxldHNTZXJ2aWNlElkKDENyZWF0ZVdhbGxldBIjLmNvd3JpZS5lZGdlLnYxLkNyZWF0ZVdhbGxldFJlcXVlc3QaJC5jb3dyaWUuZWRnZS52MS5DcmVhdGVXYWxsZXRSZXNwb25zZRJQCglHZXRXYWxsZXQSIC5jb3dyaWUuZWRnZS52MS5HZXRXYWxsZXRSZXF1ZXN0GiEuY293cmllLmVkZ2UudjEuR2V0V2FsbGV0UmVzcG9uc2USVgoLTGlzdFdhbGxldHMSIi5jb3dyaWUuZWRnZS52MS5MaXN0V2FsbGV0c1JlcXVlc3QaIy5jb3dyaWUuZWRnZS52MS5MaXN0V2FsbGV0c1Jlc3BvbnNlElkKDEZyZWV6ZVdhbGxldBIjLmNvd3JpZS5lZGdlLnYxLkZyZWV6ZVdhbGxldFJlcXVlc3QaJC5jb3dyaWUuZWRnZS52MS5GcmVlemVXYWxsZXRSZXNwb25zZRJfCg5VbmZyZWV6ZVdhbGxldBIlLmNvd3JpZS5lZGdlLnYxLlVuZnJlZXplV2FsbGV0UmVxdWVzdBomLmNvd3JpZS5lZGdlLnYxLlVuZnJlZXplV2FsbGV0UmVzcG9uc2USVgoLQ2xvc2VXYWxsZXQSIi5jb3dyaWUuZWRnZS52MS5DbG9zZVdhbGxldFJlcXVlc3QaIy5jb3dyaWUuZWRnZS52MS5DbG9zZVdhbGxldFJlc3BvbnNlEmIKD1NldFdhbGxldExpbWl0cxImLmNvd3JpZS5lZGdlLnYxLlNldFdhbGxldExpbWl0c1JlcXVlc3QaJy5jb3dyaWUuZWRnZS52MS5TZXRXYWxsZXRMaW1pdHNSZXNwb25zZRJTCgpGdW5kV2FsbGV0EiEuY293cmllLmVkZ2UudjEuRnVuZFdhbGxldFJlcXVlc3QaIi5jb3dyaWUuZWRnZS52MS5GdW5kV2FsbGV0UmVzcG9uc2USWQoMR2V0U3RhdGVtZW50EiMuY293cmllLmVkZ2UudjEuR2V0U3RhdGVtZW50UmVxdWVzdBokLmNvd3JpZS5lZGdlLnYxLkdldFN0YXRlbWVudFJlc3BvbnNlElAKCVBsYWNlSG9sZBIgLmNvd3JpZS5lZGdlLnYxLlBsYWNlSG9sZFJlcXVlc3QaIS5jb3dyaWUuZWRnZS52MS5QbGFjZUhvbGRSZXNwb25zZRJWCgtDYXB0dXJlSG9sZBIiLmNvd3JpZS5lZGdlLnYxLkNhcHR1cmVIb2xkUmVxdWVzdBojLmNvd3JpZS5lZGdlLnYxLkNhcHR1cmVIb2xkUmVzcG9uc2USVgoLUmVsZWFzZUhvbGQSIi5jb3dyaWUuZWRnZS52MS5SZWxlYXNlSG9sZFJlcXVlc3QaIy5jb3dyaWUuZWRnZS52MS5SZWxlYXNlSG9sZFJlc3BvbnNlEkoKB0dldEhvbGQSHi5jb3dyaWUuZWRnZS52MS5HZXRIb2xkUmVxdWVzdBofLmNvd3JpZS5lZGdlLnYxLkdldEhvbGRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+
+/**
+ * Limits on money leaving a wallet (transfers out and holds). 0 means no limit.
+ *
+ * @generated from message cowrie.edge.v1.WalletLimits
+ */
+export type WalletLimits = Message<"cowrie.edge.v1.WalletLimits"> & {
+  /**
+   * The most one transfer or hold may take out of the wallet, in minor units.
+   *
+   * @generated from field: int64 per_transaction_minor = 1;
+   */
+  perTransactionMinor: bigint;
+
+  /**
+   * The most that may leave the wallet per UTC day, in minor units, holds included.
+   *
+   * @generated from field: int64 daily_outflow_minor = 2;
+   */
+  dailyOutflowMinor: bigint;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.WalletLimits.
+ * Use `create(WalletLimitsSchema)` to create a new message.
+ */
+export const WalletLimitsSchema: GenMessage<WalletLimits> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 0);
 
 /**
  * @generated from message cowrie.edge.v1.Wallet
  */
 export type Wallet = Message<"cowrie.edge.v1.Wallet"> & {
   /**
-   * "wal_" followed by 26 characters.
+   * Server-assigned id, "wal_" followed by 26 characters.
    *
    * @generated from field: string id = 1;
    */
   id: string;
 
   /**
-   * The owner in your terms (your customer or merchant id).
+   * The owner in the tenant's terms (a customer or merchant id). 1 to 128 characters.
    *
-   * @generated from field: string owner_id = 2;
+   * @generated from field: string owner_id = 3;
    */
   ownerId: string;
 
   /**
    * ISO 4217 alphabetic code.
    *
-   * @generated from field: string currency = 3;
+   * @generated from field: string currency = 4;
    */
   currency: string;
 
   /**
-   * @generated from field: cowrie.edge.v1.WalletKind kind = 4;
+   * @generated from field: cowrie.edge.v1.WalletKind kind = 5;
    */
   kind: WalletKind;
 
   /**
-   * @generated from field: cowrie.edge.v1.WalletStatus status = 5;
+   * @generated from field: cowrie.edge.v1.WalletStatus status = 6;
    */
   status: WalletStatus;
 
   /**
-   * Minor units settled in the wallet.
+   * Minor units settled in the wallet (Ledger credits posted minus debits posted).
    *
-   * @generated from field: int64 posted_balance_minor = 6;
+   * @generated from field: int64 posted_balance_minor = 7;
    */
   postedBalanceMinor: bigint;
 
   /**
-   * Minor units reserved by holds and pending transfers.
+   * Minor units reserved by holds and pending transfers (Ledger debits pending).
    *
-   * @generated from field: int64 pending_debits_minor = 7;
+   * @generated from field: int64 pending_debits_minor = 8;
    */
   pendingDebitsMinor: bigint;
 
   /**
    * Minor units that may be spent now: posted balance minus pending debits.
    *
-   * @generated from field: int64 available_balance_minor = 8;
+   * @generated from field: int64 available_balance_minor = 9;
    */
   availableBalanceMinor: bigint;
 
   /**
-   * @generated from field: google.protobuf.Timestamp created_at = 9;
+   * @generated from field: google.protobuf.Timestamp created_at = 10;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * The currency's ISO 4217 minor-unit exponent: 2 for USD (cents), 0 for JPY, 3 for KWD.
+   *
+   * @generated from field: uint32 minor_unit_exponent = 11;
+   */
+  minorUnitExponent: number;
+
+  /**
+   * @generated from field: cowrie.edge.v1.WalletLimits limits = 12;
+   */
+  limits?: WalletLimits | undefined;
+
+  /**
+   * Minor units that have left the wallet today (UTC), holds included.
+   *
+   * @generated from field: int64 outflow_today_minor = 13;
+   */
+  outflowTodayMinor: bigint;
+
+  /**
+   * Why the wallet was frozen, when it is.
+   *
+   * @generated from field: string frozen_reason = 14;
+   */
+  frozenReason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp updated_at = 15;
+   */
+  updatedAt?: Timestamp | undefined;
 };
 
 /**
@@ -81,7 +140,7 @@ export type Wallet = Message<"cowrie.edge.v1.Wallet"> & {
  * Use `create(WalletSchema)` to create a new message.
  */
 export const WalletSchema: GenMessage<Wallet> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_wallets, 0);
+  messageDesc(file_cowrie_edge_v1_wallets, 1);
 
 /**
  * @generated from message cowrie.edge.v1.CreateWalletRequest
@@ -90,23 +149,30 @@ export type CreateWalletRequest = Message<"cowrie.edge.v1.CreateWalletRequest"> 
   /**
    * 1 to 128 characters.
    *
-   * @generated from field: string owner_id = 1;
+   * @generated from field: string owner_id = 2;
    */
   ownerId: string;
 
   /**
-   * ISO 4217 alphabetic code, three upper-case letters.
+   * ISO 4217 alphabetic code of a currency in use.
    *
-   * @generated from field: string currency = 2;
+   * @generated from field: string currency = 3;
    */
   currency: string;
 
   /**
    * Must not be UNSPECIFIED.
    *
-   * @generated from field: cowrie.edge.v1.WalletKind kind = 3;
+   * @generated from field: cowrie.edge.v1.WalletKind kind = 4;
    */
   kind: WalletKind;
+
+  /**
+   * Optional initial limits.
+   *
+   * @generated from field: cowrie.edge.v1.WalletLimits limits = 5;
+   */
+  limits?: WalletLimits | undefined;
 };
 
 /**
@@ -114,7 +180,7 @@ export type CreateWalletRequest = Message<"cowrie.edge.v1.CreateWalletRequest"> 
  * Use `create(CreateWalletRequestSchema)` to create a new message.
  */
 export const CreateWalletRequestSchema: GenMessage<CreateWalletRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_wallets, 1);
+  messageDesc(file_cowrie_edge_v1_wallets, 2);
 
 /**
  * @generated from message cowrie.edge.v1.CreateWalletResponse
@@ -138,14 +204,14 @@ export type CreateWalletResponse = Message<"cowrie.edge.v1.CreateWalletResponse"
  * Use `create(CreateWalletResponseSchema)` to create a new message.
  */
 export const CreateWalletResponseSchema: GenMessage<CreateWalletResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_wallets, 2);
+  messageDesc(file_cowrie_edge_v1_wallets, 3);
 
 /**
  * @generated from message cowrie.edge.v1.GetWalletRequest
  */
 export type GetWalletRequest = Message<"cowrie.edge.v1.GetWalletRequest"> & {
   /**
-   * @generated from field: string wallet_id = 1;
+   * @generated from field: string wallet_id = 2;
    */
   walletId: string;
 };
@@ -155,7 +221,7 @@ export type GetWalletRequest = Message<"cowrie.edge.v1.GetWalletRequest"> & {
  * Use `create(GetWalletRequestSchema)` to create a new message.
  */
 export const GetWalletRequestSchema: GenMessage<GetWalletRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_wallets, 3);
+  messageDesc(file_cowrie_edge_v1_wallets, 4);
 
 /**
  * @generated from message cowrie.edge.v1.GetWalletResponse
@@ -172,28 +238,235 @@ export type GetWalletResponse = Message<"cowrie.edge.v1.GetWalletResponse"> & {
  * Use `create(GetWalletResponseSchema)` to create a new message.
  */
 export const GetWalletResponseSchema: GenMessage<GetWalletResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_wallets, 4);
+  messageDesc(file_cowrie_edge_v1_wallets, 5);
+
+/**
+ * @generated from message cowrie.edge.v1.ListWalletsRequest
+ */
+export type ListWalletsRequest = Message<"cowrie.edge.v1.ListWalletsRequest"> & {
+  /**
+   * Only this owner's wallets, when set.
+   *
+   * @generated from field: string owner_id = 2;
+   */
+  ownerId: string;
+
+  /**
+   * 1 to 100; 0 means 20.
+   *
+   * @generated from field: uint32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; empty for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.ListWalletsRequest.
+ * Use `create(ListWalletsRequestSchema)` to create a new message.
+ */
+export const ListWalletsRequestSchema: GenMessage<ListWalletsRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 6);
+
+/**
+ * @generated from message cowrie.edge.v1.ListWalletsResponse
+ */
+export type ListWalletsResponse = Message<"cowrie.edge.v1.ListWalletsResponse"> & {
+  /**
+   * @generated from field: repeated cowrie.edge.v1.Wallet wallets = 1;
+   */
+  wallets: Wallet[];
+
+  /**
+   * Empty when there are no more wallets.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.ListWalletsResponse.
+ * Use `create(ListWalletsResponseSchema)` to create a new message.
+ */
+export const ListWalletsResponseSchema: GenMessage<ListWalletsResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 7);
+
+/**
+ * @generated from message cowrie.edge.v1.FreezeWalletRequest
+ */
+export type FreezeWalletRequest = Message<"cowrie.edge.v1.FreezeWalletRequest"> & {
+  /**
+   * @generated from field: string wallet_id = 2;
+   */
+  walletId: string;
+
+  /**
+   * Why, up to 256 characters; kept on the wallet.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.FreezeWalletRequest.
+ * Use `create(FreezeWalletRequestSchema)` to create a new message.
+ */
+export const FreezeWalletRequestSchema: GenMessage<FreezeWalletRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 8);
+
+/**
+ * @generated from message cowrie.edge.v1.FreezeWalletResponse
+ */
+export type FreezeWalletResponse = Message<"cowrie.edge.v1.FreezeWalletResponse"> & {
+  /**
+   * @generated from field: cowrie.edge.v1.Wallet wallet = 1;
+   */
+  wallet?: Wallet | undefined;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.FreezeWalletResponse.
+ * Use `create(FreezeWalletResponseSchema)` to create a new message.
+ */
+export const FreezeWalletResponseSchema: GenMessage<FreezeWalletResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 9);
+
+/**
+ * @generated from message cowrie.edge.v1.UnfreezeWalletRequest
+ */
+export type UnfreezeWalletRequest = Message<"cowrie.edge.v1.UnfreezeWalletRequest"> & {
+  /**
+   * @generated from field: string wallet_id = 2;
+   */
+  walletId: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.UnfreezeWalletRequest.
+ * Use `create(UnfreezeWalletRequestSchema)` to create a new message.
+ */
+export const UnfreezeWalletRequestSchema: GenMessage<UnfreezeWalletRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 10);
+
+/**
+ * @generated from message cowrie.edge.v1.UnfreezeWalletResponse
+ */
+export type UnfreezeWalletResponse = Message<"cowrie.edge.v1.UnfreezeWalletResponse"> & {
+  /**
+   * @generated from field: cowrie.edge.v1.Wallet wallet = 1;
+   */
+  wallet?: Wallet | undefined;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.UnfreezeWalletResponse.
+ * Use `create(UnfreezeWalletResponseSchema)` to create a new message.
+ */
+export const UnfreezeWalletResponseSchema: GenMessage<UnfreezeWalletResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 11);
+
+/**
+ * @generated from message cowrie.edge.v1.CloseWalletRequest
+ */
+export type CloseWalletRequest = Message<"cowrie.edge.v1.CloseWalletRequest"> & {
+  /**
+   * @generated from field: string wallet_id = 2;
+   */
+  walletId: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.CloseWalletRequest.
+ * Use `create(CloseWalletRequestSchema)` to create a new message.
+ */
+export const CloseWalletRequestSchema: GenMessage<CloseWalletRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 12);
+
+/**
+ * @generated from message cowrie.edge.v1.CloseWalletResponse
+ */
+export type CloseWalletResponse = Message<"cowrie.edge.v1.CloseWalletResponse"> & {
+  /**
+   * @generated from field: cowrie.edge.v1.Wallet wallet = 1;
+   */
+  wallet?: Wallet | undefined;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.CloseWalletResponse.
+ * Use `create(CloseWalletResponseSchema)` to create a new message.
+ */
+export const CloseWalletResponseSchema: GenMessage<CloseWalletResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 13);
+
+/**
+ * @generated from message cowrie.edge.v1.SetWalletLimitsRequest
+ */
+export type SetWalletLimitsRequest = Message<"cowrie.edge.v1.SetWalletLimitsRequest"> & {
+  /**
+   * @generated from field: string wallet_id = 2;
+   */
+  walletId: string;
+
+  /**
+   * Replaces the wallet's limits; each value 0 (no limit) to 2^63-1.
+   *
+   * @generated from field: cowrie.edge.v1.WalletLimits limits = 3;
+   */
+  limits?: WalletLimits | undefined;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.SetWalletLimitsRequest.
+ * Use `create(SetWalletLimitsRequestSchema)` to create a new message.
+ */
+export const SetWalletLimitsRequestSchema: GenMessage<SetWalletLimitsRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 14);
+
+/**
+ * @generated from message cowrie.edge.v1.SetWalletLimitsResponse
+ */
+export type SetWalletLimitsResponse = Message<"cowrie.edge.v1.SetWalletLimitsResponse"> & {
+  /**
+   * @generated from field: cowrie.edge.v1.Wallet wallet = 1;
+   */
+  wallet?: Wallet | undefined;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.SetWalletLimitsResponse.
+ * Use `create(SetWalletLimitsResponseSchema)` to create a new message.
+ */
+export const SetWalletLimitsResponseSchema: GenMessage<SetWalletLimitsResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 15);
 
 /**
  * @generated from message cowrie.edge.v1.FundWalletRequest
  */
 export type FundWalletRequest = Message<"cowrie.edge.v1.FundWalletRequest"> & {
   /**
-   * @generated from field: string wallet_id = 1;
+   * @generated from field: string wallet_id = 2;
    */
   walletId: string;
 
   /**
    * Minor units, 1 to 2^63-1.
    *
-   * @generated from field: int64 amount_minor = 2;
+   * @generated from field: int64 amount_minor = 3;
    */
   amountMinor: bigint;
 
   /**
    * Must equal the wallet's currency.
    *
-   * @generated from field: string currency = 3;
+   * @generated from field: string currency = 4;
    */
   currency: string;
 };
@@ -203,26 +476,28 @@ export type FundWalletRequest = Message<"cowrie.edge.v1.FundWalletRequest"> & {
  * Use `create(FundWalletRequestSchema)` to create a new message.
  */
 export const FundWalletRequestSchema: GenMessage<FundWalletRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_wallets, 5);
+  messageDesc(file_cowrie_edge_v1_wallets, 16);
 
 /**
  * @generated from message cowrie.edge.v1.FundWalletResponse
  */
 export type FundWalletResponse = Message<"cowrie.edge.v1.FundWalletResponse"> & {
   /**
-   * The ledger transfer that moved the money.
+   * The Ledger transfer that moved the money.
    *
    * @generated from field: string transfer_id = 1;
    */
   transferId: string;
 
   /**
+   * The wallet after the transfer.
+   *
    * @generated from field: cowrie.edge.v1.Wallet wallet = 2;
    */
   wallet?: Wallet | undefined;
 
   /**
-   * True when the Idempotency-Key had already been applied and this repeats its outcome.
+   * True when this Idempotency-Key had already been applied and this response repeats its outcome.
    *
    * @generated from field: bool replayed = 3;
    */
@@ -234,86 +509,405 @@ export type FundWalletResponse = Message<"cowrie.edge.v1.FundWalletResponse"> & 
  * Use `create(FundWalletResponseSchema)` to create a new message.
  */
 export const FundWalletResponseSchema: GenMessage<FundWalletResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_wallets, 6);
+  messageDesc(file_cowrie_edge_v1_wallets, 17);
 
 /**
- * @generated from message cowrie.edge.v1.TransferFundsRequest
+ * @generated from message cowrie.edge.v1.StatementEntry
  */
-export type TransferFundsRequest = Message<"cowrie.edge.v1.TransferFundsRequest"> & {
+export type StatementEntry = Message<"cowrie.edge.v1.StatementEntry"> & {
   /**
-   * @generated from field: string source_wallet_id = 1;
-   */
-  sourceWalletId: string;
-
-  /**
-   * @generated from field: string destination_wallet_id = 2;
-   */
-  destinationWalletId: string;
-
-  /**
-   * Minor units, 1 to 2^63-1.
-   *
-   * @generated from field: int64 amount_minor = 3;
-   */
-  amountMinor: bigint;
-
-  /**
-   * Must equal both wallets' currency.
-   *
-   * @generated from field: string currency = 4;
-   */
-  currency: string;
-
-  /**
-   * Free text kept with the transfer, up to 128 characters.
-   *
-   * @generated from field: string reference = 5;
-   */
-  reference: string;
-};
-
-/**
- * Describes the message cowrie.edge.v1.TransferFundsRequest.
- * Use `create(TransferFundsRequestSchema)` to create a new message.
- */
-export const TransferFundsRequestSchema: GenMessage<TransferFundsRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_wallets, 7);
-
-/**
- * @generated from message cowrie.edge.v1.TransferFundsResponse
- */
-export type TransferFundsResponse = Message<"cowrie.edge.v1.TransferFundsResponse"> & {
-  /**
-   * The ledger transfer that moved the money.
+   * The Ledger transfer.
    *
    * @generated from field: string transfer_id = 1;
    */
   transferId: string;
 
   /**
-   * @generated from field: cowrie.edge.v1.Wallet source_wallet = 2;
+   * @generated from field: google.protobuf.Timestamp time = 2;
    */
-  sourceWallet?: Wallet | undefined;
+  time?: Timestamp | undefined;
 
   /**
-   * @generated from field: cowrie.edge.v1.Wallet destination_wallet = 3;
+   * @generated from field: cowrie.edge.v1.EntryDirection direction = 3;
    */
-  destinationWallet?: Wallet | undefined;
+  direction: EntryDirection;
 
   /**
-   * True when the Idempotency-Key had already been applied and this repeats its outcome.
+   * @generated from field: cowrie.edge.v1.EntryType type = 4;
+   */
+  type: EntryType;
+
+  /**
+   * Minor units moved, always positive; direction says which way.
    *
-   * @generated from field: bool replayed = 4;
+   * @generated from field: int64 amount_minor = 5;
+   */
+  amountMinor: bigint;
+
+  /**
+   * The posted balance right after this entry.
+   *
+   * @generated from field: int64 balance_after_minor = 6;
+   */
+  balanceAfterMinor: bigint;
+
+  /**
+   * The other side: a wallet id, or a platform account such as "funding:USD".
+   *
+   * @generated from field: string counterparty = 7;
+   */
+  counterparty: string;
+
+  /**
+   * @generated from field: string reference = 8;
+   */
+  reference: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.StatementEntry.
+ * Use `create(StatementEntrySchema)` to create a new message.
+ */
+export const StatementEntrySchema: GenMessage<StatementEntry> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 18);
+
+/**
+ * @generated from message cowrie.edge.v1.GetStatementRequest
+ */
+export type GetStatementRequest = Message<"cowrie.edge.v1.GetStatementRequest"> & {
+  /**
+   * @generated from field: string wallet_id = 2;
+   */
+  walletId: string;
+
+  /**
+   * Entries at or after this time (inclusive). Unset: from the beginning.
+   *
+   * @generated from field: google.protobuf.Timestamp from_time = 3;
+   */
+  fromTime?: Timestamp | undefined;
+
+  /**
+   * Entries before this time (exclusive). Unset: up to now.
+   *
+   * @generated from field: google.protobuf.Timestamp to_time = 4;
+   */
+  toTime?: Timestamp | undefined;
+
+  /**
+   * 1 to 500; 0 means 50.
+   *
+   * @generated from field: uint32 page_size = 5;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; empty for the first page.
+   *
+   * @generated from field: string page_token = 6;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.GetStatementRequest.
+ * Use `create(GetStatementRequestSchema)` to create a new message.
+ */
+export const GetStatementRequestSchema: GenMessage<GetStatementRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 19);
+
+/**
+ * @generated from message cowrie.edge.v1.GetStatementResponse
+ */
+export type GetStatementResponse = Message<"cowrie.edge.v1.GetStatementResponse"> & {
+  /**
+   * @generated from field: cowrie.edge.v1.Wallet wallet = 1;
+   */
+  wallet?: Wallet | undefined;
+
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated cowrie.edge.v1.StatementEntry entries = 2;
+   */
+  entries: StatementEntry[];
+
+  /**
+   * Empty when there are no more entries.
+   *
+   * @generated from field: string next_page_token = 3;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.GetStatementResponse.
+ * Use `create(GetStatementResponseSchema)` to create a new message.
+ */
+export const GetStatementResponseSchema: GenMessage<GetStatementResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 20);
+
+/**
+ * @generated from message cowrie.edge.v1.Hold
+ */
+export type Hold = Message<"cowrie.edge.v1.Hold"> & {
+  /**
+   * "hld_" followed by 40 characters, derived from the idempotency key.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The wallet the money is reserved in.
+   *
+   * @generated from field: string wallet_id = 3;
+   */
+  walletId: string;
+
+  /**
+   * The wallet a capture pays.
+   *
+   * @generated from field: string destination_wallet_id = 4;
+   */
+  destinationWalletId: string;
+
+  /**
+   * Minor units reserved.
+   *
+   * @generated from field: int64 amount_minor = 5;
+   */
+  amountMinor: bigint;
+
+  /**
+   * @generated from field: string currency = 6;
+   */
+  currency: string;
+
+  /**
+   * @generated from field: cowrie.edge.v1.HoldStatus status = 7;
+   */
+  status: HoldStatus;
+
+  /**
+   * Minor units moved by the capture.
+   *
+   * @generated from field: int64 captured_minor = 8;
+   */
+  capturedMinor: bigint;
+
+  /**
+   * @generated from field: string reference = 9;
+   */
+  reference: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 10;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * When the hold expires if not captured or released; unset: never.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 11;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp updated_at = 12;
+   */
+  updatedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.Hold.
+ * Use `create(HoldSchema)` to create a new message.
+ */
+export const HoldSchema: GenMessage<Hold> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 21);
+
+/**
+ * @generated from message cowrie.edge.v1.PlaceHoldRequest
+ */
+export type PlaceHoldRequest = Message<"cowrie.edge.v1.PlaceHoldRequest"> & {
+  /**
+   * @generated from field: string wallet_id = 2;
+   */
+  walletId: string;
+
+  /**
+   * @generated from field: string destination_wallet_id = 3;
+   */
+  destinationWalletId: string;
+
+  /**
+   * Minor units, 1 to 2^63-1; at most the wallet's available balance.
+   *
+   * @generated from field: int64 amount_minor = 4;
+   */
+  amountMinor: bigint;
+
+  /**
+   * Must equal both wallets' currency.
+   *
+   * @generated from field: string currency = 5;
+   */
+  currency: string;
+
+  /**
+   * Seconds until the hold expires; 0 means 7 days. At most 31,536,000.
+   *
+   * @generated from field: uint32 timeout_seconds = 7;
+   */
+  timeoutSeconds: number;
+
+  /**
+   * Up to 128 characters.
+   *
+   * @generated from field: string reference = 8;
+   */
+  reference: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.PlaceHoldRequest.
+ * Use `create(PlaceHoldRequestSchema)` to create a new message.
+ */
+export const PlaceHoldRequestSchema: GenMessage<PlaceHoldRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 22);
+
+/**
+ * @generated from message cowrie.edge.v1.PlaceHoldResponse
+ */
+export type PlaceHoldResponse = Message<"cowrie.edge.v1.PlaceHoldResponse"> & {
+  /**
+   * @generated from field: cowrie.edge.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+
+  /**
+   * True when this Idempotency-Key had already been applied and this response repeats its outcome.
+   *
+   * @generated from field: bool replayed = 2;
    */
   replayed: boolean;
 };
 
 /**
- * Describes the message cowrie.edge.v1.TransferFundsResponse.
- * Use `create(TransferFundsResponseSchema)` to create a new message.
+ * Describes the message cowrie.edge.v1.PlaceHoldResponse.
+ * Use `create(PlaceHoldResponseSchema)` to create a new message.
  */
-export const TransferFundsResponseSchema: GenMessage<TransferFundsResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_wallets, 8);
+export const PlaceHoldResponseSchema: GenMessage<PlaceHoldResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 23);
+
+/**
+ * @generated from message cowrie.edge.v1.CaptureHoldRequest
+ */
+export type CaptureHoldRequest = Message<"cowrie.edge.v1.CaptureHoldRequest"> & {
+  /**
+   * @generated from field: string hold_id = 2;
+   */
+  holdId: string;
+
+  /**
+   * Minor units to move, 1 to the held amount; 0 captures all of it.
+   *
+   * @generated from field: int64 amount_minor = 3;
+   */
+  amountMinor: bigint;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.CaptureHoldRequest.
+ * Use `create(CaptureHoldRequestSchema)` to create a new message.
+ */
+export const CaptureHoldRequestSchema: GenMessage<CaptureHoldRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 24);
+
+/**
+ * @generated from message cowrie.edge.v1.CaptureHoldResponse
+ */
+export type CaptureHoldResponse = Message<"cowrie.edge.v1.CaptureHoldResponse"> & {
+  /**
+   * @generated from field: cowrie.edge.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.CaptureHoldResponse.
+ * Use `create(CaptureHoldResponseSchema)` to create a new message.
+ */
+export const CaptureHoldResponseSchema: GenMessage<CaptureHoldResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 25);
+
+/**
+ * @generated from message cowrie.edge.v1.ReleaseHoldRequest
+ */
+export type ReleaseHoldRequest = Message<"cowrie.edge.v1.ReleaseHoldRequest"> & {
+  /**
+   * @generated from field: string hold_id = 2;
+   */
+  holdId: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.ReleaseHoldRequest.
+ * Use `create(ReleaseHoldRequestSchema)` to create a new message.
+ */
+export const ReleaseHoldRequestSchema: GenMessage<ReleaseHoldRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 26);
+
+/**
+ * @generated from message cowrie.edge.v1.ReleaseHoldResponse
+ */
+export type ReleaseHoldResponse = Message<"cowrie.edge.v1.ReleaseHoldResponse"> & {
+  /**
+   * @generated from field: cowrie.edge.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.ReleaseHoldResponse.
+ * Use `create(ReleaseHoldResponseSchema)` to create a new message.
+ */
+export const ReleaseHoldResponseSchema: GenMessage<ReleaseHoldResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 27);
+
+/**
+ * @generated from message cowrie.edge.v1.GetHoldRequest
+ */
+export type GetHoldRequest = Message<"cowrie.edge.v1.GetHoldRequest"> & {
+  /**
+   * @generated from field: string hold_id = 2;
+   */
+  holdId: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.GetHoldRequest.
+ * Use `create(GetHoldRequestSchema)` to create a new message.
+ */
+export const GetHoldRequestSchema: GenMessage<GetHoldRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 28);
+
+/**
+ * @generated from message cowrie.edge.v1.GetHoldResponse
+ */
+export type GetHoldResponse = Message<"cowrie.edge.v1.GetHoldResponse"> & {
+  /**
+   * @generated from field: cowrie.edge.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.GetHoldResponse.
+ * Use `create(GetHoldResponseSchema)` to create a new message.
+ */
+export const GetHoldResponseSchema: GenMessage<GetHoldResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_wallets, 29);
 
 /**
  * Who a wallet belongs to.
@@ -355,16 +949,22 @@ export enum WalletStatus {
   UNSPECIFIED = 0,
 
   /**
+   * Money may move in and out.
+   *
    * @generated from enum value: WALLET_STATUS_ACTIVE = 1;
    */
   ACTIVE = 1,
 
   /**
+   * No money may leave the wallet.
+   *
    * @generated from enum value: WALLET_STATUS_FROZEN = 2;
    */
   FROZEN = 2,
 
   /**
+   * No money may move; only possible at a zero balance.
+   *
    * @generated from enum value: WALLET_STATUS_CLOSED = 3;
    */
   CLOSED = 3,
@@ -377,23 +977,162 @@ export const WalletStatusSchema: GenEnum<WalletStatus> = /*@__PURE__*/
   enumDesc(file_cowrie_edge_v1_wallets, 1);
 
 /**
- * WalletsService is the public API for wallets, served by the Edge over Connect, gRPC-Web and
- * gRPC on one port. Web and mobile clients call it with Connect-Web; backends with any gRPC or
- * Connect client.
+ * Which way money moved in a statement entry.
+ *
+ * @generated from enum cowrie.edge.v1.EntryDirection
+ */
+export enum EntryDirection {
+  /**
+   * @generated from enum value: ENTRY_DIRECTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Money came into the wallet.
+   *
+   * @generated from enum value: ENTRY_DIRECTION_CREDIT = 1;
+   */
+  CREDIT = 1,
+
+  /**
+   * Money left the wallet.
+   *
+   * @generated from enum value: ENTRY_DIRECTION_DEBIT = 2;
+   */
+  DEBIT = 2,
+}
+
+/**
+ * Describes the enum cowrie.edge.v1.EntryDirection.
+ */
+export const EntryDirectionSchema: GenEnum<EntryDirection> = /*@__PURE__*/
+  enumDesc(file_cowrie_edge_v1_wallets, 2);
+
+/**
+ * What kind of movement a statement entry is.
+ *
+ * @generated from enum cowrie.edge.v1.EntryType
+ */
+export enum EntryType {
+  /**
+   * @generated from enum value: ENTRY_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: ENTRY_TYPE_FUNDING = 1;
+   */
+  FUNDING = 1,
+
+  /**
+   * @generated from enum value: ENTRY_TYPE_TRANSFER = 2;
+   */
+  TRANSFER = 2,
+
+  /**
+   * @generated from enum value: ENTRY_TYPE_PAYMENT = 3;
+   */
+  PAYMENT = 3,
+
+  /**
+   * @generated from enum value: ENTRY_TYPE_REFUND = 4;
+   */
+  REFUND = 4,
+
+  /**
+   * @generated from enum value: ENTRY_TYPE_FEE = 5;
+   */
+  FEE = 5,
+
+  /**
+   * @generated from enum value: ENTRY_TYPE_HOLD_CAPTURE = 6;
+   */
+  HOLD_CAPTURE = 6,
+}
+
+/**
+ * Describes the enum cowrie.edge.v1.EntryType.
+ */
+export const EntryTypeSchema: GenEnum<EntryType> = /*@__PURE__*/
+  enumDesc(file_cowrie_edge_v1_wallets, 3);
+
+/**
+ * A hold's lifecycle. Only HELD may change, and only once.
+ *
+ * @generated from enum cowrie.edge.v1.HoldStatus
+ */
+export enum HoldStatus {
+  /**
+   * @generated from enum value: HOLD_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The amount is reserved in the wallet.
+   *
+   * @generated from enum value: HOLD_STATUS_HELD = 1;
+   */
+  HELD = 1,
+
+  /**
+   * Captured (all or part); captured_minor moved to the destination, the rest was released.
+   *
+   * @generated from enum value: HOLD_STATUS_CAPTURED = 2;
+   */
+  CAPTURED = 2,
+
+  /**
+   * Released by the caller; nothing moved.
+   *
+   * @generated from enum value: HOLD_STATUS_RELEASED = 3;
+   */
+  RELEASED = 3,
+
+  /**
+   * Its timeout passed before a capture; the Ledger released it.
+   *
+   * @generated from enum value: HOLD_STATUS_EXPIRED = 4;
+   */
+  EXPIRED = 4,
+}
+
+/**
+ * Describes the enum cowrie.edge.v1.HoldStatus.
+ */
+export const HoldStatusSchema: GenEnum<HoldStatus> = /*@__PURE__*/
+  enumDesc(file_cowrie_edge_v1_wallets, 4);
+
+/**
+ * WalletsService is the public API for wallets, holds and statements, served by the Edge over
+ * Connect (JSON and binary), gRPC-Web and gRPC on one port. Web and mobile clients call it with
+ * Connect-Web; backends with any gRPC or Connect client.
+ *
+ * Authentication: every call carries an API key, `Authorization: Bearer ck_...`. A key belongs
+ * to one tenant and sees only that tenant's wallets; another tenant's ids are NOT_FOUND. Read-only
+ * keys may call Get*, List* and GetStatement only.
  *
  * Money is int64 minor units of an ISO 4217 currency (in JSON, a decimal string such as "2500").
  *
- * Mutating calls other than CreateWallet require an idempotency key in the `Idempotency-Key`
- * request header (1 to 255 printable ASCII characters). A retry with the same key returns the
- * first outcome, including a decided failure.
+ * Idempotency: every mutating call requires an `Idempotency-Key` request header (1 to 255
+ * printable ASCII characters), scoped to the tenant and kept for at least 24 hours. A retry with
+ * the same key and the same request returns the first outcome again, success or decided failure,
+ * with the response header `Idempotent-Replayed: true`. The same key with a different request
+ * fails with ALREADY_EXISTS; the same key while the first request is still running fails with
+ * ABORTED (retry after a moment).
  *
  * Errors:
  *   INVALID_ARGUMENT     a field or header is malformed; the message names it; nothing written.
- *   NOT_FOUND            the wallet does not exist.
- *   FAILED_PRECONDITION  the operation was refused for good (insufficient funds, currency
- *                        mismatch); retrying with the same key returns the same refusal.
- *   ALREADY_EXISTS       the idempotency key was used before with different parameters.
- *   DEADLINE_EXCEEDED    the request's deadline ran out before an outcome was decided.
+ *   UNAUTHENTICATED      no API key, or an unknown or revoked one.
+ *   PERMISSION_DENIED    the API key is read-only and the call mutates.
+ *   NOT_FOUND            the wallet or hold does not exist for this tenant.
+ *   FAILED_PRECONDITION  the operation was refused for good (insufficient funds, frozen or closed
+ *                        wallet, over a limit, currency mismatch, hold already resolved);
+ *                        retrying with the same key returns the same refusal.
+ *   ALREADY_EXISTS       the Idempotency-Key was used before for a different request.
+ *   ABORTED              a request with this Idempotency-Key is still in progress; retry later.
+ *   RESOURCE_EXHAUSTED   the API key's rate limit; the `Retry-After` header says when (seconds).
+ *   DEADLINE_EXCEEDED    the request's deadline ran out before an outcome was decided; retry
+ *                        with the same key.
  *   UNAVAILABLE          Cowrie cannot reach a dependency right now; retry with the same key.
  *
  * @generated from service cowrie.edge.v1.WalletsService
@@ -420,7 +1159,59 @@ export const WalletsService: GenService<{
     output: typeof GetWalletResponseSchema;
   },
   /**
-   * Tops up a wallet from the platform's funding account. Requires Idempotency-Key.
+   * Lists wallets, newest first, optionally for one owner.
+   *
+   * @generated from rpc cowrie.edge.v1.WalletsService.ListWallets
+   */
+  listWallets: {
+    methodKind: "unary";
+    input: typeof ListWalletsRequestSchema;
+    output: typeof ListWalletsResponseSchema;
+  },
+  /**
+   * Stops money leaving the wallet: no payments or new holds out of it. Money may still come in,
+   * and holds placed before the freeze may still be captured or released.
+   *
+   * @generated from rpc cowrie.edge.v1.WalletsService.FreezeWallet
+   */
+  freezeWallet: {
+    methodKind: "unary";
+    input: typeof FreezeWalletRequestSchema;
+    output: typeof FreezeWalletResponseSchema;
+  },
+  /**
+   * Lifts a freeze.
+   *
+   * @generated from rpc cowrie.edge.v1.WalletsService.UnfreezeWallet
+   */
+  unfreezeWallet: {
+    methodKind: "unary";
+    input: typeof UnfreezeWalletRequestSchema;
+    output: typeof UnfreezeWalletResponseSchema;
+  },
+  /**
+   * Closes the wallet for good; only at a zero balance with no open hold.
+   *
+   * @generated from rpc cowrie.edge.v1.WalletsService.CloseWallet
+   */
+  closeWallet: {
+    methodKind: "unary";
+    input: typeof CloseWalletRequestSchema;
+    output: typeof CloseWalletResponseSchema;
+  },
+  /**
+   * Sets the per-transaction and daily outflow limits; 0 removes a limit.
+   *
+   * @generated from rpc cowrie.edge.v1.WalletsService.SetWalletLimits
+   */
+  setWalletLimits: {
+    methodKind: "unary";
+    input: typeof SetWalletLimitsRequestSchema;
+    output: typeof SetWalletLimitsResponseSchema;
+  },
+  /**
+   * Tops up a wallet from the platform's funding account: sandbox tenants only (test money, for
+   * tests and demos); a live tenant gets PERMISSION_DENIED, its money enters through pay-ins.
    *
    * @generated from rpc cowrie.edge.v1.WalletsService.FundWallet
    */
@@ -430,14 +1221,54 @@ export const WalletsService: GenService<{
     output: typeof FundWalletResponseSchema;
   },
   /**
-   * Moves money between two wallets of the same currency. Requires Idempotency-Key.
+   * The wallet's posted entries with the balance after each, oldest first, paginated.
    *
-   * @generated from rpc cowrie.edge.v1.WalletsService.TransferFunds
+   * @generated from rpc cowrie.edge.v1.WalletsService.GetStatement
    */
-  transferFunds: {
+  getStatement: {
     methodKind: "unary";
-    input: typeof TransferFundsRequestSchema;
-    output: typeof TransferFundsResponseSchema;
+    input: typeof GetStatementRequestSchema;
+    output: typeof GetStatementResponseSchema;
+  },
+  /**
+   * Reserves money in a wallet for a later capture to a destination wallet.
+   *
+   * @generated from rpc cowrie.edge.v1.WalletsService.PlaceHold
+   */
+  placeHold: {
+    methodKind: "unary";
+    input: typeof PlaceHoldRequestSchema;
+    output: typeof PlaceHoldResponseSchema;
+  },
+  /**
+   * Moves all or part of a hold to its destination; the rest is released.
+   *
+   * @generated from rpc cowrie.edge.v1.WalletsService.CaptureHold
+   */
+  captureHold: {
+    methodKind: "unary";
+    input: typeof CaptureHoldRequestSchema;
+    output: typeof CaptureHoldResponseSchema;
+  },
+  /**
+   * Releases a hold without moving money.
+   *
+   * @generated from rpc cowrie.edge.v1.WalletsService.ReleaseHold
+   */
+  releaseHold: {
+    methodKind: "unary";
+    input: typeof ReleaseHoldRequestSchema;
+    output: typeof ReleaseHoldResponseSchema;
+  },
+  /**
+   * Reads a hold.
+   *
+   * @generated from rpc cowrie.edge.v1.WalletsService.GetHold
+   */
+  getHold: {
+    methodKind: "unary";
+    input: typeof GetHoldRequestSchema;
+    output: typeof GetHoldResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_cowrie_edge_v1_wallets, 0);

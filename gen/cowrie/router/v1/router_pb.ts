@@ -12,14 +12,52 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowrie/router/v1/router.proto.
  */
 export const file_cowrie_router_v1_router: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jb3dyaWUvcm91dGVyL3YxL3JvdXRlci5wcm90bxIQY293cmllLnJvdXRlci52MSLdAgoHUGF5bWVudBIKCgJpZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSKwoEa2luZBgDIAEoDjIdLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudEtpbmQSLwoGc3RhdHVzGAQgASgOMh8uY293cmllLnJvdXRlci52MS5QYXltZW50U3RhdHVzEhQKDGFtb3VudF9taW5vchgFIAEoAxIQCghjdXJyZW5jeRgGIAEoCRIYChBzb3VyY2Vfd2FsbGV0X2lkGAcgASgJEh0KFWRlc3RpbmF0aW9uX3dhbGxldF9pZBgIIAEoCRIUCgxmYWlsdXJlX2NvZGUYCSABKAkSLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi0AEKFENyZWF0ZVBheW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkSKwoEa2luZBgDIAEoDjIdLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudEtpbmQSFAoMYW1vdW50X21pbm9yGAQgASgDEhAKCGN1cnJlbmN5GAUgASgJEhgKEHNvdXJjZV93YWxsZXRfaWQYBiABKAkSHQoVZGVzdGluYXRpb25fd2FsbGV0X2lkGAcgASgJIlUKFUNyZWF0ZVBheW1lbnRSZXNwb25zZRIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50EhAKCHJlcGxheWVkGAIgASgIIjoKEUdldFBheW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpwYXltZW50X2lkGAIgASgJIkAKEkdldFBheW1lbnRSZXNwb25zZRIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50KuQBCg1QYXltZW50U3RhdHVzEh4KGlBBWU1FTlRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGgoWUEFZTUVOVF9TVEFUVVNfQ1JFQVRFRBABEh0KGVBBWU1FTlRfU1RBVFVTX1BST0NFU1NJTkcQAhIiCh5QQVlNRU5UX1NUQVRVU19PVVRDT01FX1VOS05PV04QAxIcChhQQVlNRU5UX1NUQVRVU19TVUNDRUVERUQQBBIZChVQQVlNRU5UX1NUQVRVU19GQUlMRUQQBRIbChdQQVlNRU5UX1NUQVRVU19DQU5DRUxFRBAGKpEBCgtQYXltZW50S2luZBIcChhQQVlNRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIZChVQQVlNRU5UX0tJTkRfSU5URVJOQUwQARIXChNQQVlNRU5UX0tJTkRfUEFZX0lOEAISFwoTUEFZTUVOVF9LSU5EX1BBWU9VVBADEhcKE1BBWU1FTlRfS0lORF9SRUZVTkQQBDLKAQoNUm91dGVyU2VydmljZRJgCg1DcmVhdGVQYXltZW50EiYuY293cmllLnJvdXRlci52MS5DcmVhdGVQYXltZW50UmVxdWVzdBonLmNvd3JpZS5yb3V0ZXIudjEuQ3JlYXRlUGF5bWVudFJlc3BvbnNlElcKCkdldFBheW1lbnQSIy5jb3dyaWUucm91dGVyLnYxLkdldFBheW1lbnRSZXF1ZXN0GiQuY293cmllLnJvdXRlci52MS5HZXRQYXltZW50UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1jb3dyaWUvcm91dGVyL3YxL3JvdXRlci5wcm90bxIQY293cmllLnJvdXRlci52MSKyAQoMU3RhdHVzQ2hhbmdlEjQKC2Zyb21fc3RhdHVzGAEgASgOMh8uY293cmllLnJvdXRlci52MS5QYXltZW50U3RhdHVzEjIKCXRvX3N0YXR1cxgCIAEoDjIfLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudFN0YXR1cxIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBCABKAkilwQKB1BheW1lbnQSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEisKBGtpbmQYAyABKA4yHS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRLaW5kEi8KBnN0YXR1cxgEIAEoDjIfLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudFN0YXR1cxIUCgxhbW91bnRfbWlub3IYBSABKAMSEAoIY3VycmVuY3kYBiABKAkSGAoQc291cmNlX3dhbGxldF9pZBgHIAEoCRIdChVkZXN0aW5hdGlvbl93YWxsZXRfaWQYCCABKAkSFAoMZmFpbHVyZV9jb2RlGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWZlZV9taW5vchgMIAEoAxIWCg5yZWZ1bmRlZF9taW5vchgNIAEoAxIXCg9mYWlsdXJlX21lc3NhZ2UYDiABKAkSEQoJcmVmZXJlbmNlGA8gASgJEhsKE3JlZnVuZGVkX3BheW1lbnRfaWQYECABKAkSEwoLdHJhbnNmZXJfaWQYESABKAkSLwoHaGlzdG9yeRgSIAMoCzIeLmNvd3JpZS5yb3V0ZXIudjEuU3RhdHVzQ2hhbmdlIvYBChRDcmVhdGVQYXltZW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEisKBGtpbmQYAyABKA4yHS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRLaW5kEhQKDGFtb3VudF9taW5vchgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIYChBzb3VyY2Vfd2FsbGV0X2lkGAYgASgJEh0KFWRlc3RpbmF0aW9uX3dhbGxldF9pZBgHIAEoCRIRCglmZWVfbWlub3IYCCABKAMSEQoJcmVmZXJlbmNlGAkgASgJIlUKFUNyZWF0ZVBheW1lbnRSZXNwb25zZRIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50EhAKCHJlcGxheWVkGAIgASgIIjoKEUdldFBheW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpwYXltZW50X2lkGAIgASgJIkAKEkdldFBheW1lbnRSZXNwb25zZRIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50IqICChNMaXN0UGF5bWVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIvCgZzdGF0dXMYAiABKA4yHy5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRTdGF0dXMSKwoEa2luZBgDIAEoDjIdLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudEtpbmQSEQoJd2FsbGV0X2lkGAQgASgJEjAKDGNyZWF0ZWRfZnJvbRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF90bxgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAcgASgNEhIKCnBhZ2VfdG9rZW4YCCABKAkiXAoUTGlzdFBheW1lbnRzUmVzcG9uc2USKwoIcGF5bWVudHMYASADKAsyGS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInwKFFJlZnVuZFBheW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkSEgoKcGF5bWVudF9pZBgDIAEoCRIUCgxhbW91bnRfbWlub3IYBCABKAMSDgoGcmVhc29uGAUgASgJIoABChVSZWZ1bmRQYXltZW50UmVzcG9uc2USKQoGcmVmdW5kGAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50EioKB3BheW1lbnQYAiABKAsyGS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnQSEAoIcmVwbGF5ZWQYAyABKAgq5AEKDVBheW1lbnRTdGF0dXMSHgoaUEFZTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIaChZQQVlNRU5UX1NUQVRVU19DUkVBVEVEEAESHQoZUEFZTUVOVF9TVEFUVVNfUFJPQ0VTU0lORxACEiIKHlBBWU1FTlRfU1RBVFVTX09VVENPTUVfVU5LTk9XThADEhwKGFBBWU1FTlRfU1RBVFVTX1NVQ0NFRURFRBAEEhkKFVBBWU1FTlRfU1RBVFVTX0ZBSUxFRBAFEhsKF1BBWU1FTlRfU1RBVFVTX0NBTkNFTEVEEAYqkQEKC1BheW1lbnRLaW5kEhwKGFBBWU1FTlRfS0lORF9VTlNQRUNJRklFRBAAEhkKFVBBWU1FTlRfS0lORF9JTlRFUk5BTBABEhcKE1BBWU1FTlRfS0lORF9QQVlfSU4QAhIXChNQQVlNRU5UX0tJTkRfUEFZT1VUEAMSFwoTUEFZTUVOVF9LSU5EX1JFRlVORBAEMosDCg1Sb3V0ZXJTZXJ2aWNlEmAKDUNyZWF0ZVBheW1lbnQSJi5jb3dyaWUucm91dGVyLnYxLkNyZWF0ZVBheW1lbnRSZXF1ZXN0GicuY293cmllLnJvdXRlci52MS5DcmVhdGVQYXltZW50UmVzcG9uc2USVwoKR2V0UGF5bWVudBIjLmNvd3JpZS5yb3V0ZXIudjEuR2V0UGF5bWVudFJlcXVlc3QaJC5jb3dyaWUucm91dGVyLnYxLkdldFBheW1lbnRSZXNwb25zZRJdCgxMaXN0UGF5bWVudHMSJS5jb3dyaWUucm91dGVyLnYxLkxpc3RQYXltZW50c1JlcXVlc3QaJi5jb3dyaWUucm91dGVyLnYxLkxpc3RQYXltZW50c1Jlc3BvbnNlEmAKDVJlZnVuZFBheW1lbnQSJi5jb3dyaWUucm91dGVyLnYxLlJlZnVuZFBheW1lbnRSZXF1ZXN0GicuY293cmllLnJvdXRlci52MS5SZWZ1bmRQYXltZW50UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+
+/**
+ * One recorded state change.
+ *
+ * @generated from message cowrie.router.v1.StatusChange
+ */
+export type StatusChange = Message<"cowrie.router.v1.StatusChange"> & {
+  /**
+   * UNSPECIFIED for the first entry (the payment's creation).
+   *
+   * @generated from field: cowrie.router.v1.PaymentStatus from_status = 1;
+   */
+  fromStatus: PaymentStatus;
+
+  /**
+   * @generated from field: cowrie.router.v1.PaymentStatus to_status = 2;
+   */
+  toStatus: PaymentStatus;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp time = 3;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * Why: a failure code, "completer" for a payment finished in the background, and so on.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message cowrie.router.v1.StatusChange.
+ * Use `create(StatusChangeSchema)` to create a new message.
+ */
+export const StatusChangeSchema: GenMessage<StatusChange> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 0);
 
 /**
  * @generated from message cowrie.router.v1.Payment
  */
 export type Payment = Message<"cowrie.router.v1.Payment"> & {
   /**
-   * "pay_" followed by 26 characters.
+   * "pay_" followed by 26 characters; sorts by creation time.
    *
    * @generated from field: string id = 1;
    */
@@ -41,7 +79,7 @@ export type Payment = Message<"cowrie.router.v1.Payment"> & {
   status: PaymentStatus;
 
   /**
-   * Minor units, 1 to 2^63-1.
+   * Minor units taken from the source, 1 to 2^63-1.
    *
    * @generated from field: int64 amount_minor = 5;
    */
@@ -65,7 +103,9 @@ export type Payment = Message<"cowrie.router.v1.Payment"> & {
   destinationWalletId: string;
 
   /**
-   * Why the payment failed, when it did (a unified decline or error code).
+   * Why the payment failed, when it did: a stable snake_case code such as
+   * "insufficient_funds", "wallet_frozen", "wallet_closed", "limit_exceeded",
+   * "currency_mismatch".
    *
    * @generated from field: string failure_code = 9;
    */
@@ -80,6 +120,55 @@ export type Payment = Message<"cowrie.router.v1.Payment"> & {
    * @generated from field: google.protobuf.Timestamp updated_at = 11;
    */
   updatedAt?: Timestamp | undefined;
+
+  /**
+   * Minor units of amount_minor paid to the tenant's fee account.
+   *
+   * @generated from field: int64 fee_minor = 12;
+   */
+  feeMinor: bigint;
+
+  /**
+   * Minor units refunded so far (refunds that succeeded or are in progress).
+   *
+   * @generated from field: int64 refunded_minor = 13;
+   */
+  refundedMinor: bigint;
+
+  /**
+   * Human-readable detail for failure_code.
+   *
+   * @generated from field: string failure_message = 14;
+   */
+  failureMessage: string;
+
+  /**
+   * The caller's reference, up to 128 characters.
+   *
+   * @generated from field: string reference = 15;
+   */
+  reference: string;
+
+  /**
+   * For a REFUND: the payment it refunds.
+   *
+   * @generated from field: string refunded_payment_id = 16;
+   */
+  refundedPaymentId: string;
+
+  /**
+   * The Ledger transfer of the main leg, once money moved.
+   *
+   * @generated from field: string transfer_id = 17;
+   */
+  transferId: string;
+
+  /**
+   * Every state change, oldest first (GetPayment only).
+   *
+   * @generated from field: repeated cowrie.router.v1.StatusChange history = 18;
+   */
+  history: StatusChange[];
 };
 
 /**
@@ -87,7 +176,7 @@ export type Payment = Message<"cowrie.router.v1.Payment"> & {
  * Use `create(PaymentSchema)` to create a new message.
  */
 export const PaymentSchema: GenMessage<Payment> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 0);
+  messageDesc(file_cowrie_router_v1_router, 1);
 
 /**
  * @generated from message cowrie.router.v1.CreatePaymentRequest
@@ -106,6 +195,8 @@ export type CreatePaymentRequest = Message<"cowrie.router.v1.CreatePaymentReques
   idempotencyKey: string;
 
   /**
+   * Only INTERNAL for now.
+   *
    * @generated from field: cowrie.router.v1.PaymentKind kind = 3;
    */
   kind: PaymentKind;
@@ -131,6 +222,20 @@ export type CreatePaymentRequest = Message<"cowrie.router.v1.CreatePaymentReques
    * @generated from field: string destination_wallet_id = 7;
    */
   destinationWalletId: string;
+
+  /**
+   * 0 to amount_minor - 1.
+   *
+   * @generated from field: int64 fee_minor = 8;
+   */
+  feeMinor: bigint;
+
+  /**
+   * Up to 128 characters.
+   *
+   * @generated from field: string reference = 9;
+   */
+  reference: string;
 };
 
 /**
@@ -138,7 +243,7 @@ export type CreatePaymentRequest = Message<"cowrie.router.v1.CreatePaymentReques
  * Use `create(CreatePaymentRequestSchema)` to create a new message.
  */
 export const CreatePaymentRequestSchema: GenMessage<CreatePaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 1);
+  messageDesc(file_cowrie_router_v1_router, 2);
 
 /**
  * @generated from message cowrie.router.v1.CreatePaymentResponse
@@ -162,7 +267,7 @@ export type CreatePaymentResponse = Message<"cowrie.router.v1.CreatePaymentRespo
  * Use `create(CreatePaymentResponseSchema)` to create a new message.
  */
 export const CreatePaymentResponseSchema: GenMessage<CreatePaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 2);
+  messageDesc(file_cowrie_router_v1_router, 3);
 
 /**
  * @generated from message cowrie.router.v1.GetPaymentRequest
@@ -184,7 +289,7 @@ export type GetPaymentRequest = Message<"cowrie.router.v1.GetPaymentRequest"> & 
  * Use `create(GetPaymentRequestSchema)` to create a new message.
  */
 export const GetPaymentRequestSchema: GenMessage<GetPaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 3);
+  messageDesc(file_cowrie_router_v1_router, 4);
 
 /**
  * @generated from message cowrie.router.v1.GetPaymentResponse
@@ -201,10 +306,184 @@ export type GetPaymentResponse = Message<"cowrie.router.v1.GetPaymentResponse"> 
  * Use `create(GetPaymentResponseSchema)` to create a new message.
  */
 export const GetPaymentResponseSchema: GenMessage<GetPaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 4);
+  messageDesc(file_cowrie_router_v1_router, 5);
+
+/**
+ * @generated from message cowrie.router.v1.ListPaymentsRequest
+ */
+export type ListPaymentsRequest = Message<"cowrie.router.v1.ListPaymentsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Filters; each applies when set.
+   *
+   * @generated from field: cowrie.router.v1.PaymentStatus status = 2;
+   */
+  status: PaymentStatus;
+
+  /**
+   * @generated from field: cowrie.router.v1.PaymentKind kind = 3;
+   */
+  kind: PaymentKind;
+
+  /**
+   * Payments with this wallet as source or destination.
+   *
+   * @generated from field: string wallet_id = 4;
+   */
+  walletId: string;
+
+  /**
+   * Created at or after (inclusive).
+   *
+   * @generated from field: google.protobuf.Timestamp created_from = 5;
+   */
+  createdFrom?: Timestamp | undefined;
+
+  /**
+   * Created before (exclusive).
+   *
+   * @generated from field: google.protobuf.Timestamp created_to = 6;
+   */
+  createdTo?: Timestamp | undefined;
+
+  /**
+   * 1 to 100; 0 means 20.
+   *
+   * @generated from field: uint32 page_size = 7;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; empty for the first page. The filters must be
+   * the same as on the first page.
+   *
+   * @generated from field: string page_token = 8;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message cowrie.router.v1.ListPaymentsRequest.
+ * Use `create(ListPaymentsRequestSchema)` to create a new message.
+ */
+export const ListPaymentsRequestSchema: GenMessage<ListPaymentsRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 6);
+
+/**
+ * @generated from message cowrie.router.v1.ListPaymentsResponse
+ */
+export type ListPaymentsResponse = Message<"cowrie.router.v1.ListPaymentsResponse"> & {
+  /**
+   * Newest first, without history.
+   *
+   * @generated from field: repeated cowrie.router.v1.Payment payments = 1;
+   */
+  payments: Payment[];
+
+  /**
+   * Empty when there are no more payments.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message cowrie.router.v1.ListPaymentsResponse.
+ * Use `create(ListPaymentsResponseSchema)` to create a new message.
+ */
+export const ListPaymentsResponseSchema: GenMessage<ListPaymentsResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 7);
+
+/**
+ * @generated from message cowrie.router.v1.RefundPaymentRequest
+ */
+export type RefundPaymentRequest = Message<"cowrie.router.v1.RefundPaymentRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * 1 to 255 printable ASCII characters.
+   *
+   * @generated from field: string idempotency_key = 2;
+   */
+  idempotencyKey: string;
+
+  /**
+   * @generated from field: string payment_id = 3;
+   */
+  paymentId: string;
+
+  /**
+   * Minor units to refund; 0 refunds everything not yet refunded.
+   *
+   * @generated from field: int64 amount_minor = 4;
+   */
+  amountMinor: bigint;
+
+  /**
+   * Up to 128 characters.
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message cowrie.router.v1.RefundPaymentRequest.
+ * Use `create(RefundPaymentRequestSchema)` to create a new message.
+ */
+export const RefundPaymentRequestSchema: GenMessage<RefundPaymentRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 8);
+
+/**
+ * @generated from message cowrie.router.v1.RefundPaymentResponse
+ */
+export type RefundPaymentResponse = Message<"cowrie.router.v1.RefundPaymentResponse"> & {
+  /**
+   * The refund, a payment of kind REFUND.
+   *
+   * @generated from field: cowrie.router.v1.Payment refund = 1;
+   */
+  refund?: Payment | undefined;
+
+  /**
+   * The refunded payment after this refund.
+   *
+   * @generated from field: cowrie.router.v1.Payment payment = 2;
+   */
+  payment?: Payment | undefined;
+
+  /**
+   * True when the idempotency key had already been applied.
+   *
+   * @generated from field: bool replayed = 3;
+   */
+  replayed: boolean;
+};
+
+/**
+ * Describes the message cowrie.router.v1.RefundPaymentResponse.
+ * Use `create(RefundPaymentResponseSchema)` to create a new message.
+ */
+export const RefundPaymentResponseSchema: GenMessage<RefundPaymentResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 9);
 
 /**
  * The state of a payment. Terminal states are SUCCEEDED, FAILED and CANCELED.
+ *
+ *   CREATED ──► PROCESSING ──► SUCCEEDED
+ *      │            │  ▲ │
+ *      │            │  │ └──► FAILED
+ *      │            ▼  │
+ *      │      OUTCOME_UNKNOWN ──► SUCCEEDED / FAILED
+ *      └──► CANCELED / FAILED
  *
  * @generated from enum cowrie.router.v1.PaymentStatus
  */
@@ -222,7 +501,7 @@ export enum PaymentStatus {
   CREATED = 1,
 
   /**
-   * Being processed (funds reserved, gateway called).
+   * Being processed (funds being moved, or a gateway being called).
    *
    * @generated from enum value: PAYMENT_STATUS_PROCESSING = 2;
    */
@@ -304,27 +583,35 @@ export const PaymentKindSchema: GenEnum<PaymentKind> = /*@__PURE__*/
   enumDesc(file_cowrie_router_v1_router, 1);
 
 /**
- * RouterService owns the lifecycle of every payment: internal transfers, pay-ins, payouts and
- * refunds, routed across external payment gateways. A payment moves through its states only by
- * compare-and-set transitions, and every transition is recorded.
+ * RouterService owns the lifecycle of every payment: internal transfers between wallets, and (in
+ * the Router issue) pay-ins, payouts and refunds through external payment gateways. A payment
+ * moves through its states only by compare-and-set transitions, and every transition is recorded
+ * in its history.
  *
- * Status: the contract is published so that clients and the Edge can be built against it; the
- * RPCs answer UNIMPLEMENTED until the Router issue lands.
+ * A payment is recorded durably, in the same transaction as its idempotency key, before any
+ * money moves; the money then moves through the Wallet service with keys derived from the
+ * payment id, so a crash between steps is finished by the Router's completer, never doubled.
  *
  * Errors:
  *   INVALID_ARGUMENT     a field is malformed; the message names it; nothing was written.
- *   NOT_FOUND            the payment does not exist within the tenant.
+ *   NOT_FOUND            the payment (or a wallet it names) does not exist within the tenant.
+ *   FAILED_PRECONDITION  a refund was refused for good (payment not succeeded, more than is left
+ *                        to refund); retrying with the same key returns the same refusal.
  *   ALREADY_EXISTS       the idempotency key was used before with different parameters.
  *   DEADLINE_EXCEEDED    the call's deadline ran out; the payment may still be in progress.
  *   UNAVAILABLE          a dependency is unreachable; retry with the same idempotency key.
- *   UNIMPLEMENTED        the RPC is not available yet.
+ *   UNIMPLEMENTED        the payment kind is not available yet (gateway flows).
+ *
+ * A payment declined for a business reason (insufficient funds, a frozen wallet, a limit) is not
+ * an error: it is recorded as FAILED with a failure_code and returned.
  *
  * @generated from service cowrie.router.v1.RouterService
  */
 export const RouterService: GenService<{
   /**
-   * Records a payment durably and starts processing it. Idempotent on (tenant_id,
-   * idempotency_key).
+   * Records a payment and processes it. Idempotent on (tenant_id, idempotency_key). Internal
+   * payments usually answer in their final state; one still PROCESSING when the deadline nears
+   * is answered as it is and finished in the background.
    *
    * @generated from rpc cowrie.router.v1.RouterService.CreatePayment
    */
@@ -342,6 +629,28 @@ export const RouterService: GenService<{
     methodKind: "unary";
     input: typeof GetPaymentRequestSchema;
     output: typeof GetPaymentResponseSchema;
+  },
+  /**
+   * Lists a tenant's payments, newest first, with filters and cursor pagination.
+   *
+   * @generated from rpc cowrie.router.v1.RouterService.ListPayments
+   */
+  listPayments: {
+    methodKind: "unary";
+    input: typeof ListPaymentsRequestSchema;
+    output: typeof ListPaymentsResponseSchema;
+  },
+  /**
+   * Refunds all or part of a succeeded payment, as a new payment of kind REFUND that moves money
+   * from the destination wallet back to the source wallet. The refunds of a payment never add up
+   * to more than its amount. Idempotent on (tenant_id, idempotency_key).
+   *
+   * @generated from rpc cowrie.router.v1.RouterService.RefundPayment
+   */
+  refundPayment: {
+    methodKind: "unary";
+    input: typeof RefundPaymentRequestSchema;
+    output: typeof RefundPaymentResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_cowrie_router_v1_router, 0);

@@ -12,7 +12,59 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowrie/wallet/v1/wallet.proto.
  */
 export const file_cowrie_wallet_v1_wallet: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jb3dyaWUvd2FsbGV0L3YxL3dhbGxldC5wcm90bxIQY293cmllLndhbGxldC52MSK0AgoGV2FsbGV0EgoKAmlkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIQCghvd25lcl9pZBgDIAEoCRIQCghjdXJyZW5jeRgEIAEoCRIqCgRraW5kGAUgASgOMhwuY293cmllLndhbGxldC52MS5XYWxsZXRLaW5kEi4KBnN0YXR1cxgGIAEoDjIeLmNvd3JpZS53YWxsZXQudjEuV2FsbGV0U3RhdHVzEhwKFHBvc3RlZF9iYWxhbmNlX21pbm9yGAcgASgDEhwKFHBlbmRpbmdfZGViaXRzX21pbm9yGAggASgDEh8KF2F2YWlsYWJsZV9iYWxhbmNlX21pbm9yGAkgASgDEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIngKE0NyZWF0ZVdhbGxldFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCG93bmVyX2lkGAIgASgJEhAKCGN1cnJlbmN5GAMgASgJEioKBGtpbmQYBCABKA4yHC5jb3dyaWUud2FsbGV0LnYxLldhbGxldEtpbmQiUQoUQ3JlYXRlV2FsbGV0UmVzcG9uc2USKAoGd2FsbGV0GAEgASgLMhguY293cmllLndhbGxldC52MS5XYWxsZXQSDwoHY3JlYXRlZBgCIAEoCCI4ChBHZXRXYWxsZXRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCgl3YWxsZXRfaWQYAiABKAkiPQoRR2V0V2FsbGV0UmVzcG9uc2USKAoGd2FsbGV0GAEgASgLMhguY293cmllLndhbGxldC52MS5XYWxsZXQiegoRRnVuZFdhbGxldFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhEKCXdhbGxldF9pZBgCIAEoCRIUCgxhbW91bnRfbWlub3IYAyABKAMSEAoIY3VycmVuY3kYBCABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJImUKEkZ1bmRXYWxsZXRSZXNwb25zZRITCgt0cmFuc2Zlcl9pZBgBIAEoCRIoCgZ3YWxsZXQYAiABKAsyGC5jb3dyaWUud2FsbGV0LnYxLldhbGxldBIQCghyZXBsYXllZBgDIAEoCCK2AQoUVHJhbnNmZXJGdW5kc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhgKEHNvdXJjZV93YWxsZXRfaWQYAiABKAkSHQoVZGVzdGluYXRpb25fd2FsbGV0X2lkGAMgASgJEhQKDGFtb3VudF9taW5vchgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYBiABKAkSEQoJcmVmZXJlbmNlGAcgASgJIqUBChVUcmFuc2ZlckZ1bmRzUmVzcG9uc2USEwoLdHJhbnNmZXJfaWQYASABKAkSLwoNc291cmNlX3dhbGxldBgCIAEoCzIYLmNvd3JpZS53YWxsZXQudjEuV2FsbGV0EjQKEmRlc3RpbmF0aW9uX3dhbGxldBgDIAEoCzIYLmNvd3JpZS53YWxsZXQudjEuV2FsbGV0EhAKCHJlcGxheWVkGAQgASgIKl0KCldhbGxldEtpbmQSGwoXV0FMTEVUX0tJTkRfVU5TUEVDSUZJRUQQABIYChRXQUxMRVRfS0lORF9DVVNUT01FUhABEhgKFFdBTExFVF9LSU5EX01FUkNIQU5UEAIqewoMV2FsbGV0U3RhdHVzEh0KGVdBTExFVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIYChRXQUxMRVRfU1RBVFVTX0FDVElWRRABEhgKFFdBTExFVF9TVEFUVVNfRlJPWkVOEAISGAoUV0FMTEVUX1NUQVRVU19DTE9TRUQQAzL/AgoNV2FsbGV0U2VydmljZRJdCgxDcmVhdGVXYWxsZXQSJS5jb3dyaWUud2FsbGV0LnYxLkNyZWF0ZVdhbGxldFJlcXVlc3QaJi5jb3dyaWUud2FsbGV0LnYxLkNyZWF0ZVdhbGxldFJlc3BvbnNlElQKCUdldFdhbGxldBIiLmNvd3JpZS53YWxsZXQudjEuR2V0V2FsbGV0UmVxdWVzdBojLmNvd3JpZS53YWxsZXQudjEuR2V0V2FsbGV0UmVzcG9uc2USVwoKRnVuZFdhbGxldBIjLmNvd3JpZS53YWxsZXQudjEuRnVuZFdhbGxldFJlcXVlc3QaJC5jb3dyaWUud2FsbGV0LnYxLkZ1bmRXYWxsZXRSZXNwb25zZRJgCg1UcmFuc2ZlckZ1bmRzEiYuY293cmllLndhbGxldC52MS5UcmFuc2ZlckZ1bmRzUmVxdWVzdBonLmNvd3JpZS53YWxsZXQudjEuVHJhbnNmZXJGdW5kc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1jb3dyaWUvd2FsbGV0L3YxL3dhbGxldC5wcm90bxIQY293cmllLndhbGxldC52MSIXCgdSZWZ1c2FsEgwKBGNvZGUYASABKAkiSgoMV2FsbGV0TGltaXRzEh0KFXBlcl90cmFuc2FjdGlvbl9taW5vchgBIAEoAxIbChNkYWlseV9vdXRmbG93X21pbm9yGAIgASgDIuUDCgZXYWxsZXQSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEhAKCG93bmVyX2lkGAMgASgJEhAKCGN1cnJlbmN5GAQgASgJEioKBGtpbmQYBSABKA4yHC5jb3dyaWUud2FsbGV0LnYxLldhbGxldEtpbmQSLgoGc3RhdHVzGAYgASgOMh4uY293cmllLndhbGxldC52MS5XYWxsZXRTdGF0dXMSHAoUcG9zdGVkX2JhbGFuY2VfbWlub3IYByABKAMSHAoUcGVuZGluZ19kZWJpdHNfbWlub3IYCCABKAMSHwoXYXZhaWxhYmxlX2JhbGFuY2VfbWlub3IYCSABKAMSLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoTbWlub3JfdW5pdF9leHBvbmVudBgLIAEoDRIuCgZsaW1pdHMYDCABKAsyHi5jb3dyaWUud2FsbGV0LnYxLldhbGxldExpbWl0cxIbChNvdXRmbG93X3RvZGF5X21pbm9yGA0gASgDEhUKDWZyb3plbl9yZWFzb24YDiABKAkSLgoKdXBkYXRlZF9hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqAEKE0NyZWF0ZVdhbGxldFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCG93bmVyX2lkGAIgASgJEhAKCGN1cnJlbmN5GAMgASgJEioKBGtpbmQYBCABKA4yHC5jb3dyaWUud2FsbGV0LnYxLldhbGxldEtpbmQSLgoGbGltaXRzGAUgASgLMh4uY293cmllLndhbGxldC52MS5XYWxsZXRMaW1pdHMiUQoUQ3JlYXRlV2FsbGV0UmVzcG9uc2USKAoGd2FsbGV0GAEgASgLMhguY293cmllLndhbGxldC52MS5XYWxsZXQSDwoHY3JlYXRlZBgCIAEoCCI4ChBHZXRXYWxsZXRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCgl3YWxsZXRfaWQYAiABKAkiPQoRR2V0V2FsbGV0UmVzcG9uc2USKAoGd2FsbGV0GAEgASgLMhguY293cmllLndhbGxldC52MS5XYWxsZXQiYAoSTGlzdFdhbGxldHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCghvd25lcl9pZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCSJZChNMaXN0V2FsbGV0c1Jlc3BvbnNlEikKB3dhbGxldHMYASADKAsyGC5jb3dyaWUud2FsbGV0LnYxLldhbGxldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSwoTRnJlZXplV2FsbGV0UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEQoJd2FsbGV0X2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJAChRGcmVlemVXYWxsZXRSZXNwb25zZRIoCgZ3YWxsZXQYASABKAsyGC5jb3dyaWUud2FsbGV0LnYxLldhbGxldCI9ChVVbmZyZWV6ZVdhbGxldFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhEKCXdhbGxldF9pZBgCIAEoCSJCChZVbmZyZWV6ZVdhbGxldFJlc3BvbnNlEigKBndhbGxldBgBIAEoCzIYLmNvd3JpZS53YWxsZXQudjEuV2FsbGV0IjoKEkNsb3NlV2FsbGV0UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEQoJd2FsbGV0X2lkGAIgASgJIj8KE0Nsb3NlV2FsbGV0UmVzcG9uc2USKAoGd2FsbGV0GAEgASgLMhguY293cmllLndhbGxldC52MS5XYWxsZXQibgoWU2V0V2FsbGV0TGltaXRzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEQoJd2FsbGV0X2lkGAIgASgJEi4KBmxpbWl0cxgDIAEoCzIeLmNvd3JpZS53YWxsZXQudjEuV2FsbGV0TGltaXRzIkMKF1NldFdhbGxldExpbWl0c1Jlc3BvbnNlEigKBndhbGxldBgBIAEoCzIYLmNvd3JpZS53YWxsZXQudjEuV2FsbGV0InoKEUZ1bmRXYWxsZXRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCgl3YWxsZXRfaWQYAiABKAkSFAoMYW1vdW50X21pbm9yGAMgASgDEhAKCGN1cnJlbmN5GAQgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgFIAEoCSJlChJGdW5kV2FsbGV0UmVzcG9uc2USEwoLdHJhbnNmZXJfaWQYASABKAkSKAoGd2FsbGV0GAIgASgLMhguY293cmllLndhbGxldC52MS5XYWxsZXQSEAoIcmVwbGF5ZWQYAyABKAgi7QEKFFRyYW5zZmVyRnVuZHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIYChBzb3VyY2Vfd2FsbGV0X2lkGAIgASgJEh0KFWRlc3RpbmF0aW9uX3dhbGxldF9pZBgDIAEoCRIUCgxhbW91bnRfbWlub3IYBCABKAMSEAoIY3VycmVuY3kYBSABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAYgASgJEhEKCXJlZmVyZW5jZRgHIAEoCRIRCglmZWVfbWlub3IYCCABKAMSDAoEY29kZRgJIAEoDRIUCgxvbWl0X3dhbGxldHMYCiABKAgivgEKFVRyYW5zZmVyRnVuZHNSZXNwb25zZRITCgt0cmFuc2Zlcl9pZBgBIAEoCRIvCg1zb3VyY2Vfd2FsbGV0GAIgASgLMhguY293cmllLndhbGxldC52MS5XYWxsZXQSNAoSZGVzdGluYXRpb25fd2FsbGV0GAMgASgLMhguY293cmllLndhbGxldC52MS5XYWxsZXQSEAoIcmVwbGF5ZWQYBCABKAgSFwoPZmVlX3RyYW5zZmVyX2lkGAUgASgJIosCCg5TdGF0ZW1lbnRFbnRyeRITCgt0cmFuc2Zlcl9pZBgBIAEoCRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCglkaXJlY3Rpb24YAyABKA4yIC5jb3dyaWUud2FsbGV0LnYxLkVudHJ5RGlyZWN0aW9uEikKBHR5cGUYBCABKA4yGy5jb3dyaWUud2FsbGV0LnYxLkVudHJ5VHlwZRIUCgxhbW91bnRfbWlub3IYBSABKAMSGwoTYmFsYW5jZV9hZnRlcl9taW5vchgGIAEoAxIUCgxjb3VudGVycGFydHkYByABKAkSEQoJcmVmZXJlbmNlGAggASgJIr4BChNHZXRTdGF0ZW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCgl3YWxsZXRfaWQYAiABKAkSLQoJZnJvbV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgd0b190aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBSABKA0SEgoKcGFnZV90b2tlbhgGIAEoCSKMAQoUR2V0U3RhdGVtZW50UmVzcG9uc2USKAoGd2FsbGV0GAEgASgLMhguY293cmllLndhbGxldC52MS5XYWxsZXQSMQoHZW50cmllcxgCIAMoCzIgLmNvd3JpZS53YWxsZXQudjEuU3RhdGVtZW50RW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIugCCgRIb2xkEgoKAmlkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIRCgl3YWxsZXRfaWQYAyABKAkSHQoVZGVzdGluYXRpb25fd2FsbGV0X2lkGAQgASgJEhQKDGFtb3VudF9taW5vchgFIAEoAxIQCghjdXJyZW5jeRgGIAEoCRIsCgZzdGF0dXMYByABKA4yHC5jb3dyaWUud2FsbGV0LnYxLkhvbGRTdGF0dXMSFgoOY2FwdHVyZWRfbWlub3IYCCABKAMSEQoJcmVmZXJlbmNlGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsQBChBQbGFjZUhvbGRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCgl3YWxsZXRfaWQYAiABKAkSHQoVZGVzdGluYXRpb25fd2FsbGV0X2lkGAMgASgJEhQKDGFtb3VudF9taW5vchgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYBiABKAkSFwoPdGltZW91dF9zZWNvbmRzGAcgASgNEhEKCXJlZmVyZW5jZRgIIAEoCSJLChFQbGFjZUhvbGRSZXNwb25zZRIkCgRob2xkGAEgASgLMhYuY293cmllLndhbGxldC52MS5Ib2xkEhAKCHJlcGxheWVkGAIgASgIIk4KEkNhcHR1cmVIb2xkUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHaG9sZF9pZBgCIAEoCRIUCgxhbW91bnRfbWlub3IYAyABKAMiOwoTQ2FwdHVyZUhvbGRSZXNwb25zZRIkCgRob2xkGAEgASgLMhYuY293cmllLndhbGxldC52MS5Ib2xkIjgKElJlbGVhc2VIb2xkUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHaG9sZF9pZBgCIAEoCSI7ChNSZWxlYXNlSG9sZFJlc3BvbnNlEiQKBGhvbGQYASABKAsyFi5jb3dyaWUud2FsbGV0LnYxLkhvbGQiNAoOR2V0SG9sZFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg8KB2hvbGRfaWQYAiABKAkiNwoPR2V0SG9sZFJlc3BvbnNlEiQKBGhvbGQYASABKAsyFi5jb3dyaWUud2FsbGV0LnYxLkhvbGQqXQoKV2FsbGV0S2luZBIbChdXQUxMRVRfS0lORF9VTlNQRUNJRklFRBAAEhgKFFdBTExFVF9LSU5EX0NVU1RPTUVSEAESGAoUV0FMTEVUX0tJTkRfTUVSQ0hBTlQQAip7CgxXYWxsZXRTdGF0dXMSHQoZV0FMTEVUX1NUQVRVU19VTlNQRUNJRklFRBAAEhgKFFdBTExFVF9TVEFUVVNfQUNUSVZFEAESGAoUV0FMTEVUX1NUQVRVU19GUk9aRU4QAhIYChRXQUxMRVRfU1RBVFVTX0NMT1NFRBADKmgKDkVudHJ5RGlyZWN0aW9uEh8KG0VOVFJZX0RJUkVDVElPTl9VTlNQRUNJRklFRBAAEhoKFkVOVFJZX0RJUkVDVElPTl9DUkVESVQQARIZChVFTlRSWV9ESVJFQ1RJT05fREVCSVQQAiq4AQoJRW50cnlUeXBlEhoKFkVOVFJZX1RZUEVfVU5TUEVDSUZJRUQQABIWChJFTlRSWV9UWVBFX0ZVTkRJTkcQARIXChNFTlRSWV9UWVBFX1RSQU5TRkVSEAISFgoSRU5UUllfVFlQRV9QQVlNRU5UEAMSFQoRRU5UUllfVFlQRV9SRUZVTkQQBBISCg5FTlRSWV9UWVBFX0ZFRRAFEhsKF0VOVFJZX1RZUEVfSE9MRF9DQVBUVVJFEAYqjAEKCkhvbGRTdGF0dXMSGwoXSE9MRF9TVEFUVVNfVU5TUEVDSUZJRUQQABIUChBIT0xEX1NUQVRVU19IRUxEEAESGAoUSE9MRF9TVEFUVVNfQ0FQVFVSRUQQAhIYChRIT0xEX1NUQVRVU19SRUxFQVNFRBADEhcKE0hPTERfU1RBVFVTX0VYUElSRUQQBDKgCgoNV2FsbGV0U2VydmljZRJdCgxDcmVhdGVXYWxsZXQSJS5jb3dyaWUud2FsbGV0LnYxLkNyZWF0ZVdhbGxldFJlcXVlc3QaJi5jb3dyaWUud2FsbGV0LnYxLkNyZWF0ZVdhbGxldFJlc3BvbnNlElQKCUdldFdhbGxldBIiLmNvd3JpZS53YWxsZXQudjEuR2V0V2FsbGV0UmVxdWVzdBojLmNvd3JpZS53YWxsZXQudjEuR2V0V2FsbGV0UmVzcG9uc2USWgoLTGlzdFdhbGxldHMSJC5jb3dyaWUud2FsbGV0LnYxLkxpc3RXYWxsZXRzUmVxdWVzdBolLmNvd3JpZS53YWxsZXQudjEuTGlzdFdhbGxldHNSZXNwb25zZRJdCgxGcmVlemVXYWxsZXQSJS5jb3dyaWUud2FsbGV0LnYxLkZyZWV6ZVdhbGxldFJlcXVlc3QaJi5jb3dyaWUud2FsbGV0LnYxLkZyZWV6ZVdhbGxldFJlc3BvbnNlEmMKDlVuZnJlZXplV2FsbGV0EicuY293cmllLndhbGxldC52MS5VbmZyZWV6ZVdhbGxldFJlcXVlc3QaKC5jb3dyaWUud2FsbGV0LnYxLlVuZnJlZXplV2FsbGV0UmVzcG9uc2USWgoLQ2xvc2VXYWxsZXQSJC5jb3dyaWUud2FsbGV0LnYxLkNsb3NlV2FsbGV0UmVxdWVzdBolLmNvd3JpZS53YWxsZXQudjEuQ2xvc2VXYWxsZXRSZXNwb25zZRJmCg9TZXRXYWxsZXRMaW1pdHMSKC5jb3dyaWUud2FsbGV0LnYxLlNldFdhbGxldExpbWl0c1JlcXVlc3QaKS5jb3dyaWUud2FsbGV0LnYxLlNldFdhbGxldExpbWl0c1Jlc3BvbnNlElcKCkZ1bmRXYWxsZXQSIy5jb3dyaWUud2FsbGV0LnYxLkZ1bmRXYWxsZXRSZXF1ZXN0GiQuY293cmllLndhbGxldC52MS5GdW5kV2FsbGV0UmVzcG9uc2USYAoNVHJhbnNmZXJGdW5kcxImLmNvd3JpZS53YWxsZXQudjEuVHJhbnNmZXJGdW5kc1JlcXVlc3QaJy5jb3dyaWUud2FsbGV0LnYxLlRyYW5zZmVyRnVuZHNSZXNwb25zZRJdCgxHZXRTdGF0ZW1lbnQSJS5jb3dyaWUud2FsbGV0LnYxLkdldFN0YXRlbWVudFJlcXVlc3QaJi5jb3dyaWUud2FsbGV0LnYxLkdldFN0YXRlbWVudFJlc3BvbnNlElQKCVBsYWNlSG9sZBIiLmNvd3JpZS53YWxsZXQudjEuUGxhY2VIb2xkUmVxdWVzdBojLmNvd3JpZS53YWxsZXQudjEuUGxhY2VIb2xkUmVzcG9uc2USWgoLQ2FwdHVyZUhvbGQSJC5jb3dyaWUud2FsbGV0LnYxLkNhcHR1cmVIb2xkUmVxdWVzdBolLmNvd3JpZS53YWxsZXQudjEuQ2FwdHVyZUhvbGRSZXNwb25zZRJaCgtSZWxlYXNlSG9sZBIkLmNvd3JpZS53YWxsZXQudjEuUmVsZWFzZUhvbGRSZXF1ZXN0GiUuY293cmllLndhbGxldC52MS5SZWxlYXNlSG9sZFJlc3BvbnNlEk4KB0dldEhvbGQSIC5jb3dyaWUud2FsbGV0LnYxLkdldEhvbGRSZXF1ZXN0GiEuY293cmllLndhbGxldC52MS5HZXRIb2xkUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+
+/**
+ * Attached as an error detail to every FAILED_PRECONDITION the Wallet returns, so that callers
+ * (the Router, the Edge's clients) can act on the reason without parsing the message.
+ *
+ * @generated from message cowrie.wallet.v1.Refusal
+ */
+export type Refusal = Message<"cowrie.wallet.v1.Refusal"> & {
+  /**
+   * A stable snake_case code: "insufficient_funds", "wallet_frozen", "wallet_closed",
+   * "limit_exceeded", "currency_mismatch", "wallet_not_empty", "hold_not_held",
+   * "exceeds_hold_amount".
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.Refusal.
+ * Use `create(RefusalSchema)` to create a new message.
+ */
+export const RefusalSchema: GenMessage<Refusal> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 0);
+
+/**
+ * Limits on money leaving a wallet (transfers out and holds). 0 means no limit.
+ *
+ * @generated from message cowrie.wallet.v1.WalletLimits
+ */
+export type WalletLimits = Message<"cowrie.wallet.v1.WalletLimits"> & {
+  /**
+   * The most one transfer or hold may take out of the wallet, in minor units.
+   *
+   * @generated from field: int64 per_transaction_minor = 1;
+   */
+  perTransactionMinor: bigint;
+
+  /**
+   * The most that may leave the wallet per UTC day, in minor units, holds included.
+   *
+   * @generated from field: int64 daily_outflow_minor = 2;
+   */
+  dailyOutflowMinor: bigint;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.WalletLimits.
+ * Use `create(WalletLimitsSchema)` to create a new message.
+ */
+export const WalletLimitsSchema: GenMessage<WalletLimits> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 1);
 
 /**
  * @generated from message cowrie.wallet.v1.Wallet
@@ -81,6 +133,37 @@ export type Wallet = Message<"cowrie.wallet.v1.Wallet"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 10;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * The currency's ISO 4217 minor-unit exponent: 2 for USD (cents), 0 for JPY, 3 for KWD.
+   *
+   * @generated from field: uint32 minor_unit_exponent = 11;
+   */
+  minorUnitExponent: number;
+
+  /**
+   * @generated from field: cowrie.wallet.v1.WalletLimits limits = 12;
+   */
+  limits?: WalletLimits | undefined;
+
+  /**
+   * Minor units that have left the wallet today (UTC), holds included.
+   *
+   * @generated from field: int64 outflow_today_minor = 13;
+   */
+  outflowTodayMinor: bigint;
+
+  /**
+   * Why the wallet was frozen, when it is.
+   *
+   * @generated from field: string frozen_reason = 14;
+   */
+  frozenReason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp updated_at = 15;
+   */
+  updatedAt?: Timestamp | undefined;
 };
 
 /**
@@ -88,7 +171,7 @@ export type Wallet = Message<"cowrie.wallet.v1.Wallet"> & {
  * Use `create(WalletSchema)` to create a new message.
  */
 export const WalletSchema: GenMessage<Wallet> = /*@__PURE__*/
-  messageDesc(file_cowrie_wallet_v1_wallet, 0);
+  messageDesc(file_cowrie_wallet_v1_wallet, 2);
 
 /**
  * @generated from message cowrie.wallet.v1.CreateWalletRequest
@@ -109,7 +192,7 @@ export type CreateWalletRequest = Message<"cowrie.wallet.v1.CreateWalletRequest"
   ownerId: string;
 
   /**
-   * ISO 4217 alphabetic code, three upper-case letters.
+   * ISO 4217 alphabetic code of a currency in use.
    *
    * @generated from field: string currency = 3;
    */
@@ -121,6 +204,13 @@ export type CreateWalletRequest = Message<"cowrie.wallet.v1.CreateWalletRequest"
    * @generated from field: cowrie.wallet.v1.WalletKind kind = 4;
    */
   kind: WalletKind;
+
+  /**
+   * Optional initial limits.
+   *
+   * @generated from field: cowrie.wallet.v1.WalletLimits limits = 5;
+   */
+  limits?: WalletLimits | undefined;
 };
 
 /**
@@ -128,7 +218,7 @@ export type CreateWalletRequest = Message<"cowrie.wallet.v1.CreateWalletRequest"
  * Use `create(CreateWalletRequestSchema)` to create a new message.
  */
 export const CreateWalletRequestSchema: GenMessage<CreateWalletRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_wallet_v1_wallet, 1);
+  messageDesc(file_cowrie_wallet_v1_wallet, 3);
 
 /**
  * @generated from message cowrie.wallet.v1.CreateWalletResponse
@@ -152,7 +242,7 @@ export type CreateWalletResponse = Message<"cowrie.wallet.v1.CreateWalletRespons
  * Use `create(CreateWalletResponseSchema)` to create a new message.
  */
 export const CreateWalletResponseSchema: GenMessage<CreateWalletResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_wallet_v1_wallet, 2);
+  messageDesc(file_cowrie_wallet_v1_wallet, 4);
 
 /**
  * @generated from message cowrie.wallet.v1.GetWalletRequest
@@ -174,7 +264,7 @@ export type GetWalletRequest = Message<"cowrie.wallet.v1.GetWalletRequest"> & {
  * Use `create(GetWalletRequestSchema)` to create a new message.
  */
 export const GetWalletRequestSchema: GenMessage<GetWalletRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_wallet_v1_wallet, 3);
+  messageDesc(file_cowrie_wallet_v1_wallet, 5);
 
 /**
  * @generated from message cowrie.wallet.v1.GetWalletResponse
@@ -191,7 +281,239 @@ export type GetWalletResponse = Message<"cowrie.wallet.v1.GetWalletResponse"> & 
  * Use `create(GetWalletResponseSchema)` to create a new message.
  */
 export const GetWalletResponseSchema: GenMessage<GetWalletResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_wallet_v1_wallet, 4);
+  messageDesc(file_cowrie_wallet_v1_wallet, 6);
+
+/**
+ * @generated from message cowrie.wallet.v1.ListWalletsRequest
+ */
+export type ListWalletsRequest = Message<"cowrie.wallet.v1.ListWalletsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Only this owner's wallets, when set.
+   *
+   * @generated from field: string owner_id = 2;
+   */
+  ownerId: string;
+
+  /**
+   * 1 to 100; 0 means 20.
+   *
+   * @generated from field: uint32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; empty for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.ListWalletsRequest.
+ * Use `create(ListWalletsRequestSchema)` to create a new message.
+ */
+export const ListWalletsRequestSchema: GenMessage<ListWalletsRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 7);
+
+/**
+ * @generated from message cowrie.wallet.v1.ListWalletsResponse
+ */
+export type ListWalletsResponse = Message<"cowrie.wallet.v1.ListWalletsResponse"> & {
+  /**
+   * @generated from field: repeated cowrie.wallet.v1.Wallet wallets = 1;
+   */
+  wallets: Wallet[];
+
+  /**
+   * Empty when there are no more wallets.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.ListWalletsResponse.
+ * Use `create(ListWalletsResponseSchema)` to create a new message.
+ */
+export const ListWalletsResponseSchema: GenMessage<ListWalletsResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 8);
+
+/**
+ * @generated from message cowrie.wallet.v1.FreezeWalletRequest
+ */
+export type FreezeWalletRequest = Message<"cowrie.wallet.v1.FreezeWalletRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string wallet_id = 2;
+   */
+  walletId: string;
+
+  /**
+   * Why, up to 256 characters; kept on the wallet.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.FreezeWalletRequest.
+ * Use `create(FreezeWalletRequestSchema)` to create a new message.
+ */
+export const FreezeWalletRequestSchema: GenMessage<FreezeWalletRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 9);
+
+/**
+ * @generated from message cowrie.wallet.v1.FreezeWalletResponse
+ */
+export type FreezeWalletResponse = Message<"cowrie.wallet.v1.FreezeWalletResponse"> & {
+  /**
+   * @generated from field: cowrie.wallet.v1.Wallet wallet = 1;
+   */
+  wallet?: Wallet | undefined;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.FreezeWalletResponse.
+ * Use `create(FreezeWalletResponseSchema)` to create a new message.
+ */
+export const FreezeWalletResponseSchema: GenMessage<FreezeWalletResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 10);
+
+/**
+ * @generated from message cowrie.wallet.v1.UnfreezeWalletRequest
+ */
+export type UnfreezeWalletRequest = Message<"cowrie.wallet.v1.UnfreezeWalletRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string wallet_id = 2;
+   */
+  walletId: string;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.UnfreezeWalletRequest.
+ * Use `create(UnfreezeWalletRequestSchema)` to create a new message.
+ */
+export const UnfreezeWalletRequestSchema: GenMessage<UnfreezeWalletRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 11);
+
+/**
+ * @generated from message cowrie.wallet.v1.UnfreezeWalletResponse
+ */
+export type UnfreezeWalletResponse = Message<"cowrie.wallet.v1.UnfreezeWalletResponse"> & {
+  /**
+   * @generated from field: cowrie.wallet.v1.Wallet wallet = 1;
+   */
+  wallet?: Wallet | undefined;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.UnfreezeWalletResponse.
+ * Use `create(UnfreezeWalletResponseSchema)` to create a new message.
+ */
+export const UnfreezeWalletResponseSchema: GenMessage<UnfreezeWalletResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 12);
+
+/**
+ * @generated from message cowrie.wallet.v1.CloseWalletRequest
+ */
+export type CloseWalletRequest = Message<"cowrie.wallet.v1.CloseWalletRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string wallet_id = 2;
+   */
+  walletId: string;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.CloseWalletRequest.
+ * Use `create(CloseWalletRequestSchema)` to create a new message.
+ */
+export const CloseWalletRequestSchema: GenMessage<CloseWalletRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 13);
+
+/**
+ * @generated from message cowrie.wallet.v1.CloseWalletResponse
+ */
+export type CloseWalletResponse = Message<"cowrie.wallet.v1.CloseWalletResponse"> & {
+  /**
+   * @generated from field: cowrie.wallet.v1.Wallet wallet = 1;
+   */
+  wallet?: Wallet | undefined;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.CloseWalletResponse.
+ * Use `create(CloseWalletResponseSchema)` to create a new message.
+ */
+export const CloseWalletResponseSchema: GenMessage<CloseWalletResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 14);
+
+/**
+ * @generated from message cowrie.wallet.v1.SetWalletLimitsRequest
+ */
+export type SetWalletLimitsRequest = Message<"cowrie.wallet.v1.SetWalletLimitsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string wallet_id = 2;
+   */
+  walletId: string;
+
+  /**
+   * Replaces the wallet's limits; each value 0 (no limit) to 2^63-1.
+   *
+   * @generated from field: cowrie.wallet.v1.WalletLimits limits = 3;
+   */
+  limits?: WalletLimits | undefined;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.SetWalletLimitsRequest.
+ * Use `create(SetWalletLimitsRequestSchema)` to create a new message.
+ */
+export const SetWalletLimitsRequestSchema: GenMessage<SetWalletLimitsRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 15);
+
+/**
+ * @generated from message cowrie.wallet.v1.SetWalletLimitsResponse
+ */
+export type SetWalletLimitsResponse = Message<"cowrie.wallet.v1.SetWalletLimitsResponse"> & {
+  /**
+   * @generated from field: cowrie.wallet.v1.Wallet wallet = 1;
+   */
+  wallet?: Wallet | undefined;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.SetWalletLimitsResponse.
+ * Use `create(SetWalletLimitsResponseSchema)` to create a new message.
+ */
+export const SetWalletLimitsResponseSchema: GenMessage<SetWalletLimitsResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 16);
 
 /**
  * @generated from message cowrie.wallet.v1.FundWalletRequest
@@ -235,7 +557,7 @@ export type FundWalletRequest = Message<"cowrie.wallet.v1.FundWalletRequest"> & 
  * Use `create(FundWalletRequestSchema)` to create a new message.
  */
 export const FundWalletRequestSchema: GenMessage<FundWalletRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_wallet_v1_wallet, 5);
+  messageDesc(file_cowrie_wallet_v1_wallet, 17);
 
 /**
  * @generated from message cowrie.wallet.v1.FundWalletResponse
@@ -268,7 +590,7 @@ export type FundWalletResponse = Message<"cowrie.wallet.v1.FundWalletResponse"> 
  * Use `create(FundWalletResponseSchema)` to create a new message.
  */
 export const FundWalletResponseSchema: GenMessage<FundWalletResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_wallet_v1_wallet, 6);
+  messageDesc(file_cowrie_wallet_v1_wallet, 18);
 
 /**
  * @generated from message cowrie.wallet.v1.TransferFundsRequest
@@ -290,7 +612,8 @@ export type TransferFundsRequest = Message<"cowrie.wallet.v1.TransferFundsReques
   destinationWalletId: string;
 
   /**
-   * Minor units, 1 to 2^63-1.
+   * Minor units taken from the source wallet, 1 to 2^63-1. The destination receives
+   * amount_minor - fee_minor.
    *
    * @generated from field: int64 amount_minor = 4;
    */
@@ -317,6 +640,30 @@ export type TransferFundsRequest = Message<"cowrie.wallet.v1.TransferFundsReques
    * @generated from field: string reference = 7;
    */
   reference: string;
+
+  /**
+   * Minor units of amount_minor that go to the tenant's fee account for the currency instead of
+   * the destination; 0 to amount_minor - 1.
+   *
+   * @generated from field: int64 fee_minor = 8;
+   */
+  feeMinor: bigint;
+
+  /**
+   * Ledger transfer code for the main leg; 0 means a plain wallet transfer. The Router uses its
+   * own codes for payments and refunds so statements can tell them apart.
+   *
+   * @generated from field: uint32 code = 9;
+   */
+  code: number;
+
+  /**
+   * When true the response carries no wallets, which saves reading their balances from the
+   * Ledger (the Router, which does not use them, sets it).
+   *
+   * @generated from field: bool omit_wallets = 10;
+   */
+  omitWallets: boolean;
 };
 
 /**
@@ -324,14 +671,14 @@ export type TransferFundsRequest = Message<"cowrie.wallet.v1.TransferFundsReques
  * Use `create(TransferFundsRequestSchema)` to create a new message.
  */
 export const TransferFundsRequestSchema: GenMessage<TransferFundsRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_wallet_v1_wallet, 7);
+  messageDesc(file_cowrie_wallet_v1_wallet, 19);
 
 /**
  * @generated from message cowrie.wallet.v1.TransferFundsResponse
  */
 export type TransferFundsResponse = Message<"cowrie.wallet.v1.TransferFundsResponse"> & {
   /**
-   * The Ledger transfer that moved the money.
+   * The Ledger transfer of the main leg.
    *
    * @generated from field: string transfer_id = 1;
    */
@@ -357,6 +704,13 @@ export type TransferFundsResponse = Message<"cowrie.wallet.v1.TransferFundsRespo
    * @generated from field: bool replayed = 4;
    */
   replayed: boolean;
+
+  /**
+   * The Ledger transfer of the fee leg, when fee_minor > 0.
+   *
+   * @generated from field: string fee_transfer_id = 5;
+   */
+  feeTransferId: string;
 };
 
 /**
@@ -364,7 +718,442 @@ export type TransferFundsResponse = Message<"cowrie.wallet.v1.TransferFundsRespo
  * Use `create(TransferFundsResponseSchema)` to create a new message.
  */
 export const TransferFundsResponseSchema: GenMessage<TransferFundsResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_wallet_v1_wallet, 8);
+  messageDesc(file_cowrie_wallet_v1_wallet, 20);
+
+/**
+ * @generated from message cowrie.wallet.v1.StatementEntry
+ */
+export type StatementEntry = Message<"cowrie.wallet.v1.StatementEntry"> & {
+  /**
+   * The Ledger transfer.
+   *
+   * @generated from field: string transfer_id = 1;
+   */
+  transferId: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * @generated from field: cowrie.wallet.v1.EntryDirection direction = 3;
+   */
+  direction: EntryDirection;
+
+  /**
+   * @generated from field: cowrie.wallet.v1.EntryType type = 4;
+   */
+  type: EntryType;
+
+  /**
+   * Minor units moved, always positive; direction says which way.
+   *
+   * @generated from field: int64 amount_minor = 5;
+   */
+  amountMinor: bigint;
+
+  /**
+   * The posted balance right after this entry.
+   *
+   * @generated from field: int64 balance_after_minor = 6;
+   */
+  balanceAfterMinor: bigint;
+
+  /**
+   * The other side: a wallet id, or a platform account such as "funding:USD".
+   *
+   * @generated from field: string counterparty = 7;
+   */
+  counterparty: string;
+
+  /**
+   * @generated from field: string reference = 8;
+   */
+  reference: string;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.StatementEntry.
+ * Use `create(StatementEntrySchema)` to create a new message.
+ */
+export const StatementEntrySchema: GenMessage<StatementEntry> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 21);
+
+/**
+ * @generated from message cowrie.wallet.v1.GetStatementRequest
+ */
+export type GetStatementRequest = Message<"cowrie.wallet.v1.GetStatementRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string wallet_id = 2;
+   */
+  walletId: string;
+
+  /**
+   * Entries at or after this time (inclusive). Unset: from the beginning.
+   *
+   * @generated from field: google.protobuf.Timestamp from_time = 3;
+   */
+  fromTime?: Timestamp | undefined;
+
+  /**
+   * Entries before this time (exclusive). Unset: up to now.
+   *
+   * @generated from field: google.protobuf.Timestamp to_time = 4;
+   */
+  toTime?: Timestamp | undefined;
+
+  /**
+   * 1 to 500; 0 means 50.
+   *
+   * @generated from field: uint32 page_size = 5;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; empty for the first page.
+   *
+   * @generated from field: string page_token = 6;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.GetStatementRequest.
+ * Use `create(GetStatementRequestSchema)` to create a new message.
+ */
+export const GetStatementRequestSchema: GenMessage<GetStatementRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 22);
+
+/**
+ * @generated from message cowrie.wallet.v1.GetStatementResponse
+ */
+export type GetStatementResponse = Message<"cowrie.wallet.v1.GetStatementResponse"> & {
+  /**
+   * @generated from field: cowrie.wallet.v1.Wallet wallet = 1;
+   */
+  wallet?: Wallet | undefined;
+
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated cowrie.wallet.v1.StatementEntry entries = 2;
+   */
+  entries: StatementEntry[];
+
+  /**
+   * Empty when there are no more entries.
+   *
+   * @generated from field: string next_page_token = 3;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.GetStatementResponse.
+ * Use `create(GetStatementResponseSchema)` to create a new message.
+ */
+export const GetStatementResponseSchema: GenMessage<GetStatementResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 23);
+
+/**
+ * @generated from message cowrie.wallet.v1.Hold
+ */
+export type Hold = Message<"cowrie.wallet.v1.Hold"> & {
+  /**
+   * "hld_" followed by 40 characters, derived from the tenant and the idempotency key.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * The wallet the money is reserved in.
+   *
+   * @generated from field: string wallet_id = 3;
+   */
+  walletId: string;
+
+  /**
+   * The wallet a capture pays.
+   *
+   * @generated from field: string destination_wallet_id = 4;
+   */
+  destinationWalletId: string;
+
+  /**
+   * Minor units reserved.
+   *
+   * @generated from field: int64 amount_minor = 5;
+   */
+  amountMinor: bigint;
+
+  /**
+   * @generated from field: string currency = 6;
+   */
+  currency: string;
+
+  /**
+   * @generated from field: cowrie.wallet.v1.HoldStatus status = 7;
+   */
+  status: HoldStatus;
+
+  /**
+   * Minor units moved by the capture.
+   *
+   * @generated from field: int64 captured_minor = 8;
+   */
+  capturedMinor: bigint;
+
+  /**
+   * @generated from field: string reference = 9;
+   */
+  reference: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 10;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * When the hold expires if not captured or released; unset: never.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 11;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp updated_at = 12;
+   */
+  updatedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.Hold.
+ * Use `create(HoldSchema)` to create a new message.
+ */
+export const HoldSchema: GenMessage<Hold> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 24);
+
+/**
+ * @generated from message cowrie.wallet.v1.PlaceHoldRequest
+ */
+export type PlaceHoldRequest = Message<"cowrie.wallet.v1.PlaceHoldRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string wallet_id = 2;
+   */
+  walletId: string;
+
+  /**
+   * @generated from field: string destination_wallet_id = 3;
+   */
+  destinationWalletId: string;
+
+  /**
+   * Minor units, 1 to 2^63-1; at most the wallet's available balance.
+   *
+   * @generated from field: int64 amount_minor = 4;
+   */
+  amountMinor: bigint;
+
+  /**
+   * Must equal both wallets' currency.
+   *
+   * @generated from field: string currency = 5;
+   */
+  currency: string;
+
+  /**
+   * 1 to 255 printable ASCII characters; the hold id is derived from it.
+   *
+   * @generated from field: string idempotency_key = 6;
+   */
+  idempotencyKey: string;
+
+  /**
+   * Seconds until the hold expires; 0 means 7 days. At most 31,536,000.
+   *
+   * @generated from field: uint32 timeout_seconds = 7;
+   */
+  timeoutSeconds: number;
+
+  /**
+   * Up to 128 characters.
+   *
+   * @generated from field: string reference = 8;
+   */
+  reference: string;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.PlaceHoldRequest.
+ * Use `create(PlaceHoldRequestSchema)` to create a new message.
+ */
+export const PlaceHoldRequestSchema: GenMessage<PlaceHoldRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 25);
+
+/**
+ * @generated from message cowrie.wallet.v1.PlaceHoldResponse
+ */
+export type PlaceHoldResponse = Message<"cowrie.wallet.v1.PlaceHoldResponse"> & {
+  /**
+   * @generated from field: cowrie.wallet.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+
+  /**
+   * True when this key had already been applied and this response repeats its outcome.
+   *
+   * @generated from field: bool replayed = 2;
+   */
+  replayed: boolean;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.PlaceHoldResponse.
+ * Use `create(PlaceHoldResponseSchema)` to create a new message.
+ */
+export const PlaceHoldResponseSchema: GenMessage<PlaceHoldResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 26);
+
+/**
+ * @generated from message cowrie.wallet.v1.CaptureHoldRequest
+ */
+export type CaptureHoldRequest = Message<"cowrie.wallet.v1.CaptureHoldRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string hold_id = 2;
+   */
+  holdId: string;
+
+  /**
+   * Minor units to move, 1 to the held amount; 0 captures all of it.
+   *
+   * @generated from field: int64 amount_minor = 3;
+   */
+  amountMinor: bigint;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.CaptureHoldRequest.
+ * Use `create(CaptureHoldRequestSchema)` to create a new message.
+ */
+export const CaptureHoldRequestSchema: GenMessage<CaptureHoldRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 27);
+
+/**
+ * @generated from message cowrie.wallet.v1.CaptureHoldResponse
+ */
+export type CaptureHoldResponse = Message<"cowrie.wallet.v1.CaptureHoldResponse"> & {
+  /**
+   * @generated from field: cowrie.wallet.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.CaptureHoldResponse.
+ * Use `create(CaptureHoldResponseSchema)` to create a new message.
+ */
+export const CaptureHoldResponseSchema: GenMessage<CaptureHoldResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 28);
+
+/**
+ * @generated from message cowrie.wallet.v1.ReleaseHoldRequest
+ */
+export type ReleaseHoldRequest = Message<"cowrie.wallet.v1.ReleaseHoldRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string hold_id = 2;
+   */
+  holdId: string;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.ReleaseHoldRequest.
+ * Use `create(ReleaseHoldRequestSchema)` to create a new message.
+ */
+export const ReleaseHoldRequestSchema: GenMessage<ReleaseHoldRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 29);
+
+/**
+ * @generated from message cowrie.wallet.v1.ReleaseHoldResponse
+ */
+export type ReleaseHoldResponse = Message<"cowrie.wallet.v1.ReleaseHoldResponse"> & {
+  /**
+   * @generated from field: cowrie.wallet.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.ReleaseHoldResponse.
+ * Use `create(ReleaseHoldResponseSchema)` to create a new message.
+ */
+export const ReleaseHoldResponseSchema: GenMessage<ReleaseHoldResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 30);
+
+/**
+ * @generated from message cowrie.wallet.v1.GetHoldRequest
+ */
+export type GetHoldRequest = Message<"cowrie.wallet.v1.GetHoldRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string hold_id = 2;
+   */
+  holdId: string;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.GetHoldRequest.
+ * Use `create(GetHoldRequestSchema)` to create a new message.
+ */
+export const GetHoldRequestSchema: GenMessage<GetHoldRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 31);
+
+/**
+ * @generated from message cowrie.wallet.v1.GetHoldResponse
+ */
+export type GetHoldResponse = Message<"cowrie.wallet.v1.GetHoldResponse"> & {
+  /**
+   * @generated from field: cowrie.wallet.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+};
+
+/**
+ * Describes the message cowrie.wallet.v1.GetHoldResponse.
+ * Use `create(GetHoldResponseSchema)` to create a new message.
+ */
+export const GetHoldResponseSchema: GenMessage<GetHoldResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_wallet_v1_wallet, 32);
 
 /**
  * Who a wallet belongs to.
@@ -434,16 +1223,149 @@ export const WalletStatusSchema: GenEnum<WalletStatus> = /*@__PURE__*/
   enumDesc(file_cowrie_wallet_v1_wallet, 1);
 
 /**
- * WalletService owns customer and merchant wallets. A wallet keeps no balance of its own: each
- * wallet is backed by one Ledger account, and every money movement is a Ledger transfer.
+ * Which way money moved in a statement entry.
  *
+ * @generated from enum cowrie.wallet.v1.EntryDirection
+ */
+export enum EntryDirection {
+  /**
+   * @generated from enum value: ENTRY_DIRECTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Money came into the wallet.
+   *
+   * @generated from enum value: ENTRY_DIRECTION_CREDIT = 1;
+   */
+  CREDIT = 1,
+
+  /**
+   * Money left the wallet.
+   *
+   * @generated from enum value: ENTRY_DIRECTION_DEBIT = 2;
+   */
+  DEBIT = 2,
+}
+
+/**
+ * Describes the enum cowrie.wallet.v1.EntryDirection.
+ */
+export const EntryDirectionSchema: GenEnum<EntryDirection> = /*@__PURE__*/
+  enumDesc(file_cowrie_wallet_v1_wallet, 2);
+
+/**
+ * What kind of movement a statement entry is.
+ *
+ * @generated from enum cowrie.wallet.v1.EntryType
+ */
+export enum EntryType {
+  /**
+   * @generated from enum value: ENTRY_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: ENTRY_TYPE_FUNDING = 1;
+   */
+  FUNDING = 1,
+
+  /**
+   * @generated from enum value: ENTRY_TYPE_TRANSFER = 2;
+   */
+  TRANSFER = 2,
+
+  /**
+   * @generated from enum value: ENTRY_TYPE_PAYMENT = 3;
+   */
+  PAYMENT = 3,
+
+  /**
+   * @generated from enum value: ENTRY_TYPE_REFUND = 4;
+   */
+  REFUND = 4,
+
+  /**
+   * @generated from enum value: ENTRY_TYPE_FEE = 5;
+   */
+  FEE = 5,
+
+  /**
+   * @generated from enum value: ENTRY_TYPE_HOLD_CAPTURE = 6;
+   */
+  HOLD_CAPTURE = 6,
+}
+
+/**
+ * Describes the enum cowrie.wallet.v1.EntryType.
+ */
+export const EntryTypeSchema: GenEnum<EntryType> = /*@__PURE__*/
+  enumDesc(file_cowrie_wallet_v1_wallet, 3);
+
+/**
+ * A hold's lifecycle. Only HELD may change, and only once.
+ *
+ * @generated from enum cowrie.wallet.v1.HoldStatus
+ */
+export enum HoldStatus {
+  /**
+   * @generated from enum value: HOLD_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The amount is reserved in the wallet.
+   *
+   * @generated from enum value: HOLD_STATUS_HELD = 1;
+   */
+  HELD = 1,
+
+  /**
+   * Captured (all or part); captured_minor moved to the destination, the rest was released.
+   *
+   * @generated from enum value: HOLD_STATUS_CAPTURED = 2;
+   */
+  CAPTURED = 2,
+
+  /**
+   * Released by the caller; nothing moved.
+   *
+   * @generated from enum value: HOLD_STATUS_RELEASED = 3;
+   */
+  RELEASED = 3,
+
+  /**
+   * Its timeout passed before a capture; the Ledger released it.
+   *
+   * @generated from enum value: HOLD_STATUS_EXPIRED = 4;
+   */
+  EXPIRED = 4,
+}
+
+/**
+ * Describes the enum cowrie.wallet.v1.HoldStatus.
+ */
+export const HoldStatusSchema: GenEnum<HoldStatus> = /*@__PURE__*/
+  enumDesc(file_cowrie_wallet_v1_wallet, 4);
+
+/**
+ * WalletService owns customer and merchant wallets and the holds placed on them. A wallet keeps
+ * no balance of its own: each wallet is backed by one Ledger account with the wallet's id, every
+ * money movement is a Ledger transfer and every hold is a Ledger pending transfer.
+ *
+ * Every call names its tenant; a wallet or hold of another tenant is NOT_FOUND, never visible.
  * Amounts are int64 minor units of the wallet's ISO 4217 currency.
+ *
+ * Mutations that move money take an idempotency key, from which the Ledger transfer ids are
+ * derived deterministically: a retry with the same key, even after a crash between steps,
+ * returns the first outcome and never moves money twice.
  *
  * Errors common to every RPC:
  *   INVALID_ARGUMENT     a field is malformed; the message names it; nothing was written.
- *   NOT_FOUND            a wallet id is unknown within the tenant.
- *   FAILED_PRECONDITION  the wallet cannot do this now (insufficient funds, currency mismatch);
- *                        the decision is final for the idempotency key: do not retry it.
+ *   NOT_FOUND            a wallet or hold id is unknown within the tenant.
+ *   FAILED_PRECONDITION  the wallet cannot do this (insufficient funds, frozen, closed, over a
+ *                        limit, currency mismatch, hold already captured); the decision is
+ *                        final for the idempotency key: do not retry it.
  *   ALREADY_EXISTS       the idempotency key was used before with different parameters.
  *   DEADLINE_EXCEEDED    the call's deadline ran out.
  *   UNAVAILABLE          a dependency (database, Ledger) is unreachable; retry with the same key.
@@ -473,6 +1395,58 @@ export const WalletService: GenService<{
     output: typeof GetWalletResponseSchema;
   },
   /**
+   * Lists a tenant's wallets, newest first, optionally for one owner.
+   *
+   * @generated from rpc cowrie.wallet.v1.WalletService.ListWallets
+   */
+  listWallets: {
+    methodKind: "unary";
+    input: typeof ListWalletsRequestSchema;
+    output: typeof ListWalletsResponseSchema;
+  },
+  /**
+   * Stops money leaving the wallet (transfers out, new holds). Money may still come in, and
+   * existing holds may still be captured or released. Idempotent.
+   *
+   * @generated from rpc cowrie.wallet.v1.WalletService.FreezeWallet
+   */
+  freezeWallet: {
+    methodKind: "unary";
+    input: typeof FreezeWalletRequestSchema;
+    output: typeof FreezeWalletResponseSchema;
+  },
+  /**
+   * Lifts a freeze. Idempotent. FAILED_PRECONDITION on a closed wallet.
+   *
+   * @generated from rpc cowrie.wallet.v1.WalletService.UnfreezeWallet
+   */
+  unfreezeWallet: {
+    methodKind: "unary";
+    input: typeof UnfreezeWalletRequestSchema;
+    output: typeof UnfreezeWalletResponseSchema;
+  },
+  /**
+   * Closes the wallet for good. FAILED_PRECONDITION unless its posted balance is zero and no
+   * hold is open. Idempotent.
+   *
+   * @generated from rpc cowrie.wallet.v1.WalletService.CloseWallet
+   */
+  closeWallet: {
+    methodKind: "unary";
+    input: typeof CloseWalletRequestSchema;
+    output: typeof CloseWalletResponseSchema;
+  },
+  /**
+   * Sets the wallet's outflow limits; 0 removes a limit.
+   *
+   * @generated from rpc cowrie.wallet.v1.WalletService.SetWalletLimits
+   */
+  setWalletLimits: {
+    methodKind: "unary";
+    input: typeof SetWalletLimitsRequestSchema;
+    output: typeof SetWalletLimitsResponseSchema;
+  },
+  /**
    * Credits a wallet from the platform's funding account for its currency (top-ups, tests and
    * demos; gateway pay-ins replace it in production flows).
    *
@@ -484,8 +1458,9 @@ export const WalletService: GenService<{
     output: typeof FundWalletResponseSchema;
   },
   /**
-   * Moves money from one wallet to another of the same tenant and currency, exactly once per
-   * idempotency key.
+   * Moves money from one wallet to another of the same tenant and currency, with an optional fee
+   * leg to the tenant's fee account, as one linked Ledger chain (all legs or none), exactly once
+   * per idempotency key. The Router calls this for internal payments and refunds.
    *
    * @generated from rpc cowrie.wallet.v1.WalletService.TransferFunds
    */
@@ -493,6 +1468,58 @@ export const WalletService: GenService<{
     methodKind: "unary";
     input: typeof TransferFundsRequestSchema;
     output: typeof TransferFundsResponseSchema;
+  },
+  /**
+   * The wallet's entries (posted movements) with the balance after each, oldest first, with
+   * cursor pagination and an optional time range.
+   *
+   * @generated from rpc cowrie.wallet.v1.WalletService.GetStatement
+   */
+  getStatement: {
+    methodKind: "unary";
+    input: typeof GetStatementRequestSchema;
+    output: typeof GetStatementResponseSchema;
+  },
+  /**
+   * Reserves money in a wallet for a later capture to a destination wallet. The reservation
+   * counts against the available balance at once. Exactly once per idempotency key.
+   *
+   * @generated from rpc cowrie.wallet.v1.WalletService.PlaceHold
+   */
+  placeHold: {
+    methodKind: "unary";
+    input: typeof PlaceHoldRequestSchema;
+    output: typeof PlaceHoldResponseSchema;
+  },
+  /**
+   * Moves all or part of a held amount to the hold's destination; the rest is released.
+   *
+   * @generated from rpc cowrie.wallet.v1.WalletService.CaptureHold
+   */
+  captureHold: {
+    methodKind: "unary";
+    input: typeof CaptureHoldRequestSchema;
+    output: typeof CaptureHoldResponseSchema;
+  },
+  /**
+   * Releases a hold without moving money.
+   *
+   * @generated from rpc cowrie.wallet.v1.WalletService.ReleaseHold
+   */
+  releaseHold: {
+    methodKind: "unary";
+    input: typeof ReleaseHoldRequestSchema;
+    output: typeof ReleaseHoldResponseSchema;
+  },
+  /**
+   * Reads a hold and its status.
+   *
+   * @generated from rpc cowrie.wallet.v1.WalletService.GetHold
+   */
+  getHold: {
+    methodKind: "unary";
+    input: typeof GetHoldRequestSchema;
+    output: typeof GetHoldResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_cowrie_wallet_v1_wallet, 0);

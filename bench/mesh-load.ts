@@ -1,0 +1,515 @@
+// The load-generating side of `npm run bench` (bench/mesh.ts). The parent starts this file as a
+// child process and drives it over the IPC channel: one "setup" (where the Edge is, the API key,
+// the funded customer and the merchant wallets), then one phase at a time:
+//   closed  `concurrency` workers, each with one call in flight, for a warm-up and a window;
+//   open    calls started on a fixed schedule (`ratePerSecond`), whatever the answers do, so
+//           latency is measured from when a call was due (no coordinated omission).
+// Each operation is one of
+//   payment  PaymentsService.CreatePayment customer -> merchant with a 1% fee and a fresh
+//            Idempotency-Key; counts when it comes back SUCCEEDED and not replayed;
+//   retry    the same request under the key of an earlier successful payment; must come back
+//            replayed, with that payment's id and status (anything else is an error);
+//   refund   PaymentsService.RefundPayment of a quarter of what an earlier payment paid the
+//            merchant, once per payment, with a fresh key; must come back SUCCEEDED.
+// Every call goes through the generated Connect clients over HTTP/2 (binary) with a deadline.
+// The child also keeps the money it saw move (fees, merchant credits, refunds) across phases so
+// the parent can compare it with the Ledger at the end. Nothing here loops without an end: every
+// phase is bounded by the clock and every call by its deadline.
+import { performance } from "node:perf_hooks";
+import { pathToFileURL } from "node:url";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Http2SessionManager, createConnectTransport } from "@connectrpc/connect-node";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { PaymentStatus, PaymentsService } from "../gen/cowrie/edge/v1/payments_pb.js";
+import { percentileSorted } from "./support.js";
+
+export interface SetupMessage {
+  type: "setup";
+  edgeUrl: string;
+  apiKey: string;
+  currency: string;
+  customers: string[];
+  merchants: string[];
+  /** HTTP/2 connections the calls are spread over. */
+  connections: number;
+  /** Deadline on every call. */
+  timeoutMs: number;
+  /** Share of operations that retry an earlier payment's key (0..1). */
+  retryShare: number;
+  /** Share of operations that refund part of an earlier payment (0..1). */
+  refundShare: number;
+  /** Makes idempotency keys unique to this run. */
+  runTag: string;
+}
+
+export interface PhaseMessage {
+  type: "run";
+  id: string;
+  mode: "closed" | "open";
+  warmupSeconds: number;
+  seconds: number;
+  /** closed: workers. */
+  concurrency: number;
+  /** open: operations (all kinds) started per second. */
+  ratePerSecond: number;
+  /** open: most calls in flight; a due call beyond it is not sent and counts as `shed`. */
+  maxInFlight: number;
+}
+
+export interface LatencySummary {
+  count: number;
+  p50Ms: number;
+  p95Ms: number;
+  p99Ms: number;
+  maxMs: number;
+}
+
+/** Money the child saw move since setup (all phases, warm-ups included), in minor units as strings. */
+export interface MoneySeen {
+  /** Fees of payments that came back SUCCEEDED. */
+  feesMinor: string;
+  /** amount - fee of payments that came back SUCCEEDED. */
+  toMerchantsMinor: string;
+  /** Refunds that came back SUCCEEDED. */
+  refundedMinor: string;
+  /** Calls whose outcome is unknown (transport error, deadline...): the figures above may miss them. */
+  unknownOutcomes: number;
+}
+
+export interface PhaseResult {
+  type: "result";
+  id: string;
+  mode: "closed" | "open";
+  /** Length of the measured window in seconds, as timed by the child. */
+  windowSeconds: number;
+  /** Operations started in the window (open) or completed in it (closed), all kinds. */
+  operations: number;
+  /** Fresh payments that came back SUCCEEDED and not replayed. */
+  payments: number;
+  /** Retries that came back replayed with the right payment. */
+  replaysChecked: number;
+  refunds: number;
+  /** Failures by code: Connect codes ("deadline_exceeded"...) or this bench's own checks. */
+  errors: Record<string, number>;
+  firstErrors: string[];
+  payment: LatencySummary;
+  retry: LatencySummary;
+  refund: LatencySummary;
+  /** open: calls not sent because maxInFlight were still running. */
+  shed: number;
+  /** open: the most calls in flight at once. */
+  maxInFlightSeen: number;
+  /** CPU time (user + system) the child spent inside the window, in microseconds. */
+  clientCpuUs: number;
+  money: MoneySeen;
+}
+
+export type ChildMessage =
+  | PhaseResult
+  | { type: "measure-start" | "measure-end"; id: string }
+  | { type: "ready" }
+  | { type: "setup-done" }
+  | { type: "fatal"; message: string };
+
+type Kind = "payment" | "retry" | "refund";
+
+interface Paid {
+  key: string;
+  paymentId: string;
+  source: string;
+  destination: string;
+  amountMinor: bigint;
+  feeMinor: bigint;
+  reference: string;
+}
+
+/** Recent payments a retry may repeat. */
+const HISTORY_MAX = 4096;
+
+class Recorder {
+  readonly latencies: Record<Kind, number[]> = { payment: [], retry: [], refund: [] };
+  readonly errors: Record<string, number> = {};
+  readonly firstErrors: string[] = [];
+  operations = 0;
+  payments = 0;
+  replaysChecked = 0;
+  refunds = 0;
+
+  ok(kind: Kind, latencyMs: number): void {
+    this.operations++;
+    this.latencies[kind].push(latencyMs);
+    if (kind === "payment") this.payments++;
+    else if (kind === "retry") this.replaysChecked++;
+    else this.refunds++;
+  }
+
+  error(code: string, detail: string): void {
+    this.operations++;
+    this.errors[code] = (this.errors[code] ?? 0) + 1;
+    if (this.firstErrors.length < 5) this.firstErrors.push(`${code}: ${detail}`);
+  }
+}
+
+function summarize(values: number[]): LatencySummary {
+  const sorted = Float64Array.from(values).sort();
+  return {
+    count: sorted.length,
+    p50Ms: percentileSorted(sorted, 0.5),
+    p95Ms: percentileSorted(sorted, 0.95),
+    p99Ms: percentileSorted(sorted, 0.99),
+    maxMs: sorted.length > 0 ? (sorted[sorted.length - 1] as number) : 0,
+  };
+}
+
+function cpuMicros(): number {
+  const usage = process.cpuUsage();
+  return usage.user + usage.system;
+}
+
+function send(message: ChildMessage): void {
+  process.send?.(message);
+}
+
+/** Connect codes whose outcome is decided (nothing moved, or it is recorded); the rest are unknown. */
+const DECIDED = new Set([Code.InvalidArgument, Code.NotFound, Code.FailedPrecondition, Code.AlreadyExists, Code.PermissionDenied, Code.Unauthenticated, Code.ResourceExhausted]);
+
+class Load {
+  private readonly clients: Client<typeof PaymentsService>[];
+  private readonly sessions: Http2SessionManager[];
+  private readonly history: Paid[] = [];
+  private historyNext = 0;
+  /** Payments not refunded yet. */
+  private readonly refundable: Paid[] = [];
+  private seq = 0;
+  private next = 0;
+  private fees = 0n;
+  private toMerchants = 0n;
+  private refunded = 0n;
+  private unknown = 0;
+
+  constructor(private readonly setup: SetupMessage) {
+    this.sessions = Array.from({ length: Math.max(1, setup.connections) }, () =>
+      new Http2SessionManager(setup.edgeUrl, { pingIntervalMs: 10_000, pingTimeoutMs: 5_000, idleConnectionTimeoutMs: 60_000 }),
+    );
+    this.clients = this.sessions.map((sessionManager) =>
+      createClient(PaymentsService, createConnectTransport({ baseUrl: setup.edgeUrl, httpVersion: "2", useBinaryFormat: true, sessionManager })),
+    );
+  }
+
+  close(): void {
+    for (const session of this.sessions) session.abort();
+  }
+
+  money(): MoneySeen {
+    return { feesMinor: String(this.fees), toMerchantsMinor: String(this.toMerchants), refundedMinor: String(this.refunded), unknownOutcomes: this.unknown };
+  }
+
+  private client(): Client<typeof PaymentsService> {
+    this.next = (this.next + 1) % this.clients.length;
+    return this.clients[this.next] as Client<typeof PaymentsService>;
+  }
+
+  private headers(key: string): Record<string, string> {
+    return { authorization: `Bearer ${this.setup.apiKey}`, "idempotency-key": key };
+  }
+
+  private pick<T>(items: readonly T[]): T {
+    return items[Math.floor(Math.random() * items.length)] as T;
+  }
+
+  private choose(): Kind {
+    const draw = Math.random();
+    if (draw < this.setup.retryShare && this.history.length > 0) return "retry";
+    if (draw < this.setup.retryShare + this.setup.refundShare && this.refundable.length > 0) return "refund";
+    return "payment";
+  }
+
+  /** One operation; records into `recorder` (when given) with latency from `dueAt`. */
+  async operate(recorder: Recorder | undefined, dueAt: number): Promise<void> {
+    const kind = this.choose();
+    try {
+      if (kind === "payment") await this.pay();
+      else if (kind === "retry") await this.retry();
+      else await this.refund();
+      recorder?.ok(kind, performance.now() - dueAt);
+    } catch (error) {
+      let code: string;
+      let detail: string;
+      if (error instanceof BenchCheck) {
+        code = error.code;
+        detail = error.message;
+      } else {
+        const connectError = ConnectError.from(error);
+        code = codeToString(connectError.code);
+        detail = connectError.rawMessage;
+        if (!DECIDED.has(connectError.code)) this.unknown++;
+      }
+      recorder?.error(`${kind}:${code}`, detail);
+    }
+  }
+
+  private async pay(): Promise<void> {
+    const seq = ++this.seq;
+    const amountMinor = 100n + BigInt(Math.floor(Math.random() * 9_900));
+    const feeMinor = amountMinor / 100n;
+    const request: Omit<Paid, "paymentId"> = {
+      key: `${this.setup.runTag}-pay-${seq}`,
+      source: this.pick(this.setup.customers),
+      destination: this.pick(this.setup.merchants),
+      amountMinor,
+      feeMinor,
+      reference: `bench-${seq}`,
+    };
+    const response = await this.createPayment(request);
+    const payment = response.payment;
+    if (!payment) throw new BenchCheck("no_payment", "CreatePayment answered without a payment");
+    if (response.replayed) throw new BenchCheck("unexpected_replay", `fresh key ${request.key} came back replayed`);
+    if (payment.status !== PaymentStatus.SUCCEEDED) {
+      throw new BenchCheck(`status_${PaymentStatus[payment.status] ?? payment.status}${payment.failureCode ? `_${payment.failureCode}` : ""}`, `${payment.id}: ${payment.failureMessage}`);
+    }
+    this.fees += feeMinor;
+    this.toMerchants += amountMinor - feeMinor;
+    const paid: Paid = { ...request, paymentId: payment.id };
+    if (this.history.length < HISTORY_MAX) this.history.push(paid);
+    else this.history[this.historyNext++ % HISTORY_MAX] = paid;
+    this.refundable.push(paid);
+  }
+
+  private async retry(): Promise<void> {
+    const earlier = this.pick(this.history);
+    const response = await this.createPayment(earlier);
+    const payment = response.payment;
+    if (!response.replayed) throw new BenchCheck("replay_not_flagged", `key ${earlier.key} was not answered as a replay`);
+    if (!payment || payment.id !== earlier.paymentId || payment.status !== PaymentStatus.SUCCEEDED) {
+      throw new BenchCheck("replay_mismatch", `key ${earlier.key}: expected ${earlier.paymentId} SUCCEEDED, got ${payment?.id} ${payment ? PaymentStatus[payment.status] : ""}`);
+    }
+  }
+
+  private createPayment(request: Omit<Paid, "paymentId">) {
+    return this.client().createPayment(
+      {
+        sourceWalletId: request.source,
+        destinationWalletId: request.destination,
+        amountMinor: request.amountMinor,
+        feeMinor: request.feeMinor,
+        currency: this.setup.currency,
+        reference: request.reference,
+      },
+      { timeoutMs: this.setup.timeoutMs, headers: this.headers(request.key) },
+    );
+  }
+
+  private async refund(): Promise<void> {
+    // Take a random payment out of the pool: each is refunded at most once, so never past its amount.
+    const index = Math.floor(Math.random() * this.refundable.length);
+    const original = this.refundable[index] as Paid;
+    this.refundable[index] = this.refundable[this.refundable.length - 1] as Paid;
+    this.refundable.pop();
+    const amountMinor = (original.amountMinor - original.feeMinor) / 4n;
+    const response = await this.client().refundPayment(
+      { paymentId: original.paymentId, amountMinor, reason: "bench partial refund" },
+      { timeoutMs: this.setup.timeoutMs, headers: this.headers(`${this.setup.runTag}-refund-${++this.seq}`) },
+    );
+    const refund = response.refund;
+    if (!refund || response.replayed) throw new BenchCheck("refund_mismatch", `refund of ${original.paymentId}: ${refund?.id} replayed=${response.replayed}`);
+    if (refund.status !== PaymentStatus.SUCCEEDED) {
+      throw new BenchCheck(`refund_status_${PaymentStatus[refund.status] ?? refund.status}${refund.failureCode ? `_${refund.failureCode}` : ""}`, `${refund.id}: ${refund.failureMessage}`);
+    }
+    this.refunded += amountMinor;
+  }
+}
+
+/** A check of this bench failed (as opposed to an RPC error). */
+class BenchCheck extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+async function runClosed(load: Load, message: PhaseMessage): Promise<PhaseResult> {
+  const startMs = performance.now();
+  const measureStartMs = startMs + message.warmupSeconds * 1000;
+  const measureEndMs = measureStartMs + message.seconds * 1000;
+  const recorder = new Recorder();
+  const window = windowMarks(message.id, measureStartMs, measureEndMs);
+  const worker = async (): Promise<void> => {
+    while (performance.now() < measureEndMs) {
+      const sentAt = performance.now();
+      // Classified by completion time: only calls that complete inside the window count.
+      const scratch = new Recorder();
+      await load.operate(scratch, sentAt);
+      const doneAt = performance.now();
+      if (doneAt >= measureStartMs && doneAt <= measureEndMs) merge(recorder, scratch);
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: message.concurrency }, () => worker()));
+  } finally {
+    window.clear();
+  }
+  return result(message, recorder, window.finish(), 0, message.concurrency, load);
+}
+
+async function runOpen(load: Load, message: PhaseMessage): Promise<PhaseResult> {
+  const startMs = performance.now();
+  const measureStartMs = startMs + message.warmupSeconds * 1000;
+  const measureEndMs = measureStartMs + message.seconds * 1000;
+  const intervalMs = 1000 / message.ratePerSecond;
+  const recorder = new Recorder();
+  const window = windowMarks(message.id, measureStartMs, measureEndMs);
+  const running = new Set<Promise<void>>();
+  let started = 0;
+  let shed = 0;
+  let maxInFlight = 0;
+  await new Promise<void>((resolve) => {
+    const tick = (): void => {
+      const now = performance.now();
+      // Start every call that is due by now, each timed from when it was due.
+      for (;;) {
+        const dueAt = startMs + started * intervalMs;
+        if (dueAt > now || dueAt >= measureEndMs) break;
+        started++;
+        const counts = dueAt >= measureStartMs;
+        if (running.size >= message.maxInFlight) {
+          if (counts) {
+            shed++;
+            recorder.error("shed", `more than ${message.maxInFlight} calls in flight`);
+          }
+          continue;
+        }
+        const call = load.operate(counts ? recorder : undefined, dueAt).finally(() => running.delete(call));
+        running.add(call);
+        maxInFlight = Math.max(maxInFlight, running.size);
+      }
+      if (startMs + started * intervalMs >= measureEndMs) {
+        clearInterval(timer);
+        resolve();
+      }
+    };
+    const timer = setInterval(tick, 1);
+  });
+  // The calls started in the window finish (each is bounded by its deadline).
+  await Promise.allSettled([...running]);
+  window.clear();
+  return result(message, recorder, window.finish(), shed, maxInFlight, load);
+}
+
+function merge(into: Recorder, from: Recorder): void {
+  into.operations += from.operations;
+  into.payments += from.payments;
+  into.replaysChecked += from.replaysChecked;
+  into.refunds += from.refunds;
+  for (const kind of ["payment", "retry", "refund"] as const) into.latencies[kind].push(...from.latencies[kind]);
+  for (const [code, count] of Object.entries(from.errors)) into.errors[code] = (into.errors[code] ?? 0) + count;
+  for (const line of from.firstErrors) if (into.firstErrors.length < 5) into.firstErrors.push(line);
+}
+
+/** Timers that mark the window's start and end (so the parent samples its counters then). */
+function windowMarks(id: string, measureStartMs: number, measureEndMs: number) {
+  let windowStartMs = measureStartMs;
+  let windowEndMs = measureEndMs;
+  let cpuAtStart = cpuMicros();
+  let cpuAtEnd = 0;
+  const startTimer = setTimeout(() => {
+    windowStartMs = performance.now();
+    cpuAtStart = cpuMicros();
+    send({ type: "measure-start", id });
+  }, Math.max(0, measureStartMs - performance.now()));
+  const endTimer = setTimeout(() => {
+    windowEndMs = performance.now();
+    cpuAtEnd = cpuMicros();
+    send({ type: "measure-end", id });
+  }, Math.max(0, measureEndMs - performance.now()));
+  return {
+    clear() {
+      clearTimeout(startTimer);
+      clearTimeout(endTimer);
+    },
+    finish(): { windowSeconds: number; clientCpuUs: number } {
+      if (cpuAtEnd === 0) {
+        windowEndMs = performance.now();
+        cpuAtEnd = cpuMicros();
+        send({ type: "measure-end", id });
+      }
+      return { windowSeconds: (windowEndMs - windowStartMs) / 1000, clientCpuUs: cpuAtEnd - cpuAtStart };
+    },
+  };
+}
+
+function result(
+  message: PhaseMessage,
+  recorder: Recorder,
+  window: { windowSeconds: number; clientCpuUs: number },
+  shed: number,
+  maxInFlightSeen: number,
+  load: Load,
+): PhaseResult {
+  return {
+    type: "result",
+    id: message.id,
+    mode: message.mode,
+    windowSeconds: window.windowSeconds,
+    operations: recorder.operations,
+    payments: recorder.payments,
+    replaysChecked: recorder.replaysChecked,
+    refunds: recorder.refunds,
+    errors: recorder.errors,
+    firstErrors: recorder.firstErrors,
+    payment: summarize(recorder.latencies.payment),
+    retry: summarize(recorder.latencies.retry),
+    refund: summarize(recorder.latencies.refund),
+    shed,
+    maxInFlightSeen,
+    clientCpuUs: window.clientCpuUs,
+    money: load.money(),
+  };
+}
+
+function main(): void {
+  if (!process.send) {
+    console.error("bench/mesh-load.ts is started by bench/mesh.ts (npm run bench), not directly");
+    process.exit(2);
+  }
+  let load: Load | undefined;
+  let busy = false;
+  const fatal = (error: unknown): void => {
+    send({ type: "fatal", message: error instanceof Error ? error.stack ?? error.message : String(error) });
+    process.exitCode = 1;
+    load?.close();
+    process.disconnect();
+  };
+  process.on("message", (raw: unknown) => {
+    const message = raw as SetupMessage | PhaseMessage | { type: "exit" };
+    if (message.type === "exit") {
+      load?.close();
+      process.disconnect();
+      return;
+    }
+    if (message.type === "setup") {
+      load = new Load(message);
+      send({ type: "setup-done" });
+      return;
+    }
+    if (message.type !== "run" || busy || !load) return;
+    busy = true;
+    (message.mode === "closed" ? runClosed(load, message) : runOpen(load, message)).then(
+      (phase) => {
+        busy = false;
+        send(phase);
+      },
+      fatal,
+    );
+  });
+  // Without a parent there is nothing to do: leave instead of lingering.
+  process.on("disconnect", () => {
+    load?.close();
+    const timer = setTimeout(() => process.exit(process.exitCode ?? 0), 2000);
+    timer.unref();
+  });
+  send({ type: "ready" });
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) main();

@@ -1,0 +1,677 @@
+// `npm run bench`: the whole mesh under load, internal payments (issue 9, first version).
+//
+// Every service runs as its own process against the real PostgreSQL, Redis and RabbitMQ, started
+// exactly as production starts it (`node --import tsx services/main.ts <service>`, one fresh
+// database, free ports, COWRIE_LOG_LEVEL=warn, a rate limit high enough not to cap the run).
+// Setup (not measured): a tenant and API key through AdminService, customer and merchant wallets
+// through the public WalletsService, every customer funded generously. The load comes from a
+// separate process (bench/mesh-load.ts) through the generated Connect clients, HTTP/2, binary,
+// against the public Edge with the API key:
+//   baseline   one-row insert transactions from 16 concurrent postgres.js clients (the commit
+//              ceiling of this machine, measured first, in the same run, as bench/ledger.ts does);
+//   closed     `concurrency` workers, each with one call in flight: CreatePayment customer ->
+//              merchant with a 1% fee and a fresh Idempotency-Key, plus a share of retries that
+//              reuse an earlier key (must come back replayed with the same payment) and a share of
+//              partial refunds of earlier payments; a warm-up, then the measured window;
+//   open       the same mix started on a fixed schedule at 70% of the closed-loop throughput
+//              (latency counted from when each call was due), a short warm-up, then a window.
+// At the end: Ledger VerifyJournal must have no findings, and customers + merchants + the
+// tenant's fee account must hold exactly what was funded (and what the load saw move).
+// Reported: payments/s (SUCCEEDED, not replays), CreatePayment latency p50/p95/p99/max, errors by
+// code, replays checked, CPU and peak RSS of every service process (and, for the measured window,
+// CPU per call of each service and of its PostgreSQL backends), the ratio to the baseline and
+// issue 9's targets: internal payments >= 25% of the baseline commits/s, and p99 <= 50 ms at 70%
+// of that rate. Targets missed do not fail the run; a crash, a setup failure, journal findings or
+// money not conserved do (exit code 1). Every process is stopped with SIGTERM and the database
+// is dropped at the end, also on failure or Ctrl-C.
+//
+// Human summary lines on stdout, then as the LAST line one JSON object. Progress and the
+// services' warnings go to stderr.
+//
+// Options (flag, or environment variable; flags win):
+//   --duration N         BENCH_SECONDS           closed-loop window, seconds (20)
+//   --warmup N           BENCH_WARMUP_SECONDS    closed-loop warm-up, seconds (3)
+//   --concurrency N      BENCH_CONCURRENCY       closed-loop workers (32)
+//   --retry-share X      BENCH_RETRY_SHARE       share of calls that retry an earlier key (0.05)
+//   --refund-share X     BENCH_REFUND_SHARE      share of calls that refund part of a payment (0.05)
+//   --open-duration N    BENCH_OPEN_SECONDS      open-loop window, seconds; 0 skips the phase (10)
+//   --open-fraction X    BENCH_OPEN_FRACTION     open-loop rate as a fraction of closed-loop (0.7)
+//   --baseline-duration N BENCH_BASELINE_SECONDS postgres.js baseline, seconds (5)
+//   --customers N        BENCH_CUSTOMERS         customer wallets (200)
+//   --merchants N        BENCH_MERCHANTS         merchant wallets (20)
+//   --connections N      BENCH_CONNECTIONS       HTTP/2 connections of the load process (1)
+//   --timeout-ms N       BENCH_TIMEOUT_MS        deadline of every call (10000)
+//   BENCH_CPU_PROF=<dir>  start every service with --cpu-prof into <dir>/<service>/ (one profile per thread),
+//                         and write <dir>/windows.json with the measured windows (monotonic µs);
+//                         bench/profile-summary.ts reads them. Profiling slows the services.
+//   TEST_DATABASE_URL, TEST_REDIS_URL, TEST_AMQP_URL  the servers (defaults: the local ones).
+// Defaults take about 50-60 s in all (under 90 s).
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, writeFileSync } from "node:fs";
+import * as path from "node:path";
+import { performance } from "node:perf_hooks";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { createClient } from "@connectrpc/connect";
+import { Http2SessionManager, createConnectTransport } from "@connectrpc/connect-node";
+import { Redis } from "ioredis";
+import postgres from "postgres";
+import { AdminService } from "../gen/cowrie/edge/v1/admin_pb.js";
+import { WalletKind, WalletsService } from "../gen/cowrie/edge/v1/wallets_pb.js";
+import { FindingKind, LedgerService, type Account } from "../gen/cowrie/ledger/v1/ledger_pb.js";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
+import { TEST_AMQP_URL, TEST_POSTGRES_URL, TEST_REDIS_URL, freePorts, freshDatabase } from "../services/runtime/testing.js";
+import { feeAccountId, fundingAccountId } from "../services/wallet/service.js";
+import type { ChildMessage, PhaseMessage, PhaseResult, SetupMessage } from "./mesh-load.js";
+import { LoadProcess, commitBaseline, machineBusySeconds, numberOption, processCpuSeconds, processMemoryMb, rate, round } from "./support.js";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, "..");
+const NAME = "bench";
+
+if (process.argv.includes("--help") || process.argv.includes("-h")) {
+  // The header of this file is the manual.
+  process.stdout.write("usage: npm run bench -- [--duration 20] [--warmup 3] [--concurrency 32] [--retry-share 0.05]\n" +
+    "  [--refund-share 0.05] [--open-duration 10] [--open-fraction 0.7] [--baseline-duration 5]\n" +
+    "  [--customers 200] [--merchants 20] [--connections 1] [--timeout-ms 10000]\n" +
+    "  (or BENCH_* environment variables; BENCH_CPU_PROF=<dir> profiles the services; see bench/mesh.ts)\n");
+  process.exit(0);
+}
+
+const ARGV = process.argv.slice(2);
+const option = (flag: string, env: string, fallback: number, min: number, max: number): number =>
+  numberOption(ARGV, flag, env, fallback, min, max, NAME);
+const SECONDS = option("duration", "BENCH_SECONDS", 20, 1, 600);
+const WARMUP_SECONDS = option("warmup", "BENCH_WARMUP_SECONDS", 3, 0, 120);
+const CONCURRENCY = Math.floor(option("concurrency", "BENCH_CONCURRENCY", 32, 1, 4096));
+const RETRY_SHARE = option("retry-share", "BENCH_RETRY_SHARE", 0.05, 0, 0.5);
+const REFUND_SHARE = option("refund-share", "BENCH_REFUND_SHARE", 0.05, 0, 0.5);
+const OPEN_SECONDS = option("open-duration", "BENCH_OPEN_SECONDS", 10, 0, 600);
+const OPEN_WARMUP_SECONDS = 1;
+const OPEN_FRACTION = option("open-fraction", "BENCH_OPEN_FRACTION", 0.7, 0.01, 2);
+const BASELINE_SECONDS = option("baseline-duration", "BENCH_BASELINE_SECONDS", 5, 1, 120);
+const CUSTOMERS = Math.floor(option("customers", "BENCH_CUSTOMERS", 200, 2, 7000));
+const MERCHANTS = Math.floor(option("merchants", "BENCH_MERCHANTS", 20, 1, 990));
+const CONNECTIONS = Math.floor(option("connections", "BENCH_CONNECTIONS", 1, 1, 64));
+const TIMEOUT_MS = Math.floor(option("timeout-ms", "BENCH_TIMEOUT_MS", 10_000, 100, 60_000));
+const CPU_PROF_DIR = process.env.BENCH_CPU_PROF ? path.resolve(process.env.BENCH_CPU_PROF) : undefined;
+
+const CURRENCY = "NGN";
+const FUND_MINOR = 1_000_000_000_000n; // per customer: far more than the run can spend
+const SETUP_CONCURRENCY = 16;
+const START_TIMEOUT_MS = 60_000;
+const STOP_GRACE_MS = 15_000;
+/** Open loop: most calls in flight before due calls are shed (counted as errors). */
+const OPEN_MAX_IN_FLIGHT = 2048;
+/** Issue 9's targets. */
+const TARGET_RATIO = 0.25;
+const TARGET_P99_MS = 50;
+
+/** Start order: dependencies first (they are started together; the order is for stopping in reverse). */
+const SERVICES = ["ledger", "wallet", "risk", "router", "edge"] as const;
+type ServiceName = (typeof SERVICES)[number];
+
+if (RETRY_SHARE + REFUND_SHARE >= 1) {
+  console.error(`${NAME}: --retry-share + --refund-share must be below 1`);
+  process.exit(2);
+}
+
+const progress = (line: string): void => {
+  process.stderr.write(`${NAME}: ${line}\n`);
+};
+
+// ---------------------------------------------------------------------------------------------
+// Service processes
+
+/** Start-up banners and shutdown notes that main.ts prints at every start; not worth relaying. */
+const ROUTINE_LINE = /^(cowrie: (\d+ service\(s\) up|try |SIGTERM received)|\s+\w+\s+http:\/\/)/;
+const RELAYED_LINES_MAX = 20;
+const RELAYED_LINE_CHARS = 400;
+/** Set once the run is being torn down: what the services log while stopping is expected. */
+let tearingDown = false;
+
+class ServiceProcess {
+  readonly child: ChildProcess;
+  readonly exited: Promise<number | null>;
+  readonly recent: string[] = [];
+  warnings = 0;
+  private relayed = 0;
+
+  constructor(
+    readonly name: ServiceName,
+    readonly port: number,
+    env: NodeJS.ProcessEnv,
+  ) {
+    const args = ["--import", "tsx"];
+    // One folder per service: the main thread and tsx's module-loader thread each write a profile.
+    if (CPU_PROF_DIR) args.unshift("--cpu-prof", `--cpu-prof-dir=${path.join(CPU_PROF_DIR, name)}`);
+    this.child = spawn(process.execPath, [...args, "services/main.ts", name], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
+    this.exited = new Promise((resolve) => this.child.once("exit", (code) => resolve(code)));
+    for (const stream of [this.child.stdout, this.child.stderr]) {
+      if (!stream) continue;
+      createInterface({ input: stream }).on("line", (line) => this.line(line));
+    }
+  }
+
+  get pid(): number {
+    return this.child.pid as number;
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  private line(line: string): void {
+    this.recent.push(line);
+    if (this.recent.length > 30) this.recent.shift();
+    if (ROUTINE_LINE.test(line)) return;
+    this.warnings++;
+    if (this.relayed < RELAYED_LINES_MAX && !tearingDown) {
+      this.relayed++;
+      process.stderr.write(`[${this.name}] ${line.length > RELAYED_LINE_CHARS ? `${line.slice(0, RELAYED_LINE_CHARS)}...` : line}\n`);
+    }
+  }
+
+  /** Waits until grpc.health.v1.Health/Check answers SERVING. */
+  async serving(): Promise<void> {
+    const session = new Http2SessionManager(`http://127.0.0.1:${this.port}`);
+    const health = createClient(Health, createConnectTransport({ baseUrl: `http://127.0.0.1:${this.port}`, httpVersion: "2", sessionManager: session }));
+    const startedAtMs = Date.now();
+    try {
+      for (;;) {
+        const status = await health.check({}, { timeoutMs: 500 }).then((response) => response.status, () => undefined);
+        if (status === ServingStatus.SERVING) return;
+        if (!this.running) throw new Error(`${this.name} exited during start-up:\n${this.recent.join("\n")}`);
+        if (Date.now() - startedAtMs > START_TIMEOUT_MS) throw new Error(`${this.name} was not SERVING within ${START_TIMEOUT_MS} ms:\n${this.recent.join("\n")}`);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    } finally {
+      session.abort();
+    }
+  }
+
+  /** SIGTERM, then SIGKILL if it has not exited within the grace period. */
+  async stop(): Promise<number | null> {
+    if (!this.running) return this.child.exitCode;
+    this.child.kill("SIGTERM");
+    const timer = setTimeout(() => {
+      progress(`${this.name} did not stop within ${STOP_GRACE_MS} ms of SIGTERM; killing it`);
+      this.child.kill("SIGKILL");
+    }, STOP_GRACE_MS);
+    const code = await this.exited;
+    clearTimeout(timer);
+    if (this.relayed < this.warnings) process.stderr.write(`[${this.name}] (${this.warnings - this.relayed} more log lines not shown${tearingDown ? ", most while stopping" : ""})\n`);
+    return code;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load child
+
+/** The load generator, bench/mesh-load.ts, in its own process. */
+type Load = LoadProcess<SetupMessage | PhaseMessage, ChildMessage>;
+
+function startLoad(): Load {
+  return new LoadProcess(process.execPath, ["--import", "tsx", path.join(HERE, "mesh-load.ts")], ROOT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU accounting for a measured window: every service process, the load process, this process,
+// the PostgreSQL backends of the bench database (by application_name: cowrie-edge...), the
+// PostgreSQL background processes (WAL writer...; shared with anything else on the server) and
+// the whole machine, so that what is left ("other") says whether something else disturbed it.
+
+interface Sample {
+  wallMs: number;
+  monotonicUs: number;
+  machine: number | undefined;
+  pids: Map<number, number>;
+  /** pid -> group label for the PostgreSQL processes seen. */
+  pgGroups: Map<number, string>;
+  xacts: number;
+}
+
+class Accounting {
+  constructor(
+    private readonly monitor: postgres.Sql,
+    private readonly databaseName: string,
+    private readonly processes: () => Map<number, string>,
+  ) {}
+
+  async sample(): Promise<Sample> {
+    const rows = await this.monitor<{ pid: number; datname: string | null; application_name: string; backend_type: string }[]>`
+      select pid, datname, application_name, backend_type from pg_stat_activity
+      where (datname = ${this.databaseName} and pid <> pg_backend_pid()) or datname is null`;
+    const [xacts] = await this.monitor<{ xacts: string }[]>`
+      select (xact_commit + xact_rollback)::text as xacts from pg_stat_database where datname = ${this.databaseName}`;
+    const pgGroups = new Map<number, string>();
+    for (const row of rows) {
+      const label = row.datname === null
+        ? "postgres background (shared)"
+        : row.backend_type === "client backend" ? `postgres ${row.application_name.replace(/^cowrie-/, "") || "other"}` : `postgres ${row.backend_type}`;
+      pgGroups.set(row.pid, label);
+    }
+    const pids = new Map<number, number>();
+    for (const pid of [...this.processes().keys(), ...pgGroups.keys()]) {
+      const cpu = processCpuSeconds(pid);
+      if (cpu !== undefined) pids.set(pid, cpu);
+    }
+    return {
+      wallMs: Date.now(),
+      monotonicUs: Number(process.hrtime.bigint() / 1000n),
+      machine: machineBusySeconds(),
+      pids,
+      pgGroups,
+      xacts: Number(xacts?.xacts ?? 0),
+    };
+  }
+
+  /** CPU seconds per label between two samples; processes born in between count from zero. */
+  delta(start: Sample, end: Sample): { byLabel: Map<string, number>; machine: number | undefined; seconds: number; xacts: number } {
+    const labels = this.processes();
+    const byLabel = new Map<string, number>();
+    for (const [pid, cpu] of end.pids) {
+      const label = labels.get(pid) ?? end.pgGroups.get(pid) ?? start.pgGroups.get(pid);
+      if (!label) continue;
+      byLabel.set(label, (byLabel.get(label) ?? 0) + Math.max(0, cpu - (start.pids.get(pid) ?? 0)));
+    }
+    const machine = start.machine === undefined || end.machine === undefined ? undefined : end.machine - start.machine;
+    return { byLabel, machine, seconds: (end.wallMs - start.wallMs) / 1000, xacts: end.xacts - start.xacts };
+  }
+}
+
+/** Runs one load phase and samples the CPU accounting at its window's edges. */
+async function runPhase(load: Load, accounting: Accounting, message: PhaseMessage) {
+  const boundMs = (message.warmupSeconds + message.seconds) * 1000 + TIMEOUT_MS + 30_000;
+  const started = load.next("measure-start", message.id, boundMs);
+  const ended = load.next("measure-end", message.id, boundMs + TIMEOUT_MS);
+  const resulted = load.next("result", message.id, boundMs + TIMEOUT_MS);
+  // Awaited one after the other: the later ones must not count as unhandled if an earlier one fails.
+  for (const waiting of [started, ended, resulted]) waiting.catch(() => undefined);
+  load.send(message);
+  await started;
+  const parentCpuStart = process.cpuUsage();
+  const first = await accounting.sample();
+  await ended;
+  const last = await accounting.sample();
+  const parentCpu = process.cpuUsage(parentCpuStart);
+  const result = (await resulted) as PhaseResult;
+  const usage = accounting.delta(first, last);
+  usage.byLabel.set("bench (this process)", (parentCpu.user + parentCpu.system) / 1e6);
+  return { result, usage, window: { startUs: first.monotonicUs, endUs: last.monotonicUs } };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function runLimited<T>(items: readonly T[], concurrency: number, work: (item: T, index: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+    while (next < items.length) {
+      const index = next++;
+      await work(items[index] as T, index);
+    }
+  }));
+}
+
+const ms = (value: number): string => value.toFixed(1);
+const pad = (text: string, width: number): string => text.padEnd(width);
+
+async function main(): Promise<void> {
+  const runStartedMs = performance.now();
+  // Whole-run watchdog: every phase is bounded anyway; this only ends a wedged run (cleanup runs).
+  const watchdogMs = (BASELINE_SECONDS + WARMUP_SECONDS + SECONDS + OPEN_WARMUP_SECONDS + OPEN_SECONDS) * 1000 + 4 * TIMEOUT_MS + 240_000;
+  let timedOut = false;
+  const watchdog = setTimeout(() => {
+    timedOut = true;
+    progress(`still running after ${watchdogMs} ms; giving up`);
+    void cleanup().finally(() => process.exit(1));
+  }, watchdogMs);
+  watchdog.unref();
+
+  const services = new Map<ServiceName, ServiceProcess>();
+  let load: Load | undefined;
+  let database: Awaited<ReturnType<typeof freshDatabase>> | undefined;
+  let monitor: postgres.Sql | undefined;
+  const sessions: Http2SessionManager[] = [];
+  const redisKeys: { tenantId?: string; keyId?: string } = {};
+  let cleaning: Promise<void> | undefined;
+  const cleanup = (): Promise<void> => (cleaning ??= (async () => {
+    tearingDown = true;
+    for (const session of sessions) session.abort();
+    await load?.stop(5000).catch(() => undefined);
+    // Edge first, so nothing new comes in while the services behind it drain.
+    for (const name of [...SERVICES].reverse()) {
+      const service = services.get(name);
+      if (service) {
+        const code = await service.stop();
+        if (code !== 0 && !timedOut) progress(`${name} exited with code ${code}`);
+      }
+    }
+    await monitor?.end({ timeout: 5 }).catch(() => undefined);
+    await database?.drop().catch((error: unknown) => progress(`could not drop the database: ${String(error)}`));
+    await cleanRedis(redisKeys).catch(() => undefined);
+  })());
+  let interrupted = false;
+  // Whatever goes wrong, the processes this run started stop and its database goes.
+  for (const event of ["uncaughtException", "unhandledRejection"] as const) {
+    process.on(event, (error: unknown) => {
+      console.error(`${NAME} failed (${event}):`, error instanceof Error ? error.stack ?? error.message : error);
+      void cleanup().finally(() => process.exit(1));
+    });
+  }
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.once(signal, () => {
+      interrupted = true;
+      progress(`${signal}: stopping the services and dropping the database`);
+      void cleanup().finally(() => process.exit(130));
+    });
+  }
+
+  try {
+    database = await freshDatabase("bench_mesh");
+    const databaseName = new URL(database.url).pathname.slice(1);
+    progress(`database ${databaseName}`);
+
+    // The load process starts now: its own start-up (tsx) overlaps the baseline.
+    load = startLoad();
+    const loadReady = load.next("ready", undefined, START_TIMEOUT_MS);
+    loadReady.catch(() => undefined);
+
+    progress(`baseline: one-row insert transactions, ${16} postgres.js clients, ${BASELINE_SECONDS} s`);
+    const base = await commitBaseline(database.url, BASELINE_SECONDS);
+    const baselineRate = rate(base);
+    progress(`baseline: ${baselineRate} commits/s`);
+
+    // Services: one process each, started together; each is SERVING once its migrations ran and
+    // its backends answer. Clients between them connect on first use.
+    if (CPU_PROF_DIR) mkdirSync(CPU_PROF_DIR, { recursive: true });
+    const ports = (await freePorts(SERVICES.length)) as number[];
+    const portOf = Object.fromEntries(SERVICES.map((name, index) => [name, ports[index] as number])) as Record<ServiceName, number>;
+    const operatorToken = `bench-operator-${randomBytes(16).toString("hex")}`;
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    for (const name of SERVICES) delete env[`COWRIE_${name.toUpperCase()}_URL`];
+    Object.assign(env, {
+      DATABASE_URL: database.url,
+      REDIS_URL: TEST_REDIS_URL,
+      AMQP_URL: TEST_AMQP_URL,
+      COWRIE_HOST: "127.0.0.1",
+      COWRIE_EDGE_PORT: String(portOf.edge),
+      COWRIE_LEDGER_PORT: String(portOf.ledger),
+      COWRIE_WALLET_PORT: String(portOf.wallet),
+      COWRIE_ROUTER_PORT: String(portOf.router),
+      COWRIE_RISK_PORT: String(portOf.risk),
+      COWRIE_OPERATOR_TOKEN: operatorToken,
+      COWRIE_LOG_LEVEL: "warn",
+      COWRIE_RATE_LIMIT_PER_SECOND: "1000000",
+      COWRIE_RATE_LIMIT_BURST: "1000000",
+    });
+    progress(`starting ${SERVICES.join(", ")} (one process each)`);
+    const startedAtMs = Date.now();
+    // All together, as compose starts them: migrations serialize on one advisory lock.
+    for (const name of SERVICES) services.set(name, new ServiceProcess(name, portOf[name], env));
+    await Promise.all(SERVICES.map((name) => (services.get(name) as ServiceProcess).serving()));
+    const startupSeconds = (Date.now() - startedAtMs) / 1000;
+    progress(`all SERVING in ${startupSeconds.toFixed(1)} s`);
+
+    // Setup through the public API (not measured).
+    const edgeUrl = `http://127.0.0.1:${portOf.edge}`;
+    const edgeSession = new Http2SessionManager(edgeUrl);
+    sessions.push(edgeSession);
+    const edgeTransport = createConnectTransport({ baseUrl: edgeUrl, httpVersion: "2", useBinaryFormat: true, sessionManager: edgeSession });
+    const admin = createClient(AdminService, edgeTransport);
+    const created = await admin.createTenant({ name: "bench tenant" }, { headers: { authorization: `Bearer ${operatorToken}` }, timeoutMs: 10_000 });
+    const tenantId = created.tenant?.id ?? "";
+    redisKeys.tenantId = tenantId;
+    redisKeys.keyId = created.apiKey?.id;
+    const apiKey = created.apiKeySecret;
+    const wallets = createClient(WalletsService, edgeTransport);
+    const auth = (key: string) => ({ authorization: `Bearer ${apiKey}`, "idempotency-key": key });
+    progress(`setup: tenant ${tenantId}, ${CUSTOMERS} customer and ${MERCHANTS} merchant wallets, customers funded`);
+    const owners = [
+      ...Array.from({ length: CUSTOMERS }, (_, index) => ({ owner: `customer-${index}`, kind: WalletKind.CUSTOMER })),
+      ...Array.from({ length: MERCHANTS }, (_, index) => ({ owner: `merchant-${index}`, kind: WalletKind.MERCHANT })),
+    ];
+    const walletIds: string[] = new Array(owners.length);
+    await runLimited(owners, SETUP_CONCURRENCY, async ({ owner, kind }, index) => {
+      const response = await wallets.createWallet({ ownerId: owner, currency: CURRENCY, kind }, { headers: auth(`setup-wallet-${owner}`), timeoutMs: 10_000 });
+      if (!response.wallet) throw new Error(`CreateWallet ${owner} returned no wallet`);
+      walletIds[index] = response.wallet.id;
+    });
+    const customers = walletIds.slice(0, CUSTOMERS);
+    const merchants = walletIds.slice(CUSTOMERS);
+    await runLimited(customers, SETUP_CONCURRENCY, async (walletId) => {
+      await wallets.fundWallet({ walletId, amountMinor: FUND_MINOR, currency: CURRENCY }, { headers: auth(`setup-fund-${walletId}`), timeoutMs: 10_000 });
+    });
+    const fundedMinor = FUND_MINOR * BigInt(CUSTOMERS);
+
+    await loadReady;
+    const runTag = `bench-${process.pid}-${Date.now().toString(36)}`;
+    load.send({ type: "setup", edgeUrl, apiKey, currency: CURRENCY, customers, merchants, connections: CONNECTIONS, timeoutMs: TIMEOUT_MS, retryShare: RETRY_SHARE, refundShare: REFUND_SHARE, runTag });
+    await load.next("setup-done", undefined, 10_000);
+
+    monitor = postgres(TEST_POSTGRES_URL, { max: 1, onnotice: () => {}, connection: { application_name: "cowrie-bench-monitor" } });
+    const pidLabels = new Map<number, string>([...services.values()].map((service) => [service.pid, service.name]));
+    pidLabels.set(load.pid, "load generator");
+    const accounting = new Accounting(monitor, databaseName, () => pidLabels);
+
+    progress(`closed loop: ${CONCURRENCY} workers, ${WARMUP_SECONDS} s warm-up + ${SECONDS} s (retries ${RETRY_SHARE * 100}%, refunds ${REFUND_SHARE * 100}%)`);
+    const closed = await runPhase(load, accounting, {
+      type: "run", id: "closed", mode: "closed", warmupSeconds: WARMUP_SECONDS, seconds: SECONDS, concurrency: CONCURRENCY, ratePerSecond: 0, maxInFlight: 0,
+    });
+    const paymentsPerSecond = closed.result.payments / closed.result.windowSeconds;
+    const callsPerSecond = closed.result.operations / closed.result.windowSeconds;
+    progress(`closed loop: ${paymentsPerSecond.toFixed(0)} payments/s, p99 ${ms(closed.result.payment.p99Ms)} ms`);
+
+    // Open loop at a fraction of the measured payment rate; the same mix rides on top, so the
+    // calls per second are that rate divided by the share of fresh payments.
+    const openPaymentRate = paymentsPerSecond * OPEN_FRACTION;
+    const openCallRate = openPaymentRate / (1 - RETRY_SHARE - REFUND_SHARE);
+    let open: Awaited<ReturnType<typeof runPhase>> | undefined;
+    if (OPEN_SECONDS > 0 && openCallRate > 0) {
+      progress(`open loop: ${openPaymentRate.toFixed(0)} payments/s (${openCallRate.toFixed(0)} calls/s), ${OPEN_WARMUP_SECONDS} s warm-up + ${OPEN_SECONDS} s`);
+      open = await runPhase(load, accounting, {
+        type: "run", id: "open", mode: "open", warmupSeconds: OPEN_WARMUP_SECONDS, seconds: OPEN_SECONDS, concurrency: 0, ratePerSecond: openCallRate, maxInFlight: OPEN_MAX_IN_FLIGHT,
+      });
+      progress(`open loop: p50 ${ms(open.result.payment.p50Ms)} ms, p99 ${ms(open.result.payment.p99Ms)} ms`);
+    }
+    if (CPU_PROF_DIR) {
+      writeFileSync(path.join(CPU_PROF_DIR, "windows.json"), JSON.stringify({ closed: closed.window, ...(open ? { open: open.window } : {}), payments: closed.result.payments, calls: closed.result.operations }, null, 2));
+    }
+
+    // Conservation: the journal verifies, and the wallets plus the fee account hold what was funded.
+    progress("verifying the journal and the balances");
+    const ledgerSession = new Http2SessionManager(`http://127.0.0.1:${portOf.ledger}`);
+    sessions.push(ledgerSession);
+    const ledger = createClient(LedgerService, createConnectTransport({ baseUrl: `http://127.0.0.1:${portOf.ledger}`, httpVersion: "2", useBinaryFormat: true, sessionManager: ledgerSession }));
+    const verify = await ledger.verifyJournal({}, { timeoutMs: 120_000 });
+    const feeAccount = feeAccountId(tenantId, CURRENCY);
+    const fundingAccount = fundingAccountId(CURRENCY);
+    const ids = [...customers, ...merchants, feeAccount, fundingAccount];
+    const accounts = new Map<string, Account>();
+    for (let start = 0; start < ids.length; start += 8000) {
+      const { accounts: found } = await ledger.lookupAccounts({ ids: ids.slice(start, start + 8000) }, { timeoutMs: 30_000 });
+      for (const account of found) accounts.set(account.id, account);
+    }
+    const missing = ids.filter((id) => id !== feeAccount && !accounts.has(id));
+    const balance = (id: string): bigint => {
+      const account = accounts.get(id);
+      return account ? account.creditsPosted - account.debitsPosted : 0n;
+    };
+    const pendingTotal = ids.reduce((sum, id) => sum + (accounts.get(id)?.debitsPending ?? 0n) + (accounts.get(id)?.creditsPending ?? 0n), 0n);
+    const customersMinor = customers.reduce((sum, id) => sum + balance(id), 0n);
+    const merchantsMinor = merchants.reduce((sum, id) => sum + balance(id), 0n);
+    const feesMinor = balance(feeAccount);
+    const sumMinor = customersMinor + merchantsMinor + feesMinor;
+    const fundingOut = -balance(fundingAccount);
+    const conserved = missing.length === 0 && sumMinor === fundedMinor && fundingOut === fundedMinor && pendingTotal === 0n;
+    // What the load process saw move must be exactly what the Ledger holds, when no outcome was unknown.
+    const seen = (open ?? closed).result.money;
+    const clientViewOk = seen.unknownOutcomes > 0
+      ? null
+      : feesMinor === BigInt(seen.feesMinor) && merchantsMinor === BigInt(seen.toMerchantsMinor) - BigInt(seen.refundedMinor);
+
+    // Per-process figures, read before the processes stop.
+    const perService = Object.fromEntries(SERVICES.map((name) => {
+      const service = services.get(name) as ServiceProcess;
+      return [name, { cpu_s: round(processCpuSeconds(service.pid) ?? NaN, 2), peak_rss_mb: round(processMemoryMb(service.pid, "VmHWM") ?? NaN, 1) }];
+    })) as Record<ServiceName, { cpu_s: number; peak_rss_mb: number }>;
+    const loadPeakMb = round(processMemoryMb(load.pid, "VmHWM") ?? NaN, 1);
+
+    progress("stopping the services (SIGTERM) and dropping the database");
+    await cleanup();
+
+    // -------------------------------------------------------------------------------------------
+    // Report
+
+    const c = closed.result;
+    const ratio = baselineRate > 0 ? paymentsPerSecond / baselineRate : 0;
+    const throughputMet = ratio >= TARGET_RATIO;
+    // p99 of the payments that succeeded; errors in the open loop are reported next to it.
+    const latencyMet = open ? open.result.payment.p99Ms <= TARGET_P99_MS : null;
+    const errors: Record<string, number> = { ...c.errors };
+    const openErrors = open?.result.errors ?? {};
+    const callsInWindow = Math.max(1, c.operations);
+    const usageRows = [...closed.usage.byLabel.entries()].sort((a, b) => b[1] - a[1]);
+    const oursCpu = usageRows.reduce((sum, [, cpu]) => sum + cpu, 0);
+    const otherCpu = closed.usage.machine === undefined ? undefined : Math.max(0, closed.usage.machine - oursCpu);
+    const windowCpu = Object.fromEntries(usageRows.map(([label, cpu]) => [label, {
+      cpu_s: round(cpu, 2),
+      pct_of_core: round((cpu / closed.usage.seconds) * 100, 1),
+      cpu_ms_per_call: round((cpu * 1000) / callsInWindow, 3),
+    }]));
+    const errorText = (byCode: Record<string, number>): string =>
+      Object.keys(byCode).length === 0 ? "none" : Object.entries(byCode).map(([code, count]) => `${code} ${count}`).join(", ");
+
+    const lines = [
+      "",
+      `mesh bench: internal payments through the public Edge; ${CONCURRENCY} workers, ${SECONDS} s after ${WARMUP_SECONDS} s warm-up; ` +
+        `retries ${RETRY_SHARE * 100}%, refunds ${REFUND_SHARE * 100}%; ${CUSTOMERS} customers -> ${MERCHANTS} merchants; ${CONNECTIONS} HTTP/2 connection(s)`,
+      `baseline (postgres.js one-row inserts, 16 clients)  ${String(baselineRate).padStart(7)} commits/s`,
+      `closed loop                                        ${paymentsPerSecond.toFixed(0).padStart(7)} payments/s  (${callsPerSecond.toFixed(0)} calls/s incl. retries and refunds)`,
+      `  CreatePayment latency  p50 ${ms(c.payment.p50Ms)}  p95 ${ms(c.payment.p95Ms)}  p99 ${ms(c.payment.p99Ms)}  max ${ms(c.payment.maxMs)} ms  (${c.payment.count} payments)`,
+      `  retries  ${c.replaysChecked} replays checked (same payment id, replayed=true), p50 ${ms(c.retry.p50Ms)} p99 ${ms(c.retry.p99Ms)} ms`,
+      `  refunds  ${c.refunds} partial refunds SUCCEEDED, p50 ${ms(c.refund.p50Ms)} p99 ${ms(c.refund.p99Ms)} ms`,
+      `  errors   ${errorText(errors)}`,
+      ...c.firstErrors.map((line) => `    e.g. ${line}`),
+      open
+        ? `open loop at ${(OPEN_FRACTION * 100).toFixed(0)}%                                ${openPaymentRate.toFixed(0).padStart(7)} payments/s offered (${openCallRate.toFixed(0)} calls/s), ${open.result.payments} payments in ${open.result.windowSeconds.toFixed(1)} s`
+        : "open loop   skipped",
+      ...(open
+        ? [
+          `  CreatePayment latency  p50 ${ms(open.result.payment.p50Ms)}  p95 ${ms(open.result.payment.p95Ms)}  p99 ${ms(open.result.payment.p99Ms)}  max ${ms(open.result.payment.maxMs)} ms (from when due), most in flight ${open.result.maxInFlightSeen}`,
+          `  errors   ${errorText(openErrors)}`,
+          ...open.result.firstErrors.map((line) => `    e.g. ${line}`),
+        ]
+        : []),
+      `issue 9 targets: payments/s >= ${TARGET_RATIO * 100}% of baseline: ${(ratio * 100).toFixed(1)}% ${throughputMet ? "MET" : "NOT MET"}; ` +
+        `p99 <= ${TARGET_P99_MS} ms at ${(OPEN_FRACTION * 100).toFixed(0)}% load: ${open ? `${ms(open.result.payment.p99Ms)} ms ${latencyMet ? "MET" : "NOT MET"}` : "not measured"}`,
+      `CPU in the closed-loop window (${closed.usage.seconds.toFixed(1)} s; 2 cores = 200%), per call = per completed CreatePayment/RefundPayment:`,
+      ...usageRows.map(([label, cpu]) => `  ${pad(label, 34)} ${((cpu / closed.usage.seconds) * 100).toFixed(0).padStart(4)}%  ${((cpu * 1000) / callsInWindow).toFixed(2).padStart(7)} ms/call`),
+      `  ${pad("machine, everything else", 34)} ${otherCpu === undefined ? " n/a" : `${((otherCpu / closed.usage.seconds) * 100).toFixed(0).padStart(4)}%`}${otherCpu !== undefined && otherCpu / closed.usage.seconds > 0.15 ? "  WARNING: something else was busy; figures disturbed" : ""}`,
+      `  database transactions ≈ ${(closed.usage.xacts / callsInWindow).toFixed(1)} per call (pg_stat_database, approximate)`,
+      `processes (whole run): ${SERVICES.map((name) => `${name} ${perService[name].cpu_s} s CPU / ${perService[name].peak_rss_mb} MB peak RSS`).join("; ")}; ` +
+        `load generator ${loadPeakMb} MB; services SERVING ${startupSeconds.toFixed(1)} s after spawn`,
+      `journal: ${verify.findings.length} findings over ${verify.transfersChecked} transfers` +
+        (verify.findings.length > 0 ? ` (${verify.findings.slice(0, 3).map((finding) => `${FindingKind[finding.kind]}: ${finding.detail}`).join("; ")})` : ""),
+      `money: customers ${customersMinor} + merchants ${merchantsMinor} + fees ${feesMinor} = ${sumMinor}; funded ${fundedMinor}; ` +
+        `${conserved ? "conserved" : "NOT CONSERVED"}${missing.length > 0 ? ` (${missing.length} accounts missing)` : ""}${pendingTotal !== 0n ? ` (pending ${pendingTotal})` : ""}; ` +
+        `matches what the load saw: ${clientViewOk === null ? `unknown (${seen.unknownOutcomes} calls with unknown outcome)` : clientViewOk ? "yes" : "NO"}`,
+      `run took ${((performance.now() - runStartedMs) / 1000).toFixed(0)} s`,
+      "",
+    ];
+    process.stdout.write(lines.join("\n"));
+
+    const figures = {
+      bench: "mesh",
+      seconds: SECONDS,
+      warmup_seconds: WARMUP_SECONDS,
+      concurrency: CONCURRENCY,
+      retry_share: RETRY_SHARE,
+      refund_share: REFUND_SHARE,
+      customers: CUSTOMERS,
+      merchants: MERCHANTS,
+      connections: CONNECTIONS,
+      payments_per_s: round(paymentsPerSecond, 1),
+      calls_per_s: round(callsPerSecond, 1),
+      p50_ms: round(c.payment.p50Ms),
+      p95_ms: round(c.payment.p95Ms),
+      p99_ms: round(c.payment.p99Ms),
+      max_ms: round(c.payment.maxMs),
+      payments: c.payments,
+      errors,
+      replays_checked: c.replaysChecked,
+      replay_p99_ms: round(c.retry.p99Ms),
+      refunds: c.refunds,
+      refund_p99_ms: round(c.refund.p99Ms),
+      baseline_commits_per_s: baselineRate,
+      ratio_to_baseline: round(ratio, 3),
+      open_loop_rate_per_s: round(openPaymentRate, 1),
+      open_loop_calls_per_s: round(openCallRate, 1),
+      open_loop_payments: open?.result.payments ?? null,
+      open_loop_p50_ms: open ? round(open.result.payment.p50Ms) : null,
+      open_loop_p95_ms: open ? round(open.result.payment.p95Ms) : null,
+      open_loop_p99_ms: open ? round(open.result.payment.p99Ms) : null,
+      open_loop_max_ms: open ? round(open.result.payment.maxMs) : null,
+      open_loop_errors: openErrors,
+      targets: {
+        ratio_to_baseline_min: TARGET_RATIO,
+        throughput_met: throughputMet,
+        open_loop_p99_max_ms: TARGET_P99_MS,
+        latency_met: latencyMet,
+      },
+      cpu_s: Object.fromEntries(SERVICES.map((name) => [name, perService[name].cpu_s])),
+      peak_rss_mb: Object.fromEntries(SERVICES.map((name) => [name, perService[name].peak_rss_mb])),
+      window_cpu: windowCpu,
+      other_cpu_pct: otherCpu === undefined ? null : round((otherCpu / closed.usage.seconds) * 100, 1),
+      db_transactions_per_call: round(closed.usage.xacts / callsInWindow, 2),
+      journal_findings: verify.findings.length,
+      transfers_verified: Number(verify.transfersChecked),
+      conservation: {
+        funded_minor: String(fundedMinor),
+        customers_minor: String(customersMinor),
+        merchants_minor: String(merchantsMinor),
+        fees_minor: String(feesMinor),
+        ok: conserved,
+        matches_load_view: clientViewOk,
+      },
+      startup_s: round(startupSeconds, 1),
+      run_s: round((performance.now() - runStartedMs) / 1000, 1),
+    };
+    if (verify.findings.length > 0 || !conserved || clientViewOk === false) process.exitCode = 1;
+    process.stdout.write(`${JSON.stringify(figures)}\n`);
+  } catch (error) {
+    if (!interrupted) {
+      console.error(`${NAME} failed:`, error instanceof Error ? error.stack ?? error.message : error);
+      process.exitCode = 1;
+    }
+  } finally {
+    await cleanup();
+    clearTimeout(watchdog);
+  }
+}
+
+/** Deletes this run's keys from Redis: the idempotency replay cache and the rate-limit bucket. */
+async function cleanRedis(keys: { tenantId?: string; keyId?: string }): Promise<void> {
+  if (!keys.tenantId) return;
+  const redis = new Redis(TEST_REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 2000 });
+  redis.on("error", () => {});
+  try {
+    await redis.connect();
+    const doomed: string[] = keys.keyId ? [`cowrie:edge:rate:${keys.keyId}`] : [];
+    let cursor = "0";
+    do {
+      const [next, found] = await redis.scan(cursor, "MATCH", `cowrie:edge:idem:${keys.tenantId}:*`, "COUNT", 1000);
+      cursor = next;
+      doomed.push(...found);
+      if (doomed.length >= 1000) await redis.unlink(...doomed.splice(0));
+    } while (cursor !== "0");
+    if (doomed.length > 0) await redis.unlink(...doomed);
+  } finally {
+    redis.disconnect();
+  }
+}
+
+await main();
+// Open handles (HTTP/2 sessions, timers) must not keep a finished run alive.
+process.exit(process.exitCode ?? 0);

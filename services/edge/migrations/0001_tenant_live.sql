@@ -1,0 +1,1 @@
+ALTER TABLE "edge"."tenants" ADD COLUMN "live" boolean DEFAULT false NOT NULL;

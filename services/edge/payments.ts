@@ -1,0 +1,86 @@
+// The public PaymentsService: validates the public request, then calls the internal
+// RouterService with the tenant of the API key. Only internal (wallet to wallet) payments are
+// offered publicly for now; the Router decides them and records declines as FAILED payments.
+import type { Client } from "@connectrpc/connect";
+import { PaymentKind, PaymentStatus, type PaymentsService } from "../../gen/cowrie/edge/v1/payments_pb.js";
+import { PaymentKind as InternalPaymentKind, type RouterService } from "../../gen/cowrie/router/v1/router_pb.js";
+import { invalidArgument } from "../runtime/errors.js";
+import { limitText, requireAmountMinor, requireCurrency, requireId, requirePageSize } from "../runtime/validate.js";
+import { mutate, read, type Endpoints } from "./endpoints.js";
+import {
+  limitPageToken,
+  optionalEnum,
+  optionalId,
+  requireDifferent,
+  requireNonNegativeMinor,
+  requireTimeRange,
+} from "./fields.js";
+import { publicPayment } from "./mapping.js";
+
+export function paymentsEndpoints(router: Client<typeof RouterService>): Endpoints<typeof PaymentsService> {
+  return {
+    createPayment: mutate((request) => {
+      const amountMinor = requireAmountMinor(request.amountMinor, "amount_minor");
+      const currency = requireCurrency(request.currency, "currency");
+      const sourceWalletId = requireId(request.sourceWalletId, "source_wallet_id");
+      const destinationWalletId = requireId(request.destinationWalletId, "destination_wallet_id");
+      requireDifferent(destinationWalletId, sourceWalletId, "destination_wallet_id", "source_wallet_id");
+      const feeMinor = requireNonNegativeMinor(request.feeMinor, "fee_minor");
+      if (feeMinor >= amountMinor) throw invalidArgument("fee_minor", "must be less than amount_minor");
+      const reference = limitText(request.reference, "reference", 128);
+      return async ({ tenantId, downstreamKey }) => {
+        const response = await router.createPayment({
+          tenantId,
+          idempotencyKey: downstreamKey,
+          kind: InternalPaymentKind.INTERNAL,
+          amountMinor,
+          currency,
+          sourceWalletId,
+          destinationWalletId,
+          feeMinor,
+          reference,
+        });
+        return { payment: publicPayment(response.payment), replayed: response.replayed };
+      };
+    }),
+
+    getPayment: read(async (request, { tenantId }) => {
+      const paymentId = requireId(request.paymentId, "payment_id");
+      const response = await router.getPayment({ tenantId, paymentId });
+      return { payment: publicPayment(response.payment) };
+    }),
+
+    listPayments: read(async (request, { tenantId }) => {
+      const status = optionalEnum(request.status, "status", PaymentStatus);
+      const kind = optionalEnum(request.kind, "kind", PaymentKind);
+      const walletId = optionalId(request.walletId, "wallet_id");
+      requireTimeRange(request.createdFrom, request.createdTo, "created_from", "created_to");
+      const pageSize = requirePageSize(request.pageSize, 100);
+      const pageToken = limitPageToken(request.pageToken, "page_token");
+      const response = await router.listPayments({
+        tenantId,
+        status,
+        kind,
+        walletId,
+        createdFrom: request.createdFrom,
+        createdTo: request.createdTo,
+        pageSize,
+        pageToken,
+      });
+      return {
+        payments: response.payments.map((payment) => publicPayment(payment)).filter((payment) => payment !== undefined),
+        nextPageToken: response.nextPageToken,
+      };
+    }),
+
+    refundPayment: mutate((request) => {
+      const paymentId = requireId(request.paymentId, "payment_id");
+      const amountMinor = requireNonNegativeMinor(request.amountMinor, "amount_minor");
+      const reason = limitText(request.reason, "reason", 128);
+      return async ({ tenantId, downstreamKey }) => {
+        const response = await router.refundPayment({ tenantId, idempotencyKey: downstreamKey, paymentId, amountMinor, reason });
+        return { refund: publicPayment(response.refund), payment: publicPayment(response.payment), replayed: response.replayed };
+      };
+    }),
+  };
+}

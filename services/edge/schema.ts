@@ -1,0 +1,89 @@
+// The Edge's tables, in PostgreSQL schema "edge": who may call the public API (tenants and their
+// API keys, of which only a hash of the secret is kept) and the record of every mutating call's
+// Idempotency-Key with its fingerprint and outcome (see idempotency.ts).
+import { sql } from "drizzle-orm";
+import { boolean, check, customType, index, integer, pgSchema, primaryKey, smallint, text, timestamp } from "drizzle-orm/pg-core";
+
+export const edge = pgSchema("edge");
+
+const bytea = customType<{ data: Uint8Array; driverData: Uint8Array }>({ dataType: () => "bytea" });
+
+export const tenants = edge.table("tenants", {
+  // "ten_" + 26 characters that sort by creation time: ListTenants pages by id.
+  id: text("id").primaryKey(),
+  name: text("name").notNull(),
+  // Live tenants move real money and may not mint it with FundWallet; sandbox tenants may.
+  live: boolean("live").notNull().default(false),
+  createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+});
+
+/** ApiKeyScope values of the public contract. */
+export const SCOPE = { readOnly: 1, readWrite: 2 } as const;
+
+export const apiKeys = edge.table(
+  "api_keys",
+  {
+    // "key_" + 16 characters; the public part of the key.
+    id: text("id").primaryKey(),
+    tenantId: text("tenant_id").notNull().references(() => tenants.id),
+    // SHA-256 of the secret part. The secret is 256 random bits, so a fast hash is enough.
+    secretHash: bytea("secret_hash").notNull(),
+    scope: smallint("scope").notNull(),
+    label: text("label").notNull().default(""),
+    // Null: COWRIE_RATE_LIMIT_PER_SECOND / COWRIE_RATE_LIMIT_BURST at the time of the call.
+    rateLimitPerSecond: integer("rate_limit_per_second"),
+    rateLimitBurst: integer("rate_limit_burst"),
+    createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+    revokedAt: timestamp("revoked_at", { withTimezone: true, mode: "date" }),
+  },
+  (table) => [
+    check("api_keys_scope_known", sql`${table.scope} in (1, 2)`),
+    check("api_keys_rate_positive", sql`${table.rateLimitPerSecond} is null or ${table.rateLimitPerSecond} > 0`),
+    check("api_keys_burst_positive", sql`${table.rateLimitBurst} is null or ${table.rateLimitBurst} > 0`),
+    index("api_keys_tenant_idx").on(table.tenantId, table.createdAt),
+  ],
+);
+
+/** States of an idempotency record. */
+export const IDEMPOTENCY_STATE = { inProgress: 1, completed: 2 } as const;
+
+export const idempotencyKeys = edge.table(
+  "idempotency_keys",
+  {
+    tenantId: text("tenant_id").notNull(),
+    key: text("key").notNull(),
+    // Fully qualified RPC, "cowrie.edge.v1.WalletsService/FundWallet": the completer runs it again.
+    method: text("method").notNull(),
+    // SHA-256 of the method name and the canonical request bytes.
+    fingerprint: bytea("fingerprint").notNull(),
+    request: bytea("request").notNull(),
+    // The API key that sent the request: the completer finishes it only while that key is still
+    // valid and read-write. Null for rows written before the column existed.
+    apiKeyId: text("api_key_id"),
+    state: smallint("state").notNull(),
+    // While in progress: the executor's lease; whoever finds it expired may take the work over.
+    lockedUntil: timestamp("locked_until", { withTimezone: true, mode: "date" }).notNull(),
+    // Executions started: 1 by the first caller, +1 for each takeover of an expired lease.
+    attempts: integer("attempts").notNull().default(1),
+    // Completed with success: the response message's bytes.
+    response: bytea("response"),
+    // Completed with a decided error: its code, message and details (JSON of type + base64 value).
+    errorCode: integer("error_code"),
+    errorMessage: text("error_message"),
+    errorDetails: text("error_details"),
+    createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+    completedAt: timestamp("completed_at", { withTimezone: true, mode: "date" }),
+    // The reaper deletes the record after this.
+    expiresAt: timestamp("expires_at", { withTimezone: true, mode: "date" }).notNull(),
+  },
+  (table) => [
+    primaryKey({ name: "idempotency_keys_pk", columns: [table.tenantId, table.key] }),
+    check("idempotency_keys_state_known", sql`${table.state} in (1, 2)`),
+    check(
+      "idempotency_keys_completed_has_outcome",
+      sql`${table.state} = 1 or ${table.response} is not null or ${table.errorCode} is not null`,
+    ),
+    index("idempotency_keys_lease_idx").on(table.lockedUntil).where(sql`${table.state} = 1`),
+    index("idempotency_keys_expiry_idx").on(table.expiresAt),
+  ],
+);

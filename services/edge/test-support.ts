@@ -1,0 +1,121 @@
+// Helpers for the Edge's own tests: clients that carry an API key or the operator token, an
+// Edge started alone in front of stand-in internal services, and a fingerprint of every row in
+// the mesh's schemas to prove that a refused request changed nothing.
+import * as http2 from "node:http2";
+import type { AddressInfo } from "node:net";
+import type { DescService } from "@bufbuild/protobuf";
+import { createClient, type Client, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter, createConnectTransport } from "@connectrpc/connect-node";
+import postgres from "postgres";
+import { AdminService } from "../../gen/cowrie/edge/v1/admin_pb.js";
+import { startMesh } from "../mesh.js";
+import { capturingLogger, freshDatabase, meshEnvironment, startTestService, testConfig, TEST_REDIS_URL } from "../runtime/testing.js";
+import { edgeModule } from "./service.js";
+
+/** Sets `Authorization: Bearer <token>` on every call. */
+export function bearer(token: string): Interceptor {
+  return (next) => (request) => {
+    request.header.set("authorization", `Bearer ${token}`);
+    return next(request);
+  };
+}
+
+export function edgeClient<T extends DescService>(service: T, baseUrl: string, token?: string): Client<T> {
+  return createClient(service, createConnectTransport({ baseUrl, httpVersion: "2", interceptors: token ? [bearer(token)] : [] }));
+}
+
+/** A Connect server on a free port serving stand-ins for internal services. */
+export async function startStub(routes: (router: ConnectRouter) => void): Promise<{ baseUrl: string; close(): Promise<void> }> {
+  const server = http2.createServer(connectNodeAdapter({ routes }));
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (session) => {
+    sessions.add(session);
+    session.on("close", () => sessions.delete(session));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    baseUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    async close() {
+      for (const session of sessions) session.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+export const OPERATOR_TOKEN = "operator-token-for-edge-tests";
+
+/** The Edge alone on a database, talking to `downstreamUrl` for both the Wallet and the Router. */
+export async function startEdgeAlone(databaseUrl: string, downstreamUrl: string, env: Record<string, string> = {}) {
+  const edge = await startTestService(edgeModule, {
+    DATABASE_URL: databaseUrl,
+    REDIS_URL: TEST_REDIS_URL,
+    COWRIE_OPERATOR_TOKEN: OPERATOR_TOKEN,
+    COWRIE_WALLET_URL: downstreamUrl,
+    COWRIE_ROUTER_URL: downstreamUrl,
+    COWRIE_LOG_LEVEL: "warn",
+    ...env,
+  });
+  const admin = edgeClient(AdminService, edge.baseUrl, OPERATOR_TOKEN);
+  return { ...edge, admin };
+}
+
+/** A new tenant and its first (read-write) key. */
+export async function newTenant(admin: Client<typeof AdminService>, name = "tenant") {
+  const created = await admin.createTenant({ name });
+  return { tenantId: created.tenant?.id ?? "", keyId: created.apiKey?.id ?? "", apiKey: created.apiKeySecret };
+}
+
+/**
+ * One entry per table of the given schemas: its row count and an md5 over all its rows, so that
+ * inserts, updates and deletes all show up in a before/after comparison.
+ */
+export async function snapshotRows(sql: postgres.Sql, schemas: string[]): Promise<Record<string, string>> {
+  const tables = await sql<{ schema: string; name: string }[]>`
+    select table_schema as schema, table_name as name from information_schema.tables
+    where table_schema in ${sql(schemas)} and table_type = 'BASE TABLE' order by 1, 2`;
+  const out: Record<string, string> = {};
+  for (const { schema, name } of tables) {
+    const [row] = await sql.unsafe(
+      `select count(*)::text as n, coalesce(md5(string_agg(t::text, '|' order by t::text)), '') as h from "${schema}"."${name}" t`,
+    );
+    out[`${schema}.${name}`] = `${row?.n} ${row?.h}`;
+  }
+  return out;
+}
+
+/** Rows of edge.idempotency_keys, read directly. */
+export async function idempotencyRows(databaseUrl: string): Promise<{ tenant_id: string; key: string; state: number; attempts: number; method: string }[]> {
+  const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} });
+  try {
+    return await sql`select tenant_id, key, state, attempts, method from edge.idempotency_keys order by created_at`;
+  } finally {
+    await sql.end();
+  }
+}
+
+/** The whole mesh in this process (Ledger, Wallet, Router, Edge) on a fresh database and the real Redis. */
+export async function startEdgeMesh(label: string, env: Record<string, string> = {}) {
+  const database = await freshDatabase(label);
+  const config = testConfig(await meshEnvironment({
+    DATABASE_URL: database.url,
+    REDIS_URL: TEST_REDIS_URL,
+    COWRIE_LOG_LEVEL: "warn",
+    COWRIE_OPERATOR_TOKEN: OPERATOR_TOKEN,
+    ...env,
+  }));
+  const mesh = await startMesh(config, ["ledger", "wallet", "router", "edge"], capturingLogger().log).catch(async (error: unknown) => {
+    await database.drop();
+    throw error;
+  });
+  const edgePort = mesh.services.find((service) => service.name === "edge")?.port;
+  const baseUrl = `http://127.0.0.1:${edgePort}`;
+  return {
+    databaseUrl: database.url,
+    baseUrl,
+    admin: edgeClient(AdminService, baseUrl, OPERATOR_TOKEN),
+    async close() {
+      await mesh.close();
+      await database.drop();
+    },
+  };
+}

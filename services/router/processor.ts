@@ -1,0 +1,162 @@
+// Drives a recorded payment to a final state: CREATED → PROCESSING, one Wallet.TransferFunds call
+// under a key derived from the payment id, then PROCESSING → SUCCEEDED or FAILED. The request
+// handler, a replay of the same key and the completer all use this one path. Safety does not
+// depend on who runs it or how often: every status change is a compare-and-set (the loser re-reads
+// and carries on from what is there), and the Wallet/Ledger apply a key at most once, so a second
+// driver gets the first outcome back instead of moving money again. Within a process, concurrent
+// drivers of one payment share a single run (twenty racing replays make one Wallet call).
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import { PaymentKind, PaymentStatus } from "../../gen/cowrie/router/v1/router_pb.js";
+import { WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
+import { currentCallContext, remainingMs } from "../runtime/call-context.js";
+import type { Db } from "../runtime/db.js";
+import type { Logger } from "../runtime/log.js";
+import { TRANSFER_CODE, refusalCodeOf } from "../wallet/codes.js";
+import { MOVING_FUNDS, findById, persistTransition, type OutcomeFields, type PaymentRow } from "./store.js";
+
+/** The Wallet idempotency key of a payment's movement: one payment, one key, at most one transfer. */
+export function walletKeyFor(paymentId: string): string {
+  return `router:${paymentId}`;
+}
+
+/**
+ * The failure code of a Wallet error that decides the payment for good, or undefined when the
+ * outcome is not known (transport failure, deadline, breaker open, internal error): then the
+ * payment stays PROCESSING and a later drive with the same key learns the outcome.
+ */
+export function declineCode(error: ConnectError): string | undefined {
+  switch (error.code) {
+    case Code.FailedPrecondition:
+      // Every Wallet refusal carries a Refusal detail; "declined" only if one ever does not.
+      return refusalCodeOf(error) || "declined";
+    case Code.NotFound:
+      return "wallet_not_found";
+    case Code.InvalidArgument:
+    case Code.OutOfRange:
+      return "invalid";
+    default:
+      return undefined;
+  }
+}
+
+/** Who is driving, which is also the reason recorded on the transitions it makes. */
+export type Driver = "request" | "replay" | "completer";
+
+export interface DriveOutcome {
+  /** The payment as the drive left it. */
+  payment: PaymentRow;
+  /** Why the drive stopped short of a final state, when it did (the Wallet call's error). */
+  interruption?: ConnectError;
+}
+
+/** Time kept back from the Wallet call to record its outcome before the caller's deadline. */
+const RECORDING_RESERVE_MS = 250;
+
+export class PaymentProcessor {
+  private readonly running = new Map<string, Promise<DriveOutcome>>();
+
+  constructor(
+    private readonly db: Db,
+    private readonly wallet: Client<typeof WalletService>,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * Drives `payment` as far as it can go now; joins a drive of the same payment already running
+   * (which keeps the deadline of the call that started it).
+   */
+  drive(payment: PaymentRow, driver: Driver, signal?: AbortSignal): Promise<DriveOutcome> {
+    if (payment.status !== PaymentStatus.CREATED && payment.status !== PaymentStatus.PROCESSING) {
+      return Promise.resolve({ payment });
+    }
+    let run = this.running.get(payment.id);
+    if (!run) {
+      run = this.run(payment, driver, signal).finally(() => this.running.delete(payment.id));
+      this.running.set(payment.id, run);
+    }
+    return run;
+  }
+
+  /** Resolves once no drive is running (for shutdown). */
+  async idle(): Promise<void> {
+    while (this.running.size > 0) await Promise.allSettled([...this.running.values()]);
+  }
+
+  private async run(start: PaymentRow, driver: Driver, signal: AbortSignal | undefined): Promise<DriveOutcome> {
+    let payment = start;
+    for (;;) {
+      if (payment.status === PaymentStatus.CREATED) {
+        const reason = driver === "request" ? MOVING_FUNDS : driver;
+        // Bound to the caller's deadline: past it, nothing starts moving.
+        payment = (await persistTransition(this.db, payment, PaymentStatus.PROCESSING, reason, {}, true)) ?? (await this.reread(payment));
+        continue;
+      }
+      if (payment.status !== PaymentStatus.PROCESSING) return { payment };
+      let outcome: { to: PaymentStatus; reason: string; fields: OutcomeFields };
+      try {
+        outcome = await this.moveFunds(payment, driver, signal);
+      } catch (error) {
+        const interruption = ConnectError.from(error);
+        this.log.warn({ paymentId: payment.id, code: Code[interruption.code], err: interruption.rawMessage, driver }, "wallet outcome unknown; payment stays PROCESSING");
+        return { payment, interruption };
+      }
+      const moved = await persistTransition(this.db, payment, outcome.to, outcome.reason, outcome.fields, false);
+      if (moved) {
+        payment = moved;
+        continue;
+      }
+      payment = await this.reread(payment);
+      // Another driver recorded an outcome first. The Wallet gives one outcome per key, so this
+      // should agree; if it does not (a refusal the Wallet did not keep as final), say so loudly.
+      if (payment.status !== outcome.to && payment.status !== PaymentStatus.PROCESSING) {
+        this.log.error({ paymentId: payment.id, recorded: PaymentStatus[payment.status], observed: PaymentStatus[outcome.to] }, "wallet outcome disagrees with the recorded one");
+      }
+    }
+  }
+
+  /** Someone else moved the payment: continue from its current state. */
+  private async reread(payment: PaymentRow): Promise<PaymentRow> {
+    const current = await findById(this.db, payment.id);
+    if (!current) throw new ConnectError(`payment ${payment.id} vanished`, Code.Internal);
+    return current;
+  }
+
+  /** One Wallet call; resolves with the final status, throws when the outcome is unknown. */
+  private async moveFunds(payment: PaymentRow, driver: Driver, signal: AbortSignal | undefined) {
+    const context = currentCallContext();
+    const left = context ? remainingMs(context) : undefined;
+    const timeoutMs = left === undefined ? undefined : Math.max(1, left - Math.min(RECORDING_RESERVE_MS, Math.floor(left / 4)));
+    try {
+      const response = await this.wallet.transferFunds(
+        {
+          tenantId: payment.tenantId,
+          sourceWalletId: payment.sourceWalletId,
+          destinationWalletId: payment.destinationWalletId,
+          amountMinor: payment.amountMinor,
+          currency: payment.currency,
+          idempotencyKey: walletKeyFor(payment.id),
+          reference: payment.reference,
+          feeMinor: payment.feeMinor,
+          // Ledger transfer codes, so statements tell payments and refunds from plain transfers.
+          code: payment.kind === PaymentKind.REFUND ? TRANSFER_CODE.refund : TRANSFER_CODE.payment,
+          omitWallets: true,
+        },
+        { timeoutMs, signal },
+      );
+      return {
+        to: PaymentStatus.SUCCEEDED,
+        reason: driver === "request" ? "funds moved" : driver,
+        fields: { transferId: response.transferId },
+      };
+    } catch (error) {
+      const refusal = ConnectError.from(error);
+      const failureCode = declineCode(refusal);
+      if (failureCode === undefined) throw refusal;
+      return {
+        to: PaymentStatus.FAILED,
+        reason: driver === "request" ? failureCode : driver,
+        fields: { failureCode, failureMessage: refusal.rawMessage },
+      };
+    }
+  }
+}

@@ -1,0 +1,98 @@
+// The Router's tables, in PostgreSQL schema "router". A payment row is written, with its
+// idempotency key, before any money moves; its status then changes only by compare-and-set
+// (on `version`), each change appended to payment_transitions in the same transaction. The check
+// constraints are the second line of defence behind the handlers' own validation: a bug may
+// refuse a request, never store an impossible payment.
+import { sql } from "drizzle-orm";
+import { bigint, check, foreignKey, index, integer, jsonb, pgSchema, primaryKey, smallint, text, timestamp, unique } from "drizzle-orm/pg-core";
+
+export const router = pgSchema("router");
+
+/** The parameters of the request that used an idempotency key, as the caller sent them. */
+export type RequestFields = Record<string, string>;
+
+export const payments = router.table(
+  "payments",
+  {
+    /** "pay_" + 26 characters: 10 of millisecond time in Crockford base32, then 16 random. */
+    id: text("id").primaryKey(),
+    tenantId: text("tenant_id").notNull(),
+    idempotencyKey: text("idempotency_key").notNull(),
+    /** SHA-256 of the request's parameters; the same key with another fingerprint is ALREADY_EXISTS. */
+    fingerprint: text("fingerprint").notNull(),
+    /** The parameters behind the fingerprint, to name the field that differs. */
+    request: jsonb("request").$type<RequestFields>().notNull(),
+    kind: smallint("kind").notNull(),
+    status: smallint("status").notNull(),
+    amountMinor: bigint("amount_minor", { mode: "bigint" }).notNull(),
+    currency: text("currency").notNull(),
+    sourceWalletId: text("source_wallet_id").notNull(),
+    destinationWalletId: text("destination_wallet_id").notNull(),
+    feeMinor: bigint("fee_minor", { mode: "bigint" }).notNull().default(sql`0`),
+    /** Refunds that succeeded or are in progress; reserved before a refund moves money. */
+    refundedMinor: bigint("refunded_minor", { mode: "bigint" }).notNull().default(sql`0`),
+    failureCode: text("failure_code").notNull().default(""),
+    failureMessage: text("failure_message").notNull().default(""),
+    reference: text("reference").notNull().default(""),
+    refundedPaymentId: text("refunded_payment_id"),
+    transferId: text("transfer_id").notNull().default(""),
+    createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull(),
+    updatedAt: timestamp("updated_at", { withTimezone: true, mode: "date" }).notNull(),
+    /** Number of status changes: the compare-and-set token (status alone has a cycle, so ABA). */
+    version: integer("version").notNull().default(0),
+    /** Set by the completer when it takes a stuck payment, so that another completer skips it. */
+    leaseUntil: timestamp("lease_until", { withTimezone: true, mode: "date" }),
+  },
+  (table) => [
+    unique("payments_tenant_idempotency_key").on(table.tenantId, table.idempotencyKey),
+    check("payments_amount_positive", sql`${table.amountMinor} > 0`),
+    check("payments_fee_within_amount", sql`${table.feeMinor} >= 0 and ${table.feeMinor} < ${table.amountMinor}`),
+    check("payments_refunded_within_amount", sql`${table.refundedMinor} >= 0 and ${table.refundedMinor} <= ${table.amountMinor}`),
+    check("payments_wallets_differ", sql`${table.sourceWalletId} <> ${table.destinationWalletId}`),
+    check("payments_currency_iso", sql`${table.currency} ~ '^[A-Z]{3}$'`),
+    check("payments_status_known", sql`${table.status} between 1 and 6`),
+    check("payments_kind_known", sql`${table.kind} between 1 and 4`),
+    // A refund names the payment it refunds; nothing else does.
+    check("payments_refund_names_payment", sql`(${table.kind} = 4) = (${table.refundedPaymentId} is not null)`),
+    foreignKey({ name: "payments_refunded_payment_fk", columns: [table.refundedPaymentId], foreignColumns: [table.id] }),
+    // Listing is newest first, (created_at, id) descending: PostgreSQL reads these backwards.
+    index("payments_tenant_created_idx").on(table.tenantId, table.createdAt, table.id),
+    index("payments_tenant_source_idx").on(table.tenantId, table.sourceWalletId, table.createdAt, table.id),
+    index("payments_tenant_destination_idx").on(table.tenantId, table.destinationWalletId, table.createdAt, table.id),
+    index("payments_refunded_payment_idx").on(table.refundedPaymentId).where(sql`${table.refundedPaymentId} is not null`),
+    // The completer's scan: only unfinished payments are indexed.
+    index("payments_unfinished_idx").on(table.updatedAt).where(sql`${table.status} in (1, 2)`),
+  ],
+);
+
+/** Every status change of every payment, oldest first by id; from_status 0 marks the creation. */
+export const paymentTransitions = router.table(
+  "payment_transitions",
+  {
+    id: bigint("id", { mode: "bigint" }).generatedAlwaysAsIdentity().primaryKey(),
+    paymentId: text("payment_id").notNull().references(() => payments.id),
+    fromStatus: smallint("from_status").notNull(),
+    toStatus: smallint("to_status").notNull(),
+    at: timestamp("at", { withTimezone: true, mode: "date" }).notNull(),
+    reason: text("reason").notNull().default(""),
+  },
+  (table) => [index("payment_transitions_payment_idx").on(table.paymentId, table.id)],
+);
+
+/**
+ * Refunds refused for good (payment not succeeded, nothing or too little left), kept under their
+ * idempotency key so that a retry returns the same refusal even after the payment changed.
+ */
+export const refundRefusals = router.table(
+  "refund_refusals",
+  {
+    tenantId: text("tenant_id").notNull(),
+    idempotencyKey: text("idempotency_key").notNull(),
+    fingerprint: text("fingerprint").notNull(),
+    request: jsonb("request").$type<RequestFields>().notNull(),
+    code: text("code").notNull(),
+    message: text("message").notNull(),
+    createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull(),
+  },
+  (table) => [primaryKey({ name: "refund_refusals_pkey", columns: [table.tenantId, table.idempotencyKey] })],
+);
