@@ -1,6 +1,8 @@
 // `npm start` (every service) or `npm run service -- ledger wallet` (some of them): loads the
 // configuration, starts the services, prints their endpoints, and stops cleanly on SIGINT/SIGTERM.
-import { ConfigError, SERVICE_NAMES, loadConfig, type Config, type ServiceName } from "./runtime/config.js";
+import { spawn, type ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { ConfigError, SERVICE_NAMES, loadConfig, usesGatewaySimulator, type Config, type ServiceName } from "./runtime/config.js";
 import { createLogger } from "./runtime/log.js";
 import { startMesh } from "./mesh.js";
 
@@ -26,6 +28,25 @@ function describeBackends(config: Config): string {
   return `${database}; ${cache}; ${broker}`;
 }
 
+/**
+ * The payment gateway simulator, as its own process (it stands in for systems outside Cowrie),
+ * started when the Router runs here and no gateway URL is configured.
+ */
+function startSimulator(config: Config): ChildProcess {
+  const child = spawn(process.execPath, ["--import", "tsx", fileURLToPath(new URL("./simulator/main.ts", import.meta.url))], {
+    stdio: ["ignore", "inherit", "inherit"],
+    env: process.env,
+  });
+  child.on("exit", (code, signal) => {
+    if (!stopping) process.stderr.write(`cowrie: gateway simulator on port ${config.simulatorPort} exited (${signal ?? code}); gateway payments will wait for it\n`);
+  });
+  // The simulator must not outlive the mesh, whatever way this process ends.
+  process.on("exit", () => child.kill("SIGTERM"));
+  return child;
+}
+
+let stopping = false;
+
 async function main(): Promise<void> {
   const names = serviceNames(process.argv.slice(2));
   let config: Config;
@@ -37,15 +58,16 @@ async function main(): Promise<void> {
   }
   const log = createLogger(config.logLevel);
   const startedAtMs = Date.now();
+  const simulator = names.includes("router") && usesGatewaySimulator(config) ? startSimulator(config) : undefined;
   const mesh = await startMesh(config, names, log);
   const lines = mesh.services.map((service) => `  ${service.name.padEnd(7)} http://${config.host}:${service.port}`);
   process.stderr.write(
     `cowrie: ${mesh.services.length} service(s) up in ${Date.now() - startedAtMs} ms on ${describeBackends(config)}\n` +
       `${lines.join("\n")}\n` +
+      (simulator ? `  gateway simulator http://${config.host}:${config.simulatorPort} (Paystack, Flutterwave, Stripe; scripted through /_sim)\n` : "") +
       `cowrie: try  npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://${config.host}:${config.edgePort}\n`,
   );
 
-  let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) {
       process.stderr.write(`cowrie: ${signal} again, exiting now\n`);
@@ -53,6 +75,7 @@ async function main(): Promise<void> {
     }
     stopping = true;
     process.stderr.write(`cowrie: ${signal} received, stopping (again to force)\n`);
+    simulator?.kill("SIGTERM");
     mesh.close().then(
       () => process.exit(0),
       (error: unknown) => {

@@ -19,6 +19,7 @@ import {
   type WalletStatus,
 } from "../../gen/cowrie/edge/v1/wallets_pb.js";
 import {
+  BankAccountSchema,
   PaymentSchema,
   StatusChangeSchema,
   type Payment,
@@ -126,5 +127,17 @@ export function publicPayment(source: router.Payment | undefined): Payment | und
     refundedPaymentId: source.refundedPaymentId,
     transferId: source.transferId,
     history: source.history.map(publicStatusChange),
+    gateway: source.gateway,
+    gatewayReference: source.gatewayReference,
+    gatewayTransactionId: source.gatewayTransactionId,
+    needsReconciliation: source.needsReconciliation,
+    holdId: source.holdId,
+    paymentMethod: source.paymentMethod,
+    bankAccount: source.bankAccount ? create(BankAccountSchema, {
+      bankCode: source.bankAccount.bankCode,
+      accountNumber: source.bankAccount.accountNumber,
+      accountName: source.bankAccount.accountName,
+    }) : undefined,
+    country: source.country,
   });
 }

@@ -1,6 +1,6 @@
 // The public PaymentsService: validates the public request, then calls the internal
-// RouterService with the tenant of the API key. Only internal (wallet to wallet) payments are
-// offered publicly for now; the Router decides them and records declines as FAILED payments.
+// RouterService with the tenant of the API key. The Router decides payments and records declines
+// as FAILED payments; gateway payments (PAY_IN, PAYOUT) it accepts and works in the background.
 import type { Client } from "@connectrpc/connect";
 import { PaymentKind, PaymentStatus, type PaymentsService } from "../../gen/cowrie/edge/v1/payments_pb.js";
 import { PaymentKind as InternalPaymentKind, type RouterService } from "../../gen/cowrie/router/v1/router_pb.js";
@@ -15,30 +15,45 @@ import {
   requireNonNegativeMinor,
   requireTimeRange,
 } from "./fields.js";
+import { requireEmpty, validateInstrument } from "../router/instrument.js";
 import { publicPayment } from "./mapping.js";
 
 export function paymentsEndpoints(router: Client<typeof RouterService>): Endpoints<typeof PaymentsService> {
   return {
     createPayment: mutate((request) => {
+      const kind = optionalEnum(request.kind, "kind", PaymentKind) || PaymentKind.INTERNAL;
+      if (kind === PaymentKind.REFUND) throw invalidArgument("kind", "refunds are made with RefundPayment");
+      const gateway = kind === PaymentKind.PAY_IN || kind === PaymentKind.PAYOUT;
       const amountMinor = requireAmountMinor(request.amountMinor, "amount_minor");
       const currency = requireCurrency(request.currency, "currency");
-      const sourceWalletId = requireId(request.sourceWalletId, "source_wallet_id");
-      const destinationWalletId = requireId(request.destinationWalletId, "destination_wallet_id");
+      const sourceWalletId = kind === PaymentKind.PAY_IN
+        ? requireEmpty(request.sourceWalletId, "source_wallet_id", "a PAY_IN's payer is outside Cowrie")
+        : requireId(request.sourceWalletId, "source_wallet_id");
+      const destinationWalletId = kind === PaymentKind.PAYOUT
+        ? requireEmpty(request.destinationWalletId, "destination_wallet_id", "a PAYOUT pays bank_account")
+        : requireId(request.destinationWalletId, "destination_wallet_id");
       requireDifferent(destinationWalletId, sourceWalletId, "destination_wallet_id", "source_wallet_id");
       const feeMinor = requireNonNegativeMinor(request.feeMinor, "fee_minor");
       if (feeMinor >= amountMinor) throw invalidArgument("fee_minor", "must be less than amount_minor");
+      if (gateway && feeMinor !== 0n) throw invalidArgument("fee_minor", "must be 0 for gateway payments");
       const reference = limitText(request.reference, "reference", 128);
+      const instrument = gateway ? validateInstrument(request, kind as InternalPaymentKind.PAY_IN | InternalPaymentKind.PAYOUT) : undefined;
       return async ({ tenantId, downstreamKey }) => {
         const response = await router.createPayment({
           tenantId,
           idempotencyKey: downstreamKey,
-          kind: InternalPaymentKind.INTERNAL,
+          kind: kind as number as InternalPaymentKind,
           amountMinor,
           currency,
           sourceWalletId,
           destinationWalletId,
           feeMinor,
           reference,
+          paymentMethod: instrument?.paymentMethod ?? "",
+          customerEmail: instrument?.customerEmail ?? "",
+          country: instrument?.country ?? "",
+          bankAccount: instrument?.bankAccount,
+          waitForOutcome: request.waitForOutcome,
         });
         return { payment: publicPayment(response.payment), replayed: response.replayed };
       };

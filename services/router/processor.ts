@@ -12,7 +12,8 @@ import { currentCallContext, remainingMs } from "../runtime/call-context.js";
 import type { Db } from "../runtime/db.js";
 import type { Logger } from "../runtime/log.js";
 import { TRANSFER_CODE, refusalCodeOf } from "../wallet/codes.js";
-import { MOVING_FUNDS, findById, persistTransition, type OutcomeFields, type PaymentRow } from "./store.js";
+import type { GatewayFlow } from "./gateway-flow.js";
+import { MOVING_FUNDS, findById, isGatewayPayment, persistTransition, type OutcomeFields, type PaymentRow } from "./store.js";
 
 /** The Wallet idempotency key of a payment's movement: one payment, one key, at most one transfer. */
 export function walletKeyFor(paymentId: string): string {
@@ -40,13 +41,15 @@ export function declineCode(error: ConnectError): string | undefined {
 }
 
 /** Who is driving, which is also the reason recorded on the transitions it makes. */
-export type Driver = "request" | "replay" | "completer";
+export type Driver = "request" | "replay" | "completer" | "worker" | "resolver";
 
 export interface DriveOutcome {
   /** The payment as the drive left it. */
   payment: PaymentRow;
   /** Why the drive stopped short of a final state, when it did (the Wallet call's error). */
   interruption?: ConnectError;
+  /** Gateway payments: no gateway could take it now; drive it again after this long. */
+  deferMs?: number;
 }
 
 /** Time kept back from the Wallet call to record its outcome before the caller's deadline. */
@@ -59,6 +62,7 @@ export class PaymentProcessor {
     private readonly db: Db,
     private readonly wallet: Client<typeof WalletService>,
     private readonly log: Logger,
+    private readonly gateways: GatewayFlow,
   ) {}
 
   /**
@@ -66,12 +70,12 @@ export class PaymentProcessor {
    * (which keeps the deadline of the call that started it).
    */
   drive(payment: PaymentRow, driver: Driver, signal?: AbortSignal): Promise<DriveOutcome> {
-    if (payment.status !== PaymentStatus.CREATED && payment.status !== PaymentStatus.PROCESSING) {
-      return Promise.resolve({ payment });
-    }
+    const gateway = isGatewayPayment(payment);
+    const drivable = payment.status === PaymentStatus.CREATED || payment.status === PaymentStatus.PROCESSING || (gateway && payment.status === PaymentStatus.OUTCOME_UNKNOWN);
+    if (!drivable) return Promise.resolve({ payment });
     let run = this.running.get(payment.id);
     if (!run) {
-      run = this.run(payment, driver, signal).finally(() => this.running.delete(payment.id));
+      run = (gateway ? this.runGateway(payment, driver, signal) : this.run(payment, driver, signal)).finally(() => this.running.delete(payment.id));
       this.running.set(payment.id, run);
     }
     return run;
@@ -111,6 +115,16 @@ export class PaymentProcessor {
       if (payment.status !== outcome.to && payment.status !== PaymentStatus.PROCESSING) {
         this.log.error({ paymentId: payment.id, recorded: PaymentStatus[payment.status], observed: PaymentStatus[outcome.to] }, "wallet outcome disagrees with the recorded one");
       }
+    }
+  }
+
+  private async runGateway(payment: PaymentRow, driver: Driver, signal: AbortSignal | undefined): Promise<DriveOutcome> {
+    try {
+      return await this.gateways.drive(payment, driver, signal);
+    } catch (error) {
+      const interruption = ConnectError.from(error);
+      this.log.warn({ paymentId: payment.id, code: Code[interruption.code], err: interruption.rawMessage, driver }, "gateway payment interrupted; it resumes from its last recovery point");
+      return { payment: (await findById(this.db, payment.id)) ?? payment, interruption };
     }
   }
 

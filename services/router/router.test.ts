@@ -3,6 +3,7 @@
 // refunds that never exceed the payment even when raced, and the completer finishing payments a
 // crash left behind, exactly once.
 import assert from "node:assert/strict";
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { after, before, describe, it } from "node:test";
 import { Code, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -13,7 +14,7 @@ import {
   PaymentKind,
   PaymentStatus,
   RouterService,
-  type CreatePaymentRequest,
+  CreatePaymentRequestSchema,
   type Payment,
 } from "../../gen/cowrie/router/v1/router_pb.js";
 import { WalletKind, WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
@@ -94,7 +95,7 @@ async function balance(walletId: string, tenantId = TENANT): Promise<bigint> {
   return wallet?.postedBalanceMinor ?? -1n;
 }
 
-type PayFields = Partial<Omit<CreatePaymentRequest, "$typeName" | "$unknown">>;
+type PayFields = Omit<MessageInitShape<typeof CreatePaymentRequestSchema>, "$typeName">;
 
 async function pay(fields: PayFields): Promise<{ payment: Payment; replayed: boolean }> {
   const { payment, replayed } = await router.createPayment(
@@ -284,10 +285,27 @@ describe("CreatePayment", () => {
     const refundKind = await rejection(pay({ ...good, kind: PaymentKind.REFUND }));
     assert.equal(refundKind.code, Code.InvalidArgument);
     assert.match(refundKind.rawMessage, /^kind:.*RefundPayment/);
-    for (const kind of [PaymentKind.PAY_IN, PaymentKind.PAYOUT]) {
-      const gateway = await rejection(pay({ ...good, kind }));
-      assert.equal(gateway.code, Code.Unimplemented);
-      assert.match(gateway.rawMessage, /INTERNAL/);
+    const payIn = { ...good, kind: PaymentKind.PAY_IN, sourceWalletId: "", paymentMethod: "AUTH_x", customerEmail: "a@b.co", country: "NG" };
+    const bankAccount = { bankCode: "058", accountNumber: "0123456789", accountName: "Ada" };
+    const payout = { ...good, kind: PaymentKind.PAYOUT, destinationWalletId: "", country: "NG", bankAccount };
+    const gatewayCases: [PayFields, string][] = [
+      [{ ...payIn, sourceWalletId: source }, "source_wallet_id"],
+      [{ ...payIn, paymentMethod: "" }, "payment_method"],
+      [{ ...payIn, customerEmail: "not-an-email" }, "customer_email"],
+      [{ ...payIn, country: "ng" }, "country"],
+      [{ ...payIn, feeMinor: 1n }, "fee_minor"],
+      [{ ...payIn, currency: "XOF" }, "currency"],
+      [{ ...payIn, bankAccount }, "bank_account"],
+      [{ ...payout, destinationWalletId: source }, "destination_wallet_id"],
+      [{ ...payout, bankAccount: undefined }, "bank_account"],
+      [{ ...payout, bankAccount: { ...bankAccount, accountNumber: "12 34" } }, "bank_account.account_number"],
+      [{ ...payout, bankAccount: { ...bankAccount, accountName: " " } }, "bank_account.account_name"],
+      [{ ...payout, paymentMethod: "AUTH_x" }, "payment_method"],
+    ];
+    for (const [bad, field] of gatewayCases) {
+      const error = await rejection(pay(bad));
+      assert.equal(error.code, Code.InvalidArgument, `${field}: ${error.message}`);
+      assert.ok(error.rawMessage.startsWith(`${field}:`), `${field}: ${error.rawMessage}`);
     }
     const { payments: listed } = await router.listPayments({ tenantId });
     assert.equal(listed.length, 0);

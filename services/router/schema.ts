@@ -4,12 +4,20 @@
 // constraints are the second line of defence behind the handlers' own validation: a bug may
 // refuse a request, never store an impossible payment.
 import { sql } from "drizzle-orm";
-import { bigint, check, foreignKey, index, integer, jsonb, pgSchema, primaryKey, smallint, text, timestamp, unique } from "drizzle-orm/pg-core";
+import { bigint, boolean, check, foreignKey, index, integer, jsonb, pgSchema, primaryKey, smallint, text, timestamp, unique } from "drizzle-orm/pg-core";
 
 export const router = pgSchema("router");
 
 /** The parameters of the request that used an idempotency key, as the caller sent them. */
 export type RequestFields = Record<string, string>;
+
+/** How a gateway payment reaches the gateway: the payer's method or the bank account paid. */
+export interface Instrument {
+  paymentMethod?: string;
+  customerEmail?: string;
+  country: string;
+  bankAccount?: { bankCode: string; accountNumber: string; accountName: string };
+}
 
 export const payments = router.table(
   "payments",
@@ -26,7 +34,9 @@ export const payments = router.table(
     status: smallint("status").notNull(),
     amountMinor: bigint("amount_minor", { mode: "bigint" }).notNull(),
     currency: text("currency").notNull(),
+    /** "" for a PAY_IN (the payer is outside Cowrie). */
     sourceWalletId: text("source_wallet_id").notNull(),
+    /** "" for a PAYOUT, and for a refund of a PAY_IN (the money goes back through the gateway). */
     destinationWalletId: text("destination_wallet_id").notNull(),
     feeMinor: bigint("fee_minor", { mode: "bigint" }).notNull().default(sql`0`),
     /** Refunds that succeeded or are in progress; reserved before a refund moves money. */
@@ -42,6 +52,19 @@ export const payments = router.table(
     version: integer("version").notNull().default(0),
     /** Set by the completer when it takes a stuck payment, so that another completer skips it. */
     leaseUntil: timestamp("lease_until", { withTimezone: true, mode: "date" }),
+    /** Gateway payments: the payer's method or the bank account, and the country. */
+    instrument: jsonb("instrument").$type<Instrument>(),
+    /** Gateway payments: the gateway now in charge ("" before the first routing decision). */
+    gateway: text("gateway").notNull().default(""),
+    /** The gateway's own id of the transaction that succeeded. */
+    gatewayTransactionId: text("gateway_transaction_id").notNull().default(""),
+    /** PAYOUT and refunds of PAY_IN: the Wallet hold reserving the money. */
+    holdId: text("hold_id").notNull().default(""),
+    /** OUTCOME_UNKNOWN: when the resolver asks the gateway next, and how often it has. */
+    nextCheckAt: timestamp("next_check_at", { withTimezone: true, mode: "date" }),
+    checks: integer("checks").notNull().default(0),
+    /** Set when the outcome stayed unknown past the limit: reconciliation has the case. */
+    needsReconciliation: boolean("needs_reconciliation").notNull().default(false),
   },
   (table) => [
     unique("payments_tenant_idempotency_key").on(table.tenantId, table.idempotencyKey),
@@ -49,6 +72,15 @@ export const payments = router.table(
     check("payments_fee_within_amount", sql`${table.feeMinor} >= 0 and ${table.feeMinor} < ${table.amountMinor}`),
     check("payments_refunded_within_amount", sql`${table.refundedMinor} >= 0 and ${table.refundedMinor} <= ${table.amountMinor}`),
     check("payments_wallets_differ", sql`${table.sourceWalletId} <> ${table.destinationWalletId}`),
+    // Which wallets each kind names: a PAY_IN has no source wallet, a PAYOUT no destination,
+    // an INTERNAL payment both; a REFUND has a source and, unless it goes back through a gateway,
+    // a destination.
+    check("payments_wallets_by_kind", sql`case ${table.kind}
+      when 1 then ${table.sourceWalletId} <> '' and ${table.destinationWalletId} <> ''
+      when 2 then ${table.sourceWalletId} = '' and ${table.destinationWalletId} <> ''
+      when 3 then ${table.sourceWalletId} <> '' and ${table.destinationWalletId} = ''
+      else ${table.sourceWalletId} <> '' end`),
+    check("payments_gateway_kinds_have_instrument", sql`(${table.kind} in (2, 3)) <= (${table.instrument} is not null)`),
     check("payments_currency_iso", sql`${table.currency} ~ '^[A-Z]{3}$'`),
     check("payments_status_known", sql`${table.status} between 1 and 6`),
     check("payments_kind_known", sql`${table.kind} between 1 and 4`),
@@ -62,7 +94,40 @@ export const payments = router.table(
     index("payments_refunded_payment_idx").on(table.refundedPaymentId).where(sql`${table.refundedPaymentId} is not null`),
     // The completer's scan: only unfinished payments are indexed.
     index("payments_unfinished_idx").on(table.updatedAt).where(sql`${table.status} in (1, 2)`),
+    // The resolver's scan of payments whose gateway outcome is unknown.
+    index("payments_outcome_unknown_idx").on(table.nextCheckAt).where(sql`${table.status} = 3`),
   ],
+);
+
+/**
+ * Every call the Router made to a gateway for a payment, written with outcome "sent" BEFORE the
+ * request leaves (the recovery point: after a crash, a "sent" row means the gateway may have
+ * acted, so its status is asked before anything else) and completed with the answer. A routing
+ * decision's candidates and scores are kept on the call it chose.
+ */
+export const gatewayCalls = router.table(
+  "gateway_calls",
+  {
+    paymentId: text("payment_id").notNull().references(() => payments.id),
+    sequence: integer("sequence").notNull(),
+    at: timestamp("at", { withTimezone: true, mode: "date" }).notNull(),
+    gateway: text("gateway").notNull(),
+    /** charge, payout, refund or status. */
+    operation: text("operation").notNull(),
+    reference: text("reference").notNull(),
+    candidates: jsonb("candidates").$type<unknown[]>(),
+    reason: text("reason").notNull(),
+    /** "sent" until answered; then the GatewayResult outcome. */
+    outcome: text("outcome").notNull(),
+    code: text("code").notNull().default(""),
+    action: text("action").notNull().default(""),
+    gatewayCode: text("gateway_code").notNull().default(""),
+    /** The gateway's own id of the transaction, when the answer carried one. */
+    gatewayTransactionId: text("gateway_transaction_id").notNull().default(""),
+    message: text("message").notNull().default(""),
+    latencyMs: integer("latency_ms").notNull().default(0),
+  },
+  (table) => [primaryKey({ name: "gateway_calls_pkey", columns: [table.paymentId, table.sequence] })],
 );
 
 /** Every status change of every payment, oldest first by id; from_status 0 marks the creation. */

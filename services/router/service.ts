@@ -1,17 +1,22 @@
 // The Router: owner of the payment lifecycle. Internal payments and refunds are recorded with
-// their idempotency key before any money moves, then driven through the Wallet by the processor;
-// a completer finishes in the background whatever a crash or an outage left unfinished. Gateway
-// kinds (PAY_IN, PAYOUT) answer UNIMPLEMENTED until the gateway issue lands.
+// their idempotency key before any money moves, then driven through the Wallet by the processor.
+// Gateway payments (PAY_IN, PAYOUT, refunds of PAY_IN) are recorded and answered at once, then
+// taken from a RabbitMQ work queue by workers that route them across gateways (gateway-flow.ts,
+// routing.ts). In the background a completer finishes whatever a crash or an outage left
+// unfinished, and a resolver asks gateways about outcomes that are not known yet.
 import { createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
+  BankAccountSchema,
+  GatewayCallSchema,
   PaymentKind,
   PaymentSchema,
   PaymentStatus,
   RouterService,
+  RoutingCandidateSchema,
   StatusChangeSchema,
   type CreatePaymentRequest,
   type ListPaymentsRequest,
@@ -23,12 +28,21 @@ import { currentCallContext, remainingMs } from "../runtime/call-context.js";
 import type { Db } from "../runtime/db.js";
 import { failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { errorText } from "../runtime/log.js";
+import { pause } from "../runtime/pause.js";
 import type { ServiceModule } from "../runtime/service.js";
 import { limitText, requireAmountMinor, requireCurrency, requireEnum, requireId, requireIdempotencyKey, requirePageSize } from "../runtime/validate.js";
+import { GATEWAY_NAMES } from "./gateways/connector.js";
+import { createConnectors } from "./gateways/index.js";
+import { GatewayFlow, gatewayReference } from "./gateway-flow.js";
 import { PaymentProcessor, type DriveOutcome, type Driver } from "./processor.js";
+import { GatewayPool, type Candidate } from "./routing.js";
+import { requireEmpty, validateInstrument } from "./instrument.js";
 import type { RequestFields } from "./schema.js";
 import {
   claimUnfinished,
+  claimUnknown,
+  gatewayCallsOf,
+  isGatewayPayment,
   differingField,
   findById,
   findByKey,
@@ -52,6 +66,14 @@ const COMPLETER_BATCH = 100;
 const COMPLETER_CONCURRENCY = 8;
 /** Wallets whose existence the Router remembers (tenant and id; about 100 bytes each). */
 const KNOWN_WALLETS_MAX = 100_000;
+/** The work queue of gateway payments: one message per payment id; the database is the truth. */
+const WORK_ROUTING_KEY = "payments.gateway";
+/** Redeliveries of one work message before it is parked (the completer still finds the payment). */
+const WORK_DELIVERY_LIMIT = 10;
+/** Most OUTCOME_UNKNOWN payments one resolver pass asks about. */
+const RESOLVER_BATCH = 50;
+/** How long wait_for_outcome keeps back from the deadline to answer in time. */
+const WAIT_RESERVE_MS = 100;
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -75,6 +97,14 @@ export function paymentMessage(row: PaymentRow, history: TransitionRow[] = []): 
     reference: row.reference,
     refundedPaymentId: row.refundedPaymentId ?? "",
     transferId: row.transferId,
+    gateway: row.gateway,
+    gatewayReference: row.gateway === "" || !isGatewayPayment(row) ? "" : gatewayReference(row.id, row.gateway),
+    gatewayTransactionId: row.gatewayTransactionId,
+    needsReconciliation: row.needsReconciliation,
+    holdId: row.holdId,
+    paymentMethod: row.instrument?.paymentMethod ?? "",
+    bankAccount: row.instrument?.bankAccount ? create(BankAccountSchema, row.instrument.bankAccount) : undefined,
+    country: row.instrument?.country ?? "",
     history: history.map((change) =>
       create(StatusChangeSchema, {
         fromStatus: change.fromStatus,
@@ -100,18 +130,17 @@ function validateCreate(request: CreatePaymentRequest) {
   const idempotencyKey = requireIdempotencyKey(request.idempotencyKey, "idempotency_key");
   const kind = requireEnum(request.kind, "kind", PaymentKind) as PaymentKind;
   if (kind === PaymentKind.REFUND) throw invalidArgument("kind", "REFUND payments are made with RefundPayment; use RefundPayment");
-  if (kind === PaymentKind.PAY_IN || kind === PaymentKind.PAYOUT) {
-    throw new ConnectError(`${PaymentKind[kind]} payments need a payment gateway and are not available yet; only INTERNAL payments are`, Code.Unimplemented);
-  }
   const amountMinor = requireAmountMinor(request.amountMinor, "amount_minor");
   const currency = requireCurrency(request.currency, "currency");
-  const sourceWalletId = requireId(request.sourceWalletId, "source_wallet_id");
-  const destinationWalletId = requireId(request.destinationWalletId, "destination_wallet_id");
+  const sourceWalletId = kind === PaymentKind.PAY_IN ? requireEmpty(request.sourceWalletId, "source_wallet_id", "a PAY_IN's payer is outside Cowrie") : requireId(request.sourceWalletId, "source_wallet_id");
+  const destinationWalletId = kind === PaymentKind.PAYOUT ? requireEmpty(request.destinationWalletId, "destination_wallet_id", "a PAYOUT pays bank_account") : requireId(request.destinationWalletId, "destination_wallet_id");
   if (sourceWalletId === destinationWalletId) throw invalidArgument("destination_wallet_id", "must differ from source_wallet_id");
   const feeMinor = request.feeMinor;
   if (feeMinor < 0n) throw invalidArgument("fee_minor", "must be >= 0 (minor units)");
   if (feeMinor >= amountMinor) throw invalidArgument("fee_minor", "must be less than amount_minor");
+  if (kind !== PaymentKind.INTERNAL && feeMinor !== 0n) throw invalidArgument("fee_minor", "must be 0 for gateway payments");
   const reference = limitText(request.reference, "reference", REFERENCE_MAX);
+  const instrument = kind === PaymentKind.PAY_IN || kind === PaymentKind.PAYOUT ? validateInstrument(request, kind) : undefined;
   const fields: RequestFields = {
     operation: "CreatePayment",
     kind: PaymentKind[kind],
@@ -121,8 +150,9 @@ function validateCreate(request: CreatePaymentRequest) {
     destination_wallet_id: destinationWalletId,
     fee_minor: String(feeMinor),
     reference,
+    ...(instrument ? { instrument: JSON.stringify(instrument) } : {}),
   };
-  return { tenantId, idempotencyKey, kind, amountMinor, currency, sourceWalletId, destinationWalletId, feeMinor, reference, fields };
+  return { tenantId, idempotencyKey, kind, amountMinor, currency, sourceWalletId, destinationWalletId, feeMinor, reference, instrument, fields };
 }
 
 function validateRefund(request: RefundPaymentRequest) {
@@ -199,6 +229,7 @@ function settled(outcome: DriveOutcome): PaymentRow {
   return outcome.payment;
 }
 
+
 async function runLimited<T>(items: T[], concurrency: number, work: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
   const lanes = Array.from({ length: Math.min(concurrency, items.length) }, async () => {
@@ -212,11 +243,26 @@ export const routerModule: ServiceModule = {
   services: [RouterService],
   uses: { database: true, broker: true },
   migrationsFolder: fileURLToPath(new URL("./migrations", import.meta.url)),
-  create({ database, client, config, log }) {
+  async create({ database, client, config, log, broker }) {
     const db: Db = database.db;
     const wallets = client(WalletService, "wallet");
     const knownWallets = new Set<string>();
-    const processor = new PaymentProcessor(db, wallets, log);
+    const pool = new GatewayPool(createConnectors(config).values(), {
+      concurrencyMax: config.gatewayConcurrency,
+      ratePerSecond: config.gatewayRatePerSecond,
+      breakerFailures: config.gatewayBreakerFailures,
+      breakerOpenMs: config.gatewayBreakerOpenMs,
+      explorationShare: config.routingExplorationPercent / 100,
+    }, log);
+    const flow = new GatewayFlow(db, pool, wallets, {
+      callTimeoutMs: config.gatewayTimeoutMs,
+      retries: config.gatewayRetries,
+      flagAfterMs: config.outcomeUnknownFlagAfterMs,
+      patienceMs: config.gatewayPatienceMs,
+    }, log);
+    const processor = new PaymentProcessor(db, wallets, log, flow);
+    const workExchange = `${config.brokerNamespace}.router`;
+    const workQueue = `${config.brokerNamespace}.router.gateway-payments`;
 
     /**
      * A wallet id the tenant does not have (another tenant's, or made up) is NOT_FOUND naming the
@@ -229,7 +275,7 @@ export const routerModule: ServiceModule = {
       return Object.values(fields).every((walletId) => knownWallets.has(`${tenantId}\u0000${walletId}`));
     }
 
-    async function requireWallets(tenantId: string, fields: Record<"source_wallet_id" | "destination_wallet_id", string>): Promise<void> {
+    async function requireWallets(tenantId: string, fields: Record<string, string>): Promise<void> {
       const context = currentCallContext();
       const timeoutMs = Math.max(50, Math.floor((context ? remainingMs(context) : 3_000) / 3));
       await Promise.all(Object.entries(fields).map(async ([field, walletId]) => {
@@ -257,6 +303,75 @@ export const routerModule: ServiceModule = {
     }, config.completerIntervalMs);
     timer.unref();
 
+    // The resolver: every interval, ask gateways about payments whose outcome is unknown and are
+    // due for a check (their next check backs off exponentially, up to five minutes).
+    let resolving: Promise<void> | undefined;
+    const resolverTimer = setInterval(() => {
+      resolving ??= resolverPass().finally(() => (resolving = undefined));
+    }, config.completerIntervalMs);
+    resolverTimer.unref();
+
+    async function resolverPass(): Promise<void> {
+      try {
+        const due = await claimUnknown(db, config.gatewayTimeoutMs * 4, RESOLVER_BATCH);
+        await runLimited(due, COMPLETER_CONCURRENCY, async (payment) => {
+          if (!stopping.signal.aborted) await processor.drive(payment, "resolver", stopping.signal);
+        });
+        if (due.length > 0) log.info({ asked: due.length }, "resolver pass");
+      } catch (error) {
+        log.warn({ err: errorText(error) }, "resolver pass failed; will retry");
+      }
+    }
+
+    // The workers: gateway payments from the work queue, a bounded number at a time. A payment no
+    // gateway can take now is kept (its message unacknowledged) and tried again, so an outage
+    // grows the queue, not the failure count; workers drain it as gateways recover.
+    const consumer = await broker.consume(
+      { queue: workQueue, exchange: workExchange, bindingKeys: [WORK_ROUTING_KEY], concurrency: config.gatewayWorkers, deliveryLimit: WORK_DELIVERY_LIMIT },
+      async (message) => {
+        const paymentId = Buffer.from(message.body).toString("utf8");
+        let payment = await findById(db, paymentId);
+        if (!payment) {
+          log.warn({ paymentId }, "work message for an unknown payment; dropped");
+          return;
+        }
+        for (;;) {
+          const outcome = await processor.drive(payment, "worker", stopping.signal);
+          payment = outcome.payment;
+          if (stopping.signal.aborted) throw new Error("router is stopping; the message goes back to the queue");
+          if (outcome.interruption) {
+            // A dependency (Wallet, database) failed: back to the queue after a pause.
+            await pause(1_000);
+            throw outcome.interruption;
+          }
+          if (outcome.deferMs === undefined) return;
+          await pause(outcome.deferMs, stopping.signal);
+        }
+      },
+    );
+
+    /** Hands a recorded gateway payment to the workers; if that fails the completer finds it later. */
+    async function enqueue(payment: PaymentRow): Promise<void> {
+      try {
+        await broker.publish(workExchange, WORK_ROUTING_KEY, Buffer.from(payment.id, "utf8"), { messageId: payment.id });
+      } catch (error) {
+        log.warn({ paymentId: payment.id, err: errorText(error) }, "could not queue gateway payment; the completer will take it");
+      }
+    }
+
+    /** Waits for a gateway payment to leave CREATED/PROCESSING, up to the call's deadline. */
+    async function awaitOutcome(row: PaymentRow): Promise<PaymentRow> {
+      const context = currentCallContext();
+      const untilMs = Date.now() + Math.max(0, (context ? remainingMs(context) : 0) - WAIT_RESERVE_MS);
+      let payment = row;
+      for (let pollMs = 20; payment.status === PaymentStatus.CREATED || payment.status === PaymentStatus.PROCESSING; pollMs = Math.min(250, pollMs * 2)) {
+        if (Date.now() + pollMs > untilMs) break;
+        await pause(pollMs, context?.signal);
+        payment = (await findById(db, payment.id)) ?? payment;
+      }
+      return payment;
+    }
+
     async function completerPass(): Promise<void> {
       try {
         const cutoff = new Date(Date.now() - config.recoveryAfterMs);
@@ -279,6 +394,15 @@ export const routerModule: ServiceModule = {
       }
     }
 
+    /** Some gateway must serve the currency and country, or the payment could never be made. */
+    function requireRoutable(currency: string, country: string): void {
+      const decision = pool.decide({ currency, country, amountMinor: 1n }, new Map());
+      const served = decision.candidates.filter((candidate) => !candidate.excludedReason.startsWith("does not serve"));
+      if (served.length === 0) {
+        throw invalidArgument("currency", `no gateway serves ${currency} payments in ${country}; gateways: ${GATEWAY_NAMES.join(", ")}`);
+      }
+    }
+
     /** Drives a payment (new, or found under a replayed key) as far as it goes now, then answers it. */
     async function driveAndAnswer(row: PaymentRow, driver: Driver): Promise<PaymentRow> {
       return settled(await processor.drive(row, driver));
@@ -287,15 +411,19 @@ export const routerModule: ServiceModule = {
     return {
       async stop() {
         clearInterval(timer);
+        clearInterval(resolverTimer);
         stopping.abort(new ConnectError("router is stopping", Code.Unavailable));
-        await pass;
+        await consumer.close();
+        await Promise.all([pass, resolving]);
         await processor.idle();
       },
       routes(router) {
         router.service(RouterService, {
           async createPayment(request) {
             const input = validateCreate(request);
-            const named = { source_wallet_id: input.sourceWalletId, destination_wallet_id: input.destinationWalletId };
+            const gateway = input.kind !== PaymentKind.INTERNAL;
+            if (gateway) requireRoutable(input.currency, input.instrument?.country ?? "");
+            const named = Object.fromEntries(Object.entries({ source_wallet_id: input.sourceWalletId, destination_wallet_id: input.destinationWalletId }).filter(([, id]) => id !== ""));
             if (!walletsKnown(input.tenantId, named) && !(await findByKey(db, input.tenantId, input.idempotencyKey))) {
               await requireWallets(input.tenantId, named);
             }
@@ -309,9 +437,11 @@ export const routerModule: ServiceModule = {
                 fingerprint: fingerprintOf(input.fields),
                 request: input.fields,
                 kind: input.kind,
-                // Recorded and started in one transaction: its money starts moving right away
-                // (the history still shows CREATED, then PROCESSING).
-                status: PaymentStatus.PROCESSING,
+                // An internal payment is recorded and started in one transaction: its money starts
+                // moving right away (the history still shows CREATED, then PROCESSING). A gateway
+                // payment is accepted CREATED and waits for a worker.
+                status: gateway ? PaymentStatus.CREATED : PaymentStatus.PROCESSING,
+                instrument: input.instrument,
                 amountMinor: input.amountMinor,
                 currency: input.currency,
                 sourceWalletId: input.sourceWalletId,
@@ -324,6 +454,11 @@ export const routerModule: ServiceModule = {
               "created",
             );
             if (!created && row.fingerprint !== fingerprintOf(input.fields)) throw keyReused(row.request, input.fields);
+            if (isGatewayPayment(row)) {
+              if (created) await enqueue(row);
+              const payment = request.waitForOutcome ? await awaitOutcome(row) : row;
+              return { payment: paymentMessage(payment), replayed: !created };
+            }
             const payment = await driveAndAnswer(row, created ? "request" : "replay");
             return { payment: paymentMessage(payment), replayed: !created };
           },
@@ -374,16 +509,49 @@ export const routerModule: ServiceModule = {
                 throw failedPrecondition(opening.refusal.message);
               case "existing":
                 if (opening.row.fingerprint !== fingerprint) throw keyReused(opening.row.request, input.fields);
-                refund = await driveAndAnswer(opening.row, "replay");
+                refund = isGatewayPayment(opening.row) ? opening.row : await driveAndAnswer(opening.row, "replay");
                 break;
               case "created":
-                refund = await driveAndAnswer(opening.refund, "request");
+                // A refund of a PAY_IN goes back through the gateway: accepted, then worked.
+                if (isGatewayPayment(opening.refund)) await enqueue(opening.refund);
+                refund = isGatewayPayment(opening.refund) ? opening.refund : await driveAndAnswer(opening.refund, "request");
                 break;
             }
             // The refunded payment after this refund (a failed refund gave its amount back).
             const original = refund.refundedPaymentId ? await findById(db, refund.refundedPaymentId) : undefined;
             if (!original) throw new ConnectError(`refunded payment of ${refund.id} is missing`, Code.Internal);
             return { refund: paymentMessage(refund), payment: paymentMessage(original), replayed: opening.kind === "existing" };
+          },
+
+          async getRoutingDecisions(request) {
+            const tenantId = requireId(request.tenantId, "tenant_id");
+            const paymentId = requireId(request.paymentId, "payment_id");
+            const row = await findPayment(db, tenantId, paymentId);
+            if (!row) throw notFound(`payment ${paymentId}`);
+            const calls = await gatewayCallsOf(db, row.id);
+            return {
+              calls: calls.map((call) =>
+                create(GatewayCallSchema, {
+                  sequence: call.sequence,
+                  time: timestampFromDate(call.at),
+                  gateway: call.gateway,
+                  operation: call.operation,
+                  reference: call.reference,
+                  candidates: ((call.candidates ?? []) as Candidate[]).map((candidate) => create(RoutingCandidateSchema, candidate)),
+                  reason: call.reason,
+                  outcome: call.outcome,
+                  code: call.code,
+                  action: call.action,
+                  gatewayCode: call.gatewayCode,
+                  message: call.message,
+                  latencyMs: call.latencyMs,
+                }),
+              ),
+            };
+          },
+
+          async listGateways() {
+            return { gateways: pool.health() };
           },
         });
       },

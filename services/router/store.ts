@@ -10,12 +10,13 @@ import { PaymentKind, PaymentStatus } from "../../gen/cowrie/router/v1/router_pb
 import { transact, type Db, type Tx } from "../runtime/db.js";
 import { timeSortableId } from "../runtime/ids.js";
 import { creation, transition } from "./lifecycle.js";
-import { paymentTransitions, payments, refundRefusals, type RequestFields } from "./schema.js";
+import { gatewayCalls, paymentTransitions, payments, refundRefusals, type RequestFields } from "./schema.js";
 
 export type PaymentRow = typeof payments.$inferSelect;
 export type NewPayment = typeof payments.$inferInsert;
 export type TransitionRow = typeof paymentTransitions.$inferSelect;
 export type RefusalRow = typeof refundRefusals.$inferSelect;
+export type GatewayCallRow = typeof gatewayCalls.$inferSelect;
 
 // ---------------------------------------------------------------------------------------------
 // Ids and fingerprints
@@ -103,7 +104,9 @@ export function paymentHistory(db: Db, id: string): Promise<TransitionRow[]> {
   return db.select().from(paymentTransitions).where(eq(paymentTransitions.paymentId, id)).orderBy(asc(paymentTransitions.id));
 }
 
-export type OutcomeFields = Partial<Pick<PaymentRow, "failureCode" | "failureMessage" | "transferId">>;
+export type OutcomeFields = Partial<
+  Pick<PaymentRow, "failureCode" | "failureMessage" | "transferId" | "gateway" | "gatewayTransactionId" | "holdId" | "nextCheckAt" | "checks" | "needsReconciliation">
+>;
 
 /**
  * Moves `payment` to `to` by compare-and-set and records the change, in one transaction.
@@ -189,8 +192,8 @@ export interface RefundRefusal {
  * not. Pure: the caller holds the original's row lock, so the answer stays true until commit.
  */
 export function refundDecision(original: PaymentRow, requested: bigint): { amountMinor: bigint } | RefundRefusal {
-  if (original.kind !== PaymentKind.INTERNAL) {
-    return { code: "payment_not_refundable", message: `payment ${original.id} is a ${PaymentKind[original.kind]} payment; only INTERNAL payments can be refunded` };
+  if (original.kind !== PaymentKind.INTERNAL && original.kind !== PaymentKind.PAY_IN) {
+    return { code: "payment_not_refundable", message: `payment ${original.id} is a ${PaymentKind[original.kind]} payment; only INTERNAL and PAY_IN payments can be refunded` };
   }
   if (original.status !== PaymentStatus.SUCCEEDED) {
     return { code: "payment_not_succeeded", message: `payment ${original.id} is ${PaymentStatus[original.status]}; only a SUCCEEDED payment can be refunded` };
@@ -285,7 +288,9 @@ export async function openRefund(db: Db, input: RefundInput): Promise<RefundOpen
           amountMinor,
           currency: original.currency,
           sourceWalletId: original.destinationWalletId,
+          // A PAY_IN's payer is outside Cowrie: its refund goes back through the gateway that took it.
           destinationWalletId: original.sourceWalletId,
+          gateway: original.kind === PaymentKind.PAY_IN ? original.gateway : "",
           feeMinor: 0n,
           reference: input.reason,
           refundedPaymentId: original.id,
@@ -336,4 +341,88 @@ export async function claimUnfinished(db: Db, cutoff: Date, leaseMs: number, lim
       .where(inArray(payments.id, stuck.map((row) => row.id)))
       .returning();
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway payments
+
+/** True for payments that move money through a gateway: pay-ins, payouts, refunds of pay-ins. */
+export function isGatewayPayment(row: Pick<PaymentRow, "kind" | "destinationWalletId">): boolean {
+  return row.kind === PaymentKind.PAY_IN || row.kind === PaymentKind.PAYOUT || (row.kind === PaymentKind.REFUND && row.destinationWalletId === "");
+}
+
+export function gatewayCallsOf(db: Db, paymentId: string): Promise<GatewayCallRow[]> {
+  return db.select().from(gatewayCalls).where(eq(gatewayCalls.paymentId, paymentId)).orderBy(asc(gatewayCalls.sequence));
+}
+
+/**
+ * Records a call as "sent" before it leaves, under the next sequence number, and the payment's
+ * gateway with it, so that after a crash the call is known to have possibly reached the gateway.
+ */
+export async function recordSentCall(
+  db: Db,
+  call: Pick<GatewayCallRow, "paymentId" | "gateway" | "operation" | "reference" | "candidates" | "reason">,
+): Promise<GatewayCallRow> {
+  return db.transaction(async (tx) => {
+    const [row] = await tx
+      .insert(gatewayCalls)
+      .values({
+        ...call,
+        sequence: sql`(select coalesce(max(${gatewayCalls.sequence}), 0) + 1 from ${gatewayCalls} where ${gatewayCalls.paymentId} = ${call.paymentId})`,
+        at: new Date(),
+        outcome: "sent",
+      })
+      .returning();
+    if (call.operation !== "status") await tx.update(payments).set({ gateway: call.gateway }).where(eq(payments.id, call.paymentId));
+    return row as GatewayCallRow;
+  });
+}
+
+export async function recordCallResult(
+  db: Db,
+  call: GatewayCallRow,
+  result: Pick<GatewayCallRow, "outcome" | "code" | "action" | "gatewayCode" | "gatewayTransactionId" | "message" | "latencyMs">,
+): Promise<GatewayCallRow> {
+  const [row] = await db
+    .update(gatewayCalls)
+    .set(result)
+    .where(and(eq(gatewayCalls.paymentId, call.paymentId), eq(gatewayCalls.sequence, call.sequence)))
+    .returning();
+  return row ?? { ...call, ...result };
+}
+
+/** Remembers the hold reserving a payment's money (its gateway is the one about to be called). */
+export async function setHold(db: Db, paymentId: string, holdId: string, gateway: string): Promise<void> {
+  await db.update(payments).set({ holdId, gateway }).where(eq(payments.id, paymentId));
+}
+
+/**
+ * Takes up to `limit` OUTCOME_UNKNOWN payments whose next check is due, pushing their next check
+ * `leaseMs` ahead so that another resolver skips them meanwhile.
+ */
+export async function claimUnknown(db: Db, leaseMs: number, limit: number): Promise<PaymentRow[]> {
+  return db.transaction(async (tx) => {
+    const now = new Date();
+    const due = await tx
+      .select({ id: payments.id })
+      .from(payments)
+      .where(and(sql`${payments.status} = 3`, lt(payments.nextCheckAt, now)))
+      .orderBy(asc(payments.nextCheckAt))
+      .limit(limit)
+      .for("update", { skipLocked: true });
+    if (due.length === 0) return [];
+    return tx
+      .update(payments)
+      .set({ nextCheckAt: new Date(now.getTime() + leaseMs) })
+      .where(inArray(payments.id, due.map((row) => row.id)))
+      .returning();
+  });
+}
+
+/** The resolver asked and learned nothing final: when to ask next, and whether to flag the case. */
+export async function rescheduleCheck(db: Db, payment: PaymentRow, nextCheckAt: Date, needsReconciliation: boolean): Promise<void> {
+  await db
+    .update(payments)
+    .set({ nextCheckAt, checks: sql`${payments.checks} + 1`, needsReconciliation })
+    .where(and(eq(payments.id, payment.id), eq(payments.version, payment.version)));
 }

@@ -157,6 +157,46 @@ export const VARIABLES = {
     "Age after which a request or payment left unfinished (its process died) is finished by a completer."),
   completerIntervalMs: variable("COWRIE_COMPLETER_INTERVAL_MS", "5000", integer(50, 600_000),
     "How often the completers and reapers look for unfinished and expired work."),
+  simulatorPort: variable("COWRIE_SIMULATOR_PORT", "7070", port,
+    "Port of the payment gateway simulator that npm start runs when no gateway URL is set."),
+  paystackUrl: variable("COWRIE_PAYSTACK_URL", undefined, httpUrl,
+    "Paystack API base URL. Unset: the simulator's, http://127.0.0.1:COWRIE_SIMULATOR_PORT/paystack."),
+  paystackSecretKey: variable("COWRIE_PAYSTACK_SECRET_KEY", "sk_test_cowrie_simulator_paystack", secret,
+    "Paystack secret key (also signs Paystack's webhooks). Default: the simulator's test key."),
+  flutterwaveUrl: variable("COWRIE_FLUTTERWAVE_URL", undefined, httpUrl,
+    "Flutterwave API base URL. Unset: the simulator's, http://127.0.0.1:COWRIE_SIMULATOR_PORT/flutterwave."),
+  flutterwaveSecretKey: variable("COWRIE_FLUTTERWAVE_SECRET_KEY", "FLWSECK_TEST-cowrie-simulator", secret,
+    "Flutterwave secret key. Default: the simulator's test key."),
+  flutterwaveWebhookSecret: variable("COWRIE_FLUTTERWAVE_WEBHOOK_SECRET", "cowrie-simulator-flutterwave-hash", secret,
+    "Flutterwave webhook secret hash. Default: the simulator's."),
+  stripeUrl: variable("COWRIE_STRIPE_URL", undefined, httpUrl,
+    "Stripe API base URL. Unset: the simulator's, http://127.0.0.1:COWRIE_SIMULATOR_PORT/stripe."),
+  stripeSecretKey: variable("COWRIE_STRIPE_SECRET_KEY", "sk_test_cowrie_simulator_stripe", secret,
+    "Stripe secret key. Default: the simulator's test key."),
+  stripeWebhookSecret: variable("COWRIE_STRIPE_WEBHOOK_SECRET", "whsec_cowrie_simulator_stripe", secret,
+    "Stripe webhook signing secret. Default: the simulator's."),
+  brokerNamespace: variable("COWRIE_BROKER_NAMESPACE", "cowrie", text,
+    "Prefix of every RabbitMQ exchange and queue Cowrie declares, so meshes can share one broker."),
+  gatewayWorkers: variable("COWRIE_GATEWAY_WORKERS", "32", integer(1, 1000),
+    "Gateway payments each Router process takes from the work queue at once."),
+  gatewayConcurrency: variable("COWRIE_GATEWAY_CONCURRENCY", "16", integer(1, 1000),
+    "Calls in flight to one gateway, per Router process."),
+  gatewayRatePerSecond: variable("COWRIE_GATEWAY_RATE_PER_SECOND", "100", integer(1, 100_000),
+    "Calls started per second to one gateway, per Router process."),
+  gatewayTimeoutMs: variable("COWRIE_GATEWAY_TIMEOUT_MS", "5000", integer(10, 120_000),
+    "Longest a single gateway call may take; a later answer is an unknown outcome."),
+  gatewayRetries: variable("COWRIE_GATEWAY_RETRIES", "2", integer(0, 10),
+    "Retries of a retryable gateway error (500, 429) on the same gateway, with backoff and jitter."),
+  gatewayBreakerFailures: variable("COWRIE_GATEWAY_BREAKER_FAILURES", "5", integer(1, 1000),
+    "Consecutive gateway faults (transport, timeout, 5xx; never declines) that open its circuit."),
+  gatewayBreakerOpenMs: variable("COWRIE_GATEWAY_BREAKER_OPEN_MS", "5000", integer(10, 600_000),
+    "How long an open gateway circuit stays open before half-open probes."),
+  routingExplorationPercent: variable("COWRIE_ROUTING_EXPLORATION_PERCENT", "5", integer(0, 50),
+    "Share of routing decisions sent to a gateway other than the best, to keep measuring it."),
+  gatewayPatienceMs: variable("COWRIE_GATEWAY_PATIENCE_MS", "900000", integer(1000, 86_400_000),
+    "How long a gateway payment waits for any gateway to be able to take it before it fails as no_gateway_available."),
+  outcomeUnknownFlagAfterMs: variable("COWRIE_OUTCOME_UNKNOWN_FLAG_AFTER_MS", "600000", integer(1000, 86_400_000),
+    "How long an unknown gateway outcome may last before the payment is flagged for reconciliation."),
 };
 
 type Parsed<V> = V extends Variable<infer T> ? T : never;
@@ -191,4 +231,23 @@ export function servicePort(config: Config, service: ServiceName): number {
 /** Where a client in this process reaches a service. */
 export function serviceUrl(config: Config, service: Exclude<ServiceName, "edge">): string {
   return config[`${service}Url`] ?? `http://127.0.0.1:${servicePort(config, service)}`;
+}
+
+/** True when no gateway URL is configured: every connector talks to the local simulator. */
+export function usesGatewaySimulator(config: Config): boolean {
+  return !config.paystackUrl && !config.flutterwaveUrl && !config.stripeUrl;
+}
+
+/** Where, and with which secrets, the Router reaches each payment gateway. */
+export function gatewayConfig(config: Config, gateway: "paystack" | "flutterwave" | "stripe") {
+  const simulator = `http://127.0.0.1:${config.simulatorPort}/${gateway}`;
+  switch (gateway) {
+    case "paystack":
+      // Paystack signs webhooks with the account's secret key.
+      return { baseUrl: config.paystackUrl ?? simulator, secretKey: config.paystackSecretKey, webhookSecret: config.paystackSecretKey };
+    case "flutterwave":
+      return { baseUrl: config.flutterwaveUrl ?? simulator, secretKey: config.flutterwaveSecretKey, webhookSecret: config.flutterwaveWebhookSecret };
+    case "stripe":
+      return { baseUrl: config.stripeUrl ?? simulator, secretKey: config.stripeSecretKey, webhookSecret: config.stripeWebhookSecret };
+  }
 }

@@ -10,6 +10,10 @@ export interface Metrics {
   readonly clientRequests: Counter<"service" | "target" | "method" | "code">;
   readonly breakerState: Gauge<"service" | "target">;
   readonly healthStatus: Gauge<"service">;
+  readonly gatewayCalls: Counter<"gateway" | "operation" | "code">;
+  readonly gatewayDurationSeconds: Histogram<"gateway" | "operation">;
+  readonly gatewayCircuitState: Gauge<"gateway">;
+  readonly gatewayInFlight: Gauge<"gateway">;
 }
 
 let processMetrics: Metrics | undefined;
@@ -50,6 +54,31 @@ export function metrics(): Metrics {
       name: "cowrie_health_serving",
       help: "1 while the service reports SERVING, 0 otherwise.",
       labelNames: ["service"],
+      registers: [registry],
+    }),
+    gatewayCalls: new Counter({
+      name: "cowrie_gateway_calls_total",
+      help: "Calls from the Router to payment gateways, by gateway, operation and unified code.",
+      labelNames: ["gateway", "operation", "code"],
+      registers: [registry],
+    }),
+    gatewayDurationSeconds: new Histogram({
+      name: "cowrie_gateway_call_duration_seconds",
+      help: "Time to a gateway's answer (or failure), by gateway and operation.",
+      labelNames: ["gateway", "operation"],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry],
+    }),
+    gatewayCircuitState: new Gauge({
+      name: "cowrie_gateway_circuit_state",
+      help: "Circuit breaker per payment gateway: 1 closed, 2 open, 3 half-open (cowrie.router.v1.CircuitState).",
+      labelNames: ["gateway"],
+      registers: [registry],
+    }),
+    gatewayInFlight: new Gauge({
+      name: "cowrie_gateway_in_flight",
+      help: "Calls to a payment gateway in flight.",
+      labelNames: ["gateway"],
       registers: [registry],
     }),
   };

@@ -58,6 +58,8 @@ export async function meshEnvironment(extra: Record<string, string> = {}): Promi
     COWRIE_ROUTER_PORT: String(router),
     COWRIE_RISK_PORT: String(risk),
     COWRIE_LOG_LEVEL: "warn",
+    // Test meshes share one RabbitMQ: each gets its own exchanges and queues.
+    COWRIE_BROKER_NAMESPACE: `test-${process.pid}-${edge}`,
     ...extra,
   };
 }

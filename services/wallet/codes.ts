@@ -7,7 +7,8 @@ import { EntryType, RefusalSchema } from "../../gen/cowrie/wallet/v1/wallet_pb.j
 /**
  * Ledger transfer codes of wallet movements. Each equals the EntryType it shows as in a
  * statement. TransferFunds takes walletTransfer (its default, code 0), payment or refund as its
- * `code`; the others are written by the Wallet itself.
+ * `code`; a gateway hold's capture is payout or refund; the others are written by the Wallet
+ * itself.
  */
 export const TRANSFER_CODE = {
   funding: 1,
@@ -16,6 +17,8 @@ export const TRANSFER_CODE = {
   refund: 4,
   fee: 5,
   holdCapture: 6,
+  payIn: 7,
+  payout: 8,
 } as const;
 
 export type TransferCode = (typeof TRANSFER_CODE)[keyof typeof TRANSFER_CODE];
@@ -30,6 +33,8 @@ const ENTRY_TYPES: Record<number, EntryType> = {
   [TRANSFER_CODE.refund]: EntryType.REFUND,
   [TRANSFER_CODE.fee]: EntryType.FEE,
   [TRANSFER_CODE.holdCapture]: EntryType.HOLD_CAPTURE,
+  [TRANSFER_CODE.payIn]: EntryType.PAY_IN,
+  [TRANSFER_CODE.payout]: EntryType.PAYOUT,
 };
 
 /** The statement type of a Ledger transfer code; UNSPECIFIED for a code the Wallet did not write. */

@@ -91,6 +91,8 @@ export const holds = wallet.table(
     timeoutSeconds: integer("timeout_seconds").notNull(),
     status: integer("status").notNull(),
     capturedMinor: bigint("captured_minor", { mode: "bigint" }).notNull().default(sql`0`),
+    /** The Ledger transfer code of the capture (HOLD_CAPTURE; PAYOUT or REFUND for gateway holds). */
+    captureCode: integer("capture_code").notNull().default(6),
     /** The Ledger's commit time of the pending transfer. */
     createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull(),
     /** created_at + timeout: from then on the Ledger refuses to post or void it. */

@@ -23,6 +23,7 @@ import {
 } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import {
   EntryDirection,
+  EntryType,
   HoldSchema,
   HoldStatus,
   StatementEntrySchema,
@@ -118,6 +119,27 @@ export function releaseIdFor(holdId: string): string {
 export function fundingAccountId(currency: string): string {
   return `funding:${currency}`;
 }
+
+/** Money on its way in from, or out to, a payment gateway: "clearing:<gateway>:<CUR>". */
+export function clearingAccountId(gateway: string, currency: string): string {
+  return `clearing:${gateway}:${currency}`;
+}
+
+const GATEWAY_PATTERN = /^[a-z][a-z0-9_]{1,31}$/;
+
+/** A gateway name as the Router sends it, or undefined when the field is empty. */
+function optionalGateway(value: string, field: string): string | undefined {
+  if (value === "") return undefined;
+  if (!GATEWAY_PATTERN.test(value)) throw invalidArgument(field, "must be 2 to 32 characters of [a-z0-9_], starting with a letter");
+  return value;
+}
+
+/** How a gateway hold's capture shows in statements. */
+const GATEWAY_CAPTURE_CODES: Readonly<Partial<Record<EntryType, number>>> = {
+  [EntryType.UNSPECIFIED]: TRANSFER_CODE.payout,
+  [EntryType.PAYOUT]: TRANSFER_CODE.payout,
+  [EntryType.REFUND]: TRANSFER_CODE.refund,
+};
 
 /**
  * The tenant's fee account for a currency: "fees:<tenant>:<CUR>", readable in statements, or
@@ -373,6 +395,14 @@ export const walletModule: ServiceModule = {
       return ensurePlatformAccount({ id: fundingAccountId(currency), currency, code: AccountCode.FUNDING, ownerRef: "platform:funding" });
     }
 
+    /**
+     * A gateway's clearing account: no balance constraint, since it is debited by pay-ins before
+     * the gateway settles them to the platform and credited by payouts.
+     */
+    function ensureClearingAccount(gateway: string, currency: string): Promise<string> {
+      return ensurePlatformAccount({ id: clearingAccountId(gateway, currency), currency, code: AccountCode.GATEWAY_CLEARING, ownerRef: `gateway:${gateway}` });
+    }
+
     /** The tenant's fee account: plain credit account, no balance constraint (it only receives). */
     function ensureFeeAccount(tenantId: string, currency: string): Promise<string> {
       return ensurePlatformAccount({ id: feeAccountId(tenantId, currency), currency, code: AccountCode.FEES, ownerRef: `tenant:${tenantId}:fees` });
@@ -420,7 +450,7 @@ export const walletModule: ServiceModule = {
      * while a racing retry of the same key moved its money. Returns whether this call reserved.
      */
     async function admit(
-      source: WalletRow, destination: WalletRow, currency: string, operationId: string, amountMinor: bigint,
+      source: WalletRow, destination: WalletRow | undefined, currency: string, operationId: string, amountMinor: bigint,
     ): Promise<boolean> {
       // No look-up first: both ways below end in an insert that finds an earlier decision (a
       // retry's, or a concurrent attempt's) and then follow it, so a replay after a freeze still
@@ -428,9 +458,10 @@ export const walletModule: ServiceModule = {
       let refused: ConnectError | undefined;
       try {
         requireCurrencyOf(source, currency, "source");
-        requireCurrencyOf(destination, currency, "destination");
+        // No destination wallet: a platform account (a gateway's clearing), which always receives.
+        if (destination) requireCurrencyOf(destination, currency, "destination");
         requireCanPayOut(source);
-        requireCanReceive(destination);
+        if (destination) requireCanReceive(destination);
         requireWithinPerTransaction(source, amountMinor);
       } catch (error) {
         if (!(error instanceof ConnectError)) throw error;
@@ -675,6 +706,7 @@ export const walletModule: ServiceModule = {
             const amountMinor = requireAmountMinor(request.amountMinor, "amount_minor");
             const currency = requireCurrency(request.currency, "currency");
             const key = requireIdempotencyKey(request.idempotencyKey, "idempotency_key");
+            const gateway = optionalGateway(request.gateway, "gateway");
             const row = await requireWallet(tenantId, walletId);
             // No wallet-side checks: everything that can refuse a top-up (currency, a closed
             // account) the Ledger decides and records under the transfer id, so a retry always
@@ -683,11 +715,11 @@ export const walletModule: ServiceModule = {
             const transfer: TransferInit = {
               id: transferId,
               kind: TransferKind.POSTED,
-              debitAccountId: await ensureFundingAccount(currency),
+              debitAccountId: gateway ? await ensureClearingAccount(gateway, currency) : await ensureFundingAccount(currency),
               creditAccountId: row.id,
               amountMinor,
               currency,
-              code: TRANSFER_CODE.funding,
+              code: gateway ? TRANSFER_CODE.payIn : TRANSFER_CODE.funding,
               metadata: { tenant_id: tenantId },
             };
             const outcome = await submit([transfer]);
@@ -782,8 +814,14 @@ export const walletModule: ServiceModule = {
           async placeHold(request) {
             const tenantId = requireId(request.tenantId, "tenant_id");
             const sourceId = requireId(request.walletId, "wallet_id");
-            const destinationId = requireId(request.destinationWalletId, "destination_wallet_id");
+            const gateway = optionalGateway(request.gateway, "gateway");
+            if (gateway && request.destinationWalletId !== "") throw invalidArgument("destination_wallet_id", "must be empty when gateway is set");
+            const destinationId = gateway ? undefined : requireId(request.destinationWalletId, "destination_wallet_id");
             if (sourceId === destinationId) throw invalidArgument("destination_wallet_id", "must differ from wallet_id");
+            const captureCode = gateway ? GATEWAY_CAPTURE_CODES[request.captureType] : request.captureType === EntryType.UNSPECIFIED ? TRANSFER_CODE.holdCapture : undefined;
+            if (captureCode === undefined) {
+              throw invalidArgument("capture_type", gateway ? "must be PAYOUT or REFUND (or unset) for a gateway hold" : "is only for gateway holds; leave it unset");
+            }
             const amountMinor = requireAmountMinor(request.amountMinor, "amount_minor");
             const currency = requireCurrency(request.currency, "currency");
             const key = requireIdempotencyKey(request.idempotencyKey, "idempotency_key");
@@ -793,9 +831,10 @@ export const walletModule: ServiceModule = {
             const timeoutSeconds = request.timeoutSeconds === 0 ? HOLD_TIMEOUT_DEFAULT_SECONDS : request.timeoutSeconds;
             const reference = limitText(request.reference, "reference", 128);
             const source = await requireWallet(tenantId, sourceId);
-            const destination = await requireWallet(tenantId, destinationId);
+            const destination = destinationId ? await requireWallet(tenantId, destinationId) : undefined;
+            const creditAccountId = destination?.id ?? (await ensureClearingAccount(gateway as string, currency));
             const holdId = holdIdFor(tenantId, key);
-            const asked = { walletId: sourceId, destinationWalletId: destinationId, amountMinor, currency, reference, timeoutSeconds };
+            const asked = { walletId: sourceId, destinationWalletId: creditAccountId, amountMinor, currency, reference, timeoutSeconds };
 
             const existing = await findHold(tenantId, holdId);
             if (existing) {
@@ -811,10 +850,10 @@ export const walletModule: ServiceModule = {
               id: holdId,
               kind: TransferKind.PENDING,
               debitAccountId: source.id,
-              creditAccountId: destination.id,
+              creditAccountId,
               amountMinor,
               currency,
-              code: TRANSFER_CODE.holdCapture,
+              code: captureCode,
               reference,
               metadata: { tenant_id: tenantId },
               timeoutSeconds,
@@ -832,6 +871,7 @@ export const walletModule: ServiceModule = {
                 id: holdId,
                 tenantId,
                 ...asked,
+                captureCode,
                 status: HoldStatus.HELD,
                 createdAt,
                 expiresAt: new Date(createdAt.getTime() + timeoutSeconds * 1000),
@@ -864,7 +904,7 @@ export const walletModule: ServiceModule = {
               kind: TransferKind.POST_PENDING,
               pendingId: holdId,
               amountMinor,
-              code: TRANSFER_CODE.holdCapture,
+              code: row.captureCode,
               reference: row.reference,
               metadata: { tenant_id: tenantId },
             }]);

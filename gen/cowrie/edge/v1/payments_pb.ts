@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowrie/edge/v1/payments.proto.
  */
 export const file_cowrie_edge_v1_payments: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jb3dyaWUvZWRnZS92MS9wYXltZW50cy5wcm90bxIOY293cmllLmVkZ2UudjEirgEKDFN0YXR1c0NoYW5nZRIyCgtmcm9tX3N0YXR1cxgBIAEoDjIdLmNvd3JpZS5lZGdlLnYxLlBheW1lbnRTdGF0dXMSMAoJdG9fc3RhdHVzGAIgASgOMh0uY293cmllLmVkZ2UudjEuUGF5bWVudFN0YXR1cxIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBCABKAki/gMKB1BheW1lbnQSCgoCaWQYASABKAkSKQoEa2luZBgDIAEoDjIbLmNvd3JpZS5lZGdlLnYxLlBheW1lbnRLaW5kEi0KBnN0YXR1cxgEIAEoDjIdLmNvd3JpZS5lZGdlLnYxLlBheW1lbnRTdGF0dXMSFAoMYW1vdW50X21pbm9yGAUgASgDEhAKCGN1cnJlbmN5GAYgASgJEhgKEHNvdXJjZV93YWxsZXRfaWQYByABKAkSHQoVZGVzdGluYXRpb25fd2FsbGV0X2lkGAggASgJEhQKDGZhaWx1cmVfY29kZRgJIAEoCRIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglmZWVfbWlub3IYDCABKAMSFgoOcmVmdW5kZWRfbWlub3IYDSABKAMSFwoPZmFpbHVyZV9tZXNzYWdlGA4gASgJEhEKCXJlZmVyZW5jZRgPIAEoCRIbChNyZWZ1bmRlZF9wYXltZW50X2lkGBAgASgJEhMKC3RyYW5zZmVyX2lkGBEgASgJEi0KB2hpc3RvcnkYEiADKAsyHC5jb3dyaWUuZWRnZS52MS5TdGF0dXNDaGFuZ2UinQEKFENyZWF0ZVBheW1lbnRSZXF1ZXN0EhQKDGFtb3VudF9taW5vchgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIYChBzb3VyY2Vfd2FsbGV0X2lkGAYgASgJEh0KFWRlc3RpbmF0aW9uX3dhbGxldF9pZBgHIAEoCRIRCglmZWVfbWlub3IYCCABKAMSEQoJcmVmZXJlbmNlGAkgASgJIlMKFUNyZWF0ZVBheW1lbnRSZXNwb25zZRIoCgdwYXltZW50GAEgASgLMhcuY293cmllLmVkZ2UudjEuUGF5bWVudBIQCghyZXBsYXllZBgCIAEoCCInChFHZXRQYXltZW50UmVxdWVzdBISCgpwYXltZW50X2lkGAIgASgJIj4KEkdldFBheW1lbnRSZXNwb25zZRIoCgdwYXltZW50GAEgASgLMhcuY293cmllLmVkZ2UudjEuUGF5bWVudCKLAgoTTGlzdFBheW1lbnRzUmVxdWVzdBItCgZzdGF0dXMYAiABKA4yHS5jb3dyaWUuZWRnZS52MS5QYXltZW50U3RhdHVzEikKBGtpbmQYAyABKA4yGy5jb3dyaWUuZWRnZS52MS5QYXltZW50S2luZBIRCgl3YWxsZXRfaWQYBCABKAkSMAoMY3JlYXRlZF9mcm9tGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX3RvGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYByABKA0SEgoKcGFnZV90b2tlbhgIIAEoCSJaChRMaXN0UGF5bWVudHNSZXNwb25zZRIpCghwYXltZW50cxgBIAMoCzIXLmNvd3JpZS5lZGdlLnYxLlBheW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKFFJlZnVuZFBheW1lbnRSZXF1ZXN0EhIKCnBheW1lbnRfaWQYAyABKAkSFAoMYW1vdW50X21pbm9yGAQgASgDEg4KBnJlYXNvbhgFIAEoCSJ8ChVSZWZ1bmRQYXltZW50UmVzcG9uc2USJwoGcmVmdW5kGAEgASgLMhcuY293cmllLmVkZ2UudjEuUGF5bWVudBIoCgdwYXltZW50GAIgASgLMhcuY293cmllLmVkZ2UudjEuUGF5bWVudBIQCghyZXBsYXllZBgDIAEoCCrkAQoNUGF5bWVudFN0YXR1cxIeChpQQVlNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhoKFlBBWU1FTlRfU1RBVFVTX0NSRUFURUQQARIdChlQQVlNRU5UX1NUQVRVU19QUk9DRVNTSU5HEAISIgoeUEFZTUVOVF9TVEFUVVNfT1VUQ09NRV9VTktOT1dOEAMSHAoYUEFZTUVOVF9TVEFUVVNfU1VDQ0VFREVEEAQSGQoVUEFZTUVOVF9TVEFUVVNfRkFJTEVEEAUSGwoXUEFZTUVOVF9TVEFUVVNfQ0FOQ0VMRUQQBiqRAQoLUGF5bWVudEtpbmQSHAoYUEFZTUVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASGQoVUEFZTUVOVF9LSU5EX0lOVEVSTkFMEAESFwoTUEFZTUVOVF9LSU5EX1BBWV9JThACEhcKE1BBWU1FTlRfS0lORF9QQVlPVVQQAxIXChNQQVlNRU5UX0tJTkRfUkVGVU5EEAQy/QIKD1BheW1lbnRzU2VydmljZRJcCg1DcmVhdGVQYXltZW50EiQuY293cmllLmVkZ2UudjEuQ3JlYXRlUGF5bWVudFJlcXVlc3QaJS5jb3dyaWUuZWRnZS52MS5DcmVhdGVQYXltZW50UmVzcG9uc2USUwoKR2V0UGF5bWVudBIhLmNvd3JpZS5lZGdlLnYxLkdldFBheW1lbnRSZXF1ZXN0GiIuY293cmllLmVkZ2UudjEuR2V0UGF5bWVudFJlc3BvbnNlElkKDExpc3RQYXltZW50cxIjLmNvd3JpZS5lZGdlLnYxLkxpc3RQYXltZW50c1JlcXVlc3QaJC5jb3dyaWUuZWRnZS52MS5MaXN0UGF5bWVudHNSZXNwb25zZRJcCg1SZWZ1bmRQYXltZW50EiQuY293cmllLmVkZ2UudjEuUmVmdW5kUGF5bWVudFJlcXVlc3QaJS5jb3dyaWUuZWRnZS52MS5SZWZ1bmRQYXltZW50UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1jb3dyaWUvZWRnZS92MS9wYXltZW50cy5wcm90bxIOY293cmllLmVkZ2UudjEirgEKDFN0YXR1c0NoYW5nZRIyCgtmcm9tX3N0YXR1cxgBIAEoDjIdLmNvd3JpZS5lZGdlLnYxLlBheW1lbnRTdGF0dXMSMAoJdG9fc3RhdHVzGAIgASgOMh0uY293cmllLmVkZ2UudjEuUGF5bWVudFN0YXR1cxIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBCABKAki1QUKB1BheW1lbnQSCgoCaWQYASABKAkSKQoEa2luZBgDIAEoDjIbLmNvd3JpZS5lZGdlLnYxLlBheW1lbnRLaW5kEi0KBnN0YXR1cxgEIAEoDjIdLmNvd3JpZS5lZGdlLnYxLlBheW1lbnRTdGF0dXMSFAoMYW1vdW50X21pbm9yGAUgASgDEhAKCGN1cnJlbmN5GAYgASgJEhgKEHNvdXJjZV93YWxsZXRfaWQYByABKAkSHQoVZGVzdGluYXRpb25fd2FsbGV0X2lkGAggASgJEhQKDGZhaWx1cmVfY29kZRgJIAEoCRIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglmZWVfbWlub3IYDCABKAMSFgoOcmVmdW5kZWRfbWlub3IYDSABKAMSFwoPZmFpbHVyZV9tZXNzYWdlGA4gASgJEhEKCXJlZmVyZW5jZRgPIAEoCRIbChNyZWZ1bmRlZF9wYXltZW50X2lkGBAgASgJEhMKC3RyYW5zZmVyX2lkGBEgASgJEi0KB2hpc3RvcnkYEiADKAsyHC5jb3dyaWUuZWRnZS52MS5TdGF0dXNDaGFuZ2USDwoHZ2F0ZXdheRgTIAEoCRIZChFnYXRld2F5X3JlZmVyZW5jZRgUIAEoCRIeChZnYXRld2F5X3RyYW5zYWN0aW9uX2lkGBUgASgJEhwKFG5lZWRzX3JlY29uY2lsaWF0aW9uGBcgASgIEg8KB2hvbGRfaWQYGCABKAkSFgoOcGF5bWVudF9tZXRob2QYGSABKAkSMQoMYmFua19hY2NvdW50GBogASgLMhsuY293cmllLmVkZ2UudjEuQmFua0FjY291bnQSDwoHY291bnRyeRgbIAEoCSJOCgtCYW5rQWNjb3VudBIRCgliYW5rX2NvZGUYASABKAkSFgoOYWNjb3VudF9udW1iZXIYAiABKAkSFAoMYWNjb3VudF9uYW1lGAMgASgJItYCChRDcmVhdGVQYXltZW50UmVxdWVzdBIpCgRraW5kGAMgASgOMhsuY293cmllLmVkZ2UudjEuUGF5bWVudEtpbmQSFAoMYW1vdW50X21pbm9yGAQgASgDEhAKCGN1cnJlbmN5GAUgASgJEhgKEHNvdXJjZV93YWxsZXRfaWQYBiABKAkSHQoVZGVzdGluYXRpb25fd2FsbGV0X2lkGAcgASgJEhEKCWZlZV9taW5vchgIIAEoAxIRCglyZWZlcmVuY2UYCSABKAkSFgoOcGF5bWVudF9tZXRob2QYCiABKAkSFgoOY3VzdG9tZXJfZW1haWwYCyABKAkSDwoHY291bnRyeRgMIAEoCRIxCgxiYW5rX2FjY291bnQYDSABKAsyGy5jb3dyaWUuZWRnZS52MS5CYW5rQWNjb3VudBIYChB3YWl0X2Zvcl9vdXRjb21lGA4gASgIIlMKFUNyZWF0ZVBheW1lbnRSZXNwb25zZRIoCgdwYXltZW50GAEgASgLMhcuY293cmllLmVkZ2UudjEuUGF5bWVudBIQCghyZXBsYXllZBgCIAEoCCInChFHZXRQYXltZW50UmVxdWVzdBISCgpwYXltZW50X2lkGAIgASgJIj4KEkdldFBheW1lbnRSZXNwb25zZRIoCgdwYXltZW50GAEgASgLMhcuY293cmllLmVkZ2UudjEuUGF5bWVudCKLAgoTTGlzdFBheW1lbnRzUmVxdWVzdBItCgZzdGF0dXMYAiABKA4yHS5jb3dyaWUuZWRnZS52MS5QYXltZW50U3RhdHVzEikKBGtpbmQYAyABKA4yGy5jb3dyaWUuZWRnZS52MS5QYXltZW50S2luZBIRCgl3YWxsZXRfaWQYBCABKAkSMAoMY3JlYXRlZF9mcm9tGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX3RvGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYByABKA0SEgoKcGFnZV90b2tlbhgIIAEoCSJaChRMaXN0UGF5bWVudHNSZXNwb25zZRIpCghwYXltZW50cxgBIAMoCzIXLmNvd3JpZS5lZGdlLnYxLlBheW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKFFJlZnVuZFBheW1lbnRSZXF1ZXN0EhIKCnBheW1lbnRfaWQYAyABKAkSFAoMYW1vdW50X21pbm9yGAQgASgDEg4KBnJlYXNvbhgFIAEoCSJ8ChVSZWZ1bmRQYXltZW50UmVzcG9uc2USJwoGcmVmdW5kGAEgASgLMhcuY293cmllLmVkZ2UudjEuUGF5bWVudBIoCgdwYXltZW50GAIgASgLMhcuY293cmllLmVkZ2UudjEuUGF5bWVudBIQCghyZXBsYXllZBgDIAEoCCrkAQoNUGF5bWVudFN0YXR1cxIeChpQQVlNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhoKFlBBWU1FTlRfU1RBVFVTX0NSRUFURUQQARIdChlQQVlNRU5UX1NUQVRVU19QUk9DRVNTSU5HEAISIgoeUEFZTUVOVF9TVEFUVVNfT1VUQ09NRV9VTktOT1dOEAMSHAoYUEFZTUVOVF9TVEFUVVNfU1VDQ0VFREVEEAQSGQoVUEFZTUVOVF9TVEFUVVNfRkFJTEVEEAUSGwoXUEFZTUVOVF9TVEFUVVNfQ0FOQ0VMRUQQBiqRAQoLUGF5bWVudEtpbmQSHAoYUEFZTUVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASGQoVUEFZTUVOVF9LSU5EX0lOVEVSTkFMEAESFwoTUEFZTUVOVF9LSU5EX1BBWV9JThACEhcKE1BBWU1FTlRfS0lORF9QQVlPVVQQAxIXChNQQVlNRU5UX0tJTkRfUkVGVU5EEAQy/QIKD1BheW1lbnRzU2VydmljZRJcCg1DcmVhdGVQYXltZW50EiQuY293cmllLmVkZ2UudjEuQ3JlYXRlUGF5bWVudFJlcXVlc3QaJS5jb3dyaWUuZWRnZS52MS5DcmVhdGVQYXltZW50UmVzcG9uc2USUwoKR2V0UGF5bWVudBIhLmNvd3JpZS5lZGdlLnYxLkdldFBheW1lbnRSZXF1ZXN0GiIuY293cmllLmVkZ2UudjEuR2V0UGF5bWVudFJlc3BvbnNlElkKDExpc3RQYXltZW50cxIjLmNvd3JpZS5lZGdlLnYxLkxpc3RQYXltZW50c1JlcXVlc3QaJC5jb3dyaWUuZWRnZS52MS5MaXN0UGF5bWVudHNSZXNwb25zZRJcCg1SZWZ1bmRQYXltZW50EiQuY293cmllLmVkZ2UudjEuUmVmdW5kUGF5bWVudFJlcXVlc3QaJS5jb3dyaWUuZWRnZS52MS5SZWZ1bmRQYXltZW50UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * One recorded state change.
@@ -164,6 +164,63 @@ export type Payment = Message<"cowrie.edge.v1.Payment"> & {
    * @generated from field: repeated cowrie.edge.v1.StatusChange history = 18;
    */
   history: StatusChange[];
+
+  /**
+   * Gateway payments: the gateway that took (or is taking) the payment, e.g. "paystack".
+   *
+   * @generated from field: string gateway = 19;
+   */
+  gateway: string;
+
+  /**
+   * Gateway payments: the reference Cowrie sent the gateway.
+   *
+   * @generated from field: string gateway_reference = 20;
+   */
+  gatewayReference: string;
+
+  /**
+   * Gateway payments: the gateway's own id of the transaction.
+   *
+   * @generated from field: string gateway_transaction_id = 21;
+   */
+  gatewayTransactionId: string;
+
+  /**
+   * True when the gateway's outcome stayed unknown for long: Cowrie keeps asking the gateway
+   * and reconciliation has the case.
+   *
+   * @generated from field: bool needs_reconciliation = 23;
+   */
+  needsReconciliation: boolean;
+
+  /**
+   * PAYOUT and refunds of PAY_IN: the hold that reserves the money while the gateway works.
+   *
+   * @generated from field: string hold_id = 24;
+   */
+  holdId: string;
+
+  /**
+   * PAY_IN: the payment method token charged.
+   *
+   * @generated from field: string payment_method = 25;
+   */
+  paymentMethod: string;
+
+  /**
+   * PAYOUT: the bank account paid.
+   *
+   * @generated from field: cowrie.edge.v1.BankAccount bank_account = 26;
+   */
+  bankAccount?: BankAccount | undefined;
+
+  /**
+   * ISO 3166-1 alpha-2 country of the payer or bank account.
+   *
+   * @generated from field: string country = 27;
+   */
+  country: string;
 };
 
 /**
@@ -174,9 +231,51 @@ export const PaymentSchema: GenMessage<Payment> = /*@__PURE__*/
   messageDesc(file_cowrie_edge_v1_payments, 1);
 
 /**
+ * A bank account a payout pays.
+ *
+ * @generated from message cowrie.edge.v1.BankAccount
+ */
+export type BankAccount = Message<"cowrie.edge.v1.BankAccount"> & {
+  /**
+   * The bank's code in the gateway's directory (for example "058"), 1 to 32 characters.
+   *
+   * @generated from field: string bank_code = 1;
+   */
+  bankCode: string;
+
+  /**
+   * 1 to 34 characters of [A-Za-z0-9_-].
+   *
+   * @generated from field: string account_number = 2;
+   */
+  accountNumber: string;
+
+  /**
+   * The account holder's name, 1 to 128 characters.
+   *
+   * @generated from field: string account_name = 3;
+   */
+  accountName: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.BankAccount.
+ * Use `create(BankAccountSchema)` to create a new message.
+ */
+export const BankAccountSchema: GenMessage<BankAccount> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_payments, 2);
+
+/**
  * @generated from message cowrie.edge.v1.CreatePaymentRequest
  */
 export type CreatePaymentRequest = Message<"cowrie.edge.v1.CreatePaymentRequest"> & {
+  /**
+   * INTERNAL (the default when unset), PAY_IN or PAYOUT.
+   *
+   * @generated from field: cowrie.edge.v1.PaymentKind kind = 3;
+   */
+  kind: PaymentKind;
+
   /**
    * Minor units, 1 to 2^63-1.
    *
@@ -212,6 +311,43 @@ export type CreatePaymentRequest = Message<"cowrie.edge.v1.CreatePaymentRequest"
    * @generated from field: string reference = 9;
    */
   reference: string;
+
+  /**
+   * PAY_IN only: the payer's reusable payment method at the gateway (card authorization or
+   * token), 1 to 128 characters.
+   *
+   * @generated from field: string payment_method = 10;
+   */
+  paymentMethod: string;
+
+  /**
+   * PAY_IN only: the payer's e-mail address.
+   *
+   * @generated from field: string customer_email = 11;
+   */
+  customerEmail: string;
+
+  /**
+   * PAY_IN and PAYOUT: ISO 3166-1 alpha-2 country of the payer or bank account. Required.
+   *
+   * @generated from field: string country = 12;
+   */
+  country: string;
+
+  /**
+   * PAYOUT only: where the money goes.
+   *
+   * @generated from field: cowrie.edge.v1.BankAccount bank_account = 13;
+   */
+  bankAccount?: BankAccount | undefined;
+
+  /**
+   * PAY_IN and PAYOUT: wait for the final state up to the call's deadline instead of answering
+   * CREATED at once.
+   *
+   * @generated from field: bool wait_for_outcome = 14;
+   */
+  waitForOutcome: boolean;
 };
 
 /**
@@ -219,7 +355,7 @@ export type CreatePaymentRequest = Message<"cowrie.edge.v1.CreatePaymentRequest"
  * Use `create(CreatePaymentRequestSchema)` to create a new message.
  */
 export const CreatePaymentRequestSchema: GenMessage<CreatePaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 2);
+  messageDesc(file_cowrie_edge_v1_payments, 3);
 
 /**
  * @generated from message cowrie.edge.v1.CreatePaymentResponse
@@ -243,7 +379,7 @@ export type CreatePaymentResponse = Message<"cowrie.edge.v1.CreatePaymentRespons
  * Use `create(CreatePaymentResponseSchema)` to create a new message.
  */
 export const CreatePaymentResponseSchema: GenMessage<CreatePaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 3);
+  messageDesc(file_cowrie_edge_v1_payments, 4);
 
 /**
  * @generated from message cowrie.edge.v1.GetPaymentRequest
@@ -260,7 +396,7 @@ export type GetPaymentRequest = Message<"cowrie.edge.v1.GetPaymentRequest"> & {
  * Use `create(GetPaymentRequestSchema)` to create a new message.
  */
 export const GetPaymentRequestSchema: GenMessage<GetPaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 4);
+  messageDesc(file_cowrie_edge_v1_payments, 5);
 
 /**
  * @generated from message cowrie.edge.v1.GetPaymentResponse
@@ -277,7 +413,7 @@ export type GetPaymentResponse = Message<"cowrie.edge.v1.GetPaymentResponse"> & 
  * Use `create(GetPaymentResponseSchema)` to create a new message.
  */
 export const GetPaymentResponseSchema: GenMessage<GetPaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 5);
+  messageDesc(file_cowrie_edge_v1_payments, 6);
 
 /**
  * @generated from message cowrie.edge.v1.ListPaymentsRequest
@@ -337,7 +473,7 @@ export type ListPaymentsRequest = Message<"cowrie.edge.v1.ListPaymentsRequest"> 
  * Use `create(ListPaymentsRequestSchema)` to create a new message.
  */
 export const ListPaymentsRequestSchema: GenMessage<ListPaymentsRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 6);
+  messageDesc(file_cowrie_edge_v1_payments, 7);
 
 /**
  * @generated from message cowrie.edge.v1.ListPaymentsResponse
@@ -363,7 +499,7 @@ export type ListPaymentsResponse = Message<"cowrie.edge.v1.ListPaymentsResponse"
  * Use `create(ListPaymentsResponseSchema)` to create a new message.
  */
 export const ListPaymentsResponseSchema: GenMessage<ListPaymentsResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 7);
+  messageDesc(file_cowrie_edge_v1_payments, 8);
 
 /**
  * @generated from message cowrie.edge.v1.RefundPaymentRequest
@@ -394,7 +530,7 @@ export type RefundPaymentRequest = Message<"cowrie.edge.v1.RefundPaymentRequest"
  * Use `create(RefundPaymentRequestSchema)` to create a new message.
  */
 export const RefundPaymentRequestSchema: GenMessage<RefundPaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 8);
+  messageDesc(file_cowrie_edge_v1_payments, 9);
 
 /**
  * @generated from message cowrie.edge.v1.RefundPaymentResponse
@@ -427,7 +563,7 @@ export type RefundPaymentResponse = Message<"cowrie.edge.v1.RefundPaymentRespons
  * Use `create(RefundPaymentResponseSchema)` to create a new message.
  */
 export const RefundPaymentResponseSchema: GenMessage<RefundPaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 9);
+  messageDesc(file_cowrie_edge_v1_payments, 10);
 
 /**
  * The state of a payment. Terminal states are SUCCEEDED, FAILED and CANCELED.
@@ -547,11 +683,20 @@ export const PaymentKindSchema: GenEnum<PaymentKind> = /*@__PURE__*/
  * an error: it is recorded with status FAILED and a failure_code, and returned. Its history lists
  * every state change.
  *
+ * Gateway payments move money across Cowrie's edge through an external payment gateway (Paystack,
+ * Flutterwave, Stripe), chosen per payment by currency, country, amount and each gateway's
+ * recent health: a PAY_IN credits a wallet with money a payer paid; a PAYOUT pays a wallet's
+ * money out to a bank account (held first, taken only when the gateway pays). They are accepted
+ * fast, answered as CREATED, and processed at a controlled rate; ask for wait_for_outcome, or
+ * poll GetPayment. A payment whose gateway outcome is not known yet is OUTCOME_UNKNOWN: its money
+ * stays held until the gateway answers; it is never charged twice.
+ *
  * @generated from service cowrie.edge.v1.PaymentsService
  */
 export const PaymentsService: GenService<{
   /**
-   * Pays from one wallet to another of the same currency. Requires Idempotency-Key.
+   * Pays from one wallet to another of the same currency (INTERNAL), into a wallet through a
+   * gateway (PAY_IN) or out of one to a bank account (PAYOUT). Requires Idempotency-Key.
    *
    * @generated from rpc cowrie.edge.v1.PaymentsService.CreatePayment
    */

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowrie/router/v1/router.proto.
  */
 export const file_cowrie_router_v1_router: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jb3dyaWUvcm91dGVyL3YxL3JvdXRlci5wcm90bxIQY293cmllLnJvdXRlci52MSKyAQoMU3RhdHVzQ2hhbmdlEjQKC2Zyb21fc3RhdHVzGAEgASgOMh8uY293cmllLnJvdXRlci52MS5QYXltZW50U3RhdHVzEjIKCXRvX3N0YXR1cxgCIAEoDjIfLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudFN0YXR1cxIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBCABKAkilwQKB1BheW1lbnQSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEisKBGtpbmQYAyABKA4yHS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRLaW5kEi8KBnN0YXR1cxgEIAEoDjIfLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudFN0YXR1cxIUCgxhbW91bnRfbWlub3IYBSABKAMSEAoIY3VycmVuY3kYBiABKAkSGAoQc291cmNlX3dhbGxldF9pZBgHIAEoCRIdChVkZXN0aW5hdGlvbl93YWxsZXRfaWQYCCABKAkSFAoMZmFpbHVyZV9jb2RlGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWZlZV9taW5vchgMIAEoAxIWCg5yZWZ1bmRlZF9taW5vchgNIAEoAxIXCg9mYWlsdXJlX21lc3NhZ2UYDiABKAkSEQoJcmVmZXJlbmNlGA8gASgJEhsKE3JlZnVuZGVkX3BheW1lbnRfaWQYECABKAkSEwoLdHJhbnNmZXJfaWQYESABKAkSLwoHaGlzdG9yeRgSIAMoCzIeLmNvd3JpZS5yb3V0ZXIudjEuU3RhdHVzQ2hhbmdlIvYBChRDcmVhdGVQYXltZW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEisKBGtpbmQYAyABKA4yHS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRLaW5kEhQKDGFtb3VudF9taW5vchgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIYChBzb3VyY2Vfd2FsbGV0X2lkGAYgASgJEh0KFWRlc3RpbmF0aW9uX3dhbGxldF9pZBgHIAEoCRIRCglmZWVfbWlub3IYCCABKAMSEQoJcmVmZXJlbmNlGAkgASgJIlUKFUNyZWF0ZVBheW1lbnRSZXNwb25zZRIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50EhAKCHJlcGxheWVkGAIgASgIIjoKEUdldFBheW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpwYXltZW50X2lkGAIgASgJIkAKEkdldFBheW1lbnRSZXNwb25zZRIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50IqICChNMaXN0UGF5bWVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIvCgZzdGF0dXMYAiABKA4yHy5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRTdGF0dXMSKwoEa2luZBgDIAEoDjIdLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudEtpbmQSEQoJd2FsbGV0X2lkGAQgASgJEjAKDGNyZWF0ZWRfZnJvbRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF90bxgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAcgASgNEhIKCnBhZ2VfdG9rZW4YCCABKAkiXAoUTGlzdFBheW1lbnRzUmVzcG9uc2USKwoIcGF5bWVudHMYASADKAsyGS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInwKFFJlZnVuZFBheW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkSEgoKcGF5bWVudF9pZBgDIAEoCRIUCgxhbW91bnRfbWlub3IYBCABKAMSDgoGcmVhc29uGAUgASgJIoABChVSZWZ1bmRQYXltZW50UmVzcG9uc2USKQoGcmVmdW5kGAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50EioKB3BheW1lbnQYAiABKAsyGS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnQSEAoIcmVwbGF5ZWQYAyABKAgq5AEKDVBheW1lbnRTdGF0dXMSHgoaUEFZTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIaChZQQVlNRU5UX1NUQVRVU19DUkVBVEVEEAESHQoZUEFZTUVOVF9TVEFUVVNfUFJPQ0VTU0lORxACEiIKHlBBWU1FTlRfU1RBVFVTX09VVENPTUVfVU5LTk9XThADEhwKGFBBWU1FTlRfU1RBVFVTX1NVQ0NFRURFRBAEEhkKFVBBWU1FTlRfU1RBVFVTX0ZBSUxFRBAFEhsKF1BBWU1FTlRfU1RBVFVTX0NBTkNFTEVEEAYqkQEKC1BheW1lbnRLaW5kEhwKGFBBWU1FTlRfS0lORF9VTlNQRUNJRklFRBAAEhkKFVBBWU1FTlRfS0lORF9JTlRFUk5BTBABEhcKE1BBWU1FTlRfS0lORF9QQVlfSU4QAhIXChNQQVlNRU5UX0tJTkRfUEFZT1VUEAMSFwoTUEFZTUVOVF9LSU5EX1JFRlVORBAEMosDCg1Sb3V0ZXJTZXJ2aWNlEmAKDUNyZWF0ZVBheW1lbnQSJi5jb3dyaWUucm91dGVyLnYxLkNyZWF0ZVBheW1lbnRSZXF1ZXN0GicuY293cmllLnJvdXRlci52MS5DcmVhdGVQYXltZW50UmVzcG9uc2USVwoKR2V0UGF5bWVudBIjLmNvd3JpZS5yb3V0ZXIudjEuR2V0UGF5bWVudFJlcXVlc3QaJC5jb3dyaWUucm91dGVyLnYxLkdldFBheW1lbnRSZXNwb25zZRJdCgxMaXN0UGF5bWVudHMSJS5jb3dyaWUucm91dGVyLnYxLkxpc3RQYXltZW50c1JlcXVlc3QaJi5jb3dyaWUucm91dGVyLnYxLkxpc3RQYXltZW50c1Jlc3BvbnNlEmAKDVJlZnVuZFBheW1lbnQSJi5jb3dyaWUucm91dGVyLnYxLlJlZnVuZFBheW1lbnRSZXF1ZXN0GicuY293cmllLnJvdXRlci52MS5SZWZ1bmRQYXltZW50UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1jb3dyaWUvcm91dGVyL3YxL3JvdXRlci5wcm90bxIQY293cmllLnJvdXRlci52MSKyAQoMU3RhdHVzQ2hhbmdlEjQKC2Zyb21fc3RhdHVzGAEgASgOMh8uY293cmllLnJvdXRlci52MS5QYXltZW50U3RhdHVzEjIKCXRvX3N0YXR1cxgCIAEoDjIfLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudFN0YXR1cxIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBCABKAki9gUKB1BheW1lbnQSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEisKBGtpbmQYAyABKA4yHS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRLaW5kEi8KBnN0YXR1cxgEIAEoDjIfLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudFN0YXR1cxIUCgxhbW91bnRfbWlub3IYBSABKAMSEAoIY3VycmVuY3kYBiABKAkSGAoQc291cmNlX3dhbGxldF9pZBgHIAEoCRIdChVkZXN0aW5hdGlvbl93YWxsZXRfaWQYCCABKAkSFAoMZmFpbHVyZV9jb2RlGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWZlZV9taW5vchgMIAEoAxIWCg5yZWZ1bmRlZF9taW5vchgNIAEoAxIXCg9mYWlsdXJlX21lc3NhZ2UYDiABKAkSEQoJcmVmZXJlbmNlGA8gASgJEhsKE3JlZnVuZGVkX3BheW1lbnRfaWQYECABKAkSEwoLdHJhbnNmZXJfaWQYESABKAkSLwoHaGlzdG9yeRgSIAMoCzIeLmNvd3JpZS5yb3V0ZXIudjEuU3RhdHVzQ2hhbmdlEg8KB2dhdGV3YXkYEyABKAkSGQoRZ2F0ZXdheV9yZWZlcmVuY2UYFCABKAkSHgoWZ2F0ZXdheV90cmFuc2FjdGlvbl9pZBgVIAEoCRIcChRuZWVkc19yZWNvbmNpbGlhdGlvbhgXIAEoCBIPCgdob2xkX2lkGBggASgJEhYKDnBheW1lbnRfbWV0aG9kGBkgASgJEjMKDGJhbmtfYWNjb3VudBgaIAEoCzIdLmNvd3JpZS5yb3V0ZXIudjEuQmFua0FjY291bnQSDwoHY291bnRyeRgbIAEoCUoECBYQFyJOCgtCYW5rQWNjb3VudBIRCgliYW5rX2NvZGUYASABKAkSFgoOYWNjb3VudF9udW1iZXIYAiABKAkSFAoMYWNjb3VudF9uYW1lGAMgASgJIoYDChRDcmVhdGVQYXltZW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEisKBGtpbmQYAyABKA4yHS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRLaW5kEhQKDGFtb3VudF9taW5vchgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIYChBzb3VyY2Vfd2FsbGV0X2lkGAYgASgJEh0KFWRlc3RpbmF0aW9uX3dhbGxldF9pZBgHIAEoCRIRCglmZWVfbWlub3IYCCABKAMSEQoJcmVmZXJlbmNlGAkgASgJEhYKDnBheW1lbnRfbWV0aG9kGAogASgJEhYKDmN1c3RvbWVyX2VtYWlsGAsgASgJEg8KB2NvdW50cnkYDCABKAkSMwoMYmFua19hY2NvdW50GA0gASgLMh0uY293cmllLnJvdXRlci52MS5CYW5rQWNjb3VudBIYChB3YWl0X2Zvcl9vdXRjb21lGA4gASgIIlUKFUNyZWF0ZVBheW1lbnRSZXNwb25zZRIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50EhAKCHJlcGxheWVkGAIgASgIIjoKEUdldFBheW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpwYXltZW50X2lkGAIgASgJIkAKEkdldFBheW1lbnRSZXNwb25zZRIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50IqICChNMaXN0UGF5bWVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIvCgZzdGF0dXMYAiABKA4yHy5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRTdGF0dXMSKwoEa2luZBgDIAEoDjIdLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudEtpbmQSEQoJd2FsbGV0X2lkGAQgASgJEjAKDGNyZWF0ZWRfZnJvbRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF90bxgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAcgASgNEhIKCnBhZ2VfdG9rZW4YCCABKAkiXAoUTGlzdFBheW1lbnRzUmVzcG9uc2USKwoIcGF5bWVudHMYASADKAsyGS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInwKFFJlZnVuZFBheW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkSEgoKcGF5bWVudF9pZBgDIAEoCRIUCgxhbW91bnRfbWlub3IYBCABKAMSDgoGcmVhc29uGAUgASgJIoABChVSZWZ1bmRQYXltZW50UmVzcG9uc2USKQoGcmVmdW5kGAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50EioKB3BheW1lbnQYAiABKAsyGS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnQSEAoIcmVwbGF5ZWQYAyABKAgiQwoaR2V0Um91dGluZ0RlY2lzaW9uc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhIKCnBheW1lbnRfaWQYAiABKAkiSwobR2V0Um91dGluZ0RlY2lzaW9uc1Jlc3BvbnNlEiwKBWNhbGxzGAEgAygLMh0uY293cmllLnJvdXRlci52MS5HYXRld2F5Q2FsbCLLAQoQUm91dGluZ0NhbmRpZGF0ZRIPCgdnYXRld2F5GAEgASgJEhAKCGVsaWdpYmxlGAIgASgIEhcKD2V4Y2x1ZGVkX3JlYXNvbhgDIAEoCRINCgVzY29yZRgEIAEoBRIdChVzdWNjZXNzX3JhdGVfcGVybWlsbGUYBSABKA0SFgoObGF0ZW5jeV9wNTBfbXMYBiABKA0SNQoNY2lyY3VpdF9zdGF0ZRgHIAEoDjIeLmNvd3JpZS5yb3V0ZXIudjEuQ2lyY3VpdFN0YXRlIrICCgtHYXRld2F5Q2FsbBIQCghzZXF1ZW5jZRgBIAEoDRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdnYXRld2F5GAMgASgJEhEKCW9wZXJhdGlvbhgEIAEoCRIRCglyZWZlcmVuY2UYBSABKAkSNgoKY2FuZGlkYXRlcxgGIAMoCzIiLmNvd3JpZS5yb3V0ZXIudjEuUm91dGluZ0NhbmRpZGF0ZRIOCgZyZWFzb24YByABKAkSDwoHb3V0Y29tZRgIIAEoCRIMCgRjb2RlGAkgASgJEg4KBmFjdGlvbhgKIAEoCRIUCgxnYXRld2F5X2NvZGUYCyABKAkSDwoHbWVzc2FnZRgMIAEoCRISCgpsYXRlbmN5X21zGA0gASgNIhUKE0xpc3RHYXRld2F5c1JlcXVlc3QiSQoUTGlzdEdhdGV3YXlzUmVzcG9uc2USMQoIZ2F0ZXdheXMYASADKAsyHy5jb3dyaWUucm91dGVyLnYxLkdhdGV3YXlIZWFsdGgi+QEKDUdhdGV3YXlIZWFsdGgSDAoEbmFtZRgBIAEoCRI1Cg1jaXJjdWl0X3N0YXRlGAIgASgOMh4uY293cmllLnJvdXRlci52MS5DaXJjdWl0U3RhdGUSHQoVc3VjY2Vzc19yYXRlX3Blcm1pbGxlGAMgASgNEhYKDmxhdGVuY3lfcDUwX21zGAQgASgNEhYKDmxhdGVuY3lfcDk1X21zGAUgASgNEhQKDHdpbmRvd19jYWxscxgGIAEoDRIRCglpbl9mbGlnaHQYByABKA0SFwoPY29uY3VycmVuY3lfbWF4GAggASgNEhIKCmN1cnJlbmNpZXMYCSADKAkq5AEKDVBheW1lbnRTdGF0dXMSHgoaUEFZTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIaChZQQVlNRU5UX1NUQVRVU19DUkVBVEVEEAESHQoZUEFZTUVOVF9TVEFUVVNfUFJPQ0VTU0lORxACEiIKHlBBWU1FTlRfU1RBVFVTX09VVENPTUVfVU5LTk9XThADEhwKGFBBWU1FTlRfU1RBVFVTX1NVQ0NFRURFRBAEEhkKFVBBWU1FTlRfU1RBVFVTX0ZBSUxFRBAFEhsKF1BBWU1FTlRfU1RBVFVTX0NBTkNFTEVEEAYqkQEKC1BheW1lbnRLaW5kEhwKGFBBWU1FTlRfS0lORF9VTlNQRUNJRklFRBAAEhkKFVBBWU1FTlRfS0lORF9JTlRFUk5BTBABEhcKE1BBWU1FTlRfS0lORF9QQVlfSU4QAhIXChNQQVlNRU5UX0tJTkRfUEFZT1VUEAMSFwoTUEFZTUVOVF9LSU5EX1JFRlVORBAEKnwKDENpcmN1aXRTdGF0ZRIdChlDSVJDVUlUX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQ0lSQ1VJVF9TVEFURV9DTE9TRUQQARIWChJDSVJDVUlUX1NUQVRFX09QRU4QAhIbChdDSVJDVUlUX1NUQVRFX0hBTEZfT1BFThADMt4ECg1Sb3V0ZXJTZXJ2aWNlEmAKDUNyZWF0ZVBheW1lbnQSJi5jb3dyaWUucm91dGVyLnYxLkNyZWF0ZVBheW1lbnRSZXF1ZXN0GicuY293cmllLnJvdXRlci52MS5DcmVhdGVQYXltZW50UmVzcG9uc2USVwoKR2V0UGF5bWVudBIjLmNvd3JpZS5yb3V0ZXIudjEuR2V0UGF5bWVudFJlcXVlc3QaJC5jb3dyaWUucm91dGVyLnYxLkdldFBheW1lbnRSZXNwb25zZRJdCgxMaXN0UGF5bWVudHMSJS5jb3dyaWUucm91dGVyLnYxLkxpc3RQYXltZW50c1JlcXVlc3QaJi5jb3dyaWUucm91dGVyLnYxLkxpc3RQYXltZW50c1Jlc3BvbnNlEmAKDVJlZnVuZFBheW1lbnQSJi5jb3dyaWUucm91dGVyLnYxLlJlZnVuZFBheW1lbnRSZXF1ZXN0GicuY293cmllLnJvdXRlci52MS5SZWZ1bmRQYXltZW50UmVzcG9uc2UScgoTR2V0Um91dGluZ0RlY2lzaW9ucxIsLmNvd3JpZS5yb3V0ZXIudjEuR2V0Um91dGluZ0RlY2lzaW9uc1JlcXVlc3QaLS5jb3dyaWUucm91dGVyLnYxLkdldFJvdXRpbmdEZWNpc2lvbnNSZXNwb25zZRJdCgxMaXN0R2F0ZXdheXMSJS5jb3dyaWUucm91dGVyLnYxLkxpc3RHYXRld2F5c1JlcXVlc3QaJi5jb3dyaWUucm91dGVyLnYxLkxpc3RHYXRld2F5c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * One recorded state change.
@@ -169,6 +169,63 @@ export type Payment = Message<"cowrie.router.v1.Payment"> & {
    * @generated from field: repeated cowrie.router.v1.StatusChange history = 18;
    */
   history: StatusChange[];
+
+  /**
+   * Gateway payments: the gateway that took (or is taking) the payment, e.g. "paystack".
+   *
+   * @generated from field: string gateway = 19;
+   */
+  gateway: string;
+
+  /**
+   * Gateway payments: the reference Cowrie sent the gateway ("<payment id>.<gateway>").
+   *
+   * @generated from field: string gateway_reference = 20;
+   */
+  gatewayReference: string;
+
+  /**
+   * Gateway payments: the gateway's own id of the transaction.
+   *
+   * @generated from field: string gateway_transaction_id = 21;
+   */
+  gatewayTransactionId: string;
+
+  /**
+   * True when the outcome stayed unknown past COWRIE_OUTCOME_UNKNOWN_FLAG_AFTER_MS: the resolver
+   * keeps asking the gateway, and reconciliation has the case.
+   *
+   * @generated from field: bool needs_reconciliation = 23;
+   */
+  needsReconciliation: boolean;
+
+  /**
+   * PAYOUT and refunds of PAY_IN: the hold that reserves the money while the gateway works.
+   *
+   * @generated from field: string hold_id = 24;
+   */
+  holdId: string;
+
+  /**
+   * PAY_IN: the payer's payment method token at the gateway. PAYOUT: omitted.
+   *
+   * @generated from field: string payment_method = 25;
+   */
+  paymentMethod: string;
+
+  /**
+   * PAYOUT: the bank account paid.
+   *
+   * @generated from field: cowrie.router.v1.BankAccount bank_account = 26;
+   */
+  bankAccount?: BankAccount | undefined;
+
+  /**
+   * ISO 3166-1 alpha-2 country of the payer (PAY_IN) or bank account (PAYOUT).
+   *
+   * @generated from field: string country = 27;
+   */
+  country: string;
 };
 
 /**
@@ -177,6 +234,41 @@ export type Payment = Message<"cowrie.router.v1.Payment"> & {
  */
 export const PaymentSchema: GenMessage<Payment> = /*@__PURE__*/
   messageDesc(file_cowrie_router_v1_router, 1);
+
+/**
+ * A bank account a payout pays.
+ *
+ * @generated from message cowrie.router.v1.BankAccount
+ */
+export type BankAccount = Message<"cowrie.router.v1.BankAccount"> & {
+  /**
+   * The bank's code in the gateway's directory (for example "058"), 1 to 32 characters.
+   *
+   * @generated from field: string bank_code = 1;
+   */
+  bankCode: string;
+
+  /**
+   * 1 to 34 characters of [A-Za-z0-9_-].
+   *
+   * @generated from field: string account_number = 2;
+   */
+  accountNumber: string;
+
+  /**
+   * The account holder's name, 1 to 128 characters.
+   *
+   * @generated from field: string account_name = 3;
+   */
+  accountName: string;
+};
+
+/**
+ * Describes the message cowrie.router.v1.BankAccount.
+ * Use `create(BankAccountSchema)` to create a new message.
+ */
+export const BankAccountSchema: GenMessage<BankAccount> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 2);
 
 /**
  * @generated from message cowrie.router.v1.CreatePaymentRequest
@@ -195,7 +287,8 @@ export type CreatePaymentRequest = Message<"cowrie.router.v1.CreatePaymentReques
   idempotencyKey: string;
 
   /**
-   * Only INTERNAL for now.
+   * INTERNAL (wallet to wallet), PAY_IN (payer to destination_wallet_id through a gateway) or
+   * PAYOUT (source_wallet_id to bank_account through a gateway).
    *
    * @generated from field: cowrie.router.v1.PaymentKind kind = 3;
    */
@@ -236,6 +329,45 @@ export type CreatePaymentRequest = Message<"cowrie.router.v1.CreatePaymentReques
    * @generated from field: string reference = 9;
    */
   reference: string;
+
+  /**
+   * PAY_IN only: the payer's reusable payment method at the gateway (card authorization or
+   * token), 1 to 128 characters.
+   *
+   * @generated from field: string payment_method = 10;
+   */
+  paymentMethod: string;
+
+  /**
+   * PAY_IN only: the payer's e-mail address, which gateways require on charges.
+   *
+   * @generated from field: string customer_email = 11;
+   */
+  customerEmail: string;
+
+  /**
+   * PAY_IN and PAYOUT: ISO 3166-1 alpha-2 country of the payer or the bank account; used to
+   * route. Required for gateway payments.
+   *
+   * @generated from field: string country = 12;
+   */
+  country: string;
+
+  /**
+   * PAYOUT only: where the money goes.
+   *
+   * @generated from field: cowrie.router.v1.BankAccount bank_account = 13;
+   */
+  bankAccount?: BankAccount | undefined;
+
+  /**
+   * Gateway payments: when true, the call waits for SUCCEEDED, FAILED or OUTCOME_UNKNOWN up to
+   * its deadline, and answers the payment as it is then (still CREATED or PROCESSING if the
+   * deadline came first). INTERNAL payments always wait.
+   *
+   * @generated from field: bool wait_for_outcome = 14;
+   */
+  waitForOutcome: boolean;
 };
 
 /**
@@ -243,7 +375,7 @@ export type CreatePaymentRequest = Message<"cowrie.router.v1.CreatePaymentReques
  * Use `create(CreatePaymentRequestSchema)` to create a new message.
  */
 export const CreatePaymentRequestSchema: GenMessage<CreatePaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 2);
+  messageDesc(file_cowrie_router_v1_router, 3);
 
 /**
  * @generated from message cowrie.router.v1.CreatePaymentResponse
@@ -267,7 +399,7 @@ export type CreatePaymentResponse = Message<"cowrie.router.v1.CreatePaymentRespo
  * Use `create(CreatePaymentResponseSchema)` to create a new message.
  */
 export const CreatePaymentResponseSchema: GenMessage<CreatePaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 3);
+  messageDesc(file_cowrie_router_v1_router, 4);
 
 /**
  * @generated from message cowrie.router.v1.GetPaymentRequest
@@ -289,7 +421,7 @@ export type GetPaymentRequest = Message<"cowrie.router.v1.GetPaymentRequest"> & 
  * Use `create(GetPaymentRequestSchema)` to create a new message.
  */
 export const GetPaymentRequestSchema: GenMessage<GetPaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 4);
+  messageDesc(file_cowrie_router_v1_router, 5);
 
 /**
  * @generated from message cowrie.router.v1.GetPaymentResponse
@@ -306,7 +438,7 @@ export type GetPaymentResponse = Message<"cowrie.router.v1.GetPaymentResponse"> 
  * Use `create(GetPaymentResponseSchema)` to create a new message.
  */
 export const GetPaymentResponseSchema: GenMessage<GetPaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 5);
+  messageDesc(file_cowrie_router_v1_router, 6);
 
 /**
  * @generated from message cowrie.router.v1.ListPaymentsRequest
@@ -371,7 +503,7 @@ export type ListPaymentsRequest = Message<"cowrie.router.v1.ListPaymentsRequest"
  * Use `create(ListPaymentsRequestSchema)` to create a new message.
  */
 export const ListPaymentsRequestSchema: GenMessage<ListPaymentsRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 6);
+  messageDesc(file_cowrie_router_v1_router, 7);
 
 /**
  * @generated from message cowrie.router.v1.ListPaymentsResponse
@@ -397,7 +529,7 @@ export type ListPaymentsResponse = Message<"cowrie.router.v1.ListPaymentsRespons
  * Use `create(ListPaymentsResponseSchema)` to create a new message.
  */
 export const ListPaymentsResponseSchema: GenMessage<ListPaymentsResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 7);
+  messageDesc(file_cowrie_router_v1_router, 8);
 
 /**
  * @generated from message cowrie.router.v1.RefundPaymentRequest
@@ -440,7 +572,7 @@ export type RefundPaymentRequest = Message<"cowrie.router.v1.RefundPaymentReques
  * Use `create(RefundPaymentRequestSchema)` to create a new message.
  */
 export const RefundPaymentRequestSchema: GenMessage<RefundPaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 8);
+  messageDesc(file_cowrie_router_v1_router, 9);
 
 /**
  * @generated from message cowrie.router.v1.RefundPaymentResponse
@@ -473,7 +605,302 @@ export type RefundPaymentResponse = Message<"cowrie.router.v1.RefundPaymentRespo
  * Use `create(RefundPaymentResponseSchema)` to create a new message.
  */
 export const RefundPaymentResponseSchema: GenMessage<RefundPaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 9);
+  messageDesc(file_cowrie_router_v1_router, 10);
+
+/**
+ * @generated from message cowrie.router.v1.GetRoutingDecisionsRequest
+ */
+export type GetRoutingDecisionsRequest = Message<"cowrie.router.v1.GetRoutingDecisionsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string payment_id = 2;
+   */
+  paymentId: string;
+};
+
+/**
+ * Describes the message cowrie.router.v1.GetRoutingDecisionsRequest.
+ * Use `create(GetRoutingDecisionsRequestSchema)` to create a new message.
+ */
+export const GetRoutingDecisionsRequestSchema: GenMessage<GetRoutingDecisionsRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 11);
+
+/**
+ * @generated from message cowrie.router.v1.GetRoutingDecisionsResponse
+ */
+export type GetRoutingDecisionsResponse = Message<"cowrie.router.v1.GetRoutingDecisionsResponse"> & {
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated cowrie.router.v1.GatewayCall calls = 1;
+   */
+  calls: GatewayCall[];
+};
+
+/**
+ * Describes the message cowrie.router.v1.GetRoutingDecisionsResponse.
+ * Use `create(GetRoutingDecisionsResponseSchema)` to create a new message.
+ */
+export const GetRoutingDecisionsResponseSchema: GenMessage<GetRoutingDecisionsResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 12);
+
+/**
+ * One candidate gateway as the router weighed it.
+ *
+ * @generated from message cowrie.router.v1.RoutingCandidate
+ */
+export type RoutingCandidate = Message<"cowrie.router.v1.RoutingCandidate"> & {
+  /**
+   * @generated from field: string gateway = 1;
+   */
+  gateway: string;
+
+  /**
+   * False when a rule or the circuit excluded it; excluded_reason says which.
+   *
+   * @generated from field: bool eligible = 2;
+   */
+  eligible: boolean;
+
+  /**
+   * @generated from field: string excluded_reason = 3;
+   */
+  excludedReason: string;
+
+  /**
+   * Higher is better: 100 × success rate − p50 latency / 10 ms, plus the rules' preference (10
+   * for the first choice, 5 for the second), rounded.
+   *
+   * @generated from field: int32 score = 4;
+   */
+  score: number;
+
+  /**
+   * Over the sliding window, 0 to 1000; 1000 with no data.
+   *
+   * @generated from field: uint32 success_rate_permille = 5;
+   */
+  successRatePermille: number;
+
+  /**
+   * @generated from field: uint32 latency_p50_ms = 6;
+   */
+  latencyP50Ms: number;
+
+  /**
+   * @generated from field: cowrie.router.v1.CircuitState circuit_state = 7;
+   */
+  circuitState: CircuitState;
+};
+
+/**
+ * Describes the message cowrie.router.v1.RoutingCandidate.
+ * Use `create(RoutingCandidateSchema)` to create a new message.
+ */
+export const RoutingCandidateSchema: GenMessage<RoutingCandidate> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 13);
+
+/**
+ * One call to a gateway for a payment.
+ *
+ * @generated from message cowrie.router.v1.GatewayCall
+ */
+export type GatewayCall = Message<"cowrie.router.v1.GatewayCall"> & {
+  /**
+   * 1, 2, … in the order made.
+   *
+   * @generated from field: uint32 sequence = 1;
+   */
+  sequence: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string gateway = 3;
+   */
+  gateway: string;
+
+  /**
+   * "charge", "payout", "refund" or "status".
+   *
+   * @generated from field: string operation = 4;
+   */
+  operation: string;
+
+  /**
+   * The reference sent to the gateway.
+   *
+   * @generated from field: string reference = 5;
+   */
+  reference: string;
+
+  /**
+   * Routing decisions only (empty for retries and status queries): every gateway considered.
+   *
+   * @generated from field: repeated cowrie.router.v1.RoutingCandidate candidates = 6;
+   */
+  candidates: RoutingCandidate[];
+
+  /**
+   * Why this gateway: "best score", "exploration", "rules: only candidate", "refund goes back
+   * through the gateway that took the payment", "retry", "status after an ambiguous failure"…
+   *
+   * @generated from field: string reason = 7;
+   */
+  reason: string;
+
+  /**
+   * "sent" until an answer is recorded; then the GatewayResult outcome: "succeeded",
+   * "declined", "pending", "not_found", "error".
+   *
+   * @generated from field: string outcome = 8;
+   */
+  outcome: string;
+
+  /**
+   * The unified code, e.g. "insufficient_funds", "gateway_timeout".
+   *
+   * @generated from field: string code = 9;
+   */
+  code: string;
+
+  /**
+   * The next action the connector's table chose: "none", "retry", "failover", "stop",
+   * "query_status".
+   *
+   * @generated from field: string action = 10;
+   */
+  action: string;
+
+  /**
+   * The gateway's own code or status, verbatim.
+   *
+   * @generated from field: string gateway_code = 11;
+   */
+  gatewayCode: string;
+
+  /**
+   * @generated from field: string message = 12;
+   */
+  message: string;
+
+  /**
+   * Time to the answer, or to the failure.
+   *
+   * @generated from field: uint32 latency_ms = 13;
+   */
+  latencyMs: number;
+};
+
+/**
+ * Describes the message cowrie.router.v1.GatewayCall.
+ * Use `create(GatewayCallSchema)` to create a new message.
+ */
+export const GatewayCallSchema: GenMessage<GatewayCall> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 14);
+
+/**
+ * @generated from message cowrie.router.v1.ListGatewaysRequest
+ */
+export type ListGatewaysRequest = Message<"cowrie.router.v1.ListGatewaysRequest"> & {
+};
+
+/**
+ * Describes the message cowrie.router.v1.ListGatewaysRequest.
+ * Use `create(ListGatewaysRequestSchema)` to create a new message.
+ */
+export const ListGatewaysRequestSchema: GenMessage<ListGatewaysRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 15);
+
+/**
+ * @generated from message cowrie.router.v1.ListGatewaysResponse
+ */
+export type ListGatewaysResponse = Message<"cowrie.router.v1.ListGatewaysResponse"> & {
+  /**
+   * @generated from field: repeated cowrie.router.v1.GatewayHealth gateways = 1;
+   */
+  gateways: GatewayHealth[];
+};
+
+/**
+ * Describes the message cowrie.router.v1.ListGatewaysResponse.
+ * Use `create(ListGatewaysResponseSchema)` to create a new message.
+ */
+export const ListGatewaysResponseSchema: GenMessage<ListGatewaysResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 16);
+
+/**
+ * @generated from message cowrie.router.v1.GatewayHealth
+ */
+export type GatewayHealth = Message<"cowrie.router.v1.GatewayHealth"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: cowrie.router.v1.CircuitState circuit_state = 2;
+   */
+  circuitState: CircuitState;
+
+  /**
+   * Over the sliding window (the last 100 calls), 0 to 1000; 1000 with no data. Declines count
+   * as successes: the gateway worked.
+   *
+   * @generated from field: uint32 success_rate_permille = 3;
+   */
+  successRatePermille: number;
+
+  /**
+   * @generated from field: uint32 latency_p50_ms = 4;
+   */
+  latencyP50Ms: number;
+
+  /**
+   * @generated from field: uint32 latency_p95_ms = 5;
+   */
+  latencyP95Ms: number;
+
+  /**
+   * Calls in the window.
+   *
+   * @generated from field: uint32 window_calls = 6;
+   */
+  windowCalls: number;
+
+  /**
+   * Calls in flight now, and the most allowed at once.
+   *
+   * @generated from field: uint32 in_flight = 7;
+   */
+  inFlight: number;
+
+  /**
+   * @generated from field: uint32 concurrency_max = 8;
+   */
+  concurrencyMax: number;
+
+  /**
+   * ISO 4217 currencies the gateway serves.
+   *
+   * @generated from field: repeated string currencies = 9;
+   */
+  currencies: string[];
+};
+
+/**
+ * Describes the message cowrie.router.v1.GatewayHealth.
+ * Use `create(GatewayHealthSchema)` to create a new message.
+ */
+export const GatewayHealthSchema: GenMessage<GatewayHealth> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 17);
 
 /**
  * The state of a payment. Terminal states are SUCCEEDED, FAILED and CANCELED.
@@ -583,6 +1010,45 @@ export const PaymentKindSchema: GenEnum<PaymentKind> = /*@__PURE__*/
   enumDesc(file_cowrie_router_v1_router, 1);
 
 /**
+ * A circuit breaker's state.
+ *
+ * @generated from enum cowrie.router.v1.CircuitState
+ */
+export enum CircuitState {
+  /**
+   * @generated from enum value: CIRCUIT_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Calls flow.
+   *
+   * @generated from enum value: CIRCUIT_STATE_CLOSED = 1;
+   */
+  CLOSED = 1,
+
+  /**
+   * Calls fail fast without reaching the gateway.
+   *
+   * @generated from enum value: CIRCUIT_STATE_OPEN = 2;
+   */
+  OPEN = 2,
+
+  /**
+   * A limited number of probe calls test whether the gateway recovered.
+   *
+   * @generated from enum value: CIRCUIT_STATE_HALF_OPEN = 3;
+   */
+  HALF_OPEN = 3,
+}
+
+/**
+ * Describes the enum cowrie.router.v1.CircuitState.
+ */
+export const CircuitStateSchema: GenEnum<CircuitState> = /*@__PURE__*/
+  enumDesc(file_cowrie_router_v1_router, 2);
+
+/**
  * RouterService owns the lifecycle of every payment: internal transfers between wallets, and (in
  * the Router issue) pay-ins, payouts and refunds through external payment gateways. A payment
  * moves through its states only by compare-and-set transitions, and every transition is recorded
@@ -593,14 +1059,14 @@ export const PaymentKindSchema: GenEnum<PaymentKind> = /*@__PURE__*/
  * payment id, so a crash between steps is finished by the Router's completer, never doubled.
  *
  * Errors:
- *   INVALID_ARGUMENT     a field is malformed; the message names it; nothing was written.
+ *   INVALID_ARGUMENT     a field is malformed; the message names it; nothing was written. Also a
+ *                        gateway payment in a currency and country no gateway serves (currency).
  *   NOT_FOUND            the payment (or a wallet it names) does not exist within the tenant.
  *   FAILED_PRECONDITION  a refund was refused for good (payment not succeeded, more than is left
  *                        to refund); retrying with the same key returns the same refusal.
  *   ALREADY_EXISTS       the idempotency key was used before with different parameters.
  *   DEADLINE_EXCEEDED    the call's deadline ran out; the payment may still be in progress.
  *   UNAVAILABLE          a dependency is unreachable; retry with the same idempotency key.
- *   UNIMPLEMENTED        the payment kind is not available yet (gateway flows).
  *
  * A payment declined for a business reason (insufficient funds, a frozen wallet, a limit) is not
  * an error: it is recorded as FAILED with a failure_code and returned.
@@ -612,6 +1078,12 @@ export const RouterService: GenService<{
    * Records a payment and processes it. Idempotent on (tenant_id, idempotency_key). Internal
    * payments usually answer in their final state; one still PROCESSING when the deadline nears
    * is answered as it is and finished in the background.
+   *
+   * Gateway payments (PAY_IN, PAYOUT) are accepted fast: recorded durably and answered at once
+   * as CREATED, then processed by workers that take them from a RabbitMQ work queue at a bounded
+   * rate and concurrency per gateway, so a burst or a gateway outage grows the queue, never the
+   * error rate. Set wait_for_outcome to wait for the final state up to the call's deadline; or
+   * poll GetPayment.
    *
    * @generated from rpc cowrie.router.v1.RouterService.CreatePayment
    */
@@ -644,6 +1116,9 @@ export const RouterService: GenService<{
    * Refunds all or part of a succeeded payment, as a new payment of kind REFUND that moves money
    * from the destination wallet back to the source wallet. The refunds of a payment never add up
    * to more than its amount. Idempotent on (tenant_id, idempotency_key).
+   * A refund of a PAY_IN goes back through the gateway that took it: the amount is held in the
+   * credited wallet, posted to the gateway's clearing account when the gateway refunds, and
+   * released if it refuses.
    *
    * @generated from rpc cowrie.router.v1.RouterService.RefundPayment
    */
@@ -651,6 +1126,28 @@ export const RouterService: GenService<{
     methodKind: "unary";
     input: typeof RefundPaymentRequestSchema;
     output: typeof RefundPaymentResponseSchema;
+  },
+  /**
+   * Every gateway call made for a payment, with the routing decision behind it: candidates,
+   * their scores and why each was or was not chosen.
+   *
+   * @generated from rpc cowrie.router.v1.RouterService.GetRoutingDecisions
+   */
+  getRoutingDecisions: {
+    methodKind: "unary";
+    input: typeof GetRoutingDecisionsRequestSchema;
+    output: typeof GetRoutingDecisionsResponseSchema;
+  },
+  /**
+   * Each gateway as this Router process sees it: circuit state, success rate and latency over
+   * the sliding window, calls in flight.
+   *
+   * @generated from rpc cowrie.router.v1.RouterService.ListGateways
+   */
+  listGateways: {
+    methodKind: "unary";
+    input: typeof ListGatewaysRequestSchema;
+    output: typeof ListGatewaysResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_cowrie_router_v1_router, 0);

@@ -1,0 +1,240 @@
+// What every connector shares: one fetch wrapper bounded by the call's deadline, the split of
+// transport failures into "certainly not sent" and "maybe processed", Retry-After, and the small
+// pieces of webhook checking. Gateway-specific meaning lives in each connector's codes.ts.
+import { createHash, timingSafeEqual } from "node:crypto";
+import type { CallOptions, GatewayResult, NextAction, Outcome, UnifiedCode } from "./connector.js";
+
+/** One line of a code table. */
+export interface Rule {
+  readonly code: UnifiedCode;
+  readonly action: NextAction;
+}
+
+/** Pattern rules, first match wins. */
+export type PatternTable = readonly (readonly [RegExp, Rule])[];
+
+export function firstMatch(table: PatternTable, ...texts: (string | undefined)[]): Rule | undefined {
+  for (const [pattern, rule] of table) if (texts.some((text) => text !== undefined && pattern.test(text))) return rule;
+  return undefined;
+}
+
+/**
+ * The outcome each unified code carries. invalid_request and authentication_failed count as
+ * declines (final, action stop), as connector.ts groups them, on a money call; on a status query
+ * they say nothing about the payment, so there they are errors.
+ */
+const OUTCOMES: Record<UnifiedCode, Outcome> = {
+  approved: "succeeded",
+  processing: "pending",
+  not_found: "not_found",
+  insufficient_funds: "declined",
+  card_declined: "declined",
+  expired_card: "declined",
+  suspected_fraud: "declined",
+  account_blocked: "declined",
+  invalid_account: "declined",
+  invalid_request: "declined",
+  authentication_failed: "declined",
+  rate_limited: "error",
+  gateway_error: "error",
+  gateway_unavailable: "error",
+  gateway_unreachable: "error",
+  gateway_timeout: "error",
+  duplicate_reference: "error",
+};
+
+export interface ResultDetail {
+  readonly gatewayCode: string;
+  readonly message: string;
+  readonly gatewayId?: string;
+  readonly httpStatus?: number;
+  readonly retryAfterMs?: number;
+  /** A status query: only the gateway's record of the payment may decline it, never an error of the query. */
+  readonly query?: boolean;
+}
+
+export function gatewayResult(rule: Rule, detail: ResultDetail): GatewayResult {
+  const outcome = OUTCOMES[rule.code];
+  const queryError = detail.query === true && (rule.code === "invalid_request" || rule.code === "authentication_failed");
+  return {
+    outcome: queryError ? "error" : outcome,
+    code: rule.code,
+    action: rule.action,
+    gatewayCode: detail.gatewayCode,
+    message: detail.message.slice(0, 500),
+    ...(detail.gatewayId ? { gatewayId: detail.gatewayId } : {}),
+    ...(detail.httpStatus !== undefined ? { httpStatus: detail.httpStatus } : {}),
+    ...(detail.retryAfterMs !== undefined ? { retryAfterMs: detail.retryAfterMs } : {}),
+  };
+}
+
+/** The result with another rule applied (its outcome follows the new code). */
+export function withRule(result: GatewayResult, rule: Rule): GatewayResult {
+  return { ...result, code: rule.code, action: rule.action, outcome: OUTCOMES[rule.code] };
+}
+
+/** A request refused before sending (it could never be valid at this gateway). */
+export function refusedLocally(message: string): GatewayResult {
+  return gatewayResult({ code: "invalid_request", action: "stop" }, { gatewayCode: "cowrie_refused", message });
+}
+
+/**
+ * One deadline over several calls (a payout's recipient then transfer, a paged lookup): every call
+ * gets this signal, so together they never outlast options.timeoutMs.
+ */
+export function overall(options: CallOptions): CallOptions {
+  const deadline = AbortSignal.timeout(Math.max(1, options.timeoutMs));
+  return { timeoutMs: options.timeoutMs, signal: options.signal ? AbortSignal.any([options.signal, deadline]) : deadline };
+}
+
+/**
+ * Transport failures. A request that never left (no connection, no DNS answer, a TLS handshake
+ * refused) was certainly not processed: another gateway may take it. Anything after the request
+ * may have been written (our deadline, a reset or closed socket, undici's own timeouts, anything
+ * unrecognised) is ambiguous: the gateway may have acted, so ask it before anything else.
+ */
+export const TRANSPORT: { readonly notSent: Rule; readonly ambiguous: Rule } = {
+  notSent: { code: "gateway_unreachable", action: "failover" },
+  ambiguous: { code: "gateway_timeout", action: "query_status" },
+};
+
+/** error.cause.code values (Node, undici, OpenSSL) that mean no byte of the request was sent. */
+const NOT_SENT_CODES = new Set([
+  "ECONNREFUSED",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "UND_ERR_CONNECT_TIMEOUT",
+  "ERR_INVALID_URL",
+  "CERT_HAS_EXPIRED",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+]);
+
+/** The first error code found on an error, its cause chain, or an AggregateError's members. */
+export function errorCode(error: unknown, depth = 0): string | undefined {
+  if (typeof error !== "object" || error === null || depth > 5) return undefined;
+  const { code, cause, errors } = error as { code?: unknown; cause?: unknown; errors?: unknown };
+  if (typeof code === "string") return code;
+  return errorCode(cause, depth + 1) ?? (Array.isArray(errors) ? errorCode(errors[0], depth + 1) : undefined);
+}
+
+export function transportResult(error: unknown): GatewayResult {
+  const name = error instanceof Error ? error.name : "";
+  const code = name === "TimeoutError" || name === "AbortError" ? name : errorCode(error) ?? "UNKNOWN";
+  const rule = NOT_SENT_CODES.has(code) ? TRANSPORT.notSent : TRANSPORT.ambiguous;
+  const cause = (error as { cause?: unknown } | null)?.cause;
+  const message = cause instanceof Error ? `${errorText(error)}: ${cause.message}` : errorText(error);
+  return gatewayResult(rule, { gatewayCode: code, message });
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+export interface HttpRequest {
+  readonly method: "GET" | "POST";
+  readonly url: string;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body?: string;
+}
+
+export type HttpAnswer =
+  | { readonly kind: "response"; readonly status: number; readonly json: unknown; readonly text: string; readonly retryAfterMs?: number }
+  | { readonly kind: "failure"; readonly result: GatewayResult };
+
+/** Longest Retry-After honoured; a longer one is treated as this (the Router may still fail over). */
+const RETRY_AFTER_MAX_MS = 3_600_000;
+
+/**
+ * Sends one request, bounded by options.timeoutMs and options.signal together, and reads the whole
+ * answer inside the same bound: a socket that dies mid-body is as ambiguous as one that never answers.
+ * Never throws.
+ */
+export async function send(request: HttpRequest, options: CallOptions): Promise<HttpAnswer> {
+  const deadline = AbortSignal.timeout(Math.max(1, options.timeoutMs));
+  const signal = options.signal ? AbortSignal.any([options.signal, deadline]) : deadline;
+  if (options.timeoutMs <= 0 || options.signal?.aborted) {
+    // Nothing sent: the budget was spent before the call. Not the gateway's fault, but not a success either.
+    return { kind: "failure", result: gatewayResult(TRANSPORT.notSent, { gatewayCode: "DEADLINE_EXHAUSTED", message: "no time left to call the gateway" }) };
+  }
+  try {
+    const response = await fetch(request.url, { method: request.method, headers: request.headers, body: request.body, signal, redirect: "error" });
+    const text = await response.text();
+    const retryAfterMs = parseRetryAfter(response.headers.get("retry-after"), Date.now());
+    return { kind: "response", status: response.status, text, json: parseJson(text), ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) };
+  } catch (error) {
+    return { kind: "failure", result: transportResult(error) };
+  }
+}
+
+export function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Retry-After as delay-seconds or an HTTP date, in ms from now; undefined when absent or malformed. */
+export function parseRetryAfter(value: string | null, nowMs: number): number | undefined {
+  if (value === null) return undefined;
+  const trimmed = value.trim();
+  const ms = /^\d+$/.test(trimmed) ? Number(trimmed) * 1000 : Date.parse(trimmed) - nowMs;
+  if (!Number.isFinite(ms)) return undefined;
+  return Math.min(Math.max(0, ms), RETRY_AFTER_MAX_MS);
+}
+
+/** The object at a JSON value, or an empty one: connectors read gateway answers defensively. */
+export function objectOf(value: unknown): Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
+}
+
+export function textOf(value: unknown): string | undefined {
+  return typeof value === "string" ? value : typeof value === "number" ? String(value) : undefined;
+}
+
+/** A header by case-insensitive name. */
+export function headerOf(headers: Readonly<Record<string, string | undefined>>, name: string): string | undefined {
+  const wanted = name.toLowerCase();
+  for (const [key, value] of Object.entries(headers)) if (key.toLowerCase() === wanted) return value;
+  return undefined;
+}
+
+/** Constant-time equality of two strings of any lengths (both are hashed to equal length first). */
+export function safeEqual(a: string, b: string): boolean {
+  const digest = (text: string) => createHash("sha256").update(text).digest();
+  return timingSafeEqual(digest(a), digest(b));
+}
+
+/** Amounts go on the wire as JSON numbers; beyond 2^53 they would silently round. */
+export function safeJsonInteger(amountMinor: bigint): number | undefined {
+  return amountMinor > 0n && amountMinor <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(amountMinor) : undefined;
+}
+
+/** One page of a gateway's list, or the failure that stopped reading it. */
+export type Page<T> = { readonly items: readonly T[]; readonly more: boolean; readonly cursor?: string } | { readonly failed: GatewayResult };
+
+/**
+ * Looks through a newest-first list, page by page, for one item: the only lookup some gateways
+ * offer for some objects by the merchant's reference. At most pagesMax pages are read.
+ */
+export async function findInPages<T>(
+  pagesMax: number,
+  fetchPage: (index: number, cursor: string | undefined) => Promise<Page<T>>,
+  matches: (item: T) => boolean,
+): Promise<{ readonly found?: T; readonly failed?: GatewayResult }> {
+  let cursor: string | undefined;
+  for (let index = 1; index <= pagesMax; index++) {
+    const page = await fetchPage(index, cursor);
+    if ("failed" in page) return { failed: page.failed };
+    const found = page.items.find(matches);
+    if (found !== undefined) return { found };
+    if (!page.more) return {};
+    cursor = page.cursor;
+  }
+  return {};
+}

@@ -1,0 +1,197 @@
+// Paystack: Bearer secret key, JSON, integer amounts in subunits (kobo, pesewas, cents).
+//   charge   POST /transaction/charge_authorization   status GET /transaction/verify/:reference
+//   payout   POST /transferrecipient, POST /transfer   status GET /transfer/verify/:reference
+//   refund   POST /refund {transaction, amount, merchant_note}
+//            status: Paystack finds refunds only by their transaction, so the newest refunds are
+//            searched for our reference in merchant_note
+// Paystack refuses a reused reference, so a resent charge or transfer cannot happen twice.
+// Webhooks: x-paystack-signature, hex HMAC-SHA512 of the raw body keyed with the secret key.
+import { createHmac } from "node:crypto";
+import type { CallOptions, Capabilities, Connector, ConnectorConfig, GatewayResult, PayoutRequest } from "../connector.js";
+import {
+  findInPages,
+  firstMatch,
+  gatewayResult,
+  headerOf,
+  objectOf,
+  overall,
+  parseJson,
+  refusedLocally,
+  safeEqual,
+  safeJsonInteger,
+  send,
+  textOf,
+  withRule,
+  type HttpAnswer,
+  type ResultDetail,
+} from "../http.js";
+import { DECLINES, ERRORS, HTTP_STATUS, NOT_FOUND, OTHER_4XX, OTHER_5XX, REFUND_ADJUSTMENTS, STATUSES, UNREADABLE, WEBHOOK_EVENTS } from "./codes.js";
+
+const CAPABILITIES: Capabilities = {
+  currencies: new Set(["NGN", "GHS", "ZAR", "KES", "USD"]),
+  countries: new Set(["NG", "GH", "ZA", "KE"]),
+  // Plausible single-transaction ceilings for a business account, in subunits; not contractual.
+  maxAmountMinor: {
+    NGN: 1_000_000_000n, // ₦10,000,000
+    GHS: 10_000_000n, // GH₵100,000
+    ZAR: 100_000_000n, // R1,000,000
+    KES: 100_000_000n, // KSh1,000,000
+    USD: 1_000_000n, // $10,000 (international cards on a Nigerian or Ghanaian account)
+  },
+};
+
+/** Paystack's recipient type for a bank account in each country. */
+const RECIPIENT_TYPES: Readonly<Record<string, string>> = { NG: "nuban", GH: "ghipss", ZA: "basa", KE: "kepss" };
+/** Recipient codes remembered per account; the oldest are forgotten past this. */
+const RECIPIENTS_MAX = 10_000;
+/** Refund lookups read at most this many pages of 100 (the newest 1,000 refunds). */
+const REFUND_PAGES_MAX = 10;
+
+export function createPaystackConnector(config: ConnectorConfig): Connector {
+  const base = config.baseUrl.replace(/\/+$/, "");
+  const recipients = new Map<string, string>();
+
+  function call(method: "GET" | "POST", path: string, body: object | undefined, options: CallOptions): Promise<HttpAnswer> {
+    const headers: Record<string, string> = { authorization: `Bearer ${config.secretKey}`, accept: "application/json" };
+    if (body) headers["content-type"] = "application/json";
+    return send({ method, url: `${base}${path}`, headers, body: body && JSON.stringify(body) }, options);
+  }
+
+  /** HTTP status first, then a {status: false} error, then the object's own status. */
+  function classify(answer: HttpAnswer, query: boolean): GatewayResult {
+    if (answer.kind === "failure") return answer.result;
+    const body = objectOf(answer.json);
+    const message = textOf(body.message) ?? answer.text.slice(0, 200);
+    const detail: Omit<ResultDetail, "gatewayCode" | "message"> = { httpStatus: answer.status, retryAfterMs: answer.retryAfterMs, query };
+    const fixed = HTTP_STATUS[answer.status];
+    if (fixed) return gatewayResult(fixed, { ...detail, gatewayCode: `http_${answer.status}`, message });
+    if (answer.status >= 400 || body.status === false) {
+      const code = textOf(body.code);
+      const rule = firstMatch(ERRORS, code, message) ?? (answer.status >= 500 ? OTHER_5XX : OTHER_4XX);
+      return gatewayResult(rule, { ...detail, gatewayCode: code ?? `http_${answer.status}`, message });
+    }
+    return fromObject(objectOf(body.data), detail, message);
+  }
+
+  /** A transaction, transfer or refund object, by its status. */
+  function fromObject(data: Record<string, unknown>, detail: Omit<ResultDetail, "gatewayCode" | "message">, fallbackMessage = ""): GatewayResult {
+    const status = textOf(data.status);
+    const reason = textOf(data.gateway_response) ?? textOf(data.failures) ?? fallbackMessage;
+    let rule = (status !== undefined ? STATUSES[status] : undefined) ?? UNREADABLE;
+    if (status === "failed") rule = firstMatch(DECLINES, reason) ?? rule;
+    return gatewayResult(rule, {
+      ...detail,
+      gatewayCode: status ?? "unreadable",
+      message: reason,
+      gatewayId: textOf(data.transfer_code) ?? textOf(data.id),
+    });
+  }
+
+  /** The recipient code of a bank account, created once and remembered. */
+  async function recipientFor(request: PayoutRequest, options: CallOptions): Promise<string | GatewayResult> {
+    const account = request.bankAccount;
+    const key = JSON.stringify([account.bankCode, account.accountNumber, account.accountName, request.currency]);
+    const known = recipients.get(key);
+    if (known) return known;
+    const answer = await call("POST", "/transferrecipient", {
+      type: RECIPIENT_TYPES[account.country] ?? "nuban",
+      name: account.accountName,
+      account_number: account.accountNumber,
+      bank_code: account.bankCode,
+      currency: request.currency,
+    }, options);
+    const code = answer.kind === "response" && answer.status < 300 ? textOf(objectOf(objectOf(answer.json).data).recipient_code) : undefined;
+    if (code) {
+      if (recipients.size >= RECIPIENTS_MAX) recipients.delete(recipients.keys().next().value ?? "");
+      recipients.set(key, code);
+      return code;
+    }
+    // No transfer was asked for yet, so whatever happened here moved no money: never a status question.
+    const result = classify(answer, false);
+    return result.action === "query_status" ? { ...result, action: "failover" } : result;
+  }
+
+  return {
+    name: "paystack",
+    capabilities: CAPABILITIES,
+
+    async charge(request, options) {
+      const amount = safeJsonInteger(request.amountMinor);
+      if (amount === undefined) return refusedLocally("amount must be 1 to 2^53-1 subunits");
+      const answer = await call("POST", "/transaction/charge_authorization", {
+        email: request.customerEmail,
+        amount,
+        authorization_code: request.paymentMethod,
+        reference: request.reference,
+        currency: request.currency,
+        metadata: { description: request.description },
+      }, options);
+      return classify(answer, false);
+    },
+
+    async payout(request, options) {
+      const amount = safeJsonInteger(request.amountMinor);
+      if (amount === undefined) return refusedLocally("amount must be 1 to 2^53-1 subunits");
+      const bounded = overall(options);
+      const recipient = await recipientFor(request, bounded);
+      if (typeof recipient !== "string") return recipient;
+      const answer = await call("POST", "/transfer", {
+        source: "balance",
+        amount,
+        recipient,
+        reference: request.reference,
+        reason: request.description,
+        currency: request.currency,
+      }, bounded);
+      return classify(answer, false);
+    },
+
+    async refund(request, options) {
+      const amount = safeJsonInteger(request.amountMinor);
+      if (amount === undefined) return refusedLocally("amount must be 1 to 2^53-1 subunits");
+      const answer = await call("POST", "/refund", {
+        transaction: request.chargeReference,
+        amount,
+        currency: request.currency,
+        merchant_note: request.reference,
+      }, options);
+      const result = classify(answer, false);
+      const adjusted = REFUND_ADJUSTMENTS[result.code];
+      return adjusted ? withRule(result, adjusted) : result;
+    },
+
+    async status(operation, reference, options) {
+      const path = encodeURIComponent(reference);
+      if (operation === "charge") return classify(await call("GET", `/transaction/verify/${path}`, undefined, options), true);
+      if (operation === "payout") return classify(await call("GET", `/transfer/verify/${path}`, undefined, options), true);
+      const bounded = overall(options);
+      const { found, failed } = await findInPages(REFUND_PAGES_MAX, async (page) => {
+        const answer = await call("GET", `/refund?perPage=100&page=${page}`, undefined, bounded);
+        if (answer.kind === "failure" || answer.status >= 300) return { failed: classify(answer, true) };
+        const body = objectOf(answer.json);
+        const items = Array.isArray(body.data) ? body.data.map(objectOf) : [];
+        const meta = objectOf(body.meta);
+        return { items, more: Number(meta.page) < Number(meta.pageCount) };
+      }, (refund) => refund.merchant_note === reference);
+      if (failed) return failed;
+      if (!found) {
+        const message = `no refund with merchant_note ${reference} among the newest ${REFUND_PAGES_MAX * 100}`;
+        return gatewayResult(NOT_FOUND, { gatewayCode: "refund_not_found", message, query: true });
+      }
+      return fromObject(found, { httpStatus: 200, query: true });
+    },
+
+    verifyWebhook(headers, rawBody) {
+      const signature = headerOf(headers, "x-paystack-signature");
+      if (!signature) return undefined;
+      const expected = createHmac("sha512", config.webhookSecret).update(rawBody).digest("hex");
+      if (!safeEqual(signature.trim().toLowerCase(), expected)) return undefined;
+      const event = objectOf(parseJson(rawBody));
+      const operation = WEBHOOK_EVENTS[textOf(event.event) ?? ""];
+      const data = objectOf(event.data);
+      const reference = operation === "refund" ? textOf(data.merchant_note) : textOf(data.reference);
+      if (!operation || !reference) return undefined;
+      return { operation, reference, result: fromObject(data, {}) };
+    },
+  };
+}

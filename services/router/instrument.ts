@@ -1,0 +1,62 @@
+// The fields that take a gateway payment to the gateway: the payer's payment method (PAY_IN) or
+// the bank account paid (PAYOUT), and the country used to route. Checked the same way by the
+// Router and by the Edge (before it records an idempotency key), each problem naming its field.
+import { PaymentKind } from "../../gen/cowrie/router/v1/router_pb.js";
+import { invalidArgument } from "../runtime/errors.js";
+import { limitText } from "../runtime/validate.js";
+import type { Instrument } from "./schema.js";
+
+const PAYMENT_METHOD_MAX = 128;
+const ACCOUNT_NAME_MAX = 128;
+const COUNTRY_PATTERN = /^[A-Z]{2}$/;
+const EMAIL_PATTERN = /^[^\s@]{1,64}@[^\s@]{1,255}$/;
+const BANK_CODE_PATTERN = /^[A-Za-z0-9-]{1,32}$/;
+const ACCOUNT_NUMBER_PATTERN = /^[A-Za-z0-9_-]{1,34}$/;
+
+/** The request fields, as both the public and the internal CreatePaymentRequest spell them. */
+export interface InstrumentFields {
+  country: string;
+  paymentMethod: string;
+  customerEmail: string;
+  bankAccount?: { bankCode: string; accountNumber: string; accountName: string };
+}
+
+export function requireEmpty(value: string, field: string, why: string): string {
+  if (value !== "") throw invalidArgument(field, `must be empty: ${why}`);
+  return value;
+}
+
+function requirePattern(value: string, field: string, pattern: RegExp, what: string): string {
+  if (!pattern.test(value)) throw invalidArgument(field, `must be ${what}`);
+  return value;
+}
+
+/** The payer's method (PAY_IN) or the bank account (PAYOUT), and the country; nothing else. */
+export function validateInstrument(request: InstrumentFields, kind: PaymentKind.PAY_IN | PaymentKind.PAYOUT): Instrument {
+  const country = requirePattern(request.country, "country", COUNTRY_PATTERN, "an ISO 3166-1 alpha-2 code in upper case, such as NG");
+  if (kind === PaymentKind.PAY_IN) {
+    if (request.bankAccount) throw invalidArgument("bank_account", "must be empty for a PAY_IN");
+    const paymentMethod = limitText(request.paymentMethod, "payment_method", PAYMENT_METHOD_MAX);
+    if (paymentMethod === "") throw invalidArgument("payment_method", "is required for a PAY_IN (the payer's token at the gateway)");
+    const customerEmail = requirePattern(request.customerEmail, "customer_email", EMAIL_PATTERN, "an e-mail address");
+    return { paymentMethod, customerEmail, country };
+  }
+  if (request.paymentMethod !== "") throw invalidArgument("payment_method", "must be empty for a PAYOUT");
+  if (request.customerEmail !== "") throw invalidArgument("customer_email", "must be empty for a PAYOUT");
+  const account = request.bankAccount;
+  if (!account) throw invalidArgument("bank_account", "is required for a PAYOUT");
+  return {
+    country,
+    bankAccount: {
+      bankCode: requirePattern(account.bankCode, "bank_account.bank_code", BANK_CODE_PATTERN, "1 to 32 characters of [A-Za-z0-9-]"),
+      accountNumber: requirePattern(account.accountNumber, "bank_account.account_number", ACCOUNT_NUMBER_PATTERN, "1 to 34 characters of [A-Za-z0-9_-]"),
+      accountName: requireNonEmptyText(account.accountName, "bank_account.account_name"),
+    },
+  };
+}
+
+function requireNonEmptyText(value: string, field: string): string {
+  const text = limitText(value, field, ACCOUNT_NAME_MAX);
+  if (text.trim() === "") throw invalidArgument(field, "is required");
+  return text;
+}

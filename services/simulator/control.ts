@@ -1,0 +1,47 @@
+// A typed client of the simulator's control API, for tests and benchmarks that script outages:
+//   const sim = simulatorControl(url);
+//   await sim.configure("paystack", { outage: "unavailable" });
+//   const charges = await sim.records({ gateway: "paystack", operation: "charge" });
+import type { GatewaySettings, RecordFilter, SettingsPatch, SimulatedGateway } from "./core.js";
+import type { RecordView } from "./simulator.js";
+
+export type { GatewaySettings, RecordFilter, RecordView, SettingsPatch, SimulatedGateway };
+
+export interface SimulatorControl {
+  /** Every gateway's current settings. */
+  gateways(): Promise<Record<SimulatedGateway, GatewaySettings>>;
+  /** Merges a partial update into one gateway's settings; rejects naming the bad field. */
+  configure(gateway: SimulatedGateway, settings: SettingsPatch): Promise<GatewaySettings>;
+  /** Clears every record and returns the settings to the simulator's starting ones. */
+  reset(): Promise<void>;
+  /** Records, oldest first, optionally filtered. */
+  records(filter?: RecordFilter): Promise<RecordView[]>;
+}
+
+const CONTROL_TIMEOUT_MS = 5_000;
+
+export function simulatorControl(url: string): SimulatorControl {
+  const base = url.replace(/\/+$/, "");
+  async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const response = await fetch(`${base}${path}`, {
+      method,
+      headers: body === undefined ? {} : { "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(CONTROL_TIMEOUT_MS),
+    });
+    const answer = (await response.json()) as T & { error?: string };
+    if (!response.ok) throw new Error(`simulator ${method} ${path}: ${response.status} ${answer.error ?? ""}`);
+    return answer;
+  }
+  return {
+    gateways: () => call("GET", "/_sim/gateways"),
+    configure: (gateway, settings) => call("PUT", `/_sim/gateways/${gateway}`, settings),
+    reset: async () => {
+      await call("POST", "/_sim/reset");
+    },
+    records: async (filter = {}) => {
+      const query = new URLSearchParams(Object.entries(filter).filter((entry): entry is [string, string] => entry[1] !== undefined));
+      return (await call<{ records: RecordView[] }>("GET", `/_sim/records?${query}`)).records;
+    },
+  };
+}

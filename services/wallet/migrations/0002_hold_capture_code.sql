@@ -1,0 +1,1 @@
+ALTER TABLE "wallet"."holds" ADD COLUMN "capture_code" integer DEFAULT 6 NOT NULL;
