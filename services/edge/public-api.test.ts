@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import postgres from "postgres";
-import { PaymentsService, PaymentStatus } from "../../gen/cowrie/edge/v1/payments_pb.js";
+import { PaymentKind, PaymentsService, PaymentStatus } from "../../gen/cowrie/edge/v1/payments_pb.js";
 import { EntryType, HoldStatus, WalletKind, WalletsService, WalletStatus, type Wallet } from "../../gen/cowrie/edge/v1/wallets_pb.js";
 import { RefusalSchema } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import { rejection } from "../runtime/testing.js";
@@ -200,6 +200,25 @@ describe("exactly once through the mesh", () => {
     assert.equal(first.replayed, false);
     assert.equal(again.payment?.id, first.payment?.id);
     assert.equal(again.replayed, true);
+  });
+});
+
+describe("gateway payments through the public API", () => {
+  it("accepts a pay-in at once as CREATED, echoing how it reaches the gateway", async () => {
+    const a = await tenantClients("tenant-gateway");
+    const shop = await newWallet(a.wallets, "shop", 0n, WalletKind.MERCHANT);
+    const request = { kind: PaymentKind.PAY_IN, destinationWalletId: shop.id, amountMinor: 5_000n, currency: "USD", paymentMethod: "pm_card_visa", customerEmail: "ada@example.com", country: "US" };
+    const { payment } = await a.payments.createPayment(request, keyed());
+    assert.equal(payment?.kind, PaymentKind.PAY_IN);
+    assert.equal(payment?.status, PaymentStatus.CREATED);
+    assert.equal(payment?.paymentMethod, "pm_card_visa");
+    assert.equal(payment?.country, "US");
+    assert.equal(payment?.sourceWalletId, "");
+    for (const [bad, field] of [[{ country: "" }, "country"], [{ sourceWalletId: shop.id }, "source_wallet_id"], [{ kind: PaymentKind.REFUND }, "kind"], [{ currency: "XOF", country: "SN" }, "currency"]] as const) {
+      const error = await rejection(a.payments.createPayment({ ...request, ...bad }, keyed()));
+      assert.equal(error.code, Code.InvalidArgument, error.message);
+      assert.ok(error.rawMessage.startsWith(`${field}:`), error.rawMessage);
+    }
   });
 });
 

@@ -131,6 +131,7 @@ export class GatewayFlow {
       const decision = this.route(payment, refundOf, excluded);
       const gateway = decision.choice;
       if (!gateway) return this.defer(payment, decision.reason);
+      if (this.callTimeoutMs(payment) === 0) return this.defer(payment, "its time ran out before a gateway took it");
       if (holdsMoney(payment)) {
         const held = await this.hold(payment, gateway);
         if ("failed" in held) return held.failed;
@@ -199,6 +200,15 @@ export class GatewayFlow {
     const next = new Date(Date.now() + backoffMs(payment.checks + 1, CHECK_BACKOFF_BASE_MS, CHECK_BACKOFF_CAP_MS, () => 0.5 + Math.random() / 2));
     await rescheduleCheck(this.db, payment, next, flag);
     return { payment: { ...payment, nextCheckAt: next, needsReconciliation: flag } };
+  }
+
+  /**
+   * The payment's budget flows into its gateway calls: no call may outlive the patience the
+   * payment was given (a connector with no time left answers "not sent" without sending).
+   */
+  private callTimeoutMs(payment: PaymentRow): number {
+    const leftMs = payment.createdAt.getTime() + this.options.patienceMs - Date.now();
+    return Math.max(0, Math.min(this.options.callTimeoutMs, leftMs));
   }
 
   private graceMs(): number {
@@ -295,7 +305,7 @@ export class GatewayFlow {
             currency: payment.currency,
           }, options);
       }
-    }, { timeoutMs: this.options.callTimeoutMs, signal, firstAttempt: decision !== undefined });
+    }, { timeoutMs: this.callTimeoutMs(payment), signal, firstAttempt: decision !== undefined });
     return { result, call: await recordCallResult(this.db, call, resultRow(result, latencyMs)) };
   }
 
@@ -303,6 +313,7 @@ export class GatewayFlow {
   private async ask(payment: PaymentRow, gateway: GatewayName, reason: string, signal?: AbortSignal): Promise<GatewayCallRow> {
     const reference = gatewayReference(payment.id, gateway);
     const call = await recordSentCall(this.db, { paymentId: payment.id, gateway, operation: "status", reference, candidates: null, reason });
+    // A status query is never cut by the payment's budget: it only learns what already happened.
     const { result, latencyMs } = await this.pool.call(gateway, "status", (connector, options) => connector.status(operationOf(payment), reference, options), {
       timeoutMs: this.options.callTimeoutMs,
       signal,
