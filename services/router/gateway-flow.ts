@@ -73,6 +73,12 @@ export function gatewayReference(paymentId: string, gateway: string): string {
   return `${paymentId.replace(/_/g, "-")}.${gateway}`;
 }
 
+/** The payment a reference Cowrie sent belongs to, or undefined when it is not one of ours. */
+export function paymentIdOfReference(reference: string): string | undefined {
+  const match = /^pay-([0-9A-Z]{26})\.[a-z]+$/.exec(reference);
+  return match ? `pay_${match[1]}` : undefined;
+}
+
 function operationOf(payment: PaymentRow): Operation {
   if (payment.kind === PaymentKind.PAY_IN) return "charge";
   if (payment.kind === PaymentKind.PAYOUT) return "payout";
@@ -104,7 +110,7 @@ export class GatewayFlow {
     if (payment.status === PaymentStatus.CREATED) {
       payment = await this.move(payment, PaymentStatus.PROCESSING, reason, {});
     }
-    if (payment.status === PaymentStatus.OUTCOME_UNKNOWN) return this.resolve(payment, signal);
+    if (payment.status === PaymentStatus.OUTCOME_UNKNOWN) return this.resolve(payment, reason, signal);
     if (payment.status !== PaymentStatus.PROCESSING) return { payment };
     return this.process(payment, await gatewayCallsOf(this.db, payment.id), signal);
   }
@@ -181,11 +187,11 @@ export class GatewayFlow {
   }
 
   /** The resolver's step for an OUTCOME_UNKNOWN payment: ask its gateway once. */
-  private async resolve(payment: PaymentRow, signal?: AbortSignal): Promise<FlowResult> {
+  private async resolve(payment: PaymentRow, driver: string, signal?: AbortSignal): Promise<FlowResult> {
     const gateway = payment.gateway as GatewayName;
     const calls = await gatewayCallsOf(this.db, payment.id);
     const lastSent = calls.findLast((call) => call.operation !== "status");
-    const answer = await this.ask(payment, gateway, "resolver", signal);
+    const answer = await this.ask(payment, gateway, driver === "webhook" ? "status after a gateway webhook" : "resolver", signal);
     if (answer.outcome === "succeeded" || answer.outcome === "declined") return this.settle(payment, gateway, answer);
     if (answer.outcome === "not_found" && (!lastSent || Date.now() - lastSent.at.getTime() >= this.graceMs())) {
       // The gateway never had it: the money is still ours to route again.

@@ -3,6 +3,7 @@
 // Flutterwave and Stripe contracts. The simulator's own records are the gateways' truth: every
 // test that moves money checks them against Cowrie's payments and the Ledger.
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { after, before, beforeEach, describe, it } from "node:test";
 import { createClient, type Client } from "@connectrpc/connect";
@@ -11,6 +12,7 @@ import { LedgerService } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import { CircuitState, PaymentKind, PaymentStatus, RouterService, CreatePaymentRequestSchema, type Payment } from "../../gen/cowrie/router/v1/router_pb.js";
 import { HoldStatus, WalletKind, WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import { startMesh, type Mesh } from "../mesh.js";
+import { loadConfig } from "../runtime/config.js";
 import { capturingLogger, freshDatabase, meshEnvironment, TEST_AMQP_URL, TEST_REDIS_URL, testConfig } from "../runtime/testing.js";
 import { simulatorControl, type SimulatorControl } from "../simulator/control.js";
 import { startSimulator } from "../simulator/simulator.js";
@@ -27,6 +29,7 @@ let mesh: Mesh;
 let router: Client<typeof RouterService>;
 let wallets: Client<typeof WalletService>;
 let ledger: Client<typeof LedgerService>;
+let routerUrl: string;
 
 before(async () => {
   database = await freshDatabase("gateways");
@@ -51,6 +54,7 @@ before(async () => {
   router = createClient(RouterService, transport(config.routerPort));
   wallets = createClient(WalletService, transport(config.walletPort));
   ledger = createClient(LedgerService, transport(config.ledgerPort));
+  routerUrl = `http://127.0.0.1:${config.routerPort}`;
 });
 
 after(async () => {
@@ -115,6 +119,21 @@ async function payout(walletId: string, amountMinor: bigint, accountNumber = "01
   }, { timeoutMs: 10_000 });
   assert.ok(payment);
   return payment;
+}
+
+/**
+ * A first payout to the test's bank account, so that Paystack's connector knows its transfer
+ * recipient: with the recipient still to create, a gateway that hangs fails the recipient call,
+ * which proves no transfer was made, and the payout fails over instead of becoming unknown.
+ */
+async function warmRecipient(walletId: string): Promise<void> {
+  // An earlier test's outage may have left Paystack's circuit open for a while.
+  for (let tries = 0; tries < 100 && (await circuit("paystack")) === CircuitState.OPEN; tries++) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  const warm = await payout(walletId, 500n, "0123456789", { waitForOutcome: true });
+  assert.equal(warm.status, SUCCEEDED, warm.failureMessage);
+  assert.equal(warm.gateway, "paystack");
 }
 
 /** Polls until every payment is SUCCEEDED or FAILED. */
@@ -310,12 +329,12 @@ describe("routing and resilience", () => {
   });
 
   it("keeps a payout's money held while its outcome is unknown, and settles it when the gateway answers", async () => {
-    const walletId = await openWallet(10_000n);
-    // The payout is made at the gateway but its answer never comes ("ambiguous"); then the gateway
-    // stops answering altogether, so the status query cannot settle it either.
-    const accepted = await payout(walletId, 3_000n, "ambiguous");
-    await new Promise((resolve) => setTimeout(resolve, 150));
+    const walletId = await openWallet(10_500n);
+    await warmRecipient(walletId);
+    // The gateway stops answering: the payout's call times out after it was sent, and the status
+    // query cannot settle it either.
     await sim.configure("paystack", { outage: "hang", ambiguousHoldMs: 2_000 });
+    const accepted = await payout(walletId, 3_000n);
     const untilMs = Date.now() + 10_000;
     let unknown: Payment | undefined;
     while (Date.now() < untilMs) {
@@ -329,14 +348,63 @@ describe("routing and resilience", () => {
     await sim.configure("paystack", { outage: "none" });
     const [done] = await settled([accepted.id]);
     assert.equal(done?.status, SUCCEEDED, done?.failureMessage);
-    assert.deepEqual(done?.history.map((change) => PaymentStatus[change.toStatus]), ["CREATED", "PROCESSING", "OUTCOME_UNKNOWN", "SUCCEEDED"]);
+    // The gateway had no record of it (it hung before processing): once that answer is older than
+    // any request still in flight could be, the payout is routed again, to the same gateway.
+    assert.deepEqual(done?.history.map((change) => PaymentStatus[change.toStatus]), ["CREATED", "PROCESSING", "OUTCOME_UNKNOWN", "PROCESSING", "SUCCEEDED"]);
     assert.deepEqual(await balances(walletId), { posted: 7_000n, available: 7_000n });
-    assert.equal((await sim.records({ operation: "payout" })).filter((record) => record.status === "succeeded").length, 1);
+    const reference = `${accepted.id.replace("pay_", "pay-")}.paystack`;
+    assert.equal((await sim.records({ operation: "payout", reference })).filter((record) => record.status === "succeeded").length, 1);
   });
 
   it("lists every gateway with its circuit, window and currencies", async () => {
     const { gateways } = await router.listGateways({});
     assert.deepEqual(gateways.map((gateway) => gateway.name).sort(), ["flutterwave", "paystack", "stripe"]);
     assert.ok(gateways.every((gateway) => gateway.concurrencyMax > 0 && gateway.currencies.length > 0));
+  });
+});
+
+describe("gateway webhooks", () => {
+  const post = (gateway: string, body: string, headers: Record<string, string>) =>
+    fetch(`${routerUrl}/webhooks/${gateway}`, { method: "POST", body, headers: { "content-type": "application/json", ...headers } });
+
+  it("refuses a notification with a bad signature, or for a gateway Cowrie does not have", async () => {
+    const body = JSON.stringify({ event: "transfer.success", data: { reference: "pay-01M8000000000000000000000.paystack", status: "success" } });
+    assert.equal((await post("paystack", body, { "x-paystack-signature": "0".repeat(128) })).status, 401);
+    assert.equal((await post("paystack", body, {})).status, 401);
+    assert.equal((await post("acmepay", body, {})).status, 404);
+  });
+
+  it("drives a payment whose outcome is unknown when the gateway's signed notification arrives, settling it by status", async () => {
+    const config = loadConfig({});
+    const walletId = await openWallet();
+    // Both NGN gateways stop answering, so whichever the ranking picks, the charge's outcome
+    // becomes unknown (a pay-in is one call; nothing about it can fail over).
+    await sim.configure("paystack", { outage: "hang", ambiguousHoldMs: 2_000 });
+    await sim.configure("flutterwave", { outage: "hang", ambiguousHoldMs: 2_000 });
+    const accepted = await payIn(walletId, 2_500n);
+    let unknown: Payment | undefined;
+    for (let tries = 0; tries < 200 && unknown?.status !== OUTCOME_UNKNOWN; tries++) {
+      await new Promise((resolve) => setTimeout(resolve, 25));
+      unknown = (await router.getPayment({ tenantId: TENANT, paymentId: accepted.id })).payment;
+    }
+    assert.equal(unknown?.status, OUTCOME_UNKNOWN);
+    await sim.configure("paystack", { outage: "none" });
+    await sim.configure("flutterwave", { outage: "none" });
+    // Let the worker's drive that recorded OUTCOME_UNKNOWN end (a drive still running would be
+    // joined, not repeated); the resolver's first check is not due for another 800 ms.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const reference = `${accepted.id.replace("pay_", "pay-")}.${unknown?.gateway}`;
+    const response = unknown?.gateway === "paystack"
+      ? await (async () => {
+          const body = JSON.stringify({ event: "charge.success", data: { reference, status: "success" } });
+          return post("paystack", body, { "x-paystack-signature": createHmac("sha512", config.paystackSecretKey).update(body).digest("hex") });
+        })()
+      : await post("flutterwave", JSON.stringify({ event: "charge.completed", data: { tx_ref: reference, status: "successful" } }), { "verif-hash": config.flutterwaveWebhookSecret });
+    assert.equal(response.status, 200);
+    const [done] = await settled([accepted.id]);
+    assert.equal(done?.status, SUCCEEDED);
+    const { calls } = await router.getRoutingDecisions({ tenantId: TENANT, paymentId: accepted.id });
+    assert.ok(calls.some((call) => call.operation === "status" && call.reason === "status after a gateway webhook"), "the webhook did not drive the payment");
+    assert.equal((await balances(walletId)).posted, 2_500n);
   });
 });

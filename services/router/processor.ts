@@ -41,7 +41,7 @@ export function declineCode(error: ConnectError): string | undefined {
 }
 
 /** Who is driving, which is also the reason recorded on the transitions it makes. */
-export type Driver = "request" | "replay" | "completer" | "worker" | "resolver";
+export type Driver = "request" | "replay" | "completer" | "worker" | "resolver" | "webhook";
 
 export interface DriveOutcome {
   /** The payment as the drive left it. */

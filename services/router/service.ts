@@ -29,11 +29,12 @@ import type { Db } from "../runtime/db.js";
 import { failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { errorText } from "../runtime/log.js";
 import { pause } from "../runtime/pause.js";
+import type { AnyRequest, AnyResponse } from "../runtime/server.js";
 import type { ServiceModule } from "../runtime/service.js";
 import { limitText, requireAmountMinor, requireCurrency, requireEnum, requireId, requireIdempotencyKey, requirePageSize } from "../runtime/validate.js";
-import { GATEWAY_NAMES } from "./gateways/connector.js";
+import { GATEWAY_NAMES, type GatewayName } from "./gateways/connector.js";
 import { createConnectors } from "./gateways/index.js";
-import { GatewayFlow, gatewayReference } from "./gateway-flow.js";
+import { GatewayFlow, gatewayReference, paymentIdOfReference } from "./gateway-flow.js";
 import { PaymentProcessor, type DriveOutcome, type Driver } from "./processor.js";
 import { GatewayPool, type Candidate } from "./routing.js";
 import { requireEmpty, validateInstrument } from "./instrument.js";
@@ -72,6 +73,8 @@ const WORK_ROUTING_KEY = "payments.gateway";
 const WORK_DELIVERY_LIMIT = 10;
 /** Most OUTCOME_UNKNOWN payments one resolver pass asks about. */
 const RESOLVER_BATCH = 50;
+/** Largest gateway webhook body read; gateways' notifications are a few kilobytes. */
+const WEBHOOK_BODY_MAX = 256 * 1024;
 /** How long wait_for_outcome keeps back from the deadline to answer in time. */
 const WAIT_RESERVE_MS = 100;
 
@@ -247,7 +250,8 @@ export const routerModule: ServiceModule = {
     const db: Db = database.db;
     const wallets = client(WalletService, "wallet");
     const knownWallets = new Set<string>();
-    const pool = new GatewayPool(createConnectors(config).values(), {
+    const connectors = createConnectors(config);
+    const pool = new GatewayPool(connectors.values(), {
       concurrencyMax: config.gatewayConcurrency,
       ratePerSecond: config.gatewayRatePerSecond,
       breakerFailures: config.gatewayBreakerFailures,
@@ -408,7 +412,45 @@ export const routerModule: ServiceModule = {
       return settled(await processor.drive(row, driver));
     }
 
+    /**
+     * POST /webhooks/<gateway>: a gateway telling Cowrie an outcome. Only a correctly signed
+     * notification is taken, and even then only as a hint: the payment is driven at once, and the
+     * drive settles it from the gateway's status answer, never from the notification's body.
+     */
+    function receiveWebhook(gateway: string, request: AnyRequest, response: AnyResponse): void {
+      const connector = connectors.get(gateway as GatewayName);
+      const chunks: Buffer[] = [];
+      let size = 0;
+      request.on("data", (chunk: Buffer) => {
+        size += chunk.length;
+        if (size <= WEBHOOK_BODY_MAX) chunks.push(chunk);
+      });
+      request.on("end", () => {
+        const event = connector && size <= WEBHOOK_BODY_MAX
+          ? connector.verifyWebhook(Object.fromEntries(Object.entries(request.headers).map(([name, value]) => [name, Array.isArray(value) ? value.join(",") : value])), Buffer.concat(chunks).toString("utf8"))
+          : undefined;
+        if (!event) {
+          log.warn({ gateway, size }, "gateway webhook refused: unknown gateway, too large, or a bad signature");
+          response.writeHead(connector ? 401 : 404, { "content-type": "text/plain" }).end("refused\n");
+          return;
+        }
+        // Acknowledge at once (gateways retry slow receivers), then act.
+        response.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
+        const paymentId = paymentIdOfReference(event.reference);
+        if (!paymentId) return;
+        void findById(db, paymentId)
+          .then((payment) => (payment && isGatewayPayment(payment) ? processor.drive(payment, "webhook", stopping.signal) : undefined))
+          .catch((error: unknown) => log.warn({ gateway, reference: event.reference, err: errorText(error) }, "gateway webhook could not drive its payment"));
+      });
+    }
+
     return {
+      http(request, response) {
+        const match = /^\/webhooks\/([a-z]+)$/.exec(request.url ?? "");
+        if (request.method !== "POST" || !match) return false;
+        receiveWebhook(match[1] as string, request, response);
+        return true;
+      },
       async stop() {
         clearInterval(timer);
         clearInterval(resolverTimer);

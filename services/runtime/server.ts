@@ -36,6 +36,8 @@ export interface ServerOptions {
   services: DescService[];
   routes: (router: ConnectRouter) => void;
   health: HealthState;
+  /** Plain HTTP endpoints beside the RPCs (gateway webhooks); true when it took the request. */
+  http?: (request: AnyRequest, response: AnyResponse) => boolean;
 }
 
 export interface RunningServer {
@@ -117,8 +119,8 @@ function allowedOrigin(config: Config, origin: string | undefined): string | und
   return config.corsOrigins.split(",").map((entry) => entry.trim()).includes(origin) ? origin : undefined;
 }
 
-type AnyRequest = http.IncomingMessage | http2.Http2ServerRequest;
-type AnyResponse = http.ServerResponse | http2.Http2ServerResponse;
+export type AnyRequest = http.IncomingMessage | http2.Http2ServerRequest;
+export type AnyResponse = http.ServerResponse | http2.Http2ServerResponse;
 
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const { name, config, log, health } = options;
@@ -156,6 +158,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       void serveMetrics(response);
       return;
     }
+    if (options.http?.(request, response)) return;
     rpcHandler(request as never, response as never);
   };
 

@@ -11,7 +11,7 @@ import { servicePort, serviceUrl, type Config, type ServiceName } from "./config
 import { createPostgresDatabase, openEmbeddedDatabase, type Database } from "./db.js";
 import { HealthState, type DependencyCheck } from "./health.js";
 import type { Logger } from "./log.js";
-import { startServer } from "./server.js";
+import { startServer, type AnyRequest, type AnyResponse } from "./server.js";
 
 export interface ServiceContext {
   readonly name: ServiceName;
@@ -27,6 +27,8 @@ export interface ServiceContext {
 
 export interface ServiceInstance {
   routes(router: ConnectRouter): void;
+  /** Plain HTTP endpoints beside the RPCs; returns true when it took the request. */
+  http?(request: AnyRequest, response: AnyResponse): boolean;
   /** Stops background work; called after the server has drained. */
   stop?(): Promise<void>;
 }
@@ -149,6 +151,7 @@ export async function startService(
     log,
     services: module.services,
     routes: (router) => instance.routes(router),
+    http: instance.http && ((request, response) => instance.http?.(request, response) ?? false),
     health,
   });
   return {

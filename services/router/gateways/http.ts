@@ -238,3 +238,13 @@ export async function findInPages<T>(
   }
   return {};
 }
+
+/** A JSON API with a bearer secret key (Paystack, Flutterwave): one call, never throws. */
+export function bearerJsonApi(baseUrl: string, secretKey: string) {
+  const base = baseUrl.replace(/\/+$/, "");
+  return (method: "GET" | "POST", path: string, body: object | undefined, options: CallOptions): Promise<HttpAnswer> => {
+    const headers: Record<string, string> = { authorization: `Bearer ${secretKey}`, accept: "application/json" };
+    if (body) headers["content-type"] = "application/json";
+    return send({ method, url: `${base}${path}`, headers, body: body && JSON.stringify(body) }, options);
+  };
+}

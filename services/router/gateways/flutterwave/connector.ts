@@ -11,6 +11,7 @@
 // guarantees 15), so amounts up to MAJOR_EXACT_MAX_MINOR round-trip; larger ones are refused.
 import type { CallOptions, Capabilities, Connector, ConnectorConfig, GatewayResult } from "../connector.js";
 import {
+  bearerJsonApi,
   findInPages,
   firstMatch,
   gatewayResult,
@@ -20,7 +21,6 @@ import {
   parseJson,
   refusedLocally,
   safeEqual,
-  send,
   textOf,
   withRule,
   type HttpAnswer,
@@ -80,13 +80,7 @@ function wireAmount(amountMinor: bigint, currency: string): number | undefined {
 }
 
 export function createFlutterwaveConnector(config: ConnectorConfig): Connector {
-  const base = config.baseUrl.replace(/\/+$/, "");
-
-  function call(method: "GET" | "POST", path: string, body: object | undefined, options: CallOptions): Promise<HttpAnswer> {
-    const headers: Record<string, string> = { authorization: `Bearer ${config.secretKey}`, accept: "application/json" };
-    if (body) headers["content-type"] = "application/json";
-    return send({ method, url: `${base}${path}`, headers, body: body && JSON.stringify(body) }, options);
-  }
+  const call = bearerJsonApi(config.baseUrl, config.secretKey);
 
   /** HTTP status first, then a {status: "error"} message, then the object's own status. */
   function classify(answer: HttpAnswer, query: boolean): GatewayResult {

@@ -9,6 +9,7 @@
 import { createHmac } from "node:crypto";
 import type { CallOptions, Capabilities, Connector, ConnectorConfig, GatewayResult, PayoutRequest } from "../connector.js";
 import {
+  bearerJsonApi,
   findInPages,
   firstMatch,
   gatewayResult,
@@ -19,7 +20,6 @@ import {
   refusedLocally,
   safeEqual,
   safeJsonInteger,
-  send,
   textOf,
   withRule,
   type HttpAnswer,
@@ -48,14 +48,8 @@ const RECIPIENTS_MAX = 10_000;
 const REFUND_PAGES_MAX = 10;
 
 export function createPaystackConnector(config: ConnectorConfig): Connector {
-  const base = config.baseUrl.replace(/\/+$/, "");
+  const call = bearerJsonApi(config.baseUrl, config.secretKey);
   const recipients = new Map<string, string>();
-
-  function call(method: "GET" | "POST", path: string, body: object | undefined, options: CallOptions): Promise<HttpAnswer> {
-    const headers: Record<string, string> = { authorization: `Bearer ${config.secretKey}`, accept: "application/json" };
-    if (body) headers["content-type"] = "application/json";
-    return send({ method, url: `${base}${path}`, headers, body: body && JSON.stringify(body) }, options);
-  }
 
   /** HTTP status first, then a {status: false} error, then the object's own status. */
   function classify(answer: HttpAnswer, query: boolean): GatewayResult {
