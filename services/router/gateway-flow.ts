@@ -198,7 +198,8 @@ export class GatewayFlow {
       const again = await this.move(payment, PaymentStatus.PROCESSING, "gateway has no record; routing again", {});
       return this.process(again, await gatewayCallsOf(this.db, payment.id), signal);
     }
-    const unknownSince = calls.at(-1)?.at ?? payment.updatedAt;
+    // Unknown since the money call whose answer never came (every check since is a status call).
+    const unknownSince = lastSent?.at ?? payment.updatedAt;
     const flag = payment.needsReconciliation || Date.now() - unknownSince.getTime() >= this.options.flagAfterMs;
     if (flag && !payment.needsReconciliation) {
       this.log.error({ paymentId: payment.id, gateway }, "gateway outcome still unknown past the limit; flagged for reconciliation");

@@ -48,6 +48,7 @@ before(async () => {
     COWRIE_ROUTING_EXPLORATION_PERCENT: "0",
     COWRIE_COMPLETER_INTERVAL_MS: "100",
     COWRIE_RECOVERY_AFTER_MS: "3000",
+    COWRIE_OUTCOME_UNKNOWN_FLAG_AFTER_MS: "1500",
   }));
   mesh = await startMesh(config, ["ledger", "wallet", "router"], capturingLogger().log);
   const transport = (port: number) => createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "2" });
@@ -354,6 +355,26 @@ describe("routing and resilience", () => {
     assert.deepEqual(await balances(walletId), { posted: 7_000n, available: 7_000n });
     const reference = `${accepted.id.replace("pay_", "pay-")}.paystack`;
     assert.equal((await sim.records({ operation: "payout", reference })).filter((record) => record.status === "succeeded").length, 1);
+  });
+
+  it("flags a payment whose outcome stays unknown past the limit for reconciliation, and keeps asking", async () => {
+    const walletId = await openWallet();
+    await sim.configure("paystack", { outage: "hang", ambiguousHoldMs: 2_000 });
+    await sim.configure("flutterwave", { outage: "hang", ambiguousHoldMs: 2_000 });
+    const accepted = await payIn(walletId, 900n);
+    const untilMs = Date.now() + 15_000;
+    let payment: Payment | undefined;
+    while (Date.now() < untilMs && !payment?.needsReconciliation) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      payment = (await router.getPayment({ tenantId: TENANT, paymentId: accepted.id })).payment;
+    }
+    assert.equal(payment?.status, OUTCOME_UNKNOWN);
+    assert.equal(payment?.needsReconciliation, true);
+    await sim.configure("paystack", { outage: "none" });
+    await sim.configure("flutterwave", { outage: "none" });
+    const [done] = await settled([accepted.id]);
+    assert.equal(done?.status, SUCCEEDED);
+    assert.equal(done?.needsReconciliation, true, "the flag stays for reconciliation to see");
   });
 
   it("lists every gateway with its circuit, window and currencies", async () => {
