@@ -2,11 +2,43 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import { createMemoryCache, createRedisCache, type Cache } from "./cache.js";
+import { createMemoryCache, createRedisCache, type Cache, type CacheScript } from "./cache.js";
 
 const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const RUN_ID = `${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`;
 const COMMAND_TIMEOUT_MS = 1_000;
+
+/**
+ * A counter that stops at a limit, returning {taken, count, backend time in ms}, and a plain
+ * string written beside it: the smallest script that needs atomicity (read, decide, write).
+ */
+const BOUNDED_COUNTER: CacheScript = {
+  name: "testBoundedCounter",
+  lua: `
+local limit = tonumber(ARGV[1])
+local count = tonumber(redis.call("HGET", KEYS[1], "n") or "0")
+local t = redis.call("TIME")
+local now = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+if count >= limit then return {0, count, now} end
+count = count + 1
+redis.call("HSET", KEYS[1], "n", count)
+redis.call("PEXPIRE", KEYS[1], ARGV[2])
+redis.call("SET", KEYS[2], "last=" .. count, "PX", ARGV[2])
+return {1, count, now}
+`,
+  memory(store, keys, args) {
+    const [counterKey, lastKey] = keys as [string, string];
+    const limit = Number(args[0]);
+    const ttlMs = Number(args[1]);
+    const state = (store.get(counterKey) as { n: number } | undefined) ?? { n: 0 };
+    const now = String(Math.floor(store.nowMs));
+    if (state.n >= limit) return [0, state.n, now];
+    state.n += 1;
+    store.set(counterKey, state, ttlMs);
+    store.set(lastKey, `last=${state.n}`, ttlMs);
+    return [1, state.n, now];
+  },
+};
 
 interface Backend {
   suite: string;
@@ -197,6 +229,34 @@ for (const backend of backends) {
       await assert.rejects(cache.takeToken(key("bad-bucket"), { ratePerSecond: 1, burst: 1.5 }), RangeError);
     });
 
+    it("runScript() runs atomically: 100 concurrent runs of a counter bounded at 10 take exactly 10", async () => {
+      const counter = key("script-race");
+      const last = key("script-race-last");
+      const replies = await Promise.all(
+        Array.from({ length: 100 }, () => cache.runScript(BOUNDED_COUNTER, [counter, last], ["10", "10000"])),
+      );
+      const taken = replies.filter((reply) => (reply as ScriptTuple)[0] === 1).map((reply) => (reply as ScriptTuple)[1]);
+      assert.deepEqual(taken.sort((a, b) => a - b), Array.from({ length: 10 }, (_, i) => i + 1));
+      // The script's plain string is under the same (prefixed) key get() reads.
+      assert.equal(await cache.get(last), "last=10");
+    });
+
+    it("runScript() sees the backend's wall clock and honours the TTLs the script sets", async () => {
+      const counter = key("script-ttl");
+      const last = key("script-ttl-last");
+      const [, , nowMs] = (await cache.runScript(BOUNDED_COUNTER, [counter, last], ["5", "100"])) as ScriptTuple;
+      assert.ok(Math.abs(Number(nowMs) - Date.now()) < 1_000, `backend time ${nowMs}`);
+      await sleep(200);
+      assert.equal(await cache.get(last), null);
+      assert.deepEqual(((await cache.runScript(BOUNDED_COUNTER, [counter, last], ["5", "100"])) as ScriptTuple).slice(0, 2), [1, 1]);
+    });
+
+    it("get() on a key a script keeps as another type fails with WRONGTYPE", async () => {
+      const counter = key("script-type");
+      await cache.runScript(BOUNDED_COUNTER, [counter, key("script-type-last")], ["5", "10000"]);
+      await assert.rejects(cache.get(counter), /WRONGTYPE/);
+    });
+
     it("incrementBy() rejects when the value is not an integer", async () => {
       const k = key("not-a-number");
       await cache.set(k, "abc", { ttlMs: 10_000 });
@@ -205,6 +265,8 @@ for (const backend of backends) {
     });
   });
 }
+
+type ScriptTuple = [number, number, string];
 
 describe("createRedisCache() against an unreachable server", () => {
   it("rejects commands within the command timeout instead of hanging, without crashing", async () => {

@@ -22,6 +22,13 @@ export interface Cache {
    * from one clock for every take on the key.
    */
   takeToken(key: string, options: TokenBucketOptions): Promise<TokenBucketResult>;
+  /**
+   * Runs a script atomically over its keys: its Lua on Redis (one round trip, EVALSHA; keys get
+   * the cache's prefix like every other key), its JavaScript twin on the in-memory cache. Nothing
+   * else runs on the backend meanwhile, so a script may read, decide and write without races.
+   * As on Redis, a script that fails midway keeps the writes it made before the failure.
+   */
+  runScript(script: CacheScript, keys: readonly string[], args: readonly string[]): Promise<ScriptReply>;
   /** Round trip to the backend; rejects when it is unreachable. Used by health checks. */
   ping(): Promise<void>;
   close(): Promise<void>;
@@ -40,6 +47,38 @@ export interface TokenBucketResult {
   allowed: boolean;
   /** 0 when allowed; else whole milliseconds until the next token (at least 1). */
   retryAfterMs: number;
+}
+
+/** What a script returns, in Redis' reply shape: integers, strings, nil and arrays of them. */
+export type ScriptReply = number | string | null | ScriptReply[];
+
+/**
+ * One atomic operation written twice, to one specification: `lua` for Redis and `memory` for
+ * the in-process cache. Keep the two side by side and test them with the same tests (both
+ * backends), as cache.test.ts does for this file's own operations. Lua numbers become integers
+ * in Redis replies: return fractions as strings, from both twins.
+ */
+export interface CacheScript {
+  /** Unique within the process: it names the ioredis command. */
+  readonly name: string;
+  readonly lua: string;
+  readonly memory: (store: ScriptStore, keys: readonly string[], args: readonly string[]) => ScriptReply;
+}
+
+/**
+ * The in-memory twin's view of the cache. Values are whatever the twin stores under its keys
+ * (the twin's own model of a Redis hash, sorted set...); reading a key the twin did not write
+ * (a plain get/set string) is the twin's business, as WRONGTYPE would be on Redis.
+ */
+export interface ScriptStore {
+  /** The backend's wall clock in milliseconds (Redis TIME on Redis). */
+  readonly nowMs: number;
+  get(key: string): unknown;
+  /** Stores a value with a TTL (PX semantics: the old TTL is replaced). */
+  set(key: string, value: unknown, ttlMs: number): void;
+  /** Replaces a live key's TTL; does nothing on a missing key (PEXPIRE). */
+  expire(key: string, ttlMs: number): void;
+  del(key: string): void;
 }
 
 export interface RedisCacheOptions {
@@ -144,6 +183,7 @@ return {allowed, retry}
 `;
 
 type TakeTokenCommand = (key: string, rate: string, burst: string, nowMs: string, ttlMs: string) => Promise<[number, number]>;
+type ScriptCommand = (numberOfKeys: number, ...keysThenArgs: string[]) => Promise<ScriptReply>;
 
 /** Bounded, never-ending backoff: a cache that gave up reconnecting would stay down after Redis recovers. */
 function reconnectDelayMs(attempt: number): number {
@@ -169,6 +209,20 @@ export function createRedisCache(url: string, options: RedisCacheOptions): Cache
   // An 'error' event without a listener would crash the process on every reconnect attempt.
   client.on("error", (error: Error) => options.onError?.(error));
   const untilFirstReady = firstReadyWaiter(client, options.commandTimeoutMs);
+  const scriptCommands = new Map<string, ScriptCommand>();
+
+  /** The script as an ioredis command, defined on first use (EVALSHA, falling back to EVAL once per connection). */
+  function scriptCommand(script: CacheScript): ScriptCommand {
+    let command = scriptCommands.get(script.name);
+    if (!command) {
+      const name = `cowrieScript_${script.name}`;
+      client.defineCommand(name, { lua: script.lua });
+      command = (client as unknown as Record<string, ScriptCommand>)[name]?.bind(client);
+      if (!command) throw new Error(`could not define script ${script.name}`);
+      scriptCommands.set(script.name, command);
+    }
+    return command;
+  }
 
   async function run<T>(command: () => Promise<T>): Promise<T> {
     await untilFirstReady();
@@ -201,6 +255,10 @@ export function createRedisCache(url: string, options: RedisCacheOptions): Cache
           String(bucketTtlMs(ratePerSecond, burst))),
       );
       return { allowed: allowed === 1, retryAfterMs: Number(retryAfterMs) };
+    },
+    runScript(script, keys, args) {
+      const command = scriptCommand(script);
+      return run(() => command(keys.length, ...keys, ...args));
     },
     async ping() {
       await run(() => client.ping());
@@ -257,8 +315,18 @@ async function closeRedis(client: Redis): Promise<void> {
 }
 
 interface MemoryEntry {
-  value: string;
+  /** A string for get/set/incrementBy/takeToken keys; whatever a script's twin stores for its keys. */
+  value: unknown;
   expiresAtMs: number;
+}
+
+/** Same wording as Redis for a key of another type. */
+const WRONG_TYPE = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+function stringValue(entry: MemoryEntry | undefined): string | undefined {
+  if (entry === undefined) return undefined;
+  if (typeof entry.value !== "string") throw new Error(WRONG_TYPE);
+  return entry.value;
 }
 
 /** An in-process cache with Redis semantics, for tests and single-process runs. */
@@ -283,7 +351,7 @@ export function createMemoryCache(): Cache {
   return {
     kind: "memory",
     async get(key) {
-      return live(key)?.value ?? null;
+      return stringValue(live(key)) ?? null;
     },
     async set(key, value, { ttlMs, ifAbsent = false }) {
       assertTtlMs(ttlMs);
@@ -300,7 +368,7 @@ export function createMemoryCache(): Cache {
       assertIncrement(by);
       assertTtlMs(ttlMs);
       const entry = live(key) ?? { value: "0", expiresAtMs: nowMs() + ttlMs };
-      const next = parseInteger(entry.value) + by;
+      const next = parseInteger(stringValue(entry) as string) + by;
       if (!Number.isSafeInteger(next)) throw new Error(NOT_AN_INTEGER);
       entries.set(key, { value: String(next), expiresAtMs: entry.expiresAtMs });
       return next;
@@ -309,11 +377,30 @@ export function createMemoryCache(): Cache {
       assertBucket(options);
       const { ratePerSecond, burst } = options;
       const now = options.nowMs ?? nowMs();
-      const entry = live(key);
-      const previous = entry ? (JSON.parse(entry.value) as { tokens: number; atMs: number }) : undefined;
+      const stored = stringValue(live(key));
+      const previous = stored === undefined ? undefined : (JSON.parse(stored) as { tokens: number; atMs: number });
       const { state, result } = bucketStep(previous, now, ratePerSecond, burst);
       entries.set(key, { value: JSON.stringify(state), expiresAtMs: nowMs() + bucketTtlMs(ratePerSecond, burst) });
       return result;
+    },
+    async runScript(script, keys, args) {
+      if (closed) throw new Error("cache is closed");
+      // Synchronous, so nothing else touches the entries until it returns: atomic like Lua.
+      const store: ScriptStore = {
+        nowMs: Date.now(),
+        get: (key) => live(key)?.value,
+        set(key, value, ttlMs) {
+          assertTtlMs(ttlMs);
+          entries.set(key, { value, expiresAtMs: nowMs() + ttlMs });
+        },
+        expire(key, ttlMs) {
+          assertTtlMs(ttlMs);
+          const entry = live(key);
+          if (entry) entry.expiresAtMs = nowMs() + ttlMs;
+        },
+        del: (key) => void entries.delete(key),
+      };
+      return script.memory(store, keys, args);
     },
     async ping() {
       if (closed) throw new Error("cache is closed");

@@ -197,6 +197,16 @@ export const VARIABLES = {
     "How long a gateway payment waits for any gateway to be able to take it before it fails as no_gateway_available."),
   outcomeUnknownFlagAfterMs: variable("COWRIE_OUTCOME_UNKNOWN_FLAG_AFTER_MS", "600000", integer(1000, 86_400_000),
     "How long an unknown gateway outcome may last before the payment is flagged for reconciliation."),
+  riskTimeoutMs: variable("COWRIE_RISK_TIMEOUT_MS", "100", integer(1, 10_000),
+    "How long the Router waits for Risk's verdict on a payment before COWRIE_RISK_WHEN_UNAVAILABLE decides."),
+  riskWhenUnavailable: variable("COWRIE_RISK_WHEN_UNAVAILABLE", "allow", oneOf(["allow", "review", "block"] as const),
+    "What Risk decides when Redis is unreachable or slower than COWRIE_RISK_REDIS_TIMEOUT_MS: allow (a RISK_UNAVAILABLE flag is recorded), review or block. The Router treats a Risk timeout the same way."),
+  riskRedisTimeoutMs: variable("COWRIE_RISK_REDIS_TIMEOUT_MS", "50", integer(1, 10_000),
+    "How long an evaluation waits for Redis before it applies COWRIE_RISK_WHEN_UNAVAILABLE. Keep it below the Router's wait for Risk."),
+  riskPaymentMemoryHours: variable("COWRIE_RISK_PAYMENT_MEMORY_HOURS", "24", integer(1, 24 * 31),
+    "How long Risk remembers an evaluated payment in Redis (about 300 bytes each): retries within it replay the first decision, and its outcome teaches the user's profile."),
+  riskSettingsCacheMs: variable("COWRIE_RISK_SETTINGS_CACHE_MS", "1000", integer(0, 60_000),
+    "How long a Risk process uses a tenant's settings and blocklist before reading them again; changes made through another process take effect within this."),
 };
 
 type Parsed<V> = V extends Variable<infer T> ? T : never;

@@ -4,13 +4,15 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file cowrie/risk/v1/risk.proto.
  */
 export const file_cowrie_risk_v1_risk: GenFile = /*@__PURE__*/
-  fileDesc("Chljb3dyaWUvcmlzay92MS9yaXNrLnByb3RvEg5jb3dyaWUucmlzay52MSKJAQoPRXZhbHVhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpwYXltZW50X2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSFAoMYW1vdW50X21pbm9yGAQgASgDEhAKCGN1cnJlbmN5GAUgASgJEhYKDmJlbmVmaWNpYXJ5X2lkGAYgASgJIl4KEEV2YWx1YXRlUmVzcG9uc2USKgoIZGVjaXNpb24YASABKA4yGC5jb3dyaWUucmlzay52MS5EZWNpc2lvbhINCgVzY29yZRgCIAEoDRIPCgdyZWFzb25zGAMgAygJKmEKCERlY2lzaW9uEhgKFERFQ0lTSU9OX1VOU1BFQ0lGSUVEEAASEgoOREVDSVNJT05fQUxMT1cQARITCg9ERUNJU0lPTl9SRVZJRVcQAhISCg5ERUNJU0lPTl9CTE9DSxADMlwKC1Jpc2tTZXJ2aWNlEk0KCEV2YWx1YXRlEh8uY293cmllLnJpc2sudjEuRXZhbHVhdGVSZXF1ZXN0GiAuY293cmllLnJpc2sudjEuRXZhbHVhdGVSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("Chljb3dyaWUvcmlzay92MS9yaXNrLnByb3RvEg5jb3dyaWUucmlzay52MSKwAQoPRXZhbHVhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpwYXltZW50X2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSFAoMYW1vdW50X21pbm9yGAQgASgDEhAKCGN1cnJlbmN5GAUgASgJEhYKDmJlbmVmaWNpYXJ5X2lkGAYgASgJEhEKCWRldmljZV9pZBgHIAEoCRISCgppcF9hZGRyZXNzGAggASgJIs0BCgRGbGFnEgwKBHJ1bGUYASABKAkSKgoIc2V2ZXJpdHkYAiABKA4yGC5jb3dyaWUucmlzay52MS5TZXZlcml0eRImCgZhY3Rpb24YAyABKA4yFi5jb3dyaWUucmlzay52MS5BY3Rpb24SDgoGZGV0YWlsGAQgASgJEhIKCnBheW1lbnRfaWQYBSABKAkSDwoHdXNlcl9pZBgGIAEoCRIuCgpjcmVhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKVAQoQRXZhbHVhdGVSZXNwb25zZRIqCghkZWNpc2lvbhgBIAEoDjIYLmNvd3JpZS5yaXNrLnYxLkRlY2lzaW9uEg0KBXNjb3JlGAIgASgNEg8KB3JlYXNvbnMYAyADKAkSIwoFZmxhZ3MYBCADKAsyFC5jb3dyaWUucmlzay52MS5GbGFnEhAKCHJlcGxheWVkGAUgASgIImgKG1JlY29yZFBheW1lbnRPdXRjb21lUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEgoKcGF5bWVudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhEKCXN1Y2NlZWRlZBgEIAEoCCJYChxSZWNvcmRQYXltZW50T3V0Y29tZVJlc3BvbnNlEhUKDWZhaWxlZF9zdHJlYWsYASABKA0SEAoIcmVwbGF5ZWQYAiABKAgSDwoHbGVhcm5lZBgDIAEoCCJICgxSdWxlU2V0dGluZ3MSEAoIZGlzYWJsZWQYASABKAgSJgoGYWN0aW9uGAIgASgOMhYuY293cmllLnJpc2sudjEuQWN0aW9uImwKEFZlbG9jaXR5U2V0dGluZ3MSKgoEcnVsZRgBIAEoCzIcLmNvd3JpZS5yaXNrLnYxLlJ1bGVTZXR0aW5ncxIUCgxtYXhfcGF5bWVudHMYAiABKA0SFgoOd2luZG93X3NlY29uZHMYAyABKA0iXAoWQW1vdW50VmVsb2NpdHlTZXR0aW5ncxIqCgRydWxlGAEgASgLMhwuY293cmllLnJpc2sudjEuUnVsZVNldHRpbmdzEhYKDndpbmRvd19zZWNvbmRzGAIgASgNIkEKE0xhcmdlQW1vdW50U2V0dGluZ3MSKgoEcnVsZRgBIAEoCzIcLmNvd3JpZS5yaXNrLnYxLlJ1bGVTZXR0aW5ncyJYChRGYWlsZWRTdHJlYWtTZXR0aW5ncxIqCgRydWxlGAEgASgLMhwuY293cmllLnJpc2sudjEuUnVsZVNldHRpbmdzEhQKDG1heF9mYWlsdXJlcxgCIAEoDSJyChdEdXBsaWNhdGVBbW91bnRTZXR0aW5ncxIqCgRydWxlGAEgASgLMhwuY293cmllLnJpc2sudjEuUnVsZVNldHRpbmdzEhMKC21heF9yZXBlYXRzGAIgASgNEhYKDndpbmRvd19zZWNvbmRzGAMgASgNIkQKFk5ld0JlbmVmaWNpYXJ5U2V0dGluZ3MSKgoEcnVsZRgBIAEoCzIcLmNvd3JpZS5yaXNrLnYxLlJ1bGVTZXR0aW5ncyI/ChFCbG9ja2xpc3RTZXR0aW5ncxIqCgRydWxlGAEgASgLMhwuY293cmllLnJpc2sudjEuUnVsZVNldHRpbmdzIm0KD0Fub21hbHlTZXR0aW5ncxIqCgRydWxlGAEgASgLMhwuY293cmllLnJpc2sudjEuUnVsZVNldHRpbmdzEhkKEXpfdGhyZXNob2xkX2NlbnRpGAIgASgNEhMKC21pbl9zYW1wbGVzGAMgASgNInUKEkN1cnJlbmN5VGhyZXNob2xkcxIaChJsYXJnZV9hbW91bnRfbWlub3IYASABKAMSJAocbmV3X2JlbmVmaWNpYXJ5X2Ftb3VudF9taW5vchgCIAEoAxIdChVhbW91bnRfdmVsb2NpdHlfbWlub3IYAyABKAMigAUKDFJpc2tTZXR0aW5ncxIyCgh2ZWxvY2l0eRgBIAEoCzIgLmNvd3JpZS5yaXNrLnYxLlZlbG9jaXR5U2V0dGluZ3MSPwoPYW1vdW50X3ZlbG9jaXR5GAIgASgLMiYuY293cmllLnJpc2sudjEuQW1vdW50VmVsb2NpdHlTZXR0aW5ncxI5CgxsYXJnZV9hbW91bnQYAyABKAsyIy5jb3dyaWUucmlzay52MS5MYXJnZUFtb3VudFNldHRpbmdzEjsKDWZhaWxlZF9zdHJlYWsYBCABKAsyJC5jb3dyaWUucmlzay52MS5GYWlsZWRTdHJlYWtTZXR0aW5ncxJBChBkdXBsaWNhdGVfYW1vdW50GAUgASgLMicuY293cmllLnJpc2sudjEuRHVwbGljYXRlQW1vdW50U2V0dGluZ3MSPwoPbmV3X2JlbmVmaWNpYXJ5GAYgASgLMiYuY293cmllLnJpc2sudjEuTmV3QmVuZWZpY2lhcnlTZXR0aW5ncxI0CglibG9ja2xpc3QYByABKAsyIS5jb3dyaWUucmlzay52MS5CbG9ja2xpc3RTZXR0aW5ncxIwCgdhbm9tYWx5GAggASgLMh8uY293cmllLnJpc2sudjEuQW5vbWFseVNldHRpbmdzEkAKCmN1cnJlbmNpZXMYCSADKAsyLC5jb3dyaWUucmlzay52MS5SaXNrU2V0dGluZ3MuQ3VycmVuY2llc0VudHJ5GlUKD0N1cnJlbmNpZXNFbnRyeRILCgNrZXkYASABKAkSMQoFdmFsdWUYAiABKAsyIi5jb3dyaWUucmlzay52MS5DdXJyZW5jeVRocmVzaG9sZHM6AjgBIisKFkdldFJpc2tTZXR0aW5nc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIloKF0dldFJpc2tTZXR0aW5nc1Jlc3BvbnNlEi4KCHNldHRpbmdzGAEgASgLMhwuY293cmllLnJpc2sudjEuUmlza1NldHRpbmdzEg8KB3ZlcnNpb24YAiABKAQieAoZVXBkYXRlUmlza1NldHRpbmdzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSLgoIc2V0dGluZ3MYAiABKAsyHC5jb3dyaWUucmlzay52MS5SaXNrU2V0dGluZ3MSGAoQZXhwZWN0ZWRfdmVyc2lvbhgDIAEoBCJdChpVcGRhdGVSaXNrU2V0dGluZ3NSZXNwb25zZRIuCghzZXR0aW5ncxgBIAEoCzIcLmNvd3JpZS5yaXNrLnYxLlJpc2tTZXR0aW5ncxIPCgd2ZXJzaW9uGAIgASgEIowBCg5CbG9ja2xpc3RFbnRyeRIrCgRraW5kGAEgASgOMh0uY293cmllLnJpc2sudjEuQmxvY2tsaXN0S2luZBINCgV2YWx1ZRgCIAEoCRIOCgZyZWFzb24YAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAieQoYQWRkQmxvY2tsaXN0RW50cnlSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIrCgRraW5kGAIgASgOMh0uY293cmllLnJpc2sudjEuQmxvY2tsaXN0S2luZBINCgV2YWx1ZRgDIAEoCRIOCgZyZWFzb24YBCABKAkiSgoZQWRkQmxvY2tsaXN0RW50cnlSZXNwb25zZRItCgVlbnRyeRgBIAEoCzIeLmNvd3JpZS5yaXNrLnYxLkJsb2NrbGlzdEVudHJ5ImwKG1JlbW92ZUJsb2NrbGlzdEVudHJ5UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSKwoEa2luZBgCIAEoDjIdLmNvd3JpZS5yaXNrLnYxLkJsb2NrbGlzdEtpbmQSDQoFdmFsdWUYAyABKAkiHgocUmVtb3ZlQmxvY2tsaXN0RW50cnlSZXNwb25zZSKEAQobTGlzdEJsb2NrbGlzdEVudHJpZXNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIrCgRraW5kGAIgASgOMh0uY293cmllLnJpc2sudjEuQmxvY2tsaXN0S2luZBIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCSJoChxMaXN0QmxvY2tsaXN0RW50cmllc1Jlc3BvbnNlEi8KB2VudHJpZXMYASADKAsyHi5jb3dyaWUucmlzay52MS5CbG9ja2xpc3RFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkizQEKEExpc3RGbGFnc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKcGF5bWVudF9pZBgDIAEoCRItCglmcm9tX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKB3RvX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgGIAEoDRISCgpwYWdlX3Rva2VuGAcgASgJIlEKEUxpc3RGbGFnc1Jlc3BvbnNlEiMKBWZsYWdzGAEgAygLMhQuY293cmllLnJpc2sudjEuRmxhZxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPwoZR2V0VXNlclJpc2tTdW1tYXJ5UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSKAAgoPQ3VycmVuY3lQcm9maWxlEhAKCGN1cnJlbmN5GAEgASgJEh4KFmFtb3VudF9pbl93aW5kb3dfbWlub3IYAiABKAMSDwoHc2FtcGxlcxgDIAEoBBIZChFhbW91bnRfbWVhbl9taW5vchgEIAEoAxIeChZhbW91bnRfZGV2aWF0aW9uX21pbm9yGAUgASgDEhgKEGludGVydmFsX21lYW5fbXMYBiABKAQSIAoYaW50ZXJ2YWxfZGV2aWF0aW9uX2NlbnRpGAcgASgNEjMKD2xhc3RfcGF5bWVudF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAirAIKGkdldFVzZXJSaXNrU3VtbWFyeVJlc3BvbnNlEg8KB3VzZXJfaWQYASABKAkSIwobcGF5bWVudHNfaW5fdmVsb2NpdHlfd2luZG93GAIgASgNEh8KF3ZlbG9jaXR5X3dpbmRvd19zZWNvbmRzGAMgASgNEiYKHmFtb3VudF92ZWxvY2l0eV93aW5kb3dfc2Vjb25kcxgEIAEoDRIVCg1mYWlsZWRfc3RyZWFrGAUgASgNEjMKCmN1cnJlbmNpZXMYBiADKAsyHy5jb3dyaWUucmlzay52MS5DdXJyZW5jeVByb2ZpbGUSKgoMcmVjZW50X2ZsYWdzGAcgAygLMhQuY293cmllLnJpc2sudjEuRmxhZxIXCg9wZW5kaW5nX3Jldmlld3MYCCABKA0iggEKC1Jldmlld0V2ZW50EiwKBnN0YXR1cxgBIAEoDjIcLmNvd3JpZS5yaXNrLnYxLlJldmlld1N0YXR1cxINCgVhY3RvchgCIAEoCRIOCgZyZWFzb24YAyABKAkSJgoCYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvUCCgZSZXZpZXcSEQoJdGVuYW50X2lkGAEgASgJEhIKCnBheW1lbnRfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRIUCgxhbW91bnRfbWlub3IYBCABKAMSEAoIY3VycmVuY3kYBSABKAkSLAoGc3RhdHVzGAYgASgOMhwuY293cmllLnJpc2sudjEuUmV2aWV3U3RhdHVzEg0KBXNjb3JlGAcgASgNEg8KB3JlYXNvbnMYCCADKAkSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmVzb2x2ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3Jlc29sdmVkX2J5GAsgASgJEhkKEXJlc29sdXRpb25fcmVhc29uGAwgASgJEiwKB2hpc3RvcnkYDSADKAsyGy5jb3dyaWUucmlzay52MS5SZXZpZXdFdmVudCI5ChBHZXRSZXZpZXdSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpwYXltZW50X2lkGAIgASgJIjsKEUdldFJldmlld1Jlc3BvbnNlEiYKBnJldmlldxgBIAEoCzIWLmNvd3JpZS5yaXNrLnYxLlJldmlldyJ8ChJMaXN0UmV2aWV3c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEiwKBnN0YXR1cxgCIAEoDjIcLmNvd3JpZS5yaXNrLnYxLlJldmlld1N0YXR1cxIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCSJXChNMaXN0UmV2aWV3c1Jlc3BvbnNlEicKB3Jldmlld3MYASADKAsyFi5jb3dyaWUucmlzay52MS5SZXZpZXcSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInAKFFJlc29sdmVSZXZpZXdSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpwYXltZW50X2lkGAIgASgJEg8KB2FwcHJvdmUYAyABKAgSEAoIb3BlcmF0b3IYBCABKAkSDgoGcmVhc29uGAUgASgJIlEKFVJlc29sdmVSZXZpZXdSZXNwb25zZRImCgZyZXZpZXcYASABKAsyFi5jb3dyaWUucmlzay52MS5SZXZpZXcSEAoIcmVwbGF5ZWQYAiABKAgqYQoIRGVjaXNpb24SGAoUREVDSVNJT05fVU5TUEVDSUZJRUQQABISCg5ERUNJU0lPTl9BTExPVxABEhMKD0RFQ0lTSU9OX1JFVklFVxACEhIKDkRFQ0lTSU9OX0JMT0NLEAMqVgoGQWN0aW9uEhYKEkFDVElPTl9VTlNQRUNJRklFRBAAEg8KC0FDVElPTl9GTEFHEAESEQoNQUNUSU9OX1JFVklFVxACEhAKDEFDVElPTl9CTE9DSxADKl4KCFNldmVyaXR5EhgKFFNFVkVSSVRZX1VOU1BFQ0lGSUVEEAASEAoMU0VWRVJJVFlfTE9XEAESEwoPU0VWRVJJVFlfTUVESVVNEAISEQoNU0VWRVJJVFlfSElHSBADKpoBCg1CbG9ja2xpc3RLaW5kEh4KGkJMT0NLTElTVF9LSU5EX1VOU1BFQ0lGSUVEEAASFwoTQkxPQ0tMSVNUX0tJTkRfVVNFUhABEh4KGkJMT0NLTElTVF9LSU5EX0JFTkVGSUNJQVJZEAISGQoVQkxPQ0tMSVNUX0tJTkRfREVWSUNFEAMSFQoRQkxPQ0tMSVNUX0tJTkRfSVAQBCqAAQoMUmV2aWV3U3RhdHVzEh0KGVJFVklFV19TVEFUVVNfVU5TUEVDSUZJRUQQABIZChVSRVZJRVdfU1RBVFVTX1BFTkRJTkcQARIaChZSRVZJRVdfU1RBVFVTX0FQUFJPVkVEEAISGgoWUkVWSUVXX1NUQVRVU19ERUNMSU5FRBADMrcJCgtSaXNrU2VydmljZRJNCghFdmFsdWF0ZRIfLmNvd3JpZS5yaXNrLnYxLkV2YWx1YXRlUmVxdWVzdBogLmNvd3JpZS5yaXNrLnYxLkV2YWx1YXRlUmVzcG9uc2UScQoUUmVjb3JkUGF5bWVudE91dGNvbWUSKy5jb3dyaWUucmlzay52MS5SZWNvcmRQYXltZW50T3V0Y29tZVJlcXVlc3QaLC5jb3dyaWUucmlzay52MS5SZWNvcmRQYXltZW50T3V0Y29tZVJlc3BvbnNlEmIKD0dldFJpc2tTZXR0aW5ncxImLmNvd3JpZS5yaXNrLnYxLkdldFJpc2tTZXR0aW5nc1JlcXVlc3QaJy5jb3dyaWUucmlzay52MS5HZXRSaXNrU2V0dGluZ3NSZXNwb25zZRJrChJVcGRhdGVSaXNrU2V0dGluZ3MSKS5jb3dyaWUucmlzay52MS5VcGRhdGVSaXNrU2V0dGluZ3NSZXF1ZXN0GiouY293cmllLnJpc2sudjEuVXBkYXRlUmlza1NldHRpbmdzUmVzcG9uc2USaAoRQWRkQmxvY2tsaXN0RW50cnkSKC5jb3dyaWUucmlzay52MS5BZGRCbG9ja2xpc3RFbnRyeVJlcXVlc3QaKS5jb3dyaWUucmlzay52MS5BZGRCbG9ja2xpc3RFbnRyeVJlc3BvbnNlEnEKFFJlbW92ZUJsb2NrbGlzdEVudHJ5EisuY293cmllLnJpc2sudjEuUmVtb3ZlQmxvY2tsaXN0RW50cnlSZXF1ZXN0GiwuY293cmllLnJpc2sudjEuUmVtb3ZlQmxvY2tsaXN0RW50cnlSZXNwb25zZRJxChRMaXN0QmxvY2tsaXN0RW50cmllcxIrLmNvd3JpZS5yaXNrLnYxLkxpc3RCbG9ja2xpc3RFbnRyaWVzUmVxdWVzdBosLmNvd3JpZS5yaXNrLnYxLkxpc3RCbG9ja2xpc3RFbnRyaWVzUmVzcG9uc2USUAoJTGlzdEZsYWdzEiAuY293cmllLnJpc2sudjEuTGlzdEZsYWdzUmVxdWVzdBohLmNvd3JpZS5yaXNrLnYxLkxpc3RGbGFnc1Jlc3BvbnNlEmsKEkdldFVzZXJSaXNrU3VtbWFyeRIpLmNvd3JpZS5yaXNrLnYxLkdldFVzZXJSaXNrU3VtbWFyeVJlcXVlc3QaKi5jb3dyaWUucmlzay52MS5HZXRVc2VyUmlza1N1bW1hcnlSZXNwb25zZRJQCglHZXRSZXZpZXcSIC5jb3dyaWUucmlzay52MS5HZXRSZXZpZXdSZXF1ZXN0GiEuY293cmllLnJpc2sudjEuR2V0UmV2aWV3UmVzcG9uc2USVgoLTGlzdFJldmlld3MSIi5jb3dyaWUucmlzay52MS5MaXN0UmV2aWV3c1JlcXVlc3QaIy5jb3dyaWUucmlzay52MS5MaXN0UmV2aWV3c1Jlc3BvbnNlElwKDVJlc29sdmVSZXZpZXcSJC5jb3dyaWUucmlzay52MS5SZXNvbHZlUmV2aWV3UmVxdWVzdBolLmNvd3JpZS5yaXNrLnYxLlJlc29sdmVSZXZpZXdSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message cowrie.risk.v1.EvaluateRequest
@@ -22,6 +24,8 @@ export type EvaluateRequest = Message<"cowrie.risk.v1.EvaluateRequest"> & {
   tenantId: string;
 
   /**
+   * The Router's payment id: the idempotency key of the evaluation.
+   *
    * @generated from field: string payment_id = 2;
    */
   paymentId: string;
@@ -48,11 +52,25 @@ export type EvaluateRequest = Message<"cowrie.risk.v1.EvaluateRequest"> & {
   currency: string;
 
   /**
-   * Who receives the money, when known.
+   * Who receives the money, when known (an id); empty: the beneficiary rules are skipped.
    *
    * @generated from field: string beneficiary_id = 6;
    */
   beneficiaryId: string;
+
+  /**
+   * The payer's device, when known (an id); checked against the DEVICE blocklist.
+   *
+   * @generated from field: string device_id = 7;
+   */
+  deviceId: string;
+
+  /**
+   * The payer's IP address (IPv4 or IPv6), when known; checked against the IP blocklist.
+   *
+   * @generated from field: string ip_address = 8;
+   */
+  ipAddress: string;
 };
 
 /**
@@ -61,6 +79,63 @@ export type EvaluateRequest = Message<"cowrie.risk.v1.EvaluateRequest"> & {
  */
 export const EvaluateRequestSchema: GenMessage<EvaluateRequest> = /*@__PURE__*/
   messageDesc(file_cowrie_risk_v1_risk, 0);
+
+/**
+ * One rule that fired for a payment.
+ *
+ * @generated from message cowrie.risk.v1.Flag
+ */
+export type Flag = Message<"cowrie.risk.v1.Flag"> & {
+  /**
+   * Stable code: "VELOCITY", "AMOUNT_VELOCITY", "LARGE_AMOUNT", "FAILED_STREAK",
+   * "DUPLICATE_AMOUNT", "NEW_BENEFICIARY_LARGE_AMOUNT", "BLOCKLISTED", "ANOMALY",
+   * "RISK_UNAVAILABLE".
+   *
+   * @generated from field: string rule = 1;
+   */
+  rule: string;
+
+  /**
+   * @generated from field: cowrie.risk.v1.Severity severity = 2;
+   */
+  severity: Severity;
+
+  /**
+   * What the rule's setting made of it: FLAG, REVIEW or BLOCK.
+   *
+   * @generated from field: cowrie.risk.v1.Action action = 3;
+   */
+  action: Action;
+
+  /**
+   * For people: the observed figures and the threshold, e.g. "5 payments in 60 s (limit 5)".
+   *
+   * @generated from field: string detail = 4;
+   */
+  detail: string;
+
+  /**
+   * @generated from field: string payment_id = 5;
+   */
+  paymentId: string;
+
+  /**
+   * @generated from field: string user_id = 6;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 7;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.Flag.
+ * Use `create(FlagSchema)` to create a new message.
+ */
+export const FlagSchema: GenMessage<Flag> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 1);
 
 /**
  * @generated from message cowrie.risk.v1.EvaluateResponse
@@ -72,18 +147,32 @@ export type EvaluateResponse = Message<"cowrie.risk.v1.EvaluateResponse"> & {
   decision: Decision;
 
   /**
-   * 0 (no risk seen) to 1000 (certain fraud).
+   * 0 (no rule fired) to 1000: the sum of the fired rules' severities, capped.
    *
    * @generated from field: uint32 score = 2;
    */
   score: number;
 
   /**
-   * Machine-readable reasons, for example "VELOCITY_EXCEEDED".
+   * The fired rules' codes (see Flag.rule), in a stable order; empty when nothing fired.
    *
    * @generated from field: repeated string reasons = 3;
    */
   reasons: string[];
+
+  /**
+   * The fired rules, one flag each.
+   *
+   * @generated from field: repeated cowrie.risk.v1.Flag flags = 4;
+   */
+  flags: Flag[];
+
+  /**
+   * True when this is the decision of an earlier Evaluate of the same payment.
+   *
+   * @generated from field: bool replayed = 5;
+   */
+  replayed: boolean;
 };
 
 /**
@@ -91,7 +180,1228 @@ export type EvaluateResponse = Message<"cowrie.risk.v1.EvaluateResponse"> & {
  * Use `create(EvaluateResponseSchema)` to create a new message.
  */
 export const EvaluateResponseSchema: GenMessage<EvaluateResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_risk_v1_risk, 1);
+  messageDesc(file_cowrie_risk_v1_risk, 2);
+
+/**
+ * @generated from message cowrie.risk.v1.RecordPaymentOutcomeRequest
+ */
+export type RecordPaymentOutcomeRequest = Message<"cowrie.risk.v1.RecordPaymentOutcomeRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string payment_id = 2;
+   */
+  paymentId: string;
+
+  /**
+   * The same user as in the payment's Evaluate.
+   *
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+
+  /**
+   * True when the payment moved its money; false when it failed (declined, insufficient funds,
+   * blocked...).
+   *
+   * @generated from field: bool succeeded = 4;
+   */
+  succeeded: boolean;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.RecordPaymentOutcomeRequest.
+ * Use `create(RecordPaymentOutcomeRequestSchema)` to create a new message.
+ */
+export const RecordPaymentOutcomeRequestSchema: GenMessage<RecordPaymentOutcomeRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 3);
+
+/**
+ * @generated from message cowrie.risk.v1.RecordPaymentOutcomeResponse
+ */
+export type RecordPaymentOutcomeResponse = Message<"cowrie.risk.v1.RecordPaymentOutcomeResponse"> & {
+  /**
+   * The user's consecutive failed payments after this outcome (0 after a success).
+   *
+   * @generated from field: uint32 failed_streak = 1;
+   */
+  failedStreak: number;
+
+  /**
+   * True when this outcome had already been recorded: nothing changed.
+   *
+   * @generated from field: bool replayed = 2;
+   */
+  replayed: boolean;
+
+  /**
+   * False when the payment was never evaluated (or is older than COWRIE_RISK_PAYMENT_MEMORY_HOURS):
+   * only the streak was updated, not the profile or the known beneficiaries.
+   *
+   * @generated from field: bool learned = 3;
+   */
+  learned: boolean;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.RecordPaymentOutcomeResponse.
+ * Use `create(RecordPaymentOutcomeResponseSchema)` to create a new message.
+ */
+export const RecordPaymentOutcomeResponseSchema: GenMessage<RecordPaymentOutcomeResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 4);
+
+/**
+ * On/off and action of one rule.
+ *
+ * @generated from message cowrie.risk.v1.RuleSettings
+ */
+export type RuleSettings = Message<"cowrie.risk.v1.RuleSettings"> & {
+  /**
+   * The zero value keeps the rule on.
+   *
+   * @generated from field: bool disabled = 1;
+   */
+  disabled: boolean;
+
+  /**
+   * UNSPECIFIED means FLAG, every rule's default.
+   *
+   * @generated from field: cowrie.risk.v1.Action action = 2;
+   */
+  action: Action;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.RuleSettings.
+ * Use `create(RuleSettingsSchema)` to create a new message.
+ */
+export const RuleSettingsSchema: GenMessage<RuleSettings> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 5);
+
+/**
+ * VELOCITY: the user's payments (any currency) within the window reach the limit.
+ *
+ * @generated from message cowrie.risk.v1.VelocitySettings
+ */
+export type VelocitySettings = Message<"cowrie.risk.v1.VelocitySettings"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.RuleSettings rule = 1;
+   */
+  rule?: RuleSettings | undefined;
+
+  /**
+   * Payments in the window that fire the rule, counting this one; the fifth within 60 s fires
+   * by default. 1 to 100000; 0 means the default, 5.
+   *
+   * @generated from field: uint32 max_payments = 2;
+   */
+  maxPayments: number;
+
+  /**
+   * 1 to 86400; 0 means the default, 60.
+   *
+   * @generated from field: uint32 window_seconds = 3;
+   */
+  windowSeconds: number;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.VelocitySettings.
+ * Use `create(VelocitySettingsSchema)` to create a new message.
+ */
+export const VelocitySettingsSchema: GenMessage<VelocitySettings> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 6);
+
+/**
+ * AMOUNT_VELOCITY: the sum of the user's payments in one currency within the window reaches
+ * that currency's amount_velocity_minor.
+ *
+ * @generated from message cowrie.risk.v1.AmountVelocitySettings
+ */
+export type AmountVelocitySettings = Message<"cowrie.risk.v1.AmountVelocitySettings"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.RuleSettings rule = 1;
+   */
+  rule?: RuleSettings | undefined;
+
+  /**
+   * 1 to 86400; 0 means the default, 3600.
+   *
+   * @generated from field: uint32 window_seconds = 2;
+   */
+  windowSeconds: number;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.AmountVelocitySettings.
+ * Use `create(AmountVelocitySettingsSchema)` to create a new message.
+ */
+export const AmountVelocitySettingsSchema: GenMessage<AmountVelocitySettings> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 7);
+
+/**
+ * LARGE_AMOUNT: the payment reaches its currency's large_amount_minor.
+ *
+ * @generated from message cowrie.risk.v1.LargeAmountSettings
+ */
+export type LargeAmountSettings = Message<"cowrie.risk.v1.LargeAmountSettings"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.RuleSettings rule = 1;
+   */
+  rule?: RuleSettings | undefined;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.LargeAmountSettings.
+ * Use `create(LargeAmountSettingsSchema)` to create a new message.
+ */
+export const LargeAmountSettingsSchema: GenMessage<LargeAmountSettings> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 8);
+
+/**
+ * FAILED_STREAK: the user's consecutive failed payments (RecordPaymentOutcome) reach the limit.
+ *
+ * @generated from message cowrie.risk.v1.FailedStreakSettings
+ */
+export type FailedStreakSettings = Message<"cowrie.risk.v1.FailedStreakSettings"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.RuleSettings rule = 1;
+   */
+  rule?: RuleSettings | undefined;
+
+  /**
+   * 1 to 1000; 0 means the default, 3.
+   *
+   * @generated from field: uint32 max_failures = 2;
+   */
+  maxFailures: number;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.FailedStreakSettings.
+ * Use `create(FailedStreakSettingsSchema)` to create a new message.
+ */
+export const FailedStreakSettingsSchema: GenMessage<FailedStreakSettings> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 9);
+
+/**
+ * DUPLICATE_AMOUNT: the user's payments of exactly this amount and currency within the window
+ * reach the limit, counting this one.
+ *
+ * @generated from message cowrie.risk.v1.DuplicateAmountSettings
+ */
+export type DuplicateAmountSettings = Message<"cowrie.risk.v1.DuplicateAmountSettings"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.RuleSettings rule = 1;
+   */
+  rule?: RuleSettings | undefined;
+
+  /**
+   * 2 to 100000; 0 means the default, 3.
+   *
+   * @generated from field: uint32 max_repeats = 2;
+   */
+  maxRepeats: number;
+
+  /**
+   * 1 to 86400; 0 means the default, 300.
+   *
+   * @generated from field: uint32 window_seconds = 3;
+   */
+  windowSeconds: number;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.DuplicateAmountSettings.
+ * Use `create(DuplicateAmountSettingsSchema)` to create a new message.
+ */
+export const DuplicateAmountSettingsSchema: GenMessage<DuplicateAmountSettings> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 10);
+
+/**
+ * NEW_BENEFICIARY_LARGE_AMOUNT: a payment reaching its currency's new_beneficiary_amount_minor
+ * to a beneficiary this user has never paid successfully.
+ *
+ * @generated from message cowrie.risk.v1.NewBeneficiarySettings
+ */
+export type NewBeneficiarySettings = Message<"cowrie.risk.v1.NewBeneficiarySettings"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.RuleSettings rule = 1;
+   */
+  rule?: RuleSettings | undefined;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.NewBeneficiarySettings.
+ * Use `create(NewBeneficiarySettingsSchema)` to create a new message.
+ */
+export const NewBeneficiarySettingsSchema: GenMessage<NewBeneficiarySettings> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 11);
+
+/**
+ * BLOCKLISTED: the user, beneficiary, device or IP is on the tenant's blocklist.
+ *
+ * @generated from message cowrie.risk.v1.BlocklistSettings
+ */
+export type BlocklistSettings = Message<"cowrie.risk.v1.BlocklistSettings"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.RuleSettings rule = 1;
+   */
+  rule?: RuleSettings | undefined;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.BlocklistSettings.
+ * Use `create(BlocklistSettingsSchema)` to create a new message.
+ */
+export const BlocklistSettingsSchema: GenMessage<BlocklistSettings> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 12);
+
+/**
+ * ANOMALY: after min_samples successful payments, the amount lies z_threshold standard
+ * deviations above the user's exponentially weighted mean (per currency), or the time since the
+ * previous successful payment lies z_threshold deviations below its usual (log) value.
+ *
+ * @generated from message cowrie.risk.v1.AnomalySettings
+ */
+export type AnomalySettings = Message<"cowrie.risk.v1.AnomalySettings"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.RuleSettings rule = 1;
+   */
+  rule?: RuleSettings | undefined;
+
+  /**
+   * In hundredths: 400 is a z-score of 4.00. 100 to 10000; 0 means the default, 400.
+   *
+   * @generated from field: uint32 z_threshold_centi = 2;
+   */
+  zThresholdCenti: number;
+
+  /**
+   * Successful payments learned before the rule may fire. 2 to 10000; 0 means the default, 10.
+   *
+   * @generated from field: uint32 min_samples = 3;
+   */
+  minSamples: number;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.AnomalySettings.
+ * Use `create(AnomalySettingsSchema)` to create a new message.
+ */
+export const AnomalySettingsSchema: GenMessage<AnomalySettings> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 13);
+
+/**
+ * Per-currency thresholds in minor units. A value of 0 means the built-in default for that
+ * currency, if it has one (NGN, USD, EUR, GBP, KES, GHS, ZAR); a currency with neither is not
+ * checked by the rule.
+ *
+ * @generated from message cowrie.risk.v1.CurrencyThresholds
+ */
+export type CurrencyThresholds = Message<"cowrie.risk.v1.CurrencyThresholds"> & {
+  /**
+   * LARGE_AMOUNT fires at or above this. Defaults: NGN 100000000 (1m naira), USD 1000000
+   * ($10,000), EUR 1000000, GBP 800000, KES 100000000, GHS 10000000, ZAR 15000000.
+   *
+   * @generated from field: int64 large_amount_minor = 1;
+   */
+  largeAmountMinor: bigint;
+
+  /**
+   * NEW_BENEFICIARY_LARGE_AMOUNT fires at or above this: a fifth of large_amount_minor.
+   *
+   * @generated from field: int64 new_beneficiary_amount_minor = 2;
+   */
+  newBeneficiaryAmountMinor: bigint;
+
+  /**
+   * AMOUNT_VELOCITY fires when the window's sum reaches this: 3 × large_amount_minor.
+   *
+   * @generated from field: int64 amount_velocity_minor = 3;
+   */
+  amountVelocityMinor: bigint;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.CurrencyThresholds.
+ * Use `create(CurrencyThresholdsSchema)` to create a new message.
+ */
+export const CurrencyThresholdsSchema: GenMessage<CurrencyThresholds> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 14);
+
+/**
+ * @generated from message cowrie.risk.v1.RiskSettings
+ */
+export type RiskSettings = Message<"cowrie.risk.v1.RiskSettings"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.VelocitySettings velocity = 1;
+   */
+  velocity?: VelocitySettings | undefined;
+
+  /**
+   * @generated from field: cowrie.risk.v1.AmountVelocitySettings amount_velocity = 2;
+   */
+  amountVelocity?: AmountVelocitySettings | undefined;
+
+  /**
+   * @generated from field: cowrie.risk.v1.LargeAmountSettings large_amount = 3;
+   */
+  largeAmount?: LargeAmountSettings | undefined;
+
+  /**
+   * @generated from field: cowrie.risk.v1.FailedStreakSettings failed_streak = 4;
+   */
+  failedStreak?: FailedStreakSettings | undefined;
+
+  /**
+   * @generated from field: cowrie.risk.v1.DuplicateAmountSettings duplicate_amount = 5;
+   */
+  duplicateAmount?: DuplicateAmountSettings | undefined;
+
+  /**
+   * @generated from field: cowrie.risk.v1.NewBeneficiarySettings new_beneficiary = 6;
+   */
+  newBeneficiary?: NewBeneficiarySettings | undefined;
+
+  /**
+   * @generated from field: cowrie.risk.v1.BlocklistSettings blocklist = 7;
+   */
+  blocklist?: BlocklistSettings | undefined;
+
+  /**
+   * @generated from field: cowrie.risk.v1.AnomalySettings anomaly = 8;
+   */
+  anomaly?: AnomalySettings | undefined;
+
+  /**
+   * By ISO 4217 code. GetRiskSettings lists every currency with a default or a setting, with
+   * every value filled in.
+   *
+   * @generated from field: map<string, cowrie.risk.v1.CurrencyThresholds> currencies = 9;
+   */
+  currencies: { [key: string]: CurrencyThresholds };
+};
+
+/**
+ * Describes the message cowrie.risk.v1.RiskSettings.
+ * Use `create(RiskSettingsSchema)` to create a new message.
+ */
+export const RiskSettingsSchema: GenMessage<RiskSettings> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 15);
+
+/**
+ * @generated from message cowrie.risk.v1.GetRiskSettingsRequest
+ */
+export type GetRiskSettingsRequest = Message<"cowrie.risk.v1.GetRiskSettingsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.GetRiskSettingsRequest.
+ * Use `create(GetRiskSettingsRequestSchema)` to create a new message.
+ */
+export const GetRiskSettingsRequestSchema: GenMessage<GetRiskSettingsRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 16);
+
+/**
+ * @generated from message cowrie.risk.v1.GetRiskSettingsResponse
+ */
+export type GetRiskSettingsResponse = Message<"cowrie.risk.v1.GetRiskSettingsResponse"> & {
+  /**
+   * Effective values: defaults filled in.
+   *
+   * @generated from field: cowrie.risk.v1.RiskSettings settings = 1;
+   */
+  settings?: RiskSettings | undefined;
+
+  /**
+   * 0 while the tenant has never stored settings; increases with every update (and every
+   * blocklist change).
+   *
+   * @generated from field: uint64 version = 2;
+   */
+  version: bigint;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.GetRiskSettingsResponse.
+ * Use `create(GetRiskSettingsResponseSchema)` to create a new message.
+ */
+export const GetRiskSettingsResponseSchema: GenMessage<GetRiskSettingsResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 17);
+
+/**
+ * @generated from message cowrie.risk.v1.UpdateRiskSettingsRequest
+ */
+export type UpdateRiskSettingsRequest = Message<"cowrie.risk.v1.UpdateRiskSettingsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The whole settings: zero values mean defaults, so a partial message resets the rest.
+   *
+   * @generated from field: cowrie.risk.v1.RiskSettings settings = 2;
+   */
+  settings?: RiskSettings | undefined;
+
+  /**
+   * The version the change is based on (GetRiskSettings); ABORTED when it is no longer current.
+   * 0 updates unconditionally.
+   *
+   * @generated from field: uint64 expected_version = 3;
+   */
+  expectedVersion: bigint;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.UpdateRiskSettingsRequest.
+ * Use `create(UpdateRiskSettingsRequestSchema)` to create a new message.
+ */
+export const UpdateRiskSettingsRequestSchema: GenMessage<UpdateRiskSettingsRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 18);
+
+/**
+ * @generated from message cowrie.risk.v1.UpdateRiskSettingsResponse
+ */
+export type UpdateRiskSettingsResponse = Message<"cowrie.risk.v1.UpdateRiskSettingsResponse"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.RiskSettings settings = 1;
+   */
+  settings?: RiskSettings | undefined;
+
+  /**
+   * @generated from field: uint64 version = 2;
+   */
+  version: bigint;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.UpdateRiskSettingsResponse.
+ * Use `create(UpdateRiskSettingsResponseSchema)` to create a new message.
+ */
+export const UpdateRiskSettingsResponseSchema: GenMessage<UpdateRiskSettingsResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 19);
+
+/**
+ * @generated from message cowrie.risk.v1.BlocklistEntry
+ */
+export type BlocklistEntry = Message<"cowrie.risk.v1.BlocklistEntry"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.BlocklistKind kind = 1;
+   */
+  kind: BlocklistKind;
+
+  /**
+   * An id, or an IP address for BLOCKLIST_KIND_IP.
+   *
+   * @generated from field: string value = 2;
+   */
+  value: string;
+
+  /**
+   * Why, for people; up to 500 characters.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 4;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.BlocklistEntry.
+ * Use `create(BlocklistEntrySchema)` to create a new message.
+ */
+export const BlocklistEntrySchema: GenMessage<BlocklistEntry> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 20);
+
+/**
+ * @generated from message cowrie.risk.v1.AddBlocklistEntryRequest
+ */
+export type AddBlocklistEntryRequest = Message<"cowrie.risk.v1.AddBlocklistEntryRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: cowrie.risk.v1.BlocklistKind kind = 2;
+   */
+  kind: BlocklistKind;
+
+  /**
+   * @generated from field: string value = 3;
+   */
+  value: string;
+
+  /**
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.AddBlocklistEntryRequest.
+ * Use `create(AddBlocklistEntryRequestSchema)` to create a new message.
+ */
+export const AddBlocklistEntryRequestSchema: GenMessage<AddBlocklistEntryRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 21);
+
+/**
+ * @generated from message cowrie.risk.v1.AddBlocklistEntryResponse
+ */
+export type AddBlocklistEntryResponse = Message<"cowrie.risk.v1.AddBlocklistEntryResponse"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.BlocklistEntry entry = 1;
+   */
+  entry?: BlocklistEntry | undefined;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.AddBlocklistEntryResponse.
+ * Use `create(AddBlocklistEntryResponseSchema)` to create a new message.
+ */
+export const AddBlocklistEntryResponseSchema: GenMessage<AddBlocklistEntryResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 22);
+
+/**
+ * @generated from message cowrie.risk.v1.RemoveBlocklistEntryRequest
+ */
+export type RemoveBlocklistEntryRequest = Message<"cowrie.risk.v1.RemoveBlocklistEntryRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: cowrie.risk.v1.BlocklistKind kind = 2;
+   */
+  kind: BlocklistKind;
+
+  /**
+   * @generated from field: string value = 3;
+   */
+  value: string;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.RemoveBlocklistEntryRequest.
+ * Use `create(RemoveBlocklistEntryRequestSchema)` to create a new message.
+ */
+export const RemoveBlocklistEntryRequestSchema: GenMessage<RemoveBlocklistEntryRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 23);
+
+/**
+ * @generated from message cowrie.risk.v1.RemoveBlocklistEntryResponse
+ */
+export type RemoveBlocklistEntryResponse = Message<"cowrie.risk.v1.RemoveBlocklistEntryResponse"> & {
+};
+
+/**
+ * Describes the message cowrie.risk.v1.RemoveBlocklistEntryResponse.
+ * Use `create(RemoveBlocklistEntryResponseSchema)` to create a new message.
+ */
+export const RemoveBlocklistEntryResponseSchema: GenMessage<RemoveBlocklistEntryResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 24);
+
+/**
+ * @generated from message cowrie.risk.v1.ListBlocklistEntriesRequest
+ */
+export type ListBlocklistEntriesRequest = Message<"cowrie.risk.v1.ListBlocklistEntriesRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * UNSPECIFIED: every kind.
+   *
+   * @generated from field: cowrie.risk.v1.BlocklistKind kind = 2;
+   */
+  kind: BlocklistKind;
+
+  /**
+   * 1 to 500; 0 means 100.
+   *
+   * @generated from field: uint32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; empty for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.ListBlocklistEntriesRequest.
+ * Use `create(ListBlocklistEntriesRequestSchema)` to create a new message.
+ */
+export const ListBlocklistEntriesRequestSchema: GenMessage<ListBlocklistEntriesRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 25);
+
+/**
+ * @generated from message cowrie.risk.v1.ListBlocklistEntriesResponse
+ */
+export type ListBlocklistEntriesResponse = Message<"cowrie.risk.v1.ListBlocklistEntriesResponse"> & {
+  /**
+   * @generated from field: repeated cowrie.risk.v1.BlocklistEntry entries = 1;
+   */
+  entries: BlocklistEntry[];
+
+  /**
+   * Empty when there are no more entries.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.ListBlocklistEntriesResponse.
+ * Use `create(ListBlocklistEntriesResponseSchema)` to create a new message.
+ */
+export const ListBlocklistEntriesResponseSchema: GenMessage<ListBlocklistEntriesResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 26);
+
+/**
+ * @generated from message cowrie.risk.v1.ListFlagsRequest
+ */
+export type ListFlagsRequest = Message<"cowrie.risk.v1.ListFlagsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Only this user's flags; empty: every user.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * Only this payment's flags; empty: every payment.
+   *
+   * @generated from field: string payment_id = 3;
+   */
+  paymentId: string;
+
+  /**
+   * Flags at or after this time (inclusive). Unset: from the beginning.
+   *
+   * @generated from field: google.protobuf.Timestamp from_time = 4;
+   */
+  fromTime?: Timestamp | undefined;
+
+  /**
+   * Flags before this time (exclusive). Unset: up to now.
+   *
+   * @generated from field: google.protobuf.Timestamp to_time = 5;
+   */
+  toTime?: Timestamp | undefined;
+
+  /**
+   * 1 to 500; 0 means 100.
+   *
+   * @generated from field: uint32 page_size = 6;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; empty for the first page.
+   *
+   * @generated from field: string page_token = 7;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.ListFlagsRequest.
+ * Use `create(ListFlagsRequestSchema)` to create a new message.
+ */
+export const ListFlagsRequestSchema: GenMessage<ListFlagsRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 27);
+
+/**
+ * @generated from message cowrie.risk.v1.ListFlagsResponse
+ */
+export type ListFlagsResponse = Message<"cowrie.risk.v1.ListFlagsResponse"> & {
+  /**
+   * Newest first.
+   *
+   * @generated from field: repeated cowrie.risk.v1.Flag flags = 1;
+   */
+  flags: Flag[];
+
+  /**
+   * Empty when there are no more flags.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.ListFlagsResponse.
+ * Use `create(ListFlagsResponseSchema)` to create a new message.
+ */
+export const ListFlagsResponseSchema: GenMessage<ListFlagsResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 28);
+
+/**
+ * @generated from message cowrie.risk.v1.GetUserRiskSummaryRequest
+ */
+export type GetUserRiskSummaryRequest = Message<"cowrie.risk.v1.GetUserRiskSummaryRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.GetUserRiskSummaryRequest.
+ * Use `create(GetUserRiskSummaryRequestSchema)` to create a new message.
+ */
+export const GetUserRiskSummaryRequestSchema: GenMessage<GetUserRiskSummaryRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 29);
+
+/**
+ * What Risk has learned about a user's payments in one currency.
+ *
+ * @generated from message cowrie.risk.v1.CurrencyProfile
+ */
+export type CurrencyProfile = Message<"cowrie.risk.v1.CurrencyProfile"> & {
+  /**
+   * @generated from field: string currency = 1;
+   */
+  currency: string;
+
+  /**
+   * Sum of the user's payments in this currency within the amount-velocity window.
+   *
+   * @generated from field: int64 amount_in_window_minor = 2;
+   */
+  amountInWindowMinor: bigint;
+
+  /**
+   * Successful payments learned (RecordPaymentOutcome).
+   *
+   * @generated from field: uint64 samples = 3;
+   */
+  samples: bigint;
+
+  /**
+   * Exponentially weighted mean and standard deviation of the amount, in minor units (rounded).
+   *
+   * @generated from field: int64 amount_mean_minor = 4;
+   */
+  amountMeanMinor: bigint;
+
+  /**
+   * @generated from field: int64 amount_deviation_minor = 5;
+   */
+  amountDeviationMinor: bigint;
+
+  /**
+   * The usual time between successful payments in milliseconds: exp of the exponentially
+   * weighted mean of ln(seconds); 0 before the second payment.
+   *
+   * @generated from field: uint64 interval_mean_ms = 6;
+   */
+  intervalMeanMs: bigint;
+
+  /**
+   * The standard deviation of ln(seconds between payments), in hundredths (100: a factor of e).
+   *
+   * @generated from field: uint32 interval_deviation_centi = 7;
+   */
+  intervalDeviationCenti: number;
+
+  /**
+   * When the last successful payment was evaluated; unset before the first.
+   *
+   * @generated from field: google.protobuf.Timestamp last_payment_at = 8;
+   */
+  lastPaymentAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.CurrencyProfile.
+ * Use `create(CurrencyProfileSchema)` to create a new message.
+ */
+export const CurrencyProfileSchema: GenMessage<CurrencyProfile> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 30);
+
+/**
+ * @generated from message cowrie.risk.v1.GetUserRiskSummaryResponse
+ */
+export type GetUserRiskSummaryResponse = Message<"cowrie.risk.v1.GetUserRiskSummaryResponse"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The user's payments evaluated within the velocity window.
+   *
+   * @generated from field: uint32 payments_in_velocity_window = 2;
+   */
+  paymentsInVelocityWindow: number;
+
+  /**
+   * @generated from field: uint32 velocity_window_seconds = 3;
+   */
+  velocityWindowSeconds: number;
+
+  /**
+   * @generated from field: uint32 amount_velocity_window_seconds = 4;
+   */
+  amountVelocityWindowSeconds: number;
+
+  /**
+   * Consecutive failed payments.
+   *
+   * @generated from field: uint32 failed_streak = 5;
+   */
+  failedStreak: number;
+
+  /**
+   * One per currency the user has paid in within the last 30 days.
+   *
+   * @generated from field: repeated cowrie.risk.v1.CurrencyProfile currencies = 6;
+   */
+  currencies: CurrencyProfile[];
+
+  /**
+   * The user's 20 most recent flags, newest first.
+   *
+   * @generated from field: repeated cowrie.risk.v1.Flag recent_flags = 7;
+   */
+  recentFlags: Flag[];
+
+  /**
+   * The user's reviews still PENDING.
+   *
+   * @generated from field: uint32 pending_reviews = 8;
+   */
+  pendingReviews: number;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.GetUserRiskSummaryResponse.
+ * Use `create(GetUserRiskSummaryResponseSchema)` to create a new message.
+ */
+export const GetUserRiskSummaryResponseSchema: GenMessage<GetUserRiskSummaryResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 31);
+
+/**
+ * One step of a review's audit trail.
+ *
+ * @generated from message cowrie.risk.v1.ReviewEvent
+ */
+export type ReviewEvent = Message<"cowrie.risk.v1.ReviewEvent"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.ReviewStatus status = 1;
+   */
+  status: ReviewStatus;
+
+  /**
+   * "risk" for the opening; the operator's name for a resolution.
+   *
+   * @generated from field: string actor = 2;
+   */
+  actor: string;
+
+  /**
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp at = 4;
+   */
+  at?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.ReviewEvent.
+ * Use `create(ReviewEventSchema)` to create a new message.
+ */
+export const ReviewEventSchema: GenMessage<ReviewEvent> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 32);
+
+/**
+ * @generated from message cowrie.risk.v1.Review
+ */
+export type Review = Message<"cowrie.risk.v1.Review"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string payment_id = 2;
+   */
+  paymentId: string;
+
+  /**
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: int64 amount_minor = 4;
+   */
+  amountMinor: bigint;
+
+  /**
+   * @generated from field: string currency = 5;
+   */
+  currency: string;
+
+  /**
+   * @generated from field: cowrie.risk.v1.ReviewStatus status = 6;
+   */
+  status: ReviewStatus;
+
+  /**
+   * The evaluation's score and reasons.
+   *
+   * @generated from field: uint32 score = 7;
+   */
+  score: number;
+
+  /**
+   * @generated from field: repeated string reasons = 8;
+   */
+  reasons: string[];
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 9;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * Unset while PENDING.
+   *
+   * @generated from field: google.protobuf.Timestamp resolved_at = 10;
+   */
+  resolvedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string resolved_by = 11;
+   */
+  resolvedBy: string;
+
+  /**
+   * @generated from field: string resolution_reason = 12;
+   */
+  resolutionReason: string;
+
+  /**
+   * Oldest first: the opening, then the resolution.
+   *
+   * @generated from field: repeated cowrie.risk.v1.ReviewEvent history = 13;
+   */
+  history: ReviewEvent[];
+};
+
+/**
+ * Describes the message cowrie.risk.v1.Review.
+ * Use `create(ReviewSchema)` to create a new message.
+ */
+export const ReviewSchema: GenMessage<Review> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 33);
+
+/**
+ * @generated from message cowrie.risk.v1.GetReviewRequest
+ */
+export type GetReviewRequest = Message<"cowrie.risk.v1.GetReviewRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string payment_id = 2;
+   */
+  paymentId: string;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.GetReviewRequest.
+ * Use `create(GetReviewRequestSchema)` to create a new message.
+ */
+export const GetReviewRequestSchema: GenMessage<GetReviewRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 34);
+
+/**
+ * @generated from message cowrie.risk.v1.GetReviewResponse
+ */
+export type GetReviewResponse = Message<"cowrie.risk.v1.GetReviewResponse"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.Review review = 1;
+   */
+  review?: Review | undefined;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.GetReviewResponse.
+ * Use `create(GetReviewResponseSchema)` to create a new message.
+ */
+export const GetReviewResponseSchema: GenMessage<GetReviewResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 35);
+
+/**
+ * @generated from message cowrie.risk.v1.ListReviewsRequest
+ */
+export type ListReviewsRequest = Message<"cowrie.risk.v1.ListReviewsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * UNSPECIFIED: every status.
+   *
+   * @generated from field: cowrie.risk.v1.ReviewStatus status = 2;
+   */
+  status: ReviewStatus;
+
+  /**
+   * 1 to 500; 0 means 100.
+   *
+   * @generated from field: uint32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; empty for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.ListReviewsRequest.
+ * Use `create(ListReviewsRequestSchema)` to create a new message.
+ */
+export const ListReviewsRequestSchema: GenMessage<ListReviewsRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 36);
+
+/**
+ * @generated from message cowrie.risk.v1.ListReviewsResponse
+ */
+export type ListReviewsResponse = Message<"cowrie.risk.v1.ListReviewsResponse"> & {
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated cowrie.risk.v1.Review reviews = 1;
+   */
+  reviews: Review[];
+
+  /**
+   * Empty when there are no more reviews.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.ListReviewsResponse.
+ * Use `create(ListReviewsResponseSchema)` to create a new message.
+ */
+export const ListReviewsResponseSchema: GenMessage<ListReviewsResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 37);
+
+/**
+ * @generated from message cowrie.risk.v1.ResolveReviewRequest
+ */
+export type ResolveReviewRequest = Message<"cowrie.risk.v1.ResolveReviewRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string payment_id = 2;
+   */
+  paymentId: string;
+
+  /**
+   * True approves (the payment proceeds), false declines (it fails).
+   *
+   * @generated from field: bool approve = 3;
+   */
+  approve: boolean;
+
+  /**
+   * Who decides: 1 to 128 characters.
+   *
+   * @generated from field: string operator = 4;
+   */
+  operator: string;
+
+  /**
+   * Why: 1 to 500 characters.
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.ResolveReviewRequest.
+ * Use `create(ResolveReviewRequestSchema)` to create a new message.
+ */
+export const ResolveReviewRequestSchema: GenMessage<ResolveReviewRequest> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 38);
+
+/**
+ * @generated from message cowrie.risk.v1.ResolveReviewResponse
+ */
+export type ResolveReviewResponse = Message<"cowrie.risk.v1.ResolveReviewResponse"> & {
+  /**
+   * @generated from field: cowrie.risk.v1.Review review = 1;
+   */
+  review?: Review | undefined;
+
+  /**
+   * True when the review already had this outcome: nothing changed.
+   *
+   * @generated from field: bool replayed = 2;
+   */
+  replayed: boolean;
+};
+
+/**
+ * Describes the message cowrie.risk.v1.ResolveReviewResponse.
+ * Use `create(ResolveReviewResponseSchema)` to create a new message.
+ */
+export const ResolveReviewResponseSchema: GenMessage<ResolveReviewResponse> = /*@__PURE__*/
+  messageDesc(file_cowrie_risk_v1_risk, 39);
 
 /**
  * What should happen to the payment.
@@ -112,14 +1422,14 @@ export enum Decision {
   ALLOW = 1,
 
   /**
-   * Hold the funds until an operator approves or declines.
+   * Hold the funds until an operator approves or declines (ResolveReview).
    *
    * @generated from enum value: DECISION_REVIEW = 2;
    */
   REVIEW = 2,
 
   /**
-   * Fail the payment.
+   * Fail the payment; the reasons say why.
    *
    * @generated from enum value: DECISION_BLOCK = 3;
    */
@@ -133,23 +1443,213 @@ export const DecisionSchema: GenEnum<Decision> = /*@__PURE__*/
   enumDesc(file_cowrie_risk_v1_risk, 0);
 
 /**
- * RiskService decides, for every payment, whether it may proceed: allow, review or block, with
- * a score and the reasons. Rules run on counters kept in Redis.
+ * What a rule does when it fires. The decision is the strongest action among the fired rules.
  *
- * Status: the contract is published so that the Router can be built against it; Evaluate
- * answers UNIMPLEMENTED until the Risk issue lands.
+ * @generated from enum cowrie.risk.v1.Action
+ */
+export enum Action {
+  /**
+   * In settings: the rule's default, FLAG.
+   *
+   * @generated from enum value: ACTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Record the flag; the payment proceeds.
+   *
+   * @generated from enum value: ACTION_FLAG = 1;
+   */
+  FLAG = 1,
+
+  /**
+   * Hold the payment for an operator's review.
+   *
+   * @generated from enum value: ACTION_REVIEW = 2;
+   */
+  REVIEW = 2,
+
+  /**
+   * Fail the payment.
+   *
+   * @generated from enum value: ACTION_BLOCK = 3;
+   */
+  BLOCK = 3,
+}
+
+/**
+ * Describes the enum cowrie.risk.v1.Action.
+ */
+export const ActionSchema: GenEnum<Action> = /*@__PURE__*/
+  enumDesc(file_cowrie_risk_v1_risk, 1);
+
+/**
+ * How strong the evidence of one fired rule is; the score adds them up.
  *
- * Errors:
- *   INVALID_ARGUMENT   a field is malformed; the message names it.
- *   DEADLINE_EXCEEDED  no decision within the deadline; the caller applies its configured
- *                      fallback.
- *   UNIMPLEMENTED      the RPC is not available yet.
+ * @generated from enum cowrie.risk.v1.Severity
+ */
+export enum Severity {
+  /**
+   * @generated from enum value: SEVERITY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Adds 100 to the score.
+   *
+   * @generated from enum value: SEVERITY_LOW = 1;
+   */
+  LOW = 1,
+
+  /**
+   * Adds 300 to the score.
+   *
+   * @generated from enum value: SEVERITY_MEDIUM = 2;
+   */
+  MEDIUM = 2,
+
+  /**
+   * Adds 600 to the score.
+   *
+   * @generated from enum value: SEVERITY_HIGH = 3;
+   */
+  HIGH = 3,
+}
+
+/**
+ * Describes the enum cowrie.risk.v1.Severity.
+ */
+export const SeveritySchema: GenEnum<Severity> = /*@__PURE__*/
+  enumDesc(file_cowrie_risk_v1_risk, 2);
+
+/**
+ * Which identifier a blocklist entry matches.
+ *
+ * @generated from enum cowrie.risk.v1.BlocklistKind
+ */
+export enum BlocklistKind {
+  /**
+   * @generated from enum value: BLOCKLIST_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * EvaluateRequest.user_id.
+   *
+   * @generated from enum value: BLOCKLIST_KIND_USER = 1;
+   */
+  USER = 1,
+
+  /**
+   * EvaluateRequest.beneficiary_id.
+   *
+   * @generated from enum value: BLOCKLIST_KIND_BENEFICIARY = 2;
+   */
+  BENEFICIARY = 2,
+
+  /**
+   * EvaluateRequest.device_id.
+   *
+   * @generated from enum value: BLOCKLIST_KIND_DEVICE = 3;
+   */
+  DEVICE = 3,
+
+  /**
+   * EvaluateRequest.ip_address, compared in canonical form (lower-case IPv6).
+   *
+   * @generated from enum value: BLOCKLIST_KIND_IP = 4;
+   */
+  IP = 4,
+}
+
+/**
+ * Describes the enum cowrie.risk.v1.BlocklistKind.
+ */
+export const BlocklistKindSchema: GenEnum<BlocklistKind> = /*@__PURE__*/
+  enumDesc(file_cowrie_risk_v1_risk, 3);
+
+/**
+ * A review's lifecycle: PENDING, then APPROVED or DECLINED once.
+ *
+ * @generated from enum cowrie.risk.v1.ReviewStatus
+ */
+export enum ReviewStatus {
+  /**
+   * @generated from enum value: REVIEW_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Waiting for an operator; the Router holds the payment's funds.
+   *
+   * @generated from enum value: REVIEW_STATUS_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * The payment may proceed.
+   *
+   * @generated from enum value: REVIEW_STATUS_APPROVED = 2;
+   */
+  APPROVED = 2,
+
+  /**
+   * The payment must fail.
+   *
+   * @generated from enum value: REVIEW_STATUS_DECLINED = 3;
+   */
+  DECLINED = 3,
+}
+
+/**
+ * Describes the enum cowrie.risk.v1.ReviewStatus.
+ */
+export const ReviewStatusSchema: GenEnum<ReviewStatus> = /*@__PURE__*/
+  enumDesc(file_cowrie_risk_v1_risk, 4);
+
+/**
+ * RiskService decides, inline for every payment, whether it may proceed: allow, review or block,
+ * with a score, the reasons and the rules that fired. Windows, counters and each user's learned
+ * profile live in Redis (one atomic script per evaluation); decisions that fired a rule, flags,
+ * reviews, settings and blocklists live in PostgreSQL (schema "risk").
+ *
+ * The Router's use of it:
+ *   1. Evaluate(payment) before moving money, with its deadline. ALLOW: proceed. REVIEW: hold the
+ *      funds, then poll GetReview (or ListReviews) until APPROVED (capture) or DECLINED
+ *      (release, fail the payment). BLOCK: fail the payment with the reasons.
+ *      Evaluate is idempotent per (tenant_id, payment_id): retry it freely with the same
+ *      request; the first decision comes back (replayed = true) and the payment is counted in
+ *      the windows once. Retries are recognised for COWRIE_RISK_PAYMENT_MEMORY_HOURS (24).
+ *   2. RecordPaymentOutcome(payment, succeeded) once the payment ends: it feeds the failed-
+ *      payment streak and the user's learned profile. Idempotent per payment.
+ *   3. A Risk error or timeout is the Router's to handle with the same policy as Risk's own
+ *      COWRIE_RISK_WHEN_UNAVAILABLE (allow, review or block).
+ *
+ * Every call names its tenant; nothing of another tenant is ever visible. Amounts are int64
+ * minor units of an ISO 4217 currency. tenant_id and payment_id are 1 to 64 characters of
+ * [A-Za-z0-9_.:-]; user, beneficiary and device ids are the tenant's own (an email, a bank
+ * account...): 1 to 128 printable ASCII characters without spaces.
+ *
+ * Errors common to every RPC:
+ *   INVALID_ARGUMENT     a field is malformed; the message names it ("field: problem");
+ *                        nothing was counted or written.
+ *   NOT_FOUND            the review (GetReview, ResolveReview) or blocklist entry does not exist.
+ *   FAILED_PRECONDITION  ResolveReview with the other outcome than the one already recorded;
+ *                        RecordPaymentOutcome with the other outcome than the one recorded.
+ *   ALREADY_EXISTS       Evaluate with a payment_id evaluated before with another user_id,
+ *                        amount_minor, currency or beneficiary_id (the message names it).
+ *   ABORTED              UpdateRiskSettings with an expected_version that is no longer current.
+ *   DEADLINE_EXCEEDED    no answer within the deadline; the caller applies its fallback.
+ *   UNAVAILABLE          PostgreSQL (or, outside Evaluate, Redis) is unreachable; retry.
  *
  * @generated from service cowrie.risk.v1.RiskService
  */
 export const RiskService: GenService<{
   /**
-   * Evaluates the rules for one payment and records any flags.
+   * Evaluates the rules for one payment, counts it in the user's windows, records the flags of
+   * the rules that fired and, on REVIEW, opens a PENDING review. When Redis is unreachable (or
+   * slower than COWRIE_RISK_REDIS_TIMEOUT_MS) the answer is COWRIE_RISK_WHEN_UNAVAILABLE's
+   * decision with reason RISK_UNAVAILABLE, recorded like any flag.
    *
    * @generated from rpc cowrie.risk.v1.RiskService.Evaluate
    */
@@ -157,6 +1657,121 @@ export const RiskService: GenService<{
     methodKind: "unary";
     input: typeof EvaluateRequestSchema;
     output: typeof EvaluateResponseSchema;
+  },
+  /**
+   * Reports how a payment evaluated before ended. A failure adds one to the user's failed
+   * streak; a success resets it, teaches the user's profile the payment's amount and timing, and
+   * marks the beneficiary as paid by this user. Idempotent per (tenant_id, payment_id).
+   *
+   * @generated from rpc cowrie.risk.v1.RiskService.RecordPaymentOutcome
+   */
+  recordPaymentOutcome: {
+    methodKind: "unary";
+    input: typeof RecordPaymentOutcomeRequestSchema;
+    output: typeof RecordPaymentOutcomeResponseSchema;
+  },
+  /**
+   * The tenant's rule settings in effect (defaults where the tenant set nothing).
+   *
+   * @generated from rpc cowrie.risk.v1.RiskService.GetRiskSettings
+   */
+  getRiskSettings: {
+    methodKind: "unary";
+    input: typeof GetRiskSettingsRequestSchema;
+    output: typeof GetRiskSettingsResponseSchema;
+  },
+  /**
+   * Replaces the tenant's rule settings. Takes effect at once in this process and within
+   * COWRIE_RISK_SETTINGS_CACHE_MS in every other Risk process.
+   *
+   * @generated from rpc cowrie.risk.v1.RiskService.UpdateRiskSettings
+   */
+  updateRiskSettings: {
+    methodKind: "unary";
+    input: typeof UpdateRiskSettingsRequestSchema;
+    output: typeof UpdateRiskSettingsResponseSchema;
+  },
+  /**
+   * Adds (or updates the reason of) a blocklist entry. Idempotent.
+   *
+   * @generated from rpc cowrie.risk.v1.RiskService.AddBlocklistEntry
+   */
+  addBlocklistEntry: {
+    methodKind: "unary";
+    input: typeof AddBlocklistEntryRequestSchema;
+    output: typeof AddBlocklistEntryResponseSchema;
+  },
+  /**
+   * Removes a blocklist entry. NOT_FOUND when it is not on the list.
+   *
+   * @generated from rpc cowrie.risk.v1.RiskService.RemoveBlocklistEntry
+   */
+  removeBlocklistEntry: {
+    methodKind: "unary";
+    input: typeof RemoveBlocklistEntryRequestSchema;
+    output: typeof RemoveBlocklistEntryResponseSchema;
+  },
+  /**
+   * The tenant's blocklist, optionally of one kind, ordered by kind, then value.
+   *
+   * @generated from rpc cowrie.risk.v1.RiskService.ListBlocklistEntries
+   */
+  listBlocklistEntries: {
+    methodKind: "unary";
+    input: typeof ListBlocklistEntriesRequestSchema;
+    output: typeof ListBlocklistEntriesResponseSchema;
+  },
+  /**
+   * Flags recorded by Evaluate, newest first, by user, payment and time range.
+   *
+   * @generated from rpc cowrie.risk.v1.RiskService.ListFlags
+   */
+  listFlags: {
+    methodKind: "unary";
+    input: typeof ListFlagsRequestSchema;
+    output: typeof ListFlagsResponseSchema;
+  },
+  /**
+   * The "anomaly check" for one user: counts in the windows, failed streak, learned profile per
+   * currency and the most recent flags.
+   *
+   * @generated from rpc cowrie.risk.v1.RiskService.GetUserRiskSummary
+   */
+  getUserRiskSummary: {
+    methodKind: "unary";
+    input: typeof GetUserRiskSummaryRequestSchema;
+    output: typeof GetUserRiskSummaryResponseSchema;
+  },
+  /**
+   * The review of one payment (only payments decided REVIEW have one).
+   *
+   * @generated from rpc cowrie.risk.v1.RiskService.GetReview
+   */
+  getReview: {
+    methodKind: "unary";
+    input: typeof GetReviewRequestSchema;
+    output: typeof GetReviewResponseSchema;
+  },
+  /**
+   * The review queue, oldest first (the order an operator works through it).
+   *
+   * @generated from rpc cowrie.risk.v1.RiskService.ListReviews
+   */
+  listReviews: {
+    methodKind: "unary";
+    input: typeof ListReviewsRequestSchema;
+    output: typeof ListReviewsResponseSchema;
+  },
+  /**
+   * Approves or declines a PENDING review, recording who, when and why. Resolving again with the
+   * same outcome returns the review unchanged; the other outcome is FAILED_PRECONDITION.
+   *
+   * @generated from rpc cowrie.risk.v1.RiskService.ResolveReview
+   */
+  resolveReview: {
+    methodKind: "unary";
+    input: typeof ResolveReviewRequestSchema;
+    output: typeof ResolveReviewResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_cowrie_risk_v1_risk, 0);
