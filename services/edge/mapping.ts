@@ -21,6 +21,7 @@ import {
 import {
   BankAccountSchema,
   PaymentSchema,
+  RiskAssessmentSchema,
   StatusChangeSchema,
   type Payment,
   type PaymentKind,
@@ -139,5 +140,11 @@ export function publicPayment(source: router.Payment | undefined): Payment | und
       accountName: source.bankAccount.accountName,
     }) : undefined,
     country: source.country,
+    risk: source.risk ? create(RiskAssessmentSchema, {
+      decision: source.risk.decision,
+      score: source.risk.score,
+      reasons: source.risk.reasons,
+      userId: source.risk.userId,
+    }) : undefined,
   });
 }

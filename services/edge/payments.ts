@@ -15,7 +15,7 @@ import {
   requireNonNegativeMinor,
   requireTimeRange,
 } from "./fields.js";
-import { requireEmpty, validateInstrument } from "../router/instrument.js";
+import { requireEmpty, validateInstrument, validatePayer } from "../router/instrument.js";
 import { publicPayment } from "./mapping.js";
 
 export function paymentsEndpoints(router: Client<typeof RouterService>): Endpoints<typeof PaymentsService> {
@@ -38,6 +38,8 @@ export function paymentsEndpoints(router: Client<typeof RouterService>): Endpoin
       if (gateway && feeMinor !== 0n) throw invalidArgument("fee_minor", "must be 0 for gateway payments");
       const reference = limitText(request.reference, "reference", 128);
       const instrument = gateway ? validateInstrument(request, kind as InternalPaymentKind.PAY_IN | InternalPaymentKind.PAYOUT) : undefined;
+      // Checked here too, so bad input never takes an idempotency key; the Router fills defaults.
+      validatePayer(request, "");
       return async ({ tenantId, downstreamKey }) => {
         const response = await router.createPayment({
           tenantId,
@@ -54,6 +56,9 @@ export function paymentsEndpoints(router: Client<typeof RouterService>): Endpoin
           country: instrument?.country ?? "",
           bankAccount: instrument?.bankAccount,
           waitForOutcome: request.waitForOutcome,
+          userId: request.userId,
+          deviceId: request.deviceId,
+          ipAddress: request.ipAddress,
         });
         return { payment: publicPayment(response.payment), replayed: response.replayed };
       };

@@ -20,7 +20,9 @@ import type { Db } from "../runtime/db.js";
 import type { Logger } from "../runtime/log.js";
 import { pause } from "../runtime/pause.js";
 import type { GatewayName, GatewayResult, Operation } from "./gateways/connector.js";
-import { declineCode } from "./processor.js";
+import { REVIEW_FIRST_CHECK_MS, declineCode, releaseQuietly } from "./processor.js";
+import { isTerminal } from "./lifecycle.js";
+import type { RiskCheck } from "./risk.js";
 import type { GatewayPool, RoutingDecision } from "./routing.js";
 import type { Instrument } from "./schema.js";
 import {
@@ -31,6 +33,7 @@ import {
   recordSentCall,
   rescheduleCheck,
   setHold,
+  setRisk,
   type GatewayCallRow,
   type OutcomeFields,
   type PaymentRow,
@@ -101,6 +104,7 @@ export class GatewayFlow {
     private readonly pool: GatewayPool,
     private readonly wallets: Client<typeof WalletService>,
     private readonly options: GatewayFlowOptions,
+    private readonly risk: RiskCheck,
     private readonly log: Logger,
   ) {}
 
@@ -130,9 +134,30 @@ export class GatewayFlow {
       if (answer.outcome !== "not_found" || Date.now() - open.at.getTime() < this.graceMs()) return this.toUnknown(payment, answer);
     }
 
-    // 3. Route and send.
+    // 3. Risk, once, before the first call: a block fails the payment, a review parks it (with a
+    // payout's money held for the gateway it will go to).
     const excluded = new Map<GatewayName, string>();
     const refundOf = payment.kind === PaymentKind.REFUND ? await findById(this.db, payment.refundedPaymentId ?? "") : undefined;
+    if (payment.riskDecision === "" && payment.kind !== PaymentKind.REFUND) {
+      const verdict = await this.risk.evaluate(payment, signal);
+      const fields: OutcomeFields = { riskDecision: verdict.decision, riskScore: verdict.score, riskReasons: verdict.reasons };
+      if (verdict.decision === "block") {
+        return { payment: await this.move(payment, PaymentStatus.FAILED, "risk_blocked", { ...fields, failureCode: "risk_blocked", failureMessage: `blocked by risk rules: ${verdict.reasons.join(", ")}` }) };
+      }
+      if (verdict.decision === "review") {
+        const gateway = this.route(payment, refundOf, excluded).choice;
+        if (holdsMoney(payment) && gateway) {
+          const held = await this.hold(payment, gateway);
+          if ("failed" in held) return held.failed;
+          payment = held.payment;
+        }
+        const nextCheckAt = new Date(Date.now() + REVIEW_FIRST_CHECK_MS);
+        return { payment: await this.move(payment, PaymentStatus.IN_REVIEW, `risk review: ${verdict.reasons.join(", ")}`, { ...fields, nextCheckAt, checks: 0 }) };
+      }
+      payment = await setRisk(this.db, payment, fields);
+    }
+
+    // 4. Route and send.
     while (budget > 0 && !signal?.aborted) {
       const decision = this.route(payment, refundOf, excluded);
       const gateway = decision.choice;
@@ -373,13 +398,8 @@ export class GatewayFlow {
     }
   }
 
-  private async releaseHold(payment: PaymentRow): Promise<void> {
-    try {
-      await this.wallets.releaseHold({ tenantId: payment.tenantId, holdId: payment.holdId });
-    } catch (error) {
-      // Already released (a replay) or expired: the money is free either way.
-      if (ConnectError.from(error).code !== Code.FailedPrecondition) throw error;
-    }
+  private releaseHold(payment: PaymentRow): Promise<void> {
+    return releaseQuietly(this.wallets, payment.tenantId, payment.holdId);
   }
 
   private async toUnknown(payment: PaymentRow, answer: GatewayCallRow): Promise<FlowResult> {
@@ -390,6 +410,7 @@ export class GatewayFlow {
   /** A compare-and-set transition; the loser continues from what the winner recorded. */
   private async move(payment: PaymentRow, to: PaymentStatus, reason: string, fields: OutcomeFields): Promise<PaymentRow> {
     const moved = await persistTransition(this.db, payment, to, reason, fields, false);
+    if (moved && isTerminal(to)) this.risk.reportOutcome(moved, to === PaymentStatus.SUCCEEDED);
     if (moved) return moved;
     const current = await findById(this.db, payment.id);
     if (!current) throw new ConnectError(`payment ${payment.id} vanished`, Code.Internal);

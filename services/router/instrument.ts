@@ -4,7 +4,8 @@
 import { PaymentKind } from "../../gen/cowrie/router/v1/router_pb.js";
 import { invalidArgument } from "../runtime/errors.js";
 import { limitText } from "../runtime/validate.js";
-import type { Instrument } from "./schema.js";
+import { isIP } from "node:net";
+import type { Instrument, Payer } from "./schema.js";
 
 const PAYMENT_METHOD_MAX = 128;
 const ACCOUNT_NAME_MAX = 128;
@@ -59,4 +60,15 @@ function requireNonEmptyText(value: string, field: string): string {
   const text = limitText(value, field, ACCOUNT_NAME_MAX);
   if (text.trim() === "") throw invalidArgument(field, "is required");
   return text;
+}
+
+const USER_ID_PATTERN = /^[A-Za-z0-9_.:@-]{1,64}$/;
+const DEVICE_ID_MAX = 128;
+
+/** Who pays, for Risk: the user (or `defaultUserId`), and the device and IP when given. */
+export function validatePayer(request: { userId: string; deviceId: string; ipAddress: string }, defaultUserId: string): Payer {
+  const userId = request.userId === "" ? defaultUserId.slice(0, 64) : requirePattern(request.userId, "user_id", USER_ID_PATTERN, "1 to 64 characters of [A-Za-z0-9_.:@-]");
+  const deviceId = limitText(request.deviceId, "device_id", DEVICE_ID_MAX);
+  if (request.ipAddress !== "" && isIP(request.ipAddress) === 0) throw invalidArgument("ip_address", "must be an IPv4 or IPv6 address");
+  return { userId, ...(deviceId ? { deviceId } : {}), ...(request.ipAddress ? { ipAddress: request.ipAddress } : {}) };
 }

@@ -17,7 +17,7 @@ import {
   type StatusChange,
 } from "./lifecycle.js";
 
-const { CREATED, PROCESSING, OUTCOME_UNKNOWN, SUCCEEDED, FAILED, CANCELED, UNSPECIFIED } = PaymentStatus;
+const { CREATED, PROCESSING, OUTCOME_UNKNOWN, SUCCEEDED, FAILED, CANCELED, IN_REVIEW, UNSPECIFIED } = PaymentStatus;
 const anyStatus = fc.constantFrom(UNSPECIFIED, ...STATUSES);
 
 /** Applies attempts in order the way the store does: allowed ones are recorded, others refused. */
@@ -47,6 +47,7 @@ describe("payment lifecycle", () => {
       `${CREATED}>${PROCESSING}`, `${CREATED}>${CANCELED}`, `${CREATED}>${FAILED}`,
       `${PROCESSING}>${SUCCEEDED}`, `${PROCESSING}>${FAILED}`, `${PROCESSING}>${OUTCOME_UNKNOWN}`,
       `${OUTCOME_UNKNOWN}>${SUCCEEDED}`, `${OUTCOME_UNKNOWN}>${FAILED}`, `${OUTCOME_UNKNOWN}>${PROCESSING}`,
+      `${PROCESSING}>${IN_REVIEW}`, `${IN_REVIEW}>${PROCESSING}`, `${IN_REVIEW}>${FAILED}`,
     ]);
     for (const from of [UNSPECIFIED, ...STATUSES]) {
       for (const to of [UNSPECIFIED, ...STATUSES]) {

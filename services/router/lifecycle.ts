@@ -4,20 +4,22 @@
 // payment along an edge that is not drawn here or out of a terminal state.
 //
 //   CREATED ──► PROCESSING ──► SUCCEEDED
-//      │            │  ▲ │
-//      │            │  │ └──► FAILED
-//      │            ▼  │
-//      │      OUTCOME_UNKNOWN ──► SUCCEEDED / FAILED
+//      │          ▲ │  ▲ │
+//      │          │ │  │ └──► FAILED
+//      │          │ ▼  │
+//      │   IN_REVIEW   OUTCOME_UNKNOWN ──► SUCCEEDED / FAILED
+//      │      └──► FAILED
 //      └──► CANCELED / FAILED
 import { PaymentStatus } from "../../gen/cowrie/router/v1/router_pb.js";
 
-const { CREATED, PROCESSING, OUTCOME_UNKNOWN, SUCCEEDED, FAILED, CANCELED } = PaymentStatus;
+const { CREATED, PROCESSING, OUTCOME_UNKNOWN, SUCCEEDED, FAILED, CANCELED, IN_REVIEW } = PaymentStatus;
 
 /** The statuses each status may move to; terminal statuses have none. */
 export const ALLOWED_TRANSITIONS: Readonly<Record<PaymentStatus, readonly PaymentStatus[]>> = {
   [PaymentStatus.UNSPECIFIED]: [],
   [CREATED]: [PROCESSING, CANCELED, FAILED],
-  [PROCESSING]: [SUCCEEDED, FAILED, OUTCOME_UNKNOWN],
+  [PROCESSING]: [SUCCEEDED, FAILED, OUTCOME_UNKNOWN, IN_REVIEW],
+  [IN_REVIEW]: [PROCESSING, FAILED],
   [OUTCOME_UNKNOWN]: [SUCCEEDED, FAILED, PROCESSING],
   [SUCCEEDED]: [],
   [FAILED]: [],
@@ -25,7 +27,7 @@ export const ALLOWED_TRANSITIONS: Readonly<Record<PaymentStatus, readonly Paymen
 };
 
 /** Every status a payment can be in (UNSPECIFIED is only the "from" of the creation record). */
-export const STATUSES: readonly PaymentStatus[] = [CREATED, PROCESSING, OUTCOME_UNKNOWN, SUCCEEDED, FAILED, CANCELED];
+export const STATUSES: readonly PaymentStatus[] = [CREATED, PROCESSING, OUTCOME_UNKNOWN, SUCCEEDED, FAILED, CANCELED, IN_REVIEW];
 
 export function isTerminal(status: PaymentStatus): boolean {
   return status === SUCCEEDED || status === FAILED || status === CANCELED;

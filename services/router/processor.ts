@@ -13,6 +13,8 @@ import type { Db } from "../runtime/db.js";
 import type { Logger } from "../runtime/log.js";
 import { TRANSFER_CODE, refusalCodeOf } from "../wallet/codes.js";
 import type { GatewayFlow } from "./gateway-flow.js";
+import { isTerminal } from "./lifecycle.js";
+import type { RiskCheck } from "./risk.js";
 import { MOVING_FUNDS, findById, isGatewayPayment, persistTransition, type OutcomeFields, type PaymentRow } from "./store.js";
 
 /** The Wallet idempotency key of a payment's movement: one payment, one key, at most one transfer. */
@@ -52,17 +54,34 @@ export interface DriveOutcome {
   deferMs?: number;
 }
 
+/** How soon after a payment enters review the Router first asks Risk about it. */
+export const REVIEW_FIRST_CHECK_MS = 1_000;
+
 /** Time kept back from the Wallet call to record its outcome before the caller's deadline. */
 const RECORDING_RESERVE_MS = 250;
 
+type Outcome = { to: PaymentStatus; reason: string; fields: OutcomeFields };
+
+/** Releases a hold that may already be released or expired (then there is nothing to do). */
+export async function releaseQuietly(wallet: Client<typeof WalletService>, tenantId: string, holdId: string): Promise<void> {
+  try {
+    await wallet.releaseHold({ tenantId, holdId });
+  } catch (error) {
+    if (ConnectError.from(error).code !== Code.FailedPrecondition) throw error;
+  }
+}
+
 export class PaymentProcessor {
   private readonly running = new Map<string, Promise<DriveOutcome>>();
+  /** Allowed verdicts not yet written: they go with the payment's outcome, saving a write. */
+  private readonly verdicts = new Map<string, OutcomeFields>();
 
   constructor(
     private readonly db: Db,
     private readonly wallet: Client<typeof WalletService>,
     private readonly log: Logger,
     private readonly gateways: GatewayFlow,
+    private readonly risk: RiskCheck,
   ) {}
 
   /**
@@ -96,16 +115,20 @@ export class PaymentProcessor {
         continue;
       }
       if (payment.status !== PaymentStatus.PROCESSING) return { payment };
-      let outcome: { to: PaymentStatus; reason: string; fields: OutcomeFields };
+      let outcome: Outcome;
       try {
-        outcome = await this.moveFunds(payment, driver, signal);
+        outcome = (await this.riskStep(payment, signal)) ?? (await this.moveFunds(payment, driver, signal));
       } catch (error) {
+        // A later drive asks Risk again, which answers with this same verdict.
+        this.verdicts.delete(payment.id);
         const interruption = ConnectError.from(error);
         this.log.warn({ paymentId: payment.id, code: Code[interruption.code], err: interruption.rawMessage, driver }, "wallet outcome unknown; payment stays PROCESSING");
         return { payment, interruption };
       }
-      const moved = await persistTransition(this.db, payment, outcome.to, outcome.reason, outcome.fields, false);
+      const moved = await persistTransition(this.db, payment, outcome.to, outcome.reason, { ...this.verdicts.get(payment.id), ...outcome.fields }, false);
       if (moved) {
+        this.verdicts.delete(payment.id);
+        if (isTerminal(moved.status)) this.risk.reportOutcome(moved, moved.status === PaymentStatus.SUCCEEDED);
         payment = moved;
         continue;
       }
@@ -125,6 +148,46 @@ export class PaymentProcessor {
       const interruption = ConnectError.from(error);
       this.log.warn({ paymentId: payment.id, code: Code[interruption.code], err: interruption.rawMessage, driver }, "gateway payment interrupted; it resumes from its last recovery point");
       return { payment: (await findById(this.db, payment.id)) ?? payment, interruption };
+    }
+  }
+
+  /**
+   * Risk's verdict, asked once per payment before its money moves: a block fails it, a review
+   * holds its money and parks it IN_REVIEW. Undefined: go ahead and move the money (an allowed
+   * payment, or one an operator approved, whose review hold is released first). The verdict is
+   * written with the payment's next transition.
+   */
+  private async riskStep(payment: PaymentRow, signal: AbortSignal | undefined): Promise<Outcome | undefined> {
+    if (payment.riskDecision === "review") {
+      if (payment.holdId !== "") await releaseQuietly(this.wallet, payment.tenantId, payment.holdId);
+      return undefined;
+    }
+    if (payment.riskDecision !== "") return undefined;
+    const verdict = await this.risk.evaluate(payment, signal);
+    const fields: OutcomeFields = { riskDecision: verdict.decision, riskScore: verdict.score, riskReasons: verdict.reasons };
+    if (verdict.decision === "allow") {
+      this.verdicts.set(payment.id, fields);
+      return undefined;
+    }
+    if (verdict.decision === "block") {
+      return { to: PaymentStatus.FAILED, reason: "risk_blocked", fields: { ...fields, failureCode: "risk_blocked", failureMessage: `blocked by risk rules: ${verdict.reasons.join(", ")}` } };
+    }
+    try {
+      const { hold } = await this.wallet.placeHold({
+        tenantId: payment.tenantId,
+        walletId: payment.sourceWalletId,
+        destinationWalletId: payment.destinationWalletId,
+        amountMinor: payment.amountMinor,
+        currency: payment.currency,
+        idempotencyKey: `router:${payment.id}:review`,
+        reference: payment.reference,
+      });
+      return { to: PaymentStatus.IN_REVIEW, reason: `risk review: ${verdict.reasons.join(", ")}`, fields: { ...fields, holdId: hold?.id ?? "", nextCheckAt: new Date(Date.now() + REVIEW_FIRST_CHECK_MS), checks: 0 } };
+    } catch (error) {
+      const refusal = ConnectError.from(error);
+      const failureCode = declineCode(refusal);
+      if (failureCode === undefined) throw refusal;
+      return { to: PaymentStatus.FAILED, reason: failureCode, fields: { ...fields, failureCode, failureMessage: refusal.rawMessage } };
     }
   }
 

@@ -11,6 +11,13 @@ export const router = pgSchema("router");
 /** The parameters of the request that used an idempotency key, as the caller sent them. */
 export type RequestFields = Record<string, string>;
 
+/** Who pays, as Risk sees it. Not part of the request's fingerprint: a retry from another IP is the same payment. */
+export interface Payer {
+  userId: string;
+  deviceId?: string;
+  ipAddress?: string;
+}
+
 /** How a gateway payment reaches the gateway: the payer's method or the bank account paid. */
 export interface Instrument {
   paymentMethod?: string;
@@ -60,11 +67,17 @@ export const payments = router.table(
     gatewayTransactionId: text("gateway_transaction_id").notNull().default(""),
     /** PAYOUT and refunds of PAY_IN: the Wallet hold reserving the money. */
     holdId: text("hold_id").notNull().default(""),
-    /** OUTCOME_UNKNOWN: when the resolver asks the gateway next, and how often it has. */
+    /** OUTCOME_UNKNOWN and IN_REVIEW: when the gateway, or Risk's review, is asked next, and how often it has been. */
     nextCheckAt: timestamp("next_check_at", { withTimezone: true, mode: "date" }),
     checks: integer("checks").notNull().default(0),
     /** Set when the outcome stayed unknown past the limit: reconciliation has the case. */
     needsReconciliation: boolean("needs_reconciliation").notNull().default(false),
+    /** Risk's decision ("allow", "review", "block"), made once before money moves; "" before. */
+    riskDecision: text("risk_decision").notNull().default(""),
+    riskScore: integer("risk_score").notNull().default(0),
+    riskReasons: jsonb("risk_reasons").$type<string[]>().notNull().default(sql`'[]'::jsonb`),
+    /** Who pays, for Risk: the user (given or defaulted), and the device and IP when known. */
+    payer: jsonb("payer").$type<Payer>().notNull().default(sql`'{"userId":""}'::jsonb`),
   },
   (table) => [
     unique("payments_tenant_idempotency_key").on(table.tenantId, table.idempotencyKey),
@@ -82,7 +95,7 @@ export const payments = router.table(
       else ${table.sourceWalletId} <> '' end`),
     check("payments_gateway_kinds_have_instrument", sql`(${table.kind} in (2, 3)) <= (${table.instrument} is not null)`),
     check("payments_currency_iso", sql`${table.currency} ~ '^[A-Z]{3}$'`),
-    check("payments_status_known", sql`${table.status} between 1 and 6`),
+    check("payments_status_known", sql`${table.status} between 1 and 7`),
     check("payments_kind_known", sql`${table.kind} between 1 and 4`),
     // A refund names the payment it refunds; nothing else does.
     check("payments_refund_names_payment", sql`(${table.kind} = 4) = (${table.refundedPaymentId} is not null)`),
@@ -94,6 +107,8 @@ export const payments = router.table(
     index("payments_refunded_payment_idx").on(table.refundedPaymentId).where(sql`${table.refundedPaymentId} is not null`),
     // The completer's scan: only unfinished payments are indexed.
     index("payments_unfinished_idx").on(table.updatedAt).where(sql`${table.status} in (1, 2)`),
+    // The review loop's scan of payments waiting for an operator.
+    index("payments_in_review_idx").on(table.nextCheckAt).where(sql`${table.status} = 7`),
     // The resolver's scan of payments whose gateway outcome is unknown.
     index("payments_outcome_unknown_idx").on(table.nextCheckAt).where(sql`${table.status} = 3`),
   ],

@@ -12,6 +12,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import {
   BankAccountSchema,
   GatewayCallSchema,
+  RiskAssessmentSchema,
   PaymentKind,
   PaymentSchema,
   PaymentStatus,
@@ -23,6 +24,7 @@ import {
   type Payment,
   type RefundPaymentRequest,
 } from "../../gen/cowrie/router/v1/router_pb.js";
+import { ReviewStatus, RiskService } from "../../gen/cowrie/risk/v1/risk_pb.js";
 import { WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import { currentCallContext, remainingMs } from "../runtime/call-context.js";
 import type { Db } from "../runtime/db.js";
@@ -35,13 +37,16 @@ import { limitText, requireAmountMinor, requireCurrency, requireEnum, requireId,
 import { GATEWAY_NAMES, type GatewayName } from "./gateways/connector.js";
 import { createConnectors } from "./gateways/index.js";
 import { GatewayFlow, gatewayReference, paymentIdOfReference } from "./gateway-flow.js";
-import { PaymentProcessor, type DriveOutcome, type Driver } from "./processor.js";
+import { PaymentProcessor, releaseQuietly, type DriveOutcome, type Driver } from "./processor.js";
+import { RiskCheck, defaultUserId } from "./risk.js";
 import { GatewayPool, type Candidate } from "./routing.js";
-import { requireEmpty, validateInstrument } from "./instrument.js";
+import { requireEmpty, validateInstrument, validatePayer } from "./instrument.js";
 import type { RequestFields } from "./schema.js";
 import {
   claimUnfinished,
-  claimUnknown,
+  claimDue,
+  persistTransition,
+  rescheduleCheck,
   gatewayCallsOf,
   isGatewayPayment,
   differingField,
@@ -71,12 +76,19 @@ const KNOWN_WALLETS_MAX = 100_000;
 const WORK_ROUTING_KEY = "payments.gateway";
 /** Redeliveries of one work message before it is parked (the completer still finds the payment). */
 const WORK_DELIVERY_LIMIT = 10;
-/** Most OUTCOME_UNKNOWN payments one resolver pass asks about. */
+/** How soon a payment in review is first asked about, and the longest between two asks. */
+const REVIEW_LEASE_MS = 1_000;
+const REVIEW_CHECK_MAX_MS = 60_000;
+/** Most OUTCOME_UNKNOWN (or IN_REVIEW) payments one resolver (or review) pass asks about. */
 const RESOLVER_BATCH = 50;
 /** Largest gateway webhook body read; gateways' notifications are a few kilobytes. */
 const WEBHOOK_BODY_MAX = 256 * 1024;
-/** How long wait_for_outcome keeps back from the deadline to answer in time. */
-const WAIT_RESERVE_MS = 100;
+/**
+ * How long wait_for_outcome keeps back from the deadline to answer in time: at least this, and
+ * a tenth of the budget (a busy database makes the last read slow; an answer after the deadline
+ * is an error the caller's breaker counts against the Router).
+ */
+const WAIT_RESERVE_MS = 250;
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -108,6 +120,7 @@ export function paymentMessage(row: PaymentRow, history: TransitionRow[] = []): 
     paymentMethod: row.instrument?.paymentMethod ?? "",
     bankAccount: row.instrument?.bankAccount ? create(BankAccountSchema, row.instrument.bankAccount) : undefined,
     country: row.instrument?.country ?? "",
+    risk: create(RiskAssessmentSchema, { decision: row.riskDecision, score: row.riskScore, reasons: row.riskReasons, userId: row.payer.userId }),
     history: history.map((change) =>
       create(StatusChangeSchema, {
         fromStatus: change.fromStatus,
@@ -144,6 +157,7 @@ function validateCreate(request: CreatePaymentRequest) {
   if (kind !== PaymentKind.INTERNAL && feeMinor !== 0n) throw invalidArgument("fee_minor", "must be 0 for gateway payments");
   const reference = limitText(request.reference, "reference", REFERENCE_MAX);
   const instrument = kind === PaymentKind.PAY_IN || kind === PaymentKind.PAYOUT ? validateInstrument(request, kind) : undefined;
+  const payer = validatePayer(request, defaultUserId(kind, sourceWalletId, instrument?.customerEmail ?? ""));
   const fields: RequestFields = {
     operation: "CreatePayment",
     kind: PaymentKind[kind],
@@ -155,7 +169,7 @@ function validateCreate(request: CreatePaymentRequest) {
     reference,
     ...(instrument ? { instrument: JSON.stringify(instrument) } : {}),
   };
-  return { tenantId, idempotencyKey, kind, amountMinor, currency, sourceWalletId, destinationWalletId, feeMinor, reference, instrument, fields };
+  return { tenantId, idempotencyKey, kind, amountMinor, currency, sourceWalletId, destinationWalletId, feeMinor, reference, instrument, payer, fields };
 }
 
 function validateRefund(request: RefundPaymentRequest) {
@@ -258,13 +272,15 @@ export const routerModule: ServiceModule = {
       breakerOpenMs: config.gatewayBreakerOpenMs,
       explorationShare: config.routingExplorationPercent / 100,
     }, log);
+    const riskClient = client(RiskService, "risk");
+    const risk = new RiskCheck(riskClient, { timeoutMs: config.riskTimeoutMs, whenUnavailable: config.riskWhenUnavailable }, log);
     const flow = new GatewayFlow(db, pool, wallets, {
       callTimeoutMs: config.gatewayTimeoutMs,
       retries: config.gatewayRetries,
       flagAfterMs: config.outcomeUnknownFlagAfterMs,
       patienceMs: config.gatewayPatienceMs,
-    }, log);
-    const processor = new PaymentProcessor(db, wallets, log, flow);
+    }, risk, log);
+    const processor = new PaymentProcessor(db, wallets, log, flow, risk);
     const workExchange = `${config.brokerNamespace}.router`;
     const workQueue = `${config.brokerNamespace}.router.gateway-payments`;
 
@@ -317,7 +333,7 @@ export const routerModule: ServiceModule = {
 
     async function resolverPass(): Promise<void> {
       try {
-        const due = await claimUnknown(db, config.gatewayTimeoutMs * 4, RESOLVER_BATCH);
+        const due = await claimDue(db, PaymentStatus.OUTCOME_UNKNOWN, config.gatewayTimeoutMs * 4, RESOLVER_BATCH);
         await runLimited(due, COMPLETER_CONCURRENCY, async (payment) => {
           if (!stopping.signal.aborted) await processor.drive(payment, "resolver", stopping.signal);
         });
@@ -325,6 +341,46 @@ export const routerModule: ServiceModule = {
       } catch (error) {
         log.warn({ err: errorText(error) }, "resolver pass failed; will retry");
       }
+    }
+
+    // The review loop: payments Risk sent to review wait IN_REVIEW (their money held) until an
+    // operator resolves the review at Risk; each is asked about with backoff. Approved, it goes
+    // on from PROCESSING; declined, its hold is released and it fails.
+    let reviewing: Promise<void> | undefined;
+    const reviewTimer = setInterval(() => {
+      reviewing ??= reviewPass().finally(() => (reviewing = undefined));
+    }, config.completerIntervalMs);
+    reviewTimer.unref();
+
+    async function reviewPass(): Promise<void> {
+      try {
+        const due = await claimDue(db, PaymentStatus.IN_REVIEW, REVIEW_LEASE_MS, RESOLVER_BATCH);
+        await runLimited(due, COMPLETER_CONCURRENCY, async (payment) => {
+          if (!stopping.signal.aborted) await followReview(payment);
+        });
+      } catch (error) {
+        log.warn({ err: errorText(error) }, "review pass failed; will retry");
+      }
+    }
+
+    async function followReview(payment: PaymentRow): Promise<void> {
+      const { review } = await riskClient.getReview({ tenantId: payment.tenantId, paymentId: payment.id }, { timeoutMs: config.riskTimeoutMs * 5 });
+      if (review?.status === ReviewStatus.APPROVED) {
+        const moved = await persistTransition(db, payment, PaymentStatus.PROCESSING, `review approved by ${review.resolvedBy}: ${review.resolutionReason}`, {}, false);
+        if (moved && isGatewayPayment(moved)) await enqueue(moved);
+        else if (moved) await processor.drive(moved, "completer", stopping.signal);
+        return;
+      }
+      if (review?.status === ReviewStatus.DECLINED) {
+        if (payment.holdId !== "") await releaseQuietly(wallets, payment.tenantId, payment.holdId);
+        const failureMessage = `declined in review by ${review.resolvedBy}: ${review.resolutionReason}`;
+        const moved = await persistTransition(db, payment, PaymentStatus.FAILED, "risk_declined", { failureCode: "risk_declined", failureMessage }, false);
+        if (moved) risk.reportOutcome(moved, false);
+        return;
+      }
+      // Still pending: ask again later, up to once a minute.
+      const next = new Date(Date.now() + Math.min(REVIEW_CHECK_MAX_MS, REVIEW_LEASE_MS * 2 ** Math.min(payment.checks, 5)));
+      await rescheduleCheck(db, payment, next, payment.needsReconciliation);
     }
 
     // The workers: gateway payments from the work queue, a bounded number at a time. A payment no
@@ -366,7 +422,8 @@ export const routerModule: ServiceModule = {
     /** Waits for a gateway payment to leave CREATED/PROCESSING, up to the call's deadline. */
     async function awaitOutcome(row: PaymentRow): Promise<PaymentRow> {
       const context = currentCallContext();
-      const untilMs = Date.now() + Math.max(0, (context ? remainingMs(context) : 0) - WAIT_RESERVE_MS);
+      const budgetMs = context ? remainingMs(context) : 0;
+      const untilMs = Date.now() + Math.max(0, budgetMs - Math.max(WAIT_RESERVE_MS, budgetMs / 10));
       let payment = row;
       for (let pollMs = 20; payment.status === PaymentStatus.CREATED || payment.status === PaymentStatus.PROCESSING; pollMs = Math.min(250, pollMs * 2)) {
         if (Date.now() + pollMs > untilMs) break;
@@ -454,9 +511,10 @@ export const routerModule: ServiceModule = {
       async stop() {
         clearInterval(timer);
         clearInterval(resolverTimer);
+        clearInterval(reviewTimer);
         stopping.abort(new ConnectError("router is stopping", Code.Unavailable));
         await consumer.close();
-        await Promise.all([pass, resolving]);
+        await Promise.all([pass, resolving, reviewing]);
         await processor.idle();
       },
       routes(router) {
@@ -484,6 +542,7 @@ export const routerModule: ServiceModule = {
                 // payment is accepted CREATED and waits for a worker.
                 status: gateway ? PaymentStatus.CREATED : PaymentStatus.PROCESSING,
                 instrument: input.instrument,
+                payer: input.payer,
                 amountMinor: input.amountMinor,
                 currency: input.currency,
                 sourceWalletId: input.sourceWalletId,

@@ -105,7 +105,21 @@ export function paymentHistory(db: Db, id: string): Promise<TransitionRow[]> {
 }
 
 export type OutcomeFields = Partial<
-  Pick<PaymentRow, "failureCode" | "failureMessage" | "transferId" | "gateway" | "gatewayTransactionId" | "holdId" | "nextCheckAt" | "checks" | "needsReconciliation">
+  Pick<
+    PaymentRow,
+    | "failureCode"
+    | "failureMessage"
+    | "transferId"
+    | "gateway"
+    | "gatewayTransactionId"
+    | "holdId"
+    | "nextCheckAt"
+    | "checks"
+    | "needsReconciliation"
+    | "riskDecision"
+    | "riskScore"
+    | "riskReasons"
+  >
 >;
 
 /**
@@ -397,16 +411,17 @@ export async function setHold(db: Db, paymentId: string, holdId: string, gateway
 }
 
 /**
- * Takes up to `limit` OUTCOME_UNKNOWN payments whose next check is due, pushing their next check
- * `leaseMs` ahead so that another resolver skips them meanwhile.
+ * Takes up to `limit` payments in `status` (OUTCOME_UNKNOWN or IN_REVIEW) whose next check is
+ * due, pushing their next check `leaseMs` ahead so that another process skips them meanwhile.
  */
-export async function claimUnknown(db: Db, leaseMs: number, limit: number): Promise<PaymentRow[]> {
+export async function claimDue(db: Db, status: PaymentStatus.OUTCOME_UNKNOWN | PaymentStatus.IN_REVIEW, leaseMs: number, limit: number): Promise<PaymentRow[]> {
   return db.transaction(async (tx) => {
     const now = new Date();
     const due = await tx
       .select({ id: payments.id })
       .from(payments)
-      .where(and(sql`${payments.status} = 3`, lt(payments.nextCheckAt, now)))
+      // Literal statuses, matching the partial indexes payments_outcome_unknown_idx and payments_in_review_idx.
+      .where(and(status === PaymentStatus.IN_REVIEW ? sql`${payments.status} = 7` : sql`${payments.status} = 3`, lt(payments.nextCheckAt, now)))
       .orderBy(asc(payments.nextCheckAt))
       .limit(limit)
       .for("update", { skipLocked: true });
@@ -425,4 +440,10 @@ export async function rescheduleCheck(db: Db, payment: PaymentRow, nextCheckAt: 
     .update(payments)
     .set({ nextCheckAt, checks: sql`${payments.checks} + 1`, needsReconciliation })
     .where(and(eq(payments.id, payment.id), eq(payments.version, payment.version)));
+}
+
+/** Keeps Risk's verdict on a payment that goes ahead (no status change). */
+export async function setRisk(db: Db, payment: PaymentRow, fields: Pick<OutcomeFields, "riskDecision" | "riskScore" | "riskReasons">): Promise<PaymentRow> {
+  const [row] = await db.update(payments).set(fields).where(eq(payments.id, payment.id)).returning();
+  return row ?? { ...payment, ...fields };
 }

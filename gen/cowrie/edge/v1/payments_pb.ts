@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowrie/edge/v1/payments.proto.
  */
 export const file_cowrie_edge_v1_payments: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jb3dyaWUvZWRnZS92MS9wYXltZW50cy5wcm90bxIOY293cmllLmVkZ2UudjEirgEKDFN0YXR1c0NoYW5nZRIyCgtmcm9tX3N0YXR1cxgBIAEoDjIdLmNvd3JpZS5lZGdlLnYxLlBheW1lbnRTdGF0dXMSMAoJdG9fc3RhdHVzGAIgASgOMh0uY293cmllLmVkZ2UudjEuUGF5bWVudFN0YXR1cxIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBCABKAki1QUKB1BheW1lbnQSCgoCaWQYASABKAkSKQoEa2luZBgDIAEoDjIbLmNvd3JpZS5lZGdlLnYxLlBheW1lbnRLaW5kEi0KBnN0YXR1cxgEIAEoDjIdLmNvd3JpZS5lZGdlLnYxLlBheW1lbnRTdGF0dXMSFAoMYW1vdW50X21pbm9yGAUgASgDEhAKCGN1cnJlbmN5GAYgASgJEhgKEHNvdXJjZV93YWxsZXRfaWQYByABKAkSHQoVZGVzdGluYXRpb25fd2FsbGV0X2lkGAggASgJEhQKDGZhaWx1cmVfY29kZRgJIAEoCRIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglmZWVfbWlub3IYDCABKAMSFgoOcmVmdW5kZWRfbWlub3IYDSABKAMSFwoPZmFpbHVyZV9tZXNzYWdlGA4gASgJEhEKCXJlZmVyZW5jZRgPIAEoCRIbChNyZWZ1bmRlZF9wYXltZW50X2lkGBAgASgJEhMKC3RyYW5zZmVyX2lkGBEgASgJEi0KB2hpc3RvcnkYEiADKAsyHC5jb3dyaWUuZWRnZS52MS5TdGF0dXNDaGFuZ2USDwoHZ2F0ZXdheRgTIAEoCRIZChFnYXRld2F5X3JlZmVyZW5jZRgUIAEoCRIeChZnYXRld2F5X3RyYW5zYWN0aW9uX2lkGBUgASgJEhwKFG5lZWRzX3JlY29uY2lsaWF0aW9uGBcgASgIEg8KB2hvbGRfaWQYGCABKAkSFgoOcGF5bWVudF9tZXRob2QYGSABKAkSMQoMYmFua19hY2NvdW50GBogASgLMhsuY293cmllLmVkZ2UudjEuQmFua0FjY291bnQSDwoHY291bnRyeRgbIAEoCSJOCgtCYW5rQWNjb3VudBIRCgliYW5rX2NvZGUYASABKAkSFgoOYWNjb3VudF9udW1iZXIYAiABKAkSFAoMYWNjb3VudF9uYW1lGAMgASgJItYCChRDcmVhdGVQYXltZW50UmVxdWVzdBIpCgRraW5kGAMgASgOMhsuY293cmllLmVkZ2UudjEuUGF5bWVudEtpbmQSFAoMYW1vdW50X21pbm9yGAQgASgDEhAKCGN1cnJlbmN5GAUgASgJEhgKEHNvdXJjZV93YWxsZXRfaWQYBiABKAkSHQoVZGVzdGluYXRpb25fd2FsbGV0X2lkGAcgASgJEhEKCWZlZV9taW5vchgIIAEoAxIRCglyZWZlcmVuY2UYCSABKAkSFgoOcGF5bWVudF9tZXRob2QYCiABKAkSFgoOY3VzdG9tZXJfZW1haWwYCyABKAkSDwoHY291bnRyeRgMIAEoCRIxCgxiYW5rX2FjY291bnQYDSABKAsyGy5jb3dyaWUuZWRnZS52MS5CYW5rQWNjb3VudBIYChB3YWl0X2Zvcl9vdXRjb21lGA4gASgIIlMKFUNyZWF0ZVBheW1lbnRSZXNwb25zZRIoCgdwYXltZW50GAEgASgLMhcuY293cmllLmVkZ2UudjEuUGF5bWVudBIQCghyZXBsYXllZBgCIAEoCCInChFHZXRQYXltZW50UmVxdWVzdBISCgpwYXltZW50X2lkGAIgASgJIj4KEkdldFBheW1lbnRSZXNwb25zZRIoCgdwYXltZW50GAEgASgLMhcuY293cmllLmVkZ2UudjEuUGF5bWVudCKLAgoTTGlzdFBheW1lbnRzUmVxdWVzdBItCgZzdGF0dXMYAiABKA4yHS5jb3dyaWUuZWRnZS52MS5QYXltZW50U3RhdHVzEikKBGtpbmQYAyABKA4yGy5jb3dyaWUuZWRnZS52MS5QYXltZW50S2luZBIRCgl3YWxsZXRfaWQYBCABKAkSMAoMY3JlYXRlZF9mcm9tGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX3RvGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYByABKA0SEgoKcGFnZV90b2tlbhgIIAEoCSJaChRMaXN0UGF5bWVudHNSZXNwb25zZRIpCghwYXltZW50cxgBIAMoCzIXLmNvd3JpZS5lZGdlLnYxLlBheW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKFFJlZnVuZFBheW1lbnRSZXF1ZXN0EhIKCnBheW1lbnRfaWQYAyABKAkSFAoMYW1vdW50X21pbm9yGAQgASgDEg4KBnJlYXNvbhgFIAEoCSJ8ChVSZWZ1bmRQYXltZW50UmVzcG9uc2USJwoGcmVmdW5kGAEgASgLMhcuY293cmllLmVkZ2UudjEuUGF5bWVudBIoCgdwYXltZW50GAIgASgLMhcuY293cmllLmVkZ2UudjEuUGF5bWVudBIQCghyZXBsYXllZBgDIAEoCCrkAQoNUGF5bWVudFN0YXR1cxIeChpQQVlNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhoKFlBBWU1FTlRfU1RBVFVTX0NSRUFURUQQARIdChlQQVlNRU5UX1NUQVRVU19QUk9DRVNTSU5HEAISIgoeUEFZTUVOVF9TVEFUVVNfT1VUQ09NRV9VTktOT1dOEAMSHAoYUEFZTUVOVF9TVEFUVVNfU1VDQ0VFREVEEAQSGQoVUEFZTUVOVF9TVEFUVVNfRkFJTEVEEAUSGwoXUEFZTUVOVF9TVEFUVVNfQ0FOQ0VMRUQQBiqRAQoLUGF5bWVudEtpbmQSHAoYUEFZTUVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASGQoVUEFZTUVOVF9LSU5EX0lOVEVSTkFMEAESFwoTUEFZTUVOVF9LSU5EX1BBWV9JThACEhcKE1BBWU1FTlRfS0lORF9QQVlPVVQQAxIXChNQQVlNRU5UX0tJTkRfUkVGVU5EEAQy/QIKD1BheW1lbnRzU2VydmljZRJcCg1DcmVhdGVQYXltZW50EiQuY293cmllLmVkZ2UudjEuQ3JlYXRlUGF5bWVudFJlcXVlc3QaJS5jb3dyaWUuZWRnZS52MS5DcmVhdGVQYXltZW50UmVzcG9uc2USUwoKR2V0UGF5bWVudBIhLmNvd3JpZS5lZGdlLnYxLkdldFBheW1lbnRSZXF1ZXN0GiIuY293cmllLmVkZ2UudjEuR2V0UGF5bWVudFJlc3BvbnNlElkKDExpc3RQYXltZW50cxIjLmNvd3JpZS5lZGdlLnYxLkxpc3RQYXltZW50c1JlcXVlc3QaJC5jb3dyaWUuZWRnZS52MS5MaXN0UGF5bWVudHNSZXNwb25zZRJcCg1SZWZ1bmRQYXltZW50EiQuY293cmllLmVkZ2UudjEuUmVmdW5kUGF5bWVudFJlcXVlc3QaJS5jb3dyaWUuZWRnZS52MS5SZWZ1bmRQYXltZW50UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1jb3dyaWUvZWRnZS92MS9wYXltZW50cy5wcm90bxIOY293cmllLmVkZ2UudjEirgEKDFN0YXR1c0NoYW5nZRIyCgtmcm9tX3N0YXR1cxgBIAEoDjIdLmNvd3JpZS5lZGdlLnYxLlBheW1lbnRTdGF0dXMSMAoJdG9fc3RhdHVzGAIgASgOMh0uY293cmllLmVkZ2UudjEuUGF5bWVudFN0YXR1cxIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBCABKAkigwYKB1BheW1lbnQSCgoCaWQYASABKAkSKQoEa2luZBgDIAEoDjIbLmNvd3JpZS5lZGdlLnYxLlBheW1lbnRLaW5kEi0KBnN0YXR1cxgEIAEoDjIdLmNvd3JpZS5lZGdlLnYxLlBheW1lbnRTdGF0dXMSFAoMYW1vdW50X21pbm9yGAUgASgDEhAKCGN1cnJlbmN5GAYgASgJEhgKEHNvdXJjZV93YWxsZXRfaWQYByABKAkSHQoVZGVzdGluYXRpb25fd2FsbGV0X2lkGAggASgJEhQKDGZhaWx1cmVfY29kZRgJIAEoCRIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglmZWVfbWlub3IYDCABKAMSFgoOcmVmdW5kZWRfbWlub3IYDSABKAMSFwoPZmFpbHVyZV9tZXNzYWdlGA4gASgJEhEKCXJlZmVyZW5jZRgPIAEoCRIbChNyZWZ1bmRlZF9wYXltZW50X2lkGBAgASgJEhMKC3RyYW5zZmVyX2lkGBEgASgJEi0KB2hpc3RvcnkYEiADKAsyHC5jb3dyaWUuZWRnZS52MS5TdGF0dXNDaGFuZ2USDwoHZ2F0ZXdheRgTIAEoCRIZChFnYXRld2F5X3JlZmVyZW5jZRgUIAEoCRIeChZnYXRld2F5X3RyYW5zYWN0aW9uX2lkGBUgASgJEhwKFG5lZWRzX3JlY29uY2lsaWF0aW9uGBcgASgIEg8KB2hvbGRfaWQYGCABKAkSFgoOcGF5bWVudF9tZXRob2QYGSABKAkSMQoMYmFua19hY2NvdW50GBogASgLMhsuY293cmllLmVkZ2UudjEuQmFua0FjY291bnQSDwoHY291bnRyeRgbIAEoCRIsCgRyaXNrGBwgASgLMh4uY293cmllLmVkZ2UudjEuUmlza0Fzc2Vzc21lbnQiUwoOUmlza0Fzc2Vzc21lbnQSEAoIZGVjaXNpb24YASABKAkSDQoFc2NvcmUYAiABKA0SDwoHcmVhc29ucxgDIAMoCRIPCgd1c2VyX2lkGAQgASgJIk4KC0JhbmtBY2NvdW50EhEKCWJhbmtfY29kZRgBIAEoCRIWCg5hY2NvdW50X251bWJlchgCIAEoCRIUCgxhY2NvdW50X25hbWUYAyABKAkijgMKFENyZWF0ZVBheW1lbnRSZXF1ZXN0EikKBGtpbmQYAyABKA4yGy5jb3dyaWUuZWRnZS52MS5QYXltZW50S2luZBIUCgxhbW91bnRfbWlub3IYBCABKAMSEAoIY3VycmVuY3kYBSABKAkSGAoQc291cmNlX3dhbGxldF9pZBgGIAEoCRIdChVkZXN0aW5hdGlvbl93YWxsZXRfaWQYByABKAkSEQoJZmVlX21pbm9yGAggASgDEhEKCXJlZmVyZW5jZRgJIAEoCRIWCg5wYXltZW50X21ldGhvZBgKIAEoCRIWCg5jdXN0b21lcl9lbWFpbBgLIAEoCRIPCgdjb3VudHJ5GAwgASgJEjEKDGJhbmtfYWNjb3VudBgNIAEoCzIbLmNvd3JpZS5lZGdlLnYxLkJhbmtBY2NvdW50EhgKEHdhaXRfZm9yX291dGNvbWUYDiABKAgSDwoHdXNlcl9pZBgPIAEoCRIRCglkZXZpY2VfaWQYECABKAkSEgoKaXBfYWRkcmVzcxgRIAEoCSJTChVDcmVhdGVQYXltZW50UmVzcG9uc2USKAoHcGF5bWVudBgBIAEoCzIXLmNvd3JpZS5lZGdlLnYxLlBheW1lbnQSEAoIcmVwbGF5ZWQYAiABKAgiJwoRR2V0UGF5bWVudFJlcXVlc3QSEgoKcGF5bWVudF9pZBgCIAEoCSI+ChJHZXRQYXltZW50UmVzcG9uc2USKAoHcGF5bWVudBgBIAEoCzIXLmNvd3JpZS5lZGdlLnYxLlBheW1lbnQiiwIKE0xpc3RQYXltZW50c1JlcXVlc3QSLQoGc3RhdHVzGAIgASgOMh0uY293cmllLmVkZ2UudjEuUGF5bWVudFN0YXR1cxIpCgRraW5kGAMgASgOMhsuY293cmllLmVkZ2UudjEuUGF5bWVudEtpbmQSEQoJd2FsbGV0X2lkGAQgASgJEjAKDGNyZWF0ZWRfZnJvbRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF90bxgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAcgASgNEhIKCnBhZ2VfdG9rZW4YCCABKAkiWgoUTGlzdFBheW1lbnRzUmVzcG9uc2USKQoIcGF5bWVudHMYASADKAsyFy5jb3dyaWUuZWRnZS52MS5QYXltZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJQChRSZWZ1bmRQYXltZW50UmVxdWVzdBISCgpwYXltZW50X2lkGAMgASgJEhQKDGFtb3VudF9taW5vchgEIAEoAxIOCgZyZWFzb24YBSABKAkifAoVUmVmdW5kUGF5bWVudFJlc3BvbnNlEicKBnJlZnVuZBgBIAEoCzIXLmNvd3JpZS5lZGdlLnYxLlBheW1lbnQSKAoHcGF5bWVudBgCIAEoCzIXLmNvd3JpZS5lZGdlLnYxLlBheW1lbnQSEAoIcmVwbGF5ZWQYAyABKAgqggIKDVBheW1lbnRTdGF0dXMSHgoaUEFZTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIaChZQQVlNRU5UX1NUQVRVU19DUkVBVEVEEAESHQoZUEFZTUVOVF9TVEFUVVNfUFJPQ0VTU0lORxACEiIKHlBBWU1FTlRfU1RBVFVTX09VVENPTUVfVU5LTk9XThADEhwKGFBBWU1FTlRfU1RBVFVTX1NVQ0NFRURFRBAEEhkKFVBBWU1FTlRfU1RBVFVTX0ZBSUxFRBAFEhsKF1BBWU1FTlRfU1RBVFVTX0NBTkNFTEVEEAYSHAoYUEFZTUVOVF9TVEFUVVNfSU5fUkVWSUVXEAcqkQEKC1BheW1lbnRLaW5kEhwKGFBBWU1FTlRfS0lORF9VTlNQRUNJRklFRBAAEhkKFVBBWU1FTlRfS0lORF9JTlRFUk5BTBABEhcKE1BBWU1FTlRfS0lORF9QQVlfSU4QAhIXChNQQVlNRU5UX0tJTkRfUEFZT1VUEAMSFwoTUEFZTUVOVF9LSU5EX1JFRlVORBAEMv0CCg9QYXltZW50c1NlcnZpY2USXAoNQ3JlYXRlUGF5bWVudBIkLmNvd3JpZS5lZGdlLnYxLkNyZWF0ZVBheW1lbnRSZXF1ZXN0GiUuY293cmllLmVkZ2UudjEuQ3JlYXRlUGF5bWVudFJlc3BvbnNlElMKCkdldFBheW1lbnQSIS5jb3dyaWUuZWRnZS52MS5HZXRQYXltZW50UmVxdWVzdBoiLmNvd3JpZS5lZGdlLnYxLkdldFBheW1lbnRSZXNwb25zZRJZCgxMaXN0UGF5bWVudHMSIy5jb3dyaWUuZWRnZS52MS5MaXN0UGF5bWVudHNSZXF1ZXN0GiQuY293cmllLmVkZ2UudjEuTGlzdFBheW1lbnRzUmVzcG9uc2USXAoNUmVmdW5kUGF5bWVudBIkLmNvd3JpZS5lZGdlLnYxLlJlZnVuZFBheW1lbnRSZXF1ZXN0GiUuY293cmllLmVkZ2UudjEuUmVmdW5kUGF5bWVudFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * One recorded state change.
@@ -221,6 +221,13 @@ export type Payment = Message<"cowrie.edge.v1.Payment"> & {
    * @generated from field: string country = 27;
    */
   country: string;
+
+  /**
+   * The risk rules' view of the payment, made before any money moved.
+   *
+   * @generated from field: cowrie.edge.v1.RiskAssessment risk = 28;
+   */
+  risk?: RiskAssessment | undefined;
 };
 
 /**
@@ -229,6 +236,48 @@ export type Payment = Message<"cowrie.edge.v1.Payment"> & {
  */
 export const PaymentSchema: GenMessage<Payment> = /*@__PURE__*/
   messageDesc(file_cowrie_edge_v1_payments, 1);
+
+/**
+ * What the risk rules decided for a payment.
+ *
+ * @generated from message cowrie.edge.v1.RiskAssessment
+ */
+export type RiskAssessment = Message<"cowrie.edge.v1.RiskAssessment"> & {
+  /**
+   * "allow", "review" or "block"; empty until evaluated.
+   *
+   * @generated from field: string decision = 1;
+   */
+  decision: string;
+
+  /**
+   * 0 to 1000.
+   *
+   * @generated from field: uint32 score = 2;
+   */
+  score: number;
+
+  /**
+   * The rules that fired, e.g. "VELOCITY", "DUPLICATE_AMOUNT".
+   *
+   * @generated from field: repeated string reasons = 3;
+   */
+  reasons: string[];
+
+  /**
+   * The user the payment was evaluated for.
+   *
+   * @generated from field: string user_id = 4;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message cowrie.edge.v1.RiskAssessment.
+ * Use `create(RiskAssessmentSchema)` to create a new message.
+ */
+export const RiskAssessmentSchema: GenMessage<RiskAssessment> = /*@__PURE__*/
+  messageDesc(file_cowrie_edge_v1_payments, 2);
 
 /**
  * A bank account a payout pays.
@@ -263,7 +312,7 @@ export type BankAccount = Message<"cowrie.edge.v1.BankAccount"> & {
  * Use `create(BankAccountSchema)` to create a new message.
  */
 export const BankAccountSchema: GenMessage<BankAccount> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 2);
+  messageDesc(file_cowrie_edge_v1_payments, 3);
 
 /**
  * @generated from message cowrie.edge.v1.CreatePaymentRequest
@@ -348,6 +397,28 @@ export type CreatePaymentRequest = Message<"cowrie.edge.v1.CreatePaymentRequest"
    * @generated from field: bool wait_for_outcome = 14;
    */
   waitForOutcome: boolean;
+
+  /**
+   * The paying user in your terms, for risk rules (velocity, streaks, anomalies); up to 64
+   * characters of [A-Za-z0-9_.:@-]. Empty: the source wallet, or customer_email for a PAY_IN.
+   *
+   * @generated from field: string user_id = 15;
+   */
+  userId: string;
+
+  /**
+   * The payer's device id, when known (up to 128 characters).
+   *
+   * @generated from field: string device_id = 16;
+   */
+  deviceId: string;
+
+  /**
+   * The payer's IP address, when known.
+   *
+   * @generated from field: string ip_address = 17;
+   */
+  ipAddress: string;
 };
 
 /**
@@ -355,7 +426,7 @@ export type CreatePaymentRequest = Message<"cowrie.edge.v1.CreatePaymentRequest"
  * Use `create(CreatePaymentRequestSchema)` to create a new message.
  */
 export const CreatePaymentRequestSchema: GenMessage<CreatePaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 3);
+  messageDesc(file_cowrie_edge_v1_payments, 4);
 
 /**
  * @generated from message cowrie.edge.v1.CreatePaymentResponse
@@ -379,7 +450,7 @@ export type CreatePaymentResponse = Message<"cowrie.edge.v1.CreatePaymentRespons
  * Use `create(CreatePaymentResponseSchema)` to create a new message.
  */
 export const CreatePaymentResponseSchema: GenMessage<CreatePaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 4);
+  messageDesc(file_cowrie_edge_v1_payments, 5);
 
 /**
  * @generated from message cowrie.edge.v1.GetPaymentRequest
@@ -396,7 +467,7 @@ export type GetPaymentRequest = Message<"cowrie.edge.v1.GetPaymentRequest"> & {
  * Use `create(GetPaymentRequestSchema)` to create a new message.
  */
 export const GetPaymentRequestSchema: GenMessage<GetPaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 5);
+  messageDesc(file_cowrie_edge_v1_payments, 6);
 
 /**
  * @generated from message cowrie.edge.v1.GetPaymentResponse
@@ -413,7 +484,7 @@ export type GetPaymentResponse = Message<"cowrie.edge.v1.GetPaymentResponse"> & 
  * Use `create(GetPaymentResponseSchema)` to create a new message.
  */
 export const GetPaymentResponseSchema: GenMessage<GetPaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 6);
+  messageDesc(file_cowrie_edge_v1_payments, 7);
 
 /**
  * @generated from message cowrie.edge.v1.ListPaymentsRequest
@@ -473,7 +544,7 @@ export type ListPaymentsRequest = Message<"cowrie.edge.v1.ListPaymentsRequest"> 
  * Use `create(ListPaymentsRequestSchema)` to create a new message.
  */
 export const ListPaymentsRequestSchema: GenMessage<ListPaymentsRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 7);
+  messageDesc(file_cowrie_edge_v1_payments, 8);
 
 /**
  * @generated from message cowrie.edge.v1.ListPaymentsResponse
@@ -499,7 +570,7 @@ export type ListPaymentsResponse = Message<"cowrie.edge.v1.ListPaymentsResponse"
  * Use `create(ListPaymentsResponseSchema)` to create a new message.
  */
 export const ListPaymentsResponseSchema: GenMessage<ListPaymentsResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 8);
+  messageDesc(file_cowrie_edge_v1_payments, 9);
 
 /**
  * @generated from message cowrie.edge.v1.RefundPaymentRequest
@@ -530,7 +601,7 @@ export type RefundPaymentRequest = Message<"cowrie.edge.v1.RefundPaymentRequest"
  * Use `create(RefundPaymentRequestSchema)` to create a new message.
  */
 export const RefundPaymentRequestSchema: GenMessage<RefundPaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 9);
+  messageDesc(file_cowrie_edge_v1_payments, 10);
 
 /**
  * @generated from message cowrie.edge.v1.RefundPaymentResponse
@@ -563,16 +634,17 @@ export type RefundPaymentResponse = Message<"cowrie.edge.v1.RefundPaymentRespons
  * Use `create(RefundPaymentResponseSchema)` to create a new message.
  */
 export const RefundPaymentResponseSchema: GenMessage<RefundPaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_edge_v1_payments, 10);
+  messageDesc(file_cowrie_edge_v1_payments, 11);
 
 /**
  * The state of a payment. Terminal states are SUCCEEDED, FAILED and CANCELED.
  *
  *   CREATED ──► PROCESSING ──► SUCCEEDED
- *      │            │  ▲ │
- *      │            │  │ └──► FAILED
- *      │            ▼  │
- *      │      OUTCOME_UNKNOWN ──► SUCCEEDED / FAILED
+ *      │          ▲ │  ▲ │
+ *      │          │ │  │ └──► FAILED
+ *      │          │ ▼  │
+ *      │   IN_REVIEW   OUTCOME_UNKNOWN ──► SUCCEEDED / FAILED
+ *      │      └──► FAILED
  *      └──► CANCELED / FAILED
  *
  * @generated from enum cowrie.edge.v1.PaymentStatus
@@ -618,6 +690,13 @@ export enum PaymentStatus {
    * @generated from enum value: PAYMENT_STATUS_CANCELED = 6;
    */
   CANCELED = 6,
+
+  /**
+   * Held for a review by the operator (risk rules); its funds, if it has any yet, stay reserved.
+   *
+   * @generated from enum value: PAYMENT_STATUS_IN_REVIEW = 7;
+   */
+  IN_REVIEW = 7,
 }
 
 /**

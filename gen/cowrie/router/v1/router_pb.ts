@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowrie/router/v1/router.proto.
  */
 export const file_cowrie_router_v1_router: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jb3dyaWUvcm91dGVyL3YxL3JvdXRlci5wcm90bxIQY293cmllLnJvdXRlci52MSKyAQoMU3RhdHVzQ2hhbmdlEjQKC2Zyb21fc3RhdHVzGAEgASgOMh8uY293cmllLnJvdXRlci52MS5QYXltZW50U3RhdHVzEjIKCXRvX3N0YXR1cxgCIAEoDjIfLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudFN0YXR1cxIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBCABKAki9gUKB1BheW1lbnQSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEisKBGtpbmQYAyABKA4yHS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRLaW5kEi8KBnN0YXR1cxgEIAEoDjIfLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudFN0YXR1cxIUCgxhbW91bnRfbWlub3IYBSABKAMSEAoIY3VycmVuY3kYBiABKAkSGAoQc291cmNlX3dhbGxldF9pZBgHIAEoCRIdChVkZXN0aW5hdGlvbl93YWxsZXRfaWQYCCABKAkSFAoMZmFpbHVyZV9jb2RlGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWZlZV9taW5vchgMIAEoAxIWCg5yZWZ1bmRlZF9taW5vchgNIAEoAxIXCg9mYWlsdXJlX21lc3NhZ2UYDiABKAkSEQoJcmVmZXJlbmNlGA8gASgJEhsKE3JlZnVuZGVkX3BheW1lbnRfaWQYECABKAkSEwoLdHJhbnNmZXJfaWQYESABKAkSLwoHaGlzdG9yeRgSIAMoCzIeLmNvd3JpZS5yb3V0ZXIudjEuU3RhdHVzQ2hhbmdlEg8KB2dhdGV3YXkYEyABKAkSGQoRZ2F0ZXdheV9yZWZlcmVuY2UYFCABKAkSHgoWZ2F0ZXdheV90cmFuc2FjdGlvbl9pZBgVIAEoCRIcChRuZWVkc19yZWNvbmNpbGlhdGlvbhgXIAEoCBIPCgdob2xkX2lkGBggASgJEhYKDnBheW1lbnRfbWV0aG9kGBkgASgJEjMKDGJhbmtfYWNjb3VudBgaIAEoCzIdLmNvd3JpZS5yb3V0ZXIudjEuQmFua0FjY291bnQSDwoHY291bnRyeRgbIAEoCUoECBYQFyJOCgtCYW5rQWNjb3VudBIRCgliYW5rX2NvZGUYASABKAkSFgoOYWNjb3VudF9udW1iZXIYAiABKAkSFAoMYWNjb3VudF9uYW1lGAMgASgJIoYDChRDcmVhdGVQYXltZW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEisKBGtpbmQYAyABKA4yHS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRLaW5kEhQKDGFtb3VudF9taW5vchgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIYChBzb3VyY2Vfd2FsbGV0X2lkGAYgASgJEh0KFWRlc3RpbmF0aW9uX3dhbGxldF9pZBgHIAEoCRIRCglmZWVfbWlub3IYCCABKAMSEQoJcmVmZXJlbmNlGAkgASgJEhYKDnBheW1lbnRfbWV0aG9kGAogASgJEhYKDmN1c3RvbWVyX2VtYWlsGAsgASgJEg8KB2NvdW50cnkYDCABKAkSMwoMYmFua19hY2NvdW50GA0gASgLMh0uY293cmllLnJvdXRlci52MS5CYW5rQWNjb3VudBIYChB3YWl0X2Zvcl9vdXRjb21lGA4gASgIIlUKFUNyZWF0ZVBheW1lbnRSZXNwb25zZRIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50EhAKCHJlcGxheWVkGAIgASgIIjoKEUdldFBheW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpwYXltZW50X2lkGAIgASgJIkAKEkdldFBheW1lbnRSZXNwb25zZRIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50IqICChNMaXN0UGF5bWVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIvCgZzdGF0dXMYAiABKA4yHy5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRTdGF0dXMSKwoEa2luZBgDIAEoDjIdLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudEtpbmQSEQoJd2FsbGV0X2lkGAQgASgJEjAKDGNyZWF0ZWRfZnJvbRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF90bxgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAcgASgNEhIKCnBhZ2VfdG9rZW4YCCABKAkiXAoUTGlzdFBheW1lbnRzUmVzcG9uc2USKwoIcGF5bWVudHMYASADKAsyGS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInwKFFJlZnVuZFBheW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkSEgoKcGF5bWVudF9pZBgDIAEoCRIUCgxhbW91bnRfbWlub3IYBCABKAMSDgoGcmVhc29uGAUgASgJIoABChVSZWZ1bmRQYXltZW50UmVzcG9uc2USKQoGcmVmdW5kGAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50EioKB3BheW1lbnQYAiABKAsyGS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnQSEAoIcmVwbGF5ZWQYAyABKAgiQwoaR2V0Um91dGluZ0RlY2lzaW9uc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhIKCnBheW1lbnRfaWQYAiABKAkiSwobR2V0Um91dGluZ0RlY2lzaW9uc1Jlc3BvbnNlEiwKBWNhbGxzGAEgAygLMh0uY293cmllLnJvdXRlci52MS5HYXRld2F5Q2FsbCLLAQoQUm91dGluZ0NhbmRpZGF0ZRIPCgdnYXRld2F5GAEgASgJEhAKCGVsaWdpYmxlGAIgASgIEhcKD2V4Y2x1ZGVkX3JlYXNvbhgDIAEoCRINCgVzY29yZRgEIAEoBRIdChVzdWNjZXNzX3JhdGVfcGVybWlsbGUYBSABKA0SFgoObGF0ZW5jeV9wNTBfbXMYBiABKA0SNQoNY2lyY3VpdF9zdGF0ZRgHIAEoDjIeLmNvd3JpZS5yb3V0ZXIudjEuQ2lyY3VpdFN0YXRlIrICCgtHYXRld2F5Q2FsbBIQCghzZXF1ZW5jZRgBIAEoDRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdnYXRld2F5GAMgASgJEhEKCW9wZXJhdGlvbhgEIAEoCRIRCglyZWZlcmVuY2UYBSABKAkSNgoKY2FuZGlkYXRlcxgGIAMoCzIiLmNvd3JpZS5yb3V0ZXIudjEuUm91dGluZ0NhbmRpZGF0ZRIOCgZyZWFzb24YByABKAkSDwoHb3V0Y29tZRgIIAEoCRIMCgRjb2RlGAkgASgJEg4KBmFjdGlvbhgKIAEoCRIUCgxnYXRld2F5X2NvZGUYCyABKAkSDwoHbWVzc2FnZRgMIAEoCRISCgpsYXRlbmN5X21zGA0gASgNIhUKE0xpc3RHYXRld2F5c1JlcXVlc3QiSQoUTGlzdEdhdGV3YXlzUmVzcG9uc2USMQoIZ2F0ZXdheXMYASADKAsyHy5jb3dyaWUucm91dGVyLnYxLkdhdGV3YXlIZWFsdGgi+QEKDUdhdGV3YXlIZWFsdGgSDAoEbmFtZRgBIAEoCRI1Cg1jaXJjdWl0X3N0YXRlGAIgASgOMh4uY293cmllLnJvdXRlci52MS5DaXJjdWl0U3RhdGUSHQoVc3VjY2Vzc19yYXRlX3Blcm1pbGxlGAMgASgNEhYKDmxhdGVuY3lfcDUwX21zGAQgASgNEhYKDmxhdGVuY3lfcDk1X21zGAUgASgNEhQKDHdpbmRvd19jYWxscxgGIAEoDRIRCglpbl9mbGlnaHQYByABKA0SFwoPY29uY3VycmVuY3lfbWF4GAggASgNEhIKCmN1cnJlbmNpZXMYCSADKAkq5AEKDVBheW1lbnRTdGF0dXMSHgoaUEFZTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIaChZQQVlNRU5UX1NUQVRVU19DUkVBVEVEEAESHQoZUEFZTUVOVF9TVEFUVVNfUFJPQ0VTU0lORxACEiIKHlBBWU1FTlRfU1RBVFVTX09VVENPTUVfVU5LTk9XThADEhwKGFBBWU1FTlRfU1RBVFVTX1NVQ0NFRURFRBAEEhkKFVBBWU1FTlRfU1RBVFVTX0ZBSUxFRBAFEhsKF1BBWU1FTlRfU1RBVFVTX0NBTkNFTEVEEAYqkQEKC1BheW1lbnRLaW5kEhwKGFBBWU1FTlRfS0lORF9VTlNQRUNJRklFRBAAEhkKFVBBWU1FTlRfS0lORF9JTlRFUk5BTBABEhcKE1BBWU1FTlRfS0lORF9QQVlfSU4QAhIXChNQQVlNRU5UX0tJTkRfUEFZT1VUEAMSFwoTUEFZTUVOVF9LSU5EX1JFRlVORBAEKnwKDENpcmN1aXRTdGF0ZRIdChlDSVJDVUlUX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQ0lSQ1VJVF9TVEFURV9DTE9TRUQQARIWChJDSVJDVUlUX1NUQVRFX09QRU4QAhIbChdDSVJDVUlUX1NUQVRFX0hBTEZfT1BFThADMt4ECg1Sb3V0ZXJTZXJ2aWNlEmAKDUNyZWF0ZVBheW1lbnQSJi5jb3dyaWUucm91dGVyLnYxLkNyZWF0ZVBheW1lbnRSZXF1ZXN0GicuY293cmllLnJvdXRlci52MS5DcmVhdGVQYXltZW50UmVzcG9uc2USVwoKR2V0UGF5bWVudBIjLmNvd3JpZS5yb3V0ZXIudjEuR2V0UGF5bWVudFJlcXVlc3QaJC5jb3dyaWUucm91dGVyLnYxLkdldFBheW1lbnRSZXNwb25zZRJdCgxMaXN0UGF5bWVudHMSJS5jb3dyaWUucm91dGVyLnYxLkxpc3RQYXltZW50c1JlcXVlc3QaJi5jb3dyaWUucm91dGVyLnYxLkxpc3RQYXltZW50c1Jlc3BvbnNlEmAKDVJlZnVuZFBheW1lbnQSJi5jb3dyaWUucm91dGVyLnYxLlJlZnVuZFBheW1lbnRSZXF1ZXN0GicuY293cmllLnJvdXRlci52MS5SZWZ1bmRQYXltZW50UmVzcG9uc2UScgoTR2V0Um91dGluZ0RlY2lzaW9ucxIsLmNvd3JpZS5yb3V0ZXIudjEuR2V0Um91dGluZ0RlY2lzaW9uc1JlcXVlc3QaLS5jb3dyaWUucm91dGVyLnYxLkdldFJvdXRpbmdEZWNpc2lvbnNSZXNwb25zZRJdCgxMaXN0R2F0ZXdheXMSJS5jb3dyaWUucm91dGVyLnYxLkxpc3RHYXRld2F5c1JlcXVlc3QaJi5jb3dyaWUucm91dGVyLnYxLkxpc3RHYXRld2F5c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1jb3dyaWUvcm91dGVyL3YxL3JvdXRlci5wcm90bxIQY293cmllLnJvdXRlci52MSKyAQoMU3RhdHVzQ2hhbmdlEjQKC2Zyb21fc3RhdHVzGAEgASgOMh8uY293cmllLnJvdXRlci52MS5QYXltZW50U3RhdHVzEjIKCXRvX3N0YXR1cxgCIAEoDjIfLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudFN0YXR1cxIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBCABKAkipgYKB1BheW1lbnQSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEisKBGtpbmQYAyABKA4yHS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRLaW5kEi8KBnN0YXR1cxgEIAEoDjIfLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudFN0YXR1cxIUCgxhbW91bnRfbWlub3IYBSABKAMSEAoIY3VycmVuY3kYBiABKAkSGAoQc291cmNlX3dhbGxldF9pZBgHIAEoCRIdChVkZXN0aW5hdGlvbl93YWxsZXRfaWQYCCABKAkSFAoMZmFpbHVyZV9jb2RlGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWZlZV9taW5vchgMIAEoAxIWCg5yZWZ1bmRlZF9taW5vchgNIAEoAxIXCg9mYWlsdXJlX21lc3NhZ2UYDiABKAkSEQoJcmVmZXJlbmNlGA8gASgJEhsKE3JlZnVuZGVkX3BheW1lbnRfaWQYECABKAkSEwoLdHJhbnNmZXJfaWQYESABKAkSLwoHaGlzdG9yeRgSIAMoCzIeLmNvd3JpZS5yb3V0ZXIudjEuU3RhdHVzQ2hhbmdlEg8KB2dhdGV3YXkYEyABKAkSGQoRZ2F0ZXdheV9yZWZlcmVuY2UYFCABKAkSHgoWZ2F0ZXdheV90cmFuc2FjdGlvbl9pZBgVIAEoCRIcChRuZWVkc19yZWNvbmNpbGlhdGlvbhgXIAEoCBIPCgdob2xkX2lkGBggASgJEhYKDnBheW1lbnRfbWV0aG9kGBkgASgJEjMKDGJhbmtfYWNjb3VudBgaIAEoCzIdLmNvd3JpZS5yb3V0ZXIudjEuQmFua0FjY291bnQSDwoHY291bnRyeRgbIAEoCRIuCgRyaXNrGBwgASgLMiAuY293cmllLnJvdXRlci52MS5SaXNrQXNzZXNzbWVudEoECBYQFyJTCg5SaXNrQXNzZXNzbWVudBIQCghkZWNpc2lvbhgBIAEoCRINCgVzY29yZRgCIAEoDRIPCgdyZWFzb25zGAMgAygJEg8KB3VzZXJfaWQYBCABKAkiTgoLQmFua0FjY291bnQSEQoJYmFua19jb2RlGAEgASgJEhYKDmFjY291bnRfbnVtYmVyGAIgASgJEhQKDGFjY291bnRfbmFtZRgDIAEoCSK+AwoUQ3JlYXRlUGF5bWVudFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgCIAEoCRIrCgRraW5kGAMgASgOMh0uY293cmllLnJvdXRlci52MS5QYXltZW50S2luZBIUCgxhbW91bnRfbWlub3IYBCABKAMSEAoIY3VycmVuY3kYBSABKAkSGAoQc291cmNlX3dhbGxldF9pZBgGIAEoCRIdChVkZXN0aW5hdGlvbl93YWxsZXRfaWQYByABKAkSEQoJZmVlX21pbm9yGAggASgDEhEKCXJlZmVyZW5jZRgJIAEoCRIWCg5wYXltZW50X21ldGhvZBgKIAEoCRIWCg5jdXN0b21lcl9lbWFpbBgLIAEoCRIPCgdjb3VudHJ5GAwgASgJEjMKDGJhbmtfYWNjb3VudBgNIAEoCzIdLmNvd3JpZS5yb3V0ZXIudjEuQmFua0FjY291bnQSGAoQd2FpdF9mb3Jfb3V0Y29tZRgOIAEoCBIPCgd1c2VyX2lkGA8gASgJEhEKCWRldmljZV9pZBgQIAEoCRISCgppcF9hZGRyZXNzGBEgASgJIlUKFUNyZWF0ZVBheW1lbnRSZXNwb25zZRIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50EhAKCHJlcGxheWVkGAIgASgIIjoKEUdldFBheW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpwYXltZW50X2lkGAIgASgJIkAKEkdldFBheW1lbnRSZXNwb25zZRIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50IqICChNMaXN0UGF5bWVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIvCgZzdGF0dXMYAiABKA4yHy5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRTdGF0dXMSKwoEa2luZBgDIAEoDjIdLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudEtpbmQSEQoJd2FsbGV0X2lkGAQgASgJEjAKDGNyZWF0ZWRfZnJvbRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF90bxgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAcgASgNEhIKCnBhZ2VfdG9rZW4YCCABKAkiXAoUTGlzdFBheW1lbnRzUmVzcG9uc2USKwoIcGF5bWVudHMYASADKAsyGS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInwKFFJlZnVuZFBheW1lbnRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkSEgoKcGF5bWVudF9pZBgDIAEoCRIUCgxhbW91bnRfbWlub3IYBCABKAMSDgoGcmVhc29uGAUgASgJIoABChVSZWZ1bmRQYXltZW50UmVzcG9uc2USKQoGcmVmdW5kGAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50EioKB3BheW1lbnQYAiABKAsyGS5jb3dyaWUucm91dGVyLnYxLlBheW1lbnQSEAoIcmVwbGF5ZWQYAyABKAgiQwoaR2V0Um91dGluZ0RlY2lzaW9uc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhIKCnBheW1lbnRfaWQYAiABKAkiSwobR2V0Um91dGluZ0RlY2lzaW9uc1Jlc3BvbnNlEiwKBWNhbGxzGAEgAygLMh0uY293cmllLnJvdXRlci52MS5HYXRld2F5Q2FsbCLLAQoQUm91dGluZ0NhbmRpZGF0ZRIPCgdnYXRld2F5GAEgASgJEhAKCGVsaWdpYmxlGAIgASgIEhcKD2V4Y2x1ZGVkX3JlYXNvbhgDIAEoCRINCgVzY29yZRgEIAEoBRIdChVzdWNjZXNzX3JhdGVfcGVybWlsbGUYBSABKA0SFgoObGF0ZW5jeV9wNTBfbXMYBiABKA0SNQoNY2lyY3VpdF9zdGF0ZRgHIAEoDjIeLmNvd3JpZS5yb3V0ZXIudjEuQ2lyY3VpdFN0YXRlIrICCgtHYXRld2F5Q2FsbBIQCghzZXF1ZW5jZRgBIAEoDRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdnYXRld2F5GAMgASgJEhEKCW9wZXJhdGlvbhgEIAEoCRIRCglyZWZlcmVuY2UYBSABKAkSNgoKY2FuZGlkYXRlcxgGIAMoCzIiLmNvd3JpZS5yb3V0ZXIudjEuUm91dGluZ0NhbmRpZGF0ZRIOCgZyZWFzb24YByABKAkSDwoHb3V0Y29tZRgIIAEoCRIMCgRjb2RlGAkgASgJEg4KBmFjdGlvbhgKIAEoCRIUCgxnYXRld2F5X2NvZGUYCyABKAkSDwoHbWVzc2FnZRgMIAEoCRISCgpsYXRlbmN5X21zGA0gASgNIhUKE0xpc3RHYXRld2F5c1JlcXVlc3QiSQoUTGlzdEdhdGV3YXlzUmVzcG9uc2USMQoIZ2F0ZXdheXMYASADKAsyHy5jb3dyaWUucm91dGVyLnYxLkdhdGV3YXlIZWFsdGgi+QEKDUdhdGV3YXlIZWFsdGgSDAoEbmFtZRgBIAEoCRI1Cg1jaXJjdWl0X3N0YXRlGAIgASgOMh4uY293cmllLnJvdXRlci52MS5DaXJjdWl0U3RhdGUSHQoVc3VjY2Vzc19yYXRlX3Blcm1pbGxlGAMgASgNEhYKDmxhdGVuY3lfcDUwX21zGAQgASgNEhYKDmxhdGVuY3lfcDk1X21zGAUgASgNEhQKDHdpbmRvd19jYWxscxgGIAEoDRIRCglpbl9mbGlnaHQYByABKA0SFwoPY29uY3VycmVuY3lfbWF4GAggASgNEhIKCmN1cnJlbmNpZXMYCSADKAkqggIKDVBheW1lbnRTdGF0dXMSHgoaUEFZTUVOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIaChZQQVlNRU5UX1NUQVRVU19DUkVBVEVEEAESHQoZUEFZTUVOVF9TVEFUVVNfUFJPQ0VTU0lORxACEiIKHlBBWU1FTlRfU1RBVFVTX09VVENPTUVfVU5LTk9XThADEhwKGFBBWU1FTlRfU1RBVFVTX1NVQ0NFRURFRBAEEhkKFVBBWU1FTlRfU1RBVFVTX0ZBSUxFRBAFEhsKF1BBWU1FTlRfU1RBVFVTX0NBTkNFTEVEEAYSHAoYUEFZTUVOVF9TVEFUVVNfSU5fUkVWSUVXEAcqkQEKC1BheW1lbnRLaW5kEhwKGFBBWU1FTlRfS0lORF9VTlNQRUNJRklFRBAAEhkKFVBBWU1FTlRfS0lORF9JTlRFUk5BTBABEhcKE1BBWU1FTlRfS0lORF9QQVlfSU4QAhIXChNQQVlNRU5UX0tJTkRfUEFZT1VUEAMSFwoTUEFZTUVOVF9LSU5EX1JFRlVORBAEKnwKDENpcmN1aXRTdGF0ZRIdChlDSVJDVUlUX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQ0lSQ1VJVF9TVEFURV9DTE9TRUQQARIWChJDSVJDVUlUX1NUQVRFX09QRU4QAhIbChdDSVJDVUlUX1NUQVRFX0hBTEZfT1BFThADMt4ECg1Sb3V0ZXJTZXJ2aWNlEmAKDUNyZWF0ZVBheW1lbnQSJi5jb3dyaWUucm91dGVyLnYxLkNyZWF0ZVBheW1lbnRSZXF1ZXN0GicuY293cmllLnJvdXRlci52MS5DcmVhdGVQYXltZW50UmVzcG9uc2USVwoKR2V0UGF5bWVudBIjLmNvd3JpZS5yb3V0ZXIudjEuR2V0UGF5bWVudFJlcXVlc3QaJC5jb3dyaWUucm91dGVyLnYxLkdldFBheW1lbnRSZXNwb25zZRJdCgxMaXN0UGF5bWVudHMSJS5jb3dyaWUucm91dGVyLnYxLkxpc3RQYXltZW50c1JlcXVlc3QaJi5jb3dyaWUucm91dGVyLnYxLkxpc3RQYXltZW50c1Jlc3BvbnNlEmAKDVJlZnVuZFBheW1lbnQSJi5jb3dyaWUucm91dGVyLnYxLlJlZnVuZFBheW1lbnRSZXF1ZXN0GicuY293cmllLnJvdXRlci52MS5SZWZ1bmRQYXltZW50UmVzcG9uc2UScgoTR2V0Um91dGluZ0RlY2lzaW9ucxIsLmNvd3JpZS5yb3V0ZXIudjEuR2V0Um91dGluZ0RlY2lzaW9uc1JlcXVlc3QaLS5jb3dyaWUucm91dGVyLnYxLkdldFJvdXRpbmdEZWNpc2lvbnNSZXNwb25zZRJdCgxMaXN0R2F0ZXdheXMSJS5jb3dyaWUucm91dGVyLnYxLkxpc3RHYXRld2F5c1JlcXVlc3QaJi5jb3dyaWUucm91dGVyLnYxLkxpc3RHYXRld2F5c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * One recorded state change.
@@ -226,6 +226,13 @@ export type Payment = Message<"cowrie.router.v1.Payment"> & {
    * @generated from field: string country = 27;
    */
   country: string;
+
+  /**
+   * Risk's evaluation of the payment, made before any money moved.
+   *
+   * @generated from field: cowrie.router.v1.RiskAssessment risk = 28;
+   */
+  risk?: RiskAssessment | undefined;
 };
 
 /**
@@ -234,6 +241,49 @@ export type Payment = Message<"cowrie.router.v1.Payment"> & {
  */
 export const PaymentSchema: GenMessage<Payment> = /*@__PURE__*/
   messageDesc(file_cowrie_router_v1_router, 1);
+
+/**
+ * What Risk decided for a payment.
+ *
+ * @generated from message cowrie.router.v1.RiskAssessment
+ */
+export type RiskAssessment = Message<"cowrie.router.v1.RiskAssessment"> & {
+  /**
+   * "allow", "review" or "block"; empty until the payment was evaluated.
+   *
+   * @generated from field: string decision = 1;
+   */
+  decision: string;
+
+  /**
+   * 0 to 1000.
+   *
+   * @generated from field: uint32 score = 2;
+   */
+  score: number;
+
+  /**
+   * The fired rules' codes, e.g. "VELOCITY"; "RISK_UNAVAILABLE" when Risk could not answer and
+   * COWRIE_RISK_WHEN_UNAVAILABLE decided instead.
+   *
+   * @generated from field: repeated string reasons = 3;
+   */
+  reasons: string[];
+
+  /**
+   * The user the payment was evaluated for (the request's user_id, or its default).
+   *
+   * @generated from field: string user_id = 4;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message cowrie.router.v1.RiskAssessment.
+ * Use `create(RiskAssessmentSchema)` to create a new message.
+ */
+export const RiskAssessmentSchema: GenMessage<RiskAssessment> = /*@__PURE__*/
+  messageDesc(file_cowrie_router_v1_router, 2);
 
 /**
  * A bank account a payout pays.
@@ -268,7 +318,7 @@ export type BankAccount = Message<"cowrie.router.v1.BankAccount"> & {
  * Use `create(BankAccountSchema)` to create a new message.
  */
 export const BankAccountSchema: GenMessage<BankAccount> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 2);
+  messageDesc(file_cowrie_router_v1_router, 3);
 
 /**
  * @generated from message cowrie.router.v1.CreatePaymentRequest
@@ -368,6 +418,28 @@ export type CreatePaymentRequest = Message<"cowrie.router.v1.CreatePaymentReques
    * @generated from field: bool wait_for_outcome = 14;
    */
   waitForOutcome: boolean;
+
+  /**
+   * The paying user in the tenant's terms, for Risk's per-user rules; up to 64 characters of
+   * [A-Za-z0-9_.:@-]. Empty: the source wallet (INTERNAL, PAYOUT) or customer_email (PAY_IN).
+   *
+   * @generated from field: string user_id = 15;
+   */
+  userId: string;
+
+  /**
+   * The payer's device id, when known (up to 128 characters); checked against blocklists.
+   *
+   * @generated from field: string device_id = 16;
+   */
+  deviceId: string;
+
+  /**
+   * The payer's IP address, when known; checked against blocklists.
+   *
+   * @generated from field: string ip_address = 17;
+   */
+  ipAddress: string;
 };
 
 /**
@@ -375,7 +447,7 @@ export type CreatePaymentRequest = Message<"cowrie.router.v1.CreatePaymentReques
  * Use `create(CreatePaymentRequestSchema)` to create a new message.
  */
 export const CreatePaymentRequestSchema: GenMessage<CreatePaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 3);
+  messageDesc(file_cowrie_router_v1_router, 4);
 
 /**
  * @generated from message cowrie.router.v1.CreatePaymentResponse
@@ -399,7 +471,7 @@ export type CreatePaymentResponse = Message<"cowrie.router.v1.CreatePaymentRespo
  * Use `create(CreatePaymentResponseSchema)` to create a new message.
  */
 export const CreatePaymentResponseSchema: GenMessage<CreatePaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 4);
+  messageDesc(file_cowrie_router_v1_router, 5);
 
 /**
  * @generated from message cowrie.router.v1.GetPaymentRequest
@@ -421,7 +493,7 @@ export type GetPaymentRequest = Message<"cowrie.router.v1.GetPaymentRequest"> & 
  * Use `create(GetPaymentRequestSchema)` to create a new message.
  */
 export const GetPaymentRequestSchema: GenMessage<GetPaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 5);
+  messageDesc(file_cowrie_router_v1_router, 6);
 
 /**
  * @generated from message cowrie.router.v1.GetPaymentResponse
@@ -438,7 +510,7 @@ export type GetPaymentResponse = Message<"cowrie.router.v1.GetPaymentResponse"> 
  * Use `create(GetPaymentResponseSchema)` to create a new message.
  */
 export const GetPaymentResponseSchema: GenMessage<GetPaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 6);
+  messageDesc(file_cowrie_router_v1_router, 7);
 
 /**
  * @generated from message cowrie.router.v1.ListPaymentsRequest
@@ -503,7 +575,7 @@ export type ListPaymentsRequest = Message<"cowrie.router.v1.ListPaymentsRequest"
  * Use `create(ListPaymentsRequestSchema)` to create a new message.
  */
 export const ListPaymentsRequestSchema: GenMessage<ListPaymentsRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 7);
+  messageDesc(file_cowrie_router_v1_router, 8);
 
 /**
  * @generated from message cowrie.router.v1.ListPaymentsResponse
@@ -529,7 +601,7 @@ export type ListPaymentsResponse = Message<"cowrie.router.v1.ListPaymentsRespons
  * Use `create(ListPaymentsResponseSchema)` to create a new message.
  */
 export const ListPaymentsResponseSchema: GenMessage<ListPaymentsResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 8);
+  messageDesc(file_cowrie_router_v1_router, 9);
 
 /**
  * @generated from message cowrie.router.v1.RefundPaymentRequest
@@ -572,7 +644,7 @@ export type RefundPaymentRequest = Message<"cowrie.router.v1.RefundPaymentReques
  * Use `create(RefundPaymentRequestSchema)` to create a new message.
  */
 export const RefundPaymentRequestSchema: GenMessage<RefundPaymentRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 9);
+  messageDesc(file_cowrie_router_v1_router, 10);
 
 /**
  * @generated from message cowrie.router.v1.RefundPaymentResponse
@@ -605,7 +677,7 @@ export type RefundPaymentResponse = Message<"cowrie.router.v1.RefundPaymentRespo
  * Use `create(RefundPaymentResponseSchema)` to create a new message.
  */
 export const RefundPaymentResponseSchema: GenMessage<RefundPaymentResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 10);
+  messageDesc(file_cowrie_router_v1_router, 11);
 
 /**
  * @generated from message cowrie.router.v1.GetRoutingDecisionsRequest
@@ -627,7 +699,7 @@ export type GetRoutingDecisionsRequest = Message<"cowrie.router.v1.GetRoutingDec
  * Use `create(GetRoutingDecisionsRequestSchema)` to create a new message.
  */
 export const GetRoutingDecisionsRequestSchema: GenMessage<GetRoutingDecisionsRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 11);
+  messageDesc(file_cowrie_router_v1_router, 12);
 
 /**
  * @generated from message cowrie.router.v1.GetRoutingDecisionsResponse
@@ -646,7 +718,7 @@ export type GetRoutingDecisionsResponse = Message<"cowrie.router.v1.GetRoutingDe
  * Use `create(GetRoutingDecisionsResponseSchema)` to create a new message.
  */
 export const GetRoutingDecisionsResponseSchema: GenMessage<GetRoutingDecisionsResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 12);
+  messageDesc(file_cowrie_router_v1_router, 13);
 
 /**
  * One candidate gateway as the router weighed it.
@@ -702,7 +774,7 @@ export type RoutingCandidate = Message<"cowrie.router.v1.RoutingCandidate"> & {
  * Use `create(RoutingCandidateSchema)` to create a new message.
  */
 export const RoutingCandidateSchema: GenMessage<RoutingCandidate> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 13);
+  messageDesc(file_cowrie_router_v1_router, 14);
 
 /**
  * One call to a gateway for a payment.
@@ -804,7 +876,7 @@ export type GatewayCall = Message<"cowrie.router.v1.GatewayCall"> & {
  * Use `create(GatewayCallSchema)` to create a new message.
  */
 export const GatewayCallSchema: GenMessage<GatewayCall> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 14);
+  messageDesc(file_cowrie_router_v1_router, 15);
 
 /**
  * @generated from message cowrie.router.v1.ListGatewaysRequest
@@ -817,7 +889,7 @@ export type ListGatewaysRequest = Message<"cowrie.router.v1.ListGatewaysRequest"
  * Use `create(ListGatewaysRequestSchema)` to create a new message.
  */
 export const ListGatewaysRequestSchema: GenMessage<ListGatewaysRequest> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 15);
+  messageDesc(file_cowrie_router_v1_router, 16);
 
 /**
  * @generated from message cowrie.router.v1.ListGatewaysResponse
@@ -834,7 +906,7 @@ export type ListGatewaysResponse = Message<"cowrie.router.v1.ListGatewaysRespons
  * Use `create(ListGatewaysResponseSchema)` to create a new message.
  */
 export const ListGatewaysResponseSchema: GenMessage<ListGatewaysResponse> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 16);
+  messageDesc(file_cowrie_router_v1_router, 17);
 
 /**
  * @generated from message cowrie.router.v1.GatewayHealth
@@ -900,16 +972,17 @@ export type GatewayHealth = Message<"cowrie.router.v1.GatewayHealth"> & {
  * Use `create(GatewayHealthSchema)` to create a new message.
  */
 export const GatewayHealthSchema: GenMessage<GatewayHealth> = /*@__PURE__*/
-  messageDesc(file_cowrie_router_v1_router, 17);
+  messageDesc(file_cowrie_router_v1_router, 18);
 
 /**
  * The state of a payment. Terminal states are SUCCEEDED, FAILED and CANCELED.
  *
  *   CREATED ──► PROCESSING ──► SUCCEEDED
- *      │            │  ▲ │
- *      │            │  │ └──► FAILED
- *      │            ▼  │
- *      │      OUTCOME_UNKNOWN ──► SUCCEEDED / FAILED
+ *      │          ▲ │  ▲ │
+ *      │          │ │  │ └──► FAILED
+ *      │          │ ▼  │
+ *      │   IN_REVIEW   OUTCOME_UNKNOWN ──► SUCCEEDED / FAILED
+ *      │      └──► FAILED
  *      └──► CANCELED / FAILED
  *
  * @generated from enum cowrie.router.v1.PaymentStatus
@@ -955,6 +1028,15 @@ export enum PaymentStatus {
    * @generated from enum value: PAYMENT_STATUS_CANCELED = 6;
    */
   CANCELED = 6,
+
+  /**
+   * Risk asked for a review: the payment's funds (if it has any yet) are held until an operator
+   * approves it (back to PROCESSING) or declines it (FAILED, "risk_declined") with Risk's
+   * ResolveReview.
+   *
+   * @generated from enum value: PAYMENT_STATUS_IN_REVIEW = 7;
+   */
+  IN_REVIEW = 7,
 }
 
 /**
