@@ -17,11 +17,8 @@
 // phase is bounded by the clock and every call by its deadline.
 import { performance } from "node:perf_hooks";
 import { pathToFileURL } from "node:url";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { Http2SessionManager, createConnectTransport } from "@connectrpc/connect-node";
-import { codeToString } from "@connectrpc/connect/protocol-connect";
-import { PaymentStatus, PaymentsService } from "../gen/cowrie/edge/v1/payments_pb.js";
-import { percentileSorted } from "./support.js";
+import { PaymentStatus } from "../gen/cowrie/edge/v1/payments_pb.js";
+import { BenchCheck, EdgePayments, describeFailure, sendToParent, serveLoad, summarize, type LatencySummary } from "./support.js";
 
 export interface SetupMessage {
   type: "setup";
@@ -54,14 +51,6 @@ export interface PhaseMessage {
   ratePerSecond: number;
   /** open: most calls in flight; a due call beyond it is not sent and counts as `shed`. */
   maxInFlight: number;
-}
-
-export interface LatencySummary {
-  count: number;
-  p50Ms: number;
-  p95Ms: number;
-  p99Ms: number;
-  maxMs: number;
 }
 
 /** Money the child saw move since setup (all phases, warm-ups included), in minor units as strings. */
@@ -150,63 +139,37 @@ class Recorder {
   }
 }
 
-function summarize(values: number[]): LatencySummary {
-  const sorted = Float64Array.from(values).sort();
-  return {
-    count: sorted.length,
-    p50Ms: percentileSorted(sorted, 0.5),
-    p95Ms: percentileSorted(sorted, 0.95),
-    p99Ms: percentileSorted(sorted, 0.99),
-    maxMs: sorted.length > 0 ? (sorted[sorted.length - 1] as number) : 0,
-  };
-}
-
 function cpuMicros(): number {
   const usage = process.cpuUsage();
   return usage.user + usage.system;
 }
 
 function send(message: ChildMessage): void {
-  process.send?.(message);
+  sendToParent(message);
 }
 
-/** Connect codes whose outcome is decided (nothing moved, or it is recorded); the rest are unknown. */
-const DECIDED = new Set([Code.InvalidArgument, Code.NotFound, Code.FailedPrecondition, Code.AlreadyExists, Code.PermissionDenied, Code.Unauthenticated, Code.ResourceExhausted]);
-
 class Load {
-  private readonly clients: Client<typeof PaymentsService>[];
-  private readonly sessions: Http2SessionManager[];
+  private readonly edge: EdgePayments;
   private readonly history: Paid[] = [];
   private historyNext = 0;
   /** Payments not refunded yet. */
   private readonly refundable: Paid[] = [];
   private seq = 0;
-  private next = 0;
   private fees = 0n;
   private toMerchants = 0n;
   private refunded = 0n;
   private unknown = 0;
 
   constructor(private readonly setup: SetupMessage) {
-    this.sessions = Array.from({ length: Math.max(1, setup.connections) }, () =>
-      new Http2SessionManager(setup.edgeUrl, { pingIntervalMs: 10_000, pingTimeoutMs: 5_000, idleConnectionTimeoutMs: 60_000 }),
-    );
-    this.clients = this.sessions.map((sessionManager) =>
-      createClient(PaymentsService, createConnectTransport({ baseUrl: setup.edgeUrl, httpVersion: "2", useBinaryFormat: true, sessionManager })),
-    );
+    this.edge = new EdgePayments(setup.edgeUrl, setup.connections);
   }
 
   close(): void {
-    for (const session of this.sessions) session.abort();
+    this.edge.close();
   }
 
   money(): MoneySeen {
     return { feesMinor: String(this.fees), toMerchantsMinor: String(this.toMerchants), refundedMinor: String(this.refunded), unknownOutcomes: this.unknown };
-  }
-
-  private client(): Client<typeof PaymentsService> {
-    this.next = (this.next + 1) % this.clients.length;
-    return this.clients[this.next] as Client<typeof PaymentsService>;
   }
 
   private headers(key: string): Record<string, string> {
@@ -233,17 +196,8 @@ class Load {
       else await this.refund();
       recorder?.ok(kind, performance.now() - dueAt);
     } catch (error) {
-      let code: string;
-      let detail: string;
-      if (error instanceof BenchCheck) {
-        code = error.code;
-        detail = error.message;
-      } else {
-        const connectError = ConnectError.from(error);
-        code = codeToString(connectError.code);
-        detail = connectError.rawMessage;
-        if (!DECIDED.has(connectError.code)) this.unknown++;
-      }
+      const { code, detail, outcomeUnknown } = describeFailure(error);
+      if (outcomeUnknown) this.unknown++;
       recorder?.error(`${kind}:${code}`, detail);
     }
   }
@@ -286,7 +240,7 @@ class Load {
   }
 
   private createPayment(request: Omit<Paid, "paymentId">) {
-    return this.client().createPayment(
+    return this.edge.client().createPayment(
       {
         sourceWalletId: request.source,
         destinationWalletId: request.destination,
@@ -306,7 +260,7 @@ class Load {
     this.refundable[index] = this.refundable[this.refundable.length - 1] as Paid;
     this.refundable.pop();
     const amountMinor = (original.amountMinor - original.feeMinor) / 4n;
-    const response = await this.client().refundPayment(
+    const response = await this.edge.client().refundPayment(
       { paymentId: original.paymentId, amountMinor, reason: "bench partial refund" },
       { timeoutMs: this.setup.timeoutMs, headers: this.headers(`${this.setup.runTag}-refund-${++this.seq}`) },
     );
@@ -316,16 +270,6 @@ class Load {
       throw new BenchCheck(`refund_status_${PaymentStatus[refund.status] ?? refund.status}${refund.failureCode ? `_${refund.failureCode}` : ""}`, `${refund.id}: ${refund.failureMessage}`);
     }
     this.refunded += amountMinor;
-  }
-}
-
-/** A check of this bench failed (as opposed to an RPC error). */
-class BenchCheck extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
   }
 }
 
@@ -469,47 +413,11 @@ function result(
 }
 
 function main(): void {
-  if (!process.send) {
-    console.error("bench/mesh-load.ts is started by bench/mesh.ts (npm run bench), not directly");
-    process.exit(2);
-  }
-  let load: Load | undefined;
-  let busy = false;
-  const fatal = (error: unknown): void => {
-    send({ type: "fatal", message: error instanceof Error ? error.stack ?? error.message : String(error) });
-    process.exitCode = 1;
-    load?.close();
-    process.disconnect();
-  };
-  process.on("message", (raw: unknown) => {
-    const message = raw as SetupMessage | PhaseMessage | { type: "exit" };
-    if (message.type === "exit") {
-      load?.close();
-      process.disconnect();
-      return;
-    }
-    if (message.type === "setup") {
-      load = new Load(message);
-      send({ type: "setup-done" });
-      return;
-    }
-    if (message.type !== "run" || busy || !load) return;
-    busy = true;
-    (message.mode === "closed" ? runClosed(load, message) : runOpen(load, message)).then(
-      (phase) => {
-        busy = false;
-        send(phase);
-      },
-      fatal,
-    );
-  });
-  // Without a parent there is nothing to do: leave instead of lingering.
-  process.on("disconnect", () => {
-    load?.close();
-    const timer = setTimeout(() => process.exit(process.exitCode ?? 0), 2000);
-    timer.unref();
-  });
-  send({ type: "ready" });
+  serveLoad<SetupMessage, PhaseMessage, Load>(
+    "bench/mesh-load.ts is started by bench/mesh.ts (npm run bench), not directly",
+    (setup) => new Load(setup),
+    (load, message) => (message.type !== "run" ? undefined : message.mode === "closed" ? runClosed(load, message) : runOpen(load, message)),
+  );
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) main();

@@ -46,42 +46,47 @@
 //                         bench/profile-summary.ts reads them. Profiling slows the services.
 //   TEST_DATABASE_URL, TEST_REDIS_URL, TEST_AMQP_URL  the servers (defaults: the local ones).
 // Defaults take about 50-60 s in all (under 90 s).
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { performance } from "node:perf_hooks";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createConnectTransport } from "@connectrpc/connect-node";
-import { Redis } from "ioredis";
 import postgres from "postgres";
-import { AdminService } from "../gen/cowrie/edge/v1/admin_pb.js";
-import { WalletKind, WalletsService } from "../gen/cowrie/edge/v1/wallets_pb.js";
-import { FindingKind, LedgerService, type Account } from "../gen/cowrie/ledger/v1/ledger_pb.js";
-import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
-import { TEST_AMQP_URL, TEST_POSTGRES_URL, TEST_REDIS_URL, freePorts, freshDatabase } from "../services/runtime/testing.js";
+import { WalletKind } from "../gen/cowrie/edge/v1/wallets_pb.js";
+import { FindingKind, LedgerService } from "../gen/cowrie/ledger/v1/ledger_pb.js";
+import { TEST_POSTGRES_URL, freePorts, freshDatabase } from "../services/runtime/testing.js";
 import { feeAccountId, fundingAccountId } from "../services/wallet/service.js";
 import type { ChildMessage, PhaseMessage, PhaseResult, SetupMessage } from "./mesh-load.js";
-import { LoadProcess, commitBaseline, machineBusySeconds, numberOption, processCpuSeconds, processMemoryMb, rate, round } from "./support.js";
+import {
+  Accounting,
+  LoadProcess,
+  ServiceProcess,
+  benchOptions,
+  cleanRedis,
+  commitBaseline,
+  createBenchTenant,
+  createWallets,
+  guardRun,
+  lookupAccounts,
+  processCpuSeconds,
+  processMemoryMb,
+  rate,
+  round,
+  runLimited,
+  serviceEnvironment,
+} from "./support.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, "..");
 const NAME = "bench";
 
-if (process.argv.includes("--help") || process.argv.includes("-h")) {
-  // The header of this file is the manual.
-  process.stdout.write("usage: npm run bench -- [--duration 20] [--warmup 3] [--concurrency 32] [--retry-share 0.05]\n" +
-    "  [--refund-share 0.05] [--open-duration 10] [--open-fraction 0.7] [--baseline-duration 5]\n" +
-    "  [--customers 200] [--merchants 20] [--connections 1] [--timeout-ms 10000]\n" +
-    "  (or BENCH_* environment variables; BENCH_CPU_PROF=<dir> profiles the services; see bench/mesh.ts)\n");
-  process.exit(0);
-}
-
-const ARGV = process.argv.slice(2);
-const option = (flag: string, env: string, fallback: number, min: number, max: number): number =>
-  numberOption(ARGV, flag, env, fallback, min, max, NAME);
+// The header of this file is the manual; --help prints the short form.
+const option = benchOptions(NAME, "usage: npm run bench -- [--duration 20] [--warmup 3] [--concurrency 32] [--retry-share 0.05]\n" +
+  "  [--refund-share 0.05] [--open-duration 10] [--open-fraction 0.7] [--baseline-duration 5]\n" +
+  "  [--customers 200] [--merchants 20] [--connections 1] [--timeout-ms 10000]\n" +
+  "  (or BENCH_* environment variables; BENCH_CPU_PROF=<dir> profiles the services; see bench/mesh.ts)\n");
 const SECONDS = option("duration", "BENCH_SECONDS", 20, 1, 600);
 const WARMUP_SECONDS = option("warmup", "BENCH_WARMUP_SECONDS", 3, 0, 120);
 const CONCURRENCY = Math.floor(option("concurrency", "BENCH_CONCURRENCY", 32, 1, 4096));
@@ -121,89 +126,11 @@ const progress = (line: string): void => {
   process.stderr.write(`${NAME}: ${line}\n`);
 };
 
-// ---------------------------------------------------------------------------------------------
-// Service processes
-
-/** Start-up banners and shutdown notes that main.ts prints at every start; not worth relaying. */
-const ROUTINE_LINE = /^(cowrie: (\d+ service\(s\) up|try |SIGTERM received)|\s+\w+\s+http:\/\/)/;
-const RELAYED_LINES_MAX = 20;
-const RELAYED_LINE_CHARS = 400;
-/** Set once the run is being torn down: what the services log while stopping is expected. */
-let tearingDown = false;
-
-class ServiceProcess {
-  readonly child: ChildProcess;
-  readonly exited: Promise<number | null>;
-  readonly recent: string[] = [];
-  warnings = 0;
-  private relayed = 0;
-
-  constructor(
-    readonly name: ServiceName,
-    readonly port: number,
-    env: NodeJS.ProcessEnv,
-  ) {
-    const args = ["--import", "tsx"];
-    // One folder per service: the main thread and tsx's module-loader thread each write a profile.
-    if (CPU_PROF_DIR) args.unshift("--cpu-prof", `--cpu-prof-dir=${path.join(CPU_PROF_DIR, name)}`);
-    this.child = spawn(process.execPath, [...args, "services/main.ts", name], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
-    this.exited = new Promise((resolve) => this.child.once("exit", (code) => resolve(code)));
-    for (const stream of [this.child.stdout, this.child.stderr]) {
-      if (!stream) continue;
-      createInterface({ input: stream }).on("line", (line) => this.line(line));
-    }
-  }
-
-  get pid(): number {
-    return this.child.pid as number;
-  }
-
-  get running(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  private line(line: string): void {
-    this.recent.push(line);
-    if (this.recent.length > 30) this.recent.shift();
-    if (ROUTINE_LINE.test(line)) return;
-    this.warnings++;
-    if (this.relayed < RELAYED_LINES_MAX && !tearingDown) {
-      this.relayed++;
-      process.stderr.write(`[${this.name}] ${line.length > RELAYED_LINE_CHARS ? `${line.slice(0, RELAYED_LINE_CHARS)}...` : line}\n`);
-    }
-  }
-
-  /** Waits until grpc.health.v1.Health/Check answers SERVING. */
-  async serving(): Promise<void> {
-    const session = new Http2SessionManager(`http://127.0.0.1:${this.port}`);
-    const health = createClient(Health, createConnectTransport({ baseUrl: `http://127.0.0.1:${this.port}`, httpVersion: "2", sessionManager: session }));
-    const startedAtMs = Date.now();
-    try {
-      for (;;) {
-        const status = await health.check({}, { timeoutMs: 500 }).then((response) => response.status, () => undefined);
-        if (status === ServingStatus.SERVING) return;
-        if (!this.running) throw new Error(`${this.name} exited during start-up:\n${this.recent.join("\n")}`);
-        if (Date.now() - startedAtMs > START_TIMEOUT_MS) throw new Error(`${this.name} was not SERVING within ${START_TIMEOUT_MS} ms:\n${this.recent.join("\n")}`);
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-    } finally {
-      session.abort();
-    }
-  }
-
-  /** SIGTERM, then SIGKILL if it has not exited within the grace period. */
-  async stop(): Promise<number | null> {
-    if (!this.running) return this.child.exitCode;
-    this.child.kill("SIGTERM");
-    const timer = setTimeout(() => {
-      progress(`${this.name} did not stop within ${STOP_GRACE_MS} ms of SIGTERM; killing it`);
-      this.child.kill("SIGKILL");
-    }, STOP_GRACE_MS);
-    const code = await this.exited;
-    clearTimeout(timer);
-    if (this.relayed < this.warnings) process.stderr.write(`[${this.name}] (${this.warnings - this.relayed} more log lines not shown${tearingDown ? ", most while stopping" : ""})\n`);
-    return code;
-  }
+/** One service of the mesh in its own process, started as production starts it. */
+function startService(name: ServiceName, port: number, env: NodeJS.ProcessEnv): ServiceProcess {
+  // One folder per service: the main thread and tsx's module-loader thread each write a profile.
+  const cpuProfDir = CPU_PROF_DIR ? path.join(CPU_PROF_DIR, name) : undefined;
+  return new ServiceProcess({ name, port, env, args: ["services/main.ts", name], cwd: ROOT, progress, cpuProfDir, startTimeoutMs: START_TIMEOUT_MS, stopGraceMs: STOP_GRACE_MS });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,70 +144,6 @@ function startLoad(): Load {
 }
 
 // ---------------------------------------------------------------------------------------------
-// CPU accounting for a measured window: every service process, the load process, this process,
-// the PostgreSQL backends of the bench database (by application_name: cowrie-edge...), the
-// PostgreSQL background processes (WAL writer...; shared with anything else on the server) and
-// the whole machine, so that what is left ("other") says whether something else disturbed it.
-
-interface Sample {
-  wallMs: number;
-  monotonicUs: number;
-  machine: number | undefined;
-  pids: Map<number, number>;
-  /** pid -> group label for the PostgreSQL processes seen. */
-  pgGroups: Map<number, string>;
-  xacts: number;
-}
-
-class Accounting {
-  constructor(
-    private readonly monitor: postgres.Sql,
-    private readonly databaseName: string,
-    private readonly processes: () => Map<number, string>,
-  ) {}
-
-  async sample(): Promise<Sample> {
-    const rows = await this.monitor<{ pid: number; datname: string | null; application_name: string; backend_type: string }[]>`
-      select pid, datname, application_name, backend_type from pg_stat_activity
-      where (datname = ${this.databaseName} and pid <> pg_backend_pid()) or datname is null`;
-    const [xacts] = await this.monitor<{ xacts: string }[]>`
-      select (xact_commit + xact_rollback)::text as xacts from pg_stat_database where datname = ${this.databaseName}`;
-    const pgGroups = new Map<number, string>();
-    for (const row of rows) {
-      const label = row.datname === null
-        ? "postgres background (shared)"
-        : row.backend_type === "client backend" ? `postgres ${row.application_name.replace(/^cowrie-/, "") || "other"}` : `postgres ${row.backend_type}`;
-      pgGroups.set(row.pid, label);
-    }
-    const pids = new Map<number, number>();
-    for (const pid of [...this.processes().keys(), ...pgGroups.keys()]) {
-      const cpu = processCpuSeconds(pid);
-      if (cpu !== undefined) pids.set(pid, cpu);
-    }
-    return {
-      wallMs: Date.now(),
-      monotonicUs: Number(process.hrtime.bigint() / 1000n),
-      machine: machineBusySeconds(),
-      pids,
-      pgGroups,
-      xacts: Number(xacts?.xacts ?? 0),
-    };
-  }
-
-  /** CPU seconds per label between two samples; processes born in between count from zero. */
-  delta(start: Sample, end: Sample): { byLabel: Map<string, number>; machine: number | undefined; seconds: number; xacts: number } {
-    const labels = this.processes();
-    const byLabel = new Map<string, number>();
-    for (const [pid, cpu] of end.pids) {
-      const label = labels.get(pid) ?? end.pgGroups.get(pid) ?? start.pgGroups.get(pid);
-      if (!label) continue;
-      byLabel.set(label, (byLabel.get(label) ?? 0) + Math.max(0, cpu - (start.pids.get(pid) ?? 0)));
-    }
-    const machine = start.machine === undefined || end.machine === undefined ? undefined : end.machine - start.machine;
-    return { byLabel, machine, seconds: (end.wallMs - start.wallMs) / 1000, xacts: end.xacts - start.xacts };
-  }
-}
-
 /** Runs one load phase and samples the CPU accounting at its window's edges. */
 async function runPhase(load: Load, accounting: Accounting, message: PhaseMessage) {
   const boundMs = (message.warmupSeconds + message.seconds) * 1000 + TIMEOUT_MS + 30_000;
@@ -304,31 +167,11 @@ async function runPhase(load: Load, accounting: Accounting, message: PhaseMessag
 
 // ---------------------------------------------------------------------------------------------
 
-async function runLimited<T>(items: readonly T[], concurrency: number, work: (item: T, index: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-    while (next < items.length) {
-      const index = next++;
-      await work(items[index] as T, index);
-    }
-  }));
-}
-
 const ms = (value: number): string => value.toFixed(1);
 const pad = (text: string, width: number): string => text.padEnd(width);
 
 async function main(): Promise<void> {
   const runStartedMs = performance.now();
-  // Whole-run watchdog: every phase is bounded anyway; this only ends a wedged run (cleanup runs).
-  const watchdogMs = (BASELINE_SECONDS + WARMUP_SECONDS + SECONDS + OPEN_WARMUP_SECONDS + OPEN_SECONDS) * 1000 + 4 * TIMEOUT_MS + 240_000;
-  let timedOut = false;
-  const watchdog = setTimeout(() => {
-    timedOut = true;
-    progress(`still running after ${watchdogMs} ms; giving up`);
-    void cleanup().finally(() => process.exit(1));
-  }, watchdogMs);
-  watchdog.unref();
-
   const services = new Map<ServiceName, ServiceProcess>();
   let load: Load | undefined;
   let database: Awaited<ReturnType<typeof freshDatabase>> | undefined;
@@ -337,7 +180,7 @@ async function main(): Promise<void> {
   const redisKeys: { tenantId?: string; keyId?: string } = {};
   let cleaning: Promise<void> | undefined;
   const cleanup = (): Promise<void> => (cleaning ??= (async () => {
-    tearingDown = true;
+    ServiceProcess.tearingDown = true;
     for (const session of sessions) session.abort();
     await load?.stop(5000).catch(() => undefined);
     // Edge first, so nothing new comes in while the services behind it drain.
@@ -345,28 +188,16 @@ async function main(): Promise<void> {
       const service = services.get(name);
       if (service) {
         const code = await service.stop();
-        if (code !== 0 && !timedOut) progress(`${name} exited with code ${code}`);
+        if (code !== 0 && !guard.timedOut) progress(`${name} exited with code ${code}`);
       }
     }
     await monitor?.end({ timeout: 5 }).catch(() => undefined);
     await database?.drop().catch((error: unknown) => progress(`could not drop the database: ${String(error)}`));
     await cleanRedis(redisKeys).catch(() => undefined);
   })());
-  let interrupted = false;
   // Whatever goes wrong, the processes this run started stop and its database goes.
-  for (const event of ["uncaughtException", "unhandledRejection"] as const) {
-    process.on(event, (error: unknown) => {
-      console.error(`${NAME} failed (${event}):`, error instanceof Error ? error.stack ?? error.message : error);
-      void cleanup().finally(() => process.exit(1));
-    });
-  }
-  for (const signal of ["SIGINT", "SIGTERM"] as const) {
-    process.once(signal, () => {
-      interrupted = true;
-      progress(`${signal}: stopping the services and dropping the database`);
-      void cleanup().finally(() => process.exit(130));
-    });
-  }
+  const watchdogMs = (BASELINE_SECONDS + WARMUP_SECONDS + SECONDS + OPEN_WARMUP_SECONDS + OPEN_SECONDS) * 1000 + 4 * TIMEOUT_MS + 240_000;
+  const guard = guardRun(NAME, cleanup, watchdogMs);
 
   try {
     database = await freshDatabase("bench_mesh");
@@ -389,27 +220,11 @@ async function main(): Promise<void> {
     const ports = (await freePorts(SERVICES.length)) as number[];
     const portOf = Object.fromEntries(SERVICES.map((name, index) => [name, ports[index] as number])) as Record<ServiceName, number>;
     const operatorToken = `bench-operator-${randomBytes(16).toString("hex")}`;
-    const env: NodeJS.ProcessEnv = { ...process.env };
-    for (const name of SERVICES) delete env[`COWRIE_${name.toUpperCase()}_URL`];
-    Object.assign(env, {
-      DATABASE_URL: database.url,
-      REDIS_URL: TEST_REDIS_URL,
-      AMQP_URL: TEST_AMQP_URL,
-      COWRIE_HOST: "127.0.0.1",
-      COWRIE_EDGE_PORT: String(portOf.edge),
-      COWRIE_LEDGER_PORT: String(portOf.ledger),
-      COWRIE_WALLET_PORT: String(portOf.wallet),
-      COWRIE_ROUTER_PORT: String(portOf.router),
-      COWRIE_RISK_PORT: String(portOf.risk),
-      COWRIE_OPERATOR_TOKEN: operatorToken,
-      COWRIE_LOG_LEVEL: "warn",
-      COWRIE_RATE_LIMIT_PER_SECOND: "1000000",
-      COWRIE_RATE_LIMIT_BURST: "1000000",
-    });
+    const env = serviceEnvironment(database.url, portOf, operatorToken);
     progress(`starting ${SERVICES.join(", ")} (one process each)`);
     const startedAtMs = Date.now();
     // All together, as compose starts them: migrations serialize on one advisory lock.
-    for (const name of SERVICES) services.set(name, new ServiceProcess(name, portOf[name], env));
+    for (const name of SERVICES) services.set(name, startService(name, portOf[name], env));
     await Promise.all(SERVICES.map((name) => (services.get(name) as ServiceProcess).serving()));
     const startupSeconds = (Date.now() - startedAtMs) / 1000;
     progress(`all SERVING in ${startupSeconds.toFixed(1)} s`);
@@ -418,26 +233,16 @@ async function main(): Promise<void> {
     const edgeUrl = `http://127.0.0.1:${portOf.edge}`;
     const edgeSession = new Http2SessionManager(edgeUrl);
     sessions.push(edgeSession);
-    const edgeTransport = createConnectTransport({ baseUrl: edgeUrl, httpVersion: "2", useBinaryFormat: true, sessionManager: edgeSession });
-    const admin = createClient(AdminService, edgeTransport);
-    const created = await admin.createTenant({ name: "bench tenant" }, { headers: { authorization: `Bearer ${operatorToken}` }, timeoutMs: 10_000 });
-    const tenantId = created.tenant?.id ?? "";
+    const tenant = await createBenchTenant(edgeUrl, edgeSession, operatorToken);
+    const { tenantId, apiKey, wallets, auth } = tenant;
     redisKeys.tenantId = tenantId;
-    redisKeys.keyId = created.apiKey?.id;
-    const apiKey = created.apiKeySecret;
-    const wallets = createClient(WalletsService, edgeTransport);
-    const auth = (key: string) => ({ authorization: `Bearer ${apiKey}`, "idempotency-key": key });
+    redisKeys.keyId = tenant.keyId;
     progress(`setup: tenant ${tenantId}, ${CUSTOMERS} customer and ${MERCHANTS} merchant wallets, customers funded`);
     const owners = [
       ...Array.from({ length: CUSTOMERS }, (_, index) => ({ owner: `customer-${index}`, kind: WalletKind.CUSTOMER })),
       ...Array.from({ length: MERCHANTS }, (_, index) => ({ owner: `merchant-${index}`, kind: WalletKind.MERCHANT })),
     ];
-    const walletIds: string[] = new Array(owners.length);
-    await runLimited(owners, SETUP_CONCURRENCY, async ({ owner, kind }, index) => {
-      const response = await wallets.createWallet({ ownerId: owner, currency: CURRENCY, kind }, { headers: auth(`setup-wallet-${owner}`), timeoutMs: 10_000 });
-      if (!response.wallet) throw new Error(`CreateWallet ${owner} returned no wallet`);
-      walletIds[index] = response.wallet.id;
-    });
+    const walletIds = await createWallets(tenant, owners, CURRENCY, SETUP_CONCURRENCY);
     const customers = walletIds.slice(0, CUSTOMERS);
     const merchants = walletIds.slice(CUSTOMERS);
     await runLimited(customers, SETUP_CONCURRENCY, async (walletId) => {
@@ -488,11 +293,7 @@ async function main(): Promise<void> {
     const feeAccount = feeAccountId(tenantId, CURRENCY);
     const fundingAccount = fundingAccountId(CURRENCY);
     const ids = [...customers, ...merchants, feeAccount, fundingAccount];
-    const accounts = new Map<string, Account>();
-    for (let start = 0; start < ids.length; start += 8000) {
-      const { accounts: found } = await ledger.lookupAccounts({ ids: ids.slice(start, start + 8000) }, { timeoutMs: 30_000 });
-      for (const account of found) accounts.set(account.id, account);
-    }
+    const accounts = await lookupAccounts(ledger, ids);
     const missing = ids.filter((id) => id !== feeAccount && !accounts.has(id));
     const balance = (id: string): bigint => {
       const account = accounts.get(id);
@@ -641,34 +442,13 @@ async function main(): Promise<void> {
     if (verify.findings.length > 0 || !conserved || clientViewOk === false) process.exitCode = 1;
     process.stdout.write(`${JSON.stringify(figures)}\n`);
   } catch (error) {
-    if (!interrupted) {
+    if (!guard.interrupted) {
       console.error(`${NAME} failed:`, error instanceof Error ? error.stack ?? error.message : error);
       process.exitCode = 1;
     }
   } finally {
     await cleanup();
-    clearTimeout(watchdog);
-  }
-}
-
-/** Deletes this run's keys from Redis: the idempotency replay cache and the rate-limit bucket. */
-async function cleanRedis(keys: { tenantId?: string; keyId?: string }): Promise<void> {
-  if (!keys.tenantId) return;
-  const redis = new Redis(TEST_REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 2000 });
-  redis.on("error", () => {});
-  try {
-    await redis.connect();
-    const doomed: string[] = keys.keyId ? [`cowrie:edge:rate:${keys.keyId}`] : [];
-    let cursor = "0";
-    do {
-      const [next, found] = await redis.scan(cursor, "MATCH", `cowrie:edge:idem:${keys.tenantId}:*`, "COUNT", 1000);
-      cursor = next;
-      doomed.push(...found);
-      if (doomed.length >= 1000) await redis.unlink(...doomed.splice(0));
-    } while (cursor !== "0");
-    if (doomed.length > 0) await redis.unlink(...doomed);
-  } finally {
-    redis.disconnect();
+    guard.clear();
   }
 }
 

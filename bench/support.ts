@@ -1,12 +1,25 @@
 // Small pieces shared by the benchmarks: the postgres.js commit baseline (the same measurement
 // bench/ledger.ts makes: one-row insert transactions from 16 concurrent clients on an empty
-// table, this machine's commit ceiling), percentiles, and what /proc says about processes and
-// the machine. bench/ledger.ts still carries its own copy of the baseline; it can import this
-// one unchanged (same table, same loop, same rate).
+// table, this machine's commit ceiling), percentiles, what /proc says about processes and the
+// machine, and the machinery of the whole-mesh benchmarks (bench/mesh.ts, bench/spike.ts):
+// service processes, their environment, the bench tenant, teardown on failure or Ctrl-C.
+// bench/ledger.ts still carries its own copy of the baseline; it can import this one unchanged
+// (same table, same loop, same rate).
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { createWriteStream, readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
+import { createInterface } from "node:readline";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Http2SessionManager, createConnectTransport } from "@connectrpc/connect-node";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { Redis } from "ioredis";
 import postgres from "postgres";
+import { AdminService } from "../gen/cowrie/edge/v1/admin_pb.js";
+import { PaymentsService } from "../gen/cowrie/edge/v1/payments_pb.js";
+import { WalletsService, type WalletKind } from "../gen/cowrie/edge/v1/wallets_pb.js";
+import { LedgerService, type Account } from "../gen/cowrie/ledger/v1/ledger_pb.js";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
+import { TEST_AMQP_URL, TEST_REDIS_URL } from "../services/runtime/testing.js";
 
 export const BASELINE_CLIENTS = 16;
 
@@ -62,6 +75,26 @@ export async function commitBaseline(url: string, seconds: number, clients = BAS
   } finally {
     await sql.end();
   }
+}
+
+export interface LatencySummary {
+  count: number;
+  p50Ms: number;
+  p95Ms: number;
+  p99Ms: number;
+  maxMs: number;
+}
+
+/** Count, nearest-rank p50/p95/p99 and maximum of latencies in ms, in any order. */
+export function summarize(values: readonly number[]): LatencySummary {
+  const sorted = Float64Array.from(values).sort();
+  return {
+    count: sorted.length,
+    p50Ms: percentileSorted(sorted, 0.5),
+    p95Ms: percentileSorted(sorted, 0.95),
+    p99Ms: percentileSorted(sorted, 0.99),
+    maxMs: sorted.length > 0 ? (sorted[sorted.length - 1] as number) : 0,
+  };
 }
 
 /** Nearest-rank percentile of an ascending array (0 when empty). */
@@ -147,6 +180,20 @@ export function numberOption(
   return value;
 }
 
+/**
+ * A bench's option reader: prints `usage` and exits on --help or -h; otherwise reads numbers from
+ * `--flag value` (or `--flag=value`), else the environment variable, else the default, exiting
+ * with code 2 on a value out of range.
+ */
+export function benchOptions(name: string, usage: string): (flag: string, envName: string, fallback: number, min: number, max: number) => number {
+  const argv = process.argv.slice(2);
+  if (argv.includes("--help") || argv.includes("-h")) {
+    process.stdout.write(usage);
+    process.exit(0);
+  }
+  return (flag, envName, fallback, min, max) => numberOption(argv, flag, envName, fallback, min, max, name);
+}
+
 /** A message from a load process: its own kinds, tagged by `type` and, per phase, `id`. */
 export type LoadMessage = { type: string; id?: string } | { type: "fatal"; message: string };
 
@@ -212,5 +259,439 @@ export class LoadProcess<In, Out extends LoadMessage> {
     const code = await this.exited;
     clearTimeout(timer);
     return code;
+  }
+}
+
+/** Sends a message to the parent process while it listens; once it has gone, the message is dropped. */
+export function sendToParent(message: object): void {
+  if (process.connected) process.send?.(message, undefined, undefined, () => {});
+}
+
+/**
+ * The child side of a LoadProcess: says "ready", builds its load from the "setup" message, runs
+ * one phase at a time (`run` answers undefined for a message that is no phase; a phase that fails
+ * is sent as "fatal" and ends the process), and leaves on "exit" or when the parent goes.
+ */
+export function serveLoad<Setup extends { type: "setup" }, Phase extends { type: string }, Worker extends { close(): void }>(
+  notStartedHint: string,
+  create: (setup: Setup) => Worker,
+  run: (worker: Worker, phase: Phase) => Promise<object> | undefined,
+): void {
+  if (!process.send) {
+    console.error(notStartedHint);
+    process.exit(2);
+  }
+  const send = sendToParent;
+  let worker: Worker | undefined;
+  let busy = false;
+  const fatal = (error: unknown): void => {
+    send({ type: "fatal", message: error instanceof Error ? error.stack ?? error.message : String(error) });
+    process.exitCode = 1;
+    worker?.close();
+    if (process.connected) process.disconnect();
+  };
+  process.on("message", (raw: unknown) => {
+    const message = raw as Setup | Phase | { type: "exit" };
+    if (message.type === "exit") {
+      worker?.close();
+      if (process.connected) process.disconnect();
+      return;
+    }
+    if (message.type === "setup") {
+      worker = create(message as Setup);
+      send({ type: "setup-done" });
+      return;
+    }
+    if (busy || !worker) return;
+    const phase = run(worker, message as Phase);
+    if (!phase) return;
+    busy = true;
+    phase.then(
+      (result) => {
+        busy = false;
+        send(result);
+      },
+      fatal,
+    );
+  });
+  // Without a parent there is nothing to do: leave instead of lingering.
+  process.on("disconnect", () => {
+    worker?.close();
+    const timer = setTimeout(() => process.exit(process.exitCode ?? 0), 2000);
+    timer.unref();
+  });
+  send({ type: "ready" });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calls of a load process to the public Edge
+
+/** PaymentsService clients of the public Edge, one per HTTP/2 connection, used in turn. */
+export class EdgePayments {
+  private readonly sessions: Http2SessionManager[];
+  private readonly clients: Client<typeof PaymentsService>[];
+  private next = 0;
+
+  constructor(edgeUrl: string, connections: number) {
+    this.sessions = Array.from({ length: Math.max(1, connections) }, () =>
+      new Http2SessionManager(edgeUrl, { pingIntervalMs: 10_000, pingTimeoutMs: 5_000, idleConnectionTimeoutMs: 60_000 }),
+    );
+    this.clients = this.sessions.map((sessionManager) =>
+      createClient(PaymentsService, createConnectTransport({ baseUrl: edgeUrl, httpVersion: "2", useBinaryFormat: true, sessionManager })),
+    );
+  }
+
+  /** The client of the next connection. */
+  client(): Client<typeof PaymentsService> {
+    this.next = (this.next + 1) % this.clients.length;
+    return this.clients[this.next] as Client<typeof PaymentsService>;
+  }
+
+  close(): void {
+    for (const session of this.sessions) session.abort();
+  }
+}
+
+/** A check of a bench failed (as opposed to an RPC error): `code` names it in the report. */
+export class BenchCheck extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Connect codes whose outcome is decided (nothing was done, or it is recorded); the rest are unknown. */
+const DECIDED = new Set([Code.InvalidArgument, Code.NotFound, Code.FailedPrecondition, Code.AlreadyExists, Code.PermissionDenied, Code.Unauthenticated, Code.ResourceExhausted]);
+
+/**
+ * What a failed call says: the BenchCheck's code or the Connect code ("deadline_exceeded"...), its
+ * message, and whether its outcome is unknown (the call may still have taken effect).
+ */
+export function describeFailure(error: unknown): { code: string; detail: string; outcomeUnknown: boolean } {
+  if (error instanceof BenchCheck) return { code: error.code, detail: error.message, outcomeUnknown: false };
+  const connectError = ConnectError.from(error);
+  return { code: codeToString(connectError.code), detail: connectError.rawMessage, outcomeUnknown: !DECIDED.has(connectError.code) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Service processes of a whole-mesh benchmark
+
+/** Start-up banners and shutdown notes the services and the simulator print; not worth relaying. */
+const ROUTINE_LINE = /^(cowrie: (\d+ service\(s\) up|try |SIGTERM received)|\s+\w+( simulator)?\s+http:\/\/|cowrie-simulator: (listening|SIGTERM))/;
+const RELAYED_LINES_MAX = 20;
+const RELAYED_LINE_CHARS = 400;
+
+export interface ServiceProcessOptions {
+  /** The label of its relayed log lines and of errors. */
+  name: string;
+  port: number;
+  env: NodeJS.ProcessEnv;
+  /** The script and its arguments, run as `node --import tsx <args>` in `cwd`. */
+  args: string[];
+  cwd: string;
+  /** Writes one progress line (to stderr). */
+  progress: (line: string) => void;
+  /** Starts the process with --cpu-prof into this folder. */
+  cpuProfDir?: string;
+  /** Also writes every line of its output, unabridged, to this file. */
+  logFile?: string;
+  startTimeoutMs: number;
+  stopGraceMs: number;
+}
+
+/**
+ * One process of the mesh (a service, or the gateway simulator). Its output is kept (the last 30
+ * lines, for errors) and, past the routine lines, relayed to stderr up to a bound.
+ */
+export class ServiceProcess {
+  /** Set once the run is being torn down: what the processes log while stopping is expected. */
+  static tearingDown = false;
+  readonly child: ChildProcess;
+  readonly exited: Promise<number | null>;
+  readonly recent: string[] = [];
+  warnings = 0;
+  private relayed = 0;
+
+  constructor(private readonly options: ServiceProcessOptions) {
+    const args = ["--import", "tsx"];
+    if (options.cpuProfDir) args.unshift("--cpu-prof", `--cpu-prof-dir=${options.cpuProfDir}`);
+    this.child = spawn(process.execPath, [...args, ...options.args], { cwd: options.cwd, env: options.env, stdio: ["ignore", "pipe", "pipe"] });
+    this.exited = new Promise((resolve) => this.child.once("exit", (code) => resolve(code)));
+    const log = options.logFile ? createWriteStream(options.logFile, { flags: "a" }) : undefined;
+    if (log) void this.exited.then(() => log.end());
+    for (const stream of [this.child.stdout, this.child.stderr]) {
+      if (!stream) continue;
+      createInterface({ input: stream }).on("line", (line) => {
+        log?.write(`${line}\n`);
+        this.line(line);
+      });
+    }
+  }
+
+  get name(): string {
+    return this.options.name;
+  }
+
+  get port(): number {
+    return this.options.port;
+  }
+
+  get pid(): number {
+    return this.child.pid as number;
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  private line(line: string): void {
+    this.recent.push(line);
+    if (this.recent.length > 30) this.recent.shift();
+    if (ROUTINE_LINE.test(line)) return;
+    this.warnings++;
+    if (this.relayed < RELAYED_LINES_MAX && !ServiceProcess.tearingDown) {
+      this.relayed++;
+      process.stderr.write(`[${this.name}] ${line.length > RELAYED_LINE_CHARS ? `${line.slice(0, RELAYED_LINE_CHARS)}...` : line}\n`);
+    }
+  }
+
+  /** Waits until `probe` says yes, failing if the process exits or the start timeout passes. */
+  async ready(probe: () => Promise<boolean>): Promise<void> {
+    const startedAtMs = Date.now();
+    for (;;) {
+      if (await probe().catch(() => false)) return;
+      if (!this.running) throw new Error(`${this.name} exited during start-up:\n${this.recent.join("\n")}`);
+      if (Date.now() - startedAtMs > this.options.startTimeoutMs) {
+        throw new Error(`${this.name} was not ready within ${this.options.startTimeoutMs} ms:\n${this.recent.join("\n")}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  /** Waits until grpc.health.v1.Health/Check answers SERVING. */
+  async serving(): Promise<void> {
+    const baseUrl = `http://127.0.0.1:${this.port}`;
+    const session = new Http2SessionManager(baseUrl);
+    const health = createClient(Health, createConnectTransport({ baseUrl, httpVersion: "2", sessionManager: session }));
+    try {
+      await this.ready(async () => (await health.check({}, { timeoutMs: 500 })).status === ServingStatus.SERVING);
+    } finally {
+      session.abort();
+    }
+  }
+
+  /** SIGTERM, then SIGKILL if it has not exited within the grace period. */
+  async stop(): Promise<number | null> {
+    if (!this.running) return this.child.exitCode;
+    this.child.kill("SIGTERM");
+    const timer = setTimeout(() => {
+      this.options.progress(`${this.name} did not stop within ${this.options.stopGraceMs} ms of SIGTERM; killing it`);
+      this.child.kill("SIGKILL");
+    }, this.options.stopGraceMs);
+    const code = await this.exited;
+    clearTimeout(timer);
+    if (this.relayed < this.warnings) {
+      process.stderr.write(`[${this.name}] (${this.warnings - this.relayed} more log lines not shown${ServiceProcess.tearingDown ? ", most while stopping" : ""})\n`);
+    }
+    return code;
+  }
+}
+
+/**
+ * The environment of every service process of a bench mesh: the bench database, the test Redis
+ * and RabbitMQ, the given ports (and no COWRIE_<NAME>_URL inherited from the caller, so that the
+ * services find each other on them), warnings only, and a rate limit high enough not to cap a run.
+ */
+export function serviceEnvironment(databaseUrl: string, portOf: Readonly<Record<string, number>>, operatorToken: string, extra: Readonly<Record<string, string>> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const name of Object.keys(portOf)) delete env[`COWRIE_${name.toUpperCase()}_URL`];
+  Object.assign(env, {
+    DATABASE_URL: databaseUrl,
+    REDIS_URL: TEST_REDIS_URL,
+    AMQP_URL: TEST_AMQP_URL,
+    COWRIE_HOST: "127.0.0.1",
+    ...Object.fromEntries(Object.entries(portOf).map(([name, port]) => [`COWRIE_${name.toUpperCase()}_PORT`, String(port)])),
+    COWRIE_OPERATOR_TOKEN: operatorToken,
+    COWRIE_LOG_LEVEL: "warn",
+    COWRIE_RATE_LIMIT_PER_SECOND: "1000000",
+    COWRIE_RATE_LIMIT_BURST: "1000000",
+    ...extra,
+  });
+  return env;
+}
+
+/** Runs `work` over `items`, at most `concurrency` at a time. */
+export async function runLimited<T>(items: readonly T[], concurrency: number, work: (item: T, index: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+    while (next < items.length) {
+      const index = next++;
+      await work(items[index] as T, index);
+    }
+  }));
+}
+
+export interface BenchTenant {
+  tenantId: string;
+  keyId: string;
+  apiKey: string;
+  /** Headers of a mutating call with the tenant's key. */
+  auth(idempotencyKey: string): Record<string, string>;
+  wallets: Client<typeof WalletsService>;
+}
+
+/**
+ * A sandbox tenant and its API key through AdminService, and a WalletsService client on the same
+ * HTTP/2 session (which the caller aborts at the end).
+ */
+export async function createBenchTenant(edgeUrl: string, session: Http2SessionManager, operatorToken: string): Promise<BenchTenant> {
+  const transport = createConnectTransport({ baseUrl: edgeUrl, httpVersion: "2", useBinaryFormat: true, sessionManager: session });
+  const created = await createClient(AdminService, transport).createTenant({ name: "bench tenant" }, { headers: { authorization: `Bearer ${operatorToken}` }, timeoutMs: 10_000 });
+  const apiKey = created.apiKeySecret;
+  return {
+    tenantId: created.tenant?.id ?? "",
+    keyId: created.apiKey?.id ?? "",
+    apiKey,
+    auth: (idempotencyKey) => ({ authorization: `Bearer ${apiKey}`, "idempotency-key": idempotencyKey }),
+    wallets: createClient(WalletsService, transport),
+  };
+}
+
+/** Creates one wallet per owner through the public API, `concurrency` at a time; returns their ids in order. */
+export async function createWallets(tenant: BenchTenant, owners: readonly { owner: string; kind: WalletKind }[], currency: string, concurrency: number): Promise<string[]> {
+  const walletIds: string[] = new Array(owners.length);
+  await runLimited(owners, concurrency, async ({ owner, kind }, index) => {
+    const response = await tenant.wallets.createWallet({ ownerId: owner, currency, kind }, { headers: tenant.auth(`setup-wallet-${owner}`), timeoutMs: 10_000 });
+    if (!response.wallet) throw new Error(`CreateWallet ${owner} returned no wallet`);
+    walletIds[index] = response.wallet.id;
+  });
+  return walletIds;
+}
+
+/** Ledger accounts by id (absent ones are left out), in pages the Ledger accepts. */
+export async function lookupAccounts(ledger: Client<typeof LedgerService>, ids: readonly string[]): Promise<Map<string, Account>> {
+  const accounts = new Map<string, Account>();
+  for (let start = 0; start < ids.length; start += 8000) {
+    const { accounts: found } = await ledger.lookupAccounts({ ids: ids.slice(start, start + 8000) }, { timeoutMs: 30_000 });
+    for (const account of found) accounts.set(account.id, account);
+  }
+  return accounts;
+}
+
+/** Deletes a bench tenant's keys from Redis: the idempotency replay cache and the rate-limit bucket. */
+export async function cleanRedis(keys: { tenantId?: string; keyId?: string }): Promise<void> {
+  if (!keys.tenantId) return;
+  const redis = new Redis(TEST_REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 2000 });
+  redis.on("error", () => {});
+  try {
+    await redis.connect();
+    const doomed: string[] = keys.keyId ? [`cowrie:edge:rate:${keys.keyId}`] : [];
+    let cursor = "0";
+    do {
+      const [next, found] = await redis.scan(cursor, "MATCH", `cowrie:edge:idem:${keys.tenantId}:*`, "COUNT", 1000);
+      cursor = next;
+      doomed.push(...found);
+      if (doomed.length >= 1000) await redis.unlink(...doomed.splice(0));
+    } while (cursor !== "0");
+    if (doomed.length > 0) await redis.unlink(...doomed);
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/**
+ * Makes `cleanup` run whatever ends the run: an uncaught error or rejection (exit 1), SIGINT or
+ * SIGTERM (exit 130), or the watchdog after `watchdogMs` (exit 1). Returns what happened, for the
+ * caller's own error handling.
+ */
+export function guardRun(name: string, cleanup: () => Promise<void>, watchdogMs: number): { interrupted: boolean; timedOut: boolean; clear(): void } {
+  const state = { interrupted: false, timedOut: false, clear: () => clearTimeout(watchdog) };
+  // Every phase is bounded anyway; the watchdog only ends a wedged run (cleanup runs).
+  const watchdog = setTimeout(() => {
+    state.timedOut = true;
+    process.stderr.write(`${name}: still running after ${watchdogMs} ms; giving up\n`);
+    void cleanup().finally(() => process.exit(1));
+  }, watchdogMs);
+  watchdog.unref();
+  for (const event of ["uncaughtException", "unhandledRejection"] as const) {
+    process.on(event, (error: unknown) => {
+      console.error(`${name} failed (${event}):`, error instanceof Error ? error.stack ?? error.message : error);
+      void cleanup().finally(() => process.exit(1));
+    });
+  }
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.once(signal, () => {
+      state.interrupted = true;
+      process.stderr.write(`${name}: ${signal}: stopping the services and dropping the database\n`);
+      void cleanup().finally(() => process.exit(130));
+    });
+  }
+  return state;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU accounting for a measured window: every service process, the load process, this process,
+// the PostgreSQL backends of the bench database (by application_name: cowrie-edge...), the
+// PostgreSQL background processes (WAL writer...; shared with anything else on the server) and
+// the whole machine, so that what is left ("other") says whether something else disturbed it.
+
+export interface Sample {
+  wallMs: number;
+  monotonicUs: number;
+  machine: number | undefined;
+  pids: Map<number, number>;
+  /** pid -> group label for the PostgreSQL processes seen. */
+  pgGroups: Map<number, string>;
+  xacts: number;
+}
+
+export class Accounting {
+  constructor(
+    private readonly monitor: postgres.Sql,
+    private readonly databaseName: string,
+    private readonly processes: () => Map<number, string>,
+  ) {}
+
+  async sample(): Promise<Sample> {
+    const rows = await this.monitor<{ pid: number; datname: string | null; application_name: string; backend_type: string }[]>`
+      select pid, datname, application_name, backend_type from pg_stat_activity
+      where (datname = ${this.databaseName} and pid <> pg_backend_pid()) or datname is null`;
+    const [xacts] = await this.monitor<{ xacts: string }[]>`
+      select (xact_commit + xact_rollback)::text as xacts from pg_stat_database where datname = ${this.databaseName}`;
+    const pgGroups = new Map<number, string>();
+    for (const row of rows) {
+      const label = row.datname === null
+        ? "postgres background (shared)"
+        : row.backend_type === "client backend" ? `postgres ${row.application_name.replace(/^cowrie-/, "") || "other"}` : `postgres ${row.backend_type}`;
+      pgGroups.set(row.pid, label);
+    }
+    const pids = new Map<number, number>();
+    for (const pid of [...this.processes().keys(), ...pgGroups.keys()]) {
+      const cpu = processCpuSeconds(pid);
+      if (cpu !== undefined) pids.set(pid, cpu);
+    }
+    return {
+      wallMs: Date.now(),
+      monotonicUs: Number(process.hrtime.bigint() / 1000n),
+      machine: machineBusySeconds(),
+      pids,
+      pgGroups,
+      xacts: Number(xacts?.xacts ?? 0),
+    };
+  }
+
+  /** CPU seconds per label between two samples; processes born in between count from zero. */
+  delta(start: Sample, end: Sample): { byLabel: Map<string, number>; machine: number | undefined; seconds: number; xacts: number } {
+    const labels = this.processes();
+    const byLabel = new Map<string, number>();
+    for (const [pid, cpu] of end.pids) {
+      const label = labels.get(pid) ?? end.pgGroups.get(pid) ?? start.pgGroups.get(pid);
+      if (!label) continue;
+      byLabel.set(label, (byLabel.get(label) ?? 0) + Math.max(0, cpu - (start.pids.get(pid) ?? 0)));
+    }
+    const machine = start.machine === undefined || end.machine === undefined ? undefined : end.machine - start.machine;
+    return { byLabel, machine, seconds: (end.wallMs - start.wallMs) / 1000, xacts: end.xacts - start.xacts };
   }
 }
