@@ -78,7 +78,8 @@ import { WalletKind } from "../gen/cowrie/edge/v1/wallets_pb.js";
 import { FindingKind, LedgerService, type Account } from "../gen/cowrie/ledger/v1/ledger_pb.js";
 import { PaymentStatus } from "../gen/cowrie/router/v1/router_pb.js";
 import { gatewayReference } from "../services/router/gateway-flow.js";
-import { TEST_AMQP_URL, freePorts, freshDatabase } from "../services/runtime/testing.js";
+import { workTopology } from "../services/router/service.js";
+import { TEST_AMQP_URL, deleteBrokerTopology, freePorts, freshDatabase } from "../services/runtime/testing.js";
 import { simulatorControl, type RecordView } from "../services/simulator/control.js";
 import { SIMULATED_GATEWAYS } from "../services/simulator/core.js";
 import { clearingAccountId } from "../services/wallet/service.js";
@@ -264,7 +265,7 @@ async function main(): Promise<void> {
       if (code !== 0 && !guard.timedOut) progress(`${service.name} exited with code ${code}`);
     }
     await monitorSql?.end({ timeout: 5 }).catch(() => undefined);
-    await deleteTopology(amqp, namespace).catch((error: unknown) => progress(`could not delete the run's queues: ${String(error)}`));
+    await (amqp ? deleteBrokerTopology(workTopology(namespace)) : Promise.resolve()).catch((error: unknown) => progress(`could not delete the run's queues: ${String(error)}`));
     await amqp?.close().catch(() => undefined);
     await database?.drop().catch((error: unknown) => progress(`could not drop the database: ${String(error)}`));
     await cleanRedis(redisKeys).catch(() => undefined);
@@ -588,13 +589,6 @@ function chargesByPayment(charges: readonly RecordView[], paymentIds: readonly s
     byPayment.set(id, [...(byPayment.get(id) ?? []), record]);
   }
   return { byPayment, orphans };
-}
-
-/** Deletes the work queue, its dead-letter queue and their exchanges of this run's namespace. */
-async function deleteTopology(amqp: Connection | undefined, namespace: string): Promise<void> {
-  if (!amqp) return;
-  for (const queue of [`${namespace}.router.gateway-payments`, `${namespace}.router.gateway-payments.dead`]) await amqp.queueDelete({ queue });
-  for (const exchange of [`${namespace}.router`, `${namespace}.router.dead`]) await amqp.exchangeDelete({ exchange });
 }
 
 await main();

@@ -19,7 +19,8 @@ import { EntryType, WalletKind, WalletsService } from "../gen/cowrie/edge/v1/wal
 import { LedgerService } from "../gen/cowrie/ledger/v1/ledger_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { SERVICE_NAMES, type ServiceName } from "./runtime/config.js";
-import { freshDatabase, meshEnvironment, TEST_AMQP_URL, TEST_REDIS_URL } from "./runtime/testing.js";
+import { workTopology } from "./router/service.js";
+import { deleteBrokerTopology, freshDatabase, meshEnvironment, TEST_AMQP_URL, TEST_REDIS_URL } from "./runtime/testing.js";
 
 const root = path.resolve(import.meta.dirname, "..");
 const STARTUP_LIMIT_MS = 30_000;
@@ -152,6 +153,7 @@ describe("the mesh on real PostgreSQL, Redis and RabbitMQ", () => {
   after(async () => {
     if (mesh && mesh.child.exitCode === null) await mesh.stop();
     await database?.drop();
+    if (env?.COWRIE_BROKER_NAMESPACE) await deleteBrokerTopology(workTopology(env.COWRIE_BROKER_NAMESPACE));
   });
 
   it("lists every service, health and reflection with buf curl on every port", async () => {

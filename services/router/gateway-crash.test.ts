@@ -11,7 +11,8 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { PaymentKind, PaymentStatus, RouterService, type Payment } from "../../gen/cowrie/router/v1/router_pb.js";
 import { WalletKind, WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import { startMesh, type Mesh } from "../mesh.js";
-import { capturingLogger, freshDatabase, meshEnvironment, TEST_AMQP_URL, testConfig } from "../runtime/testing.js";
+import { workTopology } from "./service.js";
+import { capturingLogger, deleteBrokerTopology, freshDatabase, meshEnvironment, TEST_AMQP_URL, testConfig } from "../runtime/testing.js";
 import { simulatorControl } from "../simulator/control.js";
 import { startSimulator } from "../simulator/simulator.js";
 
@@ -19,6 +20,7 @@ const root = path.resolve(import.meta.dirname, "../..");
 const TENANT = "tenant-crash";
 
 let database: Awaited<ReturnType<typeof freshDatabase>>;
+let namespace: string | undefined;
 let simulator: Awaited<ReturnType<typeof startSimulator>>;
 let mesh: Mesh;
 let env: Record<string, string>;
@@ -55,6 +57,7 @@ before(async () => {
     COWRIE_LOG_LEVEL: "warn",
   });
   const config = testConfig(env);
+  namespace = config.brokerNamespace;
   mesh = await startMesh(config, ["ledger", "wallet"], capturingLogger().log);
   const transport = (port: number) => createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "2" });
   router = createClient(RouterService, transport(config.routerPort));
@@ -66,6 +69,7 @@ after(async () => {
   await mesh?.close();
   await simulator?.close();
   await database?.drop();
+  if (namespace) await deleteBrokerTopology(workTopology(namespace));
 });
 
 describe("the Router killed mid-payment", () => {

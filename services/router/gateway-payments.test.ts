@@ -13,7 +13,8 @@ import { CircuitState, PaymentKind, PaymentStatus, RouterService, CreatePaymentR
 import { HoldStatus, WalletKind, WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import { startMesh, type Mesh } from "../mesh.js";
 import { loadConfig } from "../runtime/config.js";
-import { capturingLogger, freshDatabase, meshEnvironment, TEST_AMQP_URL, TEST_REDIS_URL, testConfig } from "../runtime/testing.js";
+import { workTopology } from "./service.js";
+import { capturingLogger, deleteBrokerTopology, freshDatabase, meshEnvironment, TEST_AMQP_URL, TEST_REDIS_URL, testConfig } from "../runtime/testing.js";
 import { simulatorControl, type SimulatorControl } from "../simulator/control.js";
 import { startSimulator } from "../simulator/simulator.js";
 
@@ -23,6 +24,7 @@ const BREAKER_FAILURES = 4;
 const BREAKER_OPEN_MS = 2_000;
 
 let database: Awaited<ReturnType<typeof freshDatabase>>;
+let namespace: string | undefined;
 let simulator: Awaited<ReturnType<typeof startSimulator>>;
 let sim: SimulatorControl;
 let mesh: Mesh;
@@ -50,6 +52,7 @@ before(async () => {
     COWRIE_RECOVERY_AFTER_MS: "3000",
     COWRIE_OUTCOME_UNKNOWN_FLAG_AFTER_MS: "1500",
   }));
+  namespace = config.brokerNamespace;
   mesh = await startMesh(config, ["ledger", "wallet", "router"], capturingLogger().log);
   const transport = (port: number) => createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "2" });
   router = createClient(RouterService, transport(config.routerPort));
@@ -62,6 +65,7 @@ after(async () => {
   await mesh?.close();
   await simulator?.close();
   await database?.drop();
+  if (namespace) await deleteBrokerTopology(workTopology(namespace));
 });
 
 beforeEach(async () => {

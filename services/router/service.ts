@@ -72,6 +72,11 @@ const COMPLETER_BATCH = 100;
 const COMPLETER_CONCURRENCY = 8;
 /** Wallets whose existence the Router remembers (tenant and id; about 100 bytes each). */
 const KNOWN_WALLETS_MAX = 100_000;
+/** The Router's RabbitMQ names under a namespace: the exchange and the work queue of gateway payments. */
+export function workTopology(namespace: string): { exchanges: string[]; queues: string[] } {
+  return { exchanges: [`${namespace}.router`], queues: [`${namespace}.router.gateway-payments`] };
+}
+
 /** The work queue of gateway payments: one message per payment id; the database is the truth. */
 const WORK_ROUTING_KEY = "payments.gateway";
 /** Redeliveries of one work message before it is parked (the completer still finds the payment). */
@@ -281,8 +286,7 @@ export const routerModule: ServiceModule = {
       patienceMs: config.gatewayPatienceMs,
     }, risk, log);
     const processor = new PaymentProcessor(db, wallets, log, flow, risk);
-    const workExchange = `${config.brokerNamespace}.router`;
-    const workQueue = `${config.brokerNamespace}.router.gateway-payments`;
+    const { exchanges: [workExchange], queues: [workQueue] } = workTopology(config.brokerNamespace) as { exchanges: [string]; queues: [string] };
 
     /**
      * A wallet id the tenant does not have (another tenant's, or made up) is NOT_FOUND naming the

@@ -6,6 +6,7 @@ import { Writable } from "node:stream";
 import { pino } from "pino";
 import { ConnectError } from "@connectrpc/connect";
 import postgres from "postgres";
+import { Connection } from "rabbitmq-client";
 import { loadConfig, type Config } from "./config.js";
 import type { Logger } from "./log.js";
 import { openBackends, startService, type RunningService, type ServiceModule } from "./service.js";
@@ -112,4 +113,19 @@ export async function rejection(promise: Promise<unknown>): Promise<ConnectError
     return ConnectError.from(error);
   }
   assert.fail("expected the call to fail");
+}
+
+/**
+ * Deletes queues and exchanges a test declared in RabbitMQ, with their dead-letter twins
+ * ("<name>.dead", as broker.ts declares them): quorum queues outlive the test otherwise, and a
+ * broker that piles them up slows down.
+ */
+export async function deleteBrokerTopology(topology: { queues: string[]; exchanges: string[] }, url = TEST_AMQP_URL): Promise<void> {
+  const connection = new Connection({ url, connectionName: `cowrie-test-cleanup-${process.pid}` });
+  try {
+    for (const queue of topology.queues.flatMap((name) => [name, `${name}.dead`])) await connection.queueDelete({ queue });
+    for (const exchange of topology.exchanges.flatMap((name) => [name, `${name}.dead`])) await connection.exchangeDelete({ exchange });
+  } finally {
+    await connection.close();
+  }
 }
