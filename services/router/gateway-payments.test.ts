@@ -268,7 +268,7 @@ describe("routing and resilience", () => {
 
   it("moves traffic off a gateway that goes down, and closes its circuit again when it recovers", async () => {
     const walletId = await openWallet();
-    await sim.configure("paystack", { outage: "unavailable", latencyMs: { median: 150, p99: 200 } });
+    await sim.configure("paystack", { outage: "unavailable", latencyMs: { median: 300, p99: 350 } });
     // A burst first: every payment in it is routed before any answer comes back, so each tries
     // Paystack once, gets 503 (certainly not processed) and fails over; the faults open the circuit.
     const burst = await Promise.all(Array.from({ length: 8 }, () => payIn(walletId, 100n, { waitForOutcome: true })));
