@@ -1131,8 +1131,9 @@ export const CircuitStateSchema: GenEnum<CircuitState> = /*@__PURE__*/
   enumDesc(file_cowrie_router_v1_router, 2);
 
 /**
- * RouterService owns the lifecycle of every payment: internal transfers between wallets, and (in
- * the Router issue) pay-ins, payouts and refunds through external payment gateways. A payment
+ * RouterService owns the lifecycle of every payment: internal transfers between wallets, and
+ * pay-ins, payouts and refunds through external payment gateways (Paystack, Flutterwave, Stripe),
+ * each evaluated by Risk before any money moves. A payment
  * moves through its states only by compare-and-set transitions, and every transition is recorded
  * in its history.
  *
