@@ -15,7 +15,6 @@
 // is bounded by the one load process (a connect-node client costs about as much CPU per call as
 // the server): the bare server's figure in the same run shows that ceiling. The human summary goes to stdout, then as the last line one JSON object.
 // BENCH_CPU_PROF=<dir> writes a CPU profile of the Risk process there.
-import { spawn, type ChildProcess } from "node:child_process";
 import * as http2 from "node:http2";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -28,7 +27,7 @@ import { Health, HealthCheckResponseSchema, HealthCheckResponse_ServingStatus as
 import { startStub } from "../services/edge/test-support.js";
 import { deleteRedisKeys } from "../services/risk/test-support.js";
 import { freePorts, freshDatabase, TEST_REDIS_URL } from "../services/runtime/testing.js";
-import { LoadProcess, numberOption, percentileSorted, processCpuSeconds, round } from "./support.js";
+import { LoadProcess, numberOption, processCpuSeconds, round, sendToParent, ServiceProcess, summarize } from "./support.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, "..");
@@ -218,7 +217,7 @@ async function runLoad(message: RunMessage): Promise<RunResult> {
     clearTimeout(warmupTimer);
     caller.close();
   }
-  const sorted = Float64Array.from(latenciesMs).sort();
+  const { p50Ms, p99Ms, maxMs } = summarize(latenciesMs);
   return {
     type: "result",
     id: message.id,
@@ -227,9 +226,9 @@ async function runLoad(message: RunMessage): Promise<RunResult> {
     ...(firstError === undefined ? {} : { firstError }),
     seconds: message.seconds,
     perSecond: Math.round(latenciesMs.length / message.seconds),
-    p50Ms: percentileSorted(sorted, 0.5),
-    p99Ms: percentileSorted(sorted, 0.99),
-    maxMs: sorted.length > 0 ? (sorted[sorted.length - 1] as number) : 0,
+    p50Ms,
+    p99Ms,
+    maxMs,
     flagged: counts.flagged - measuredCounts.flagged,
     unavailable: counts.unavailable - measuredCounts.unavailable,
     retries: counts.retries - measuredCounts.retries,
@@ -238,7 +237,7 @@ async function runLoad(message: RunMessage): Promise<RunResult> {
 }
 
 function loadMain(): void {
-  const send = (message: ChildMessage) => process.send?.(message);
+  const send = (message: ChildMessage) => sendToParent(message);
   process.on("message", (raw: unknown) => {
     const message = raw as RunMessage | { type: "exit" };
     if (message.type === "exit") {
@@ -257,34 +256,26 @@ function loadMain(): void {
 // ---------------------------------------------------------------------------------------------
 // The parent: the Risk process, the bare server, the phases and the report
 
-async function startRisk(databaseUrl: string, port: number): Promise<{ child: ChildProcess; stop(): Promise<void> }> {
-  const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(process.env.BENCH_CPU_PROF)}`] : [];
-  const child = spawn(process.execPath, [...profile, "--import", "tsx", "services/main.ts", "risk"], {
-    cwd: ROOT,
+/** The Risk process, SERVING; its warnings are relayed to stderr (ServiceProcess bounds them). */
+async function startRisk(databaseUrl: string, port: number): Promise<ServiceProcess> {
+  const risk = new ServiceProcess({
+    name: "risk",
+    port,
     env: { ...process.env, DATABASE_URL: databaseUrl, REDIS_URL: TEST_REDIS_URL, COWRIE_RISK_PORT: String(port), COWRIE_LOG_LEVEL: "warn" },
-    stdio: ["ignore", "ignore", "inherit"],
+    args: ["services/main.ts", "risk"],
+    cwd: ROOT,
+    progress: (line) => process.stderr.write(`${line}\n`),
+    ...(process.env.BENCH_CPU_PROF ? { cpuProfDir: path.resolve(process.env.BENCH_CPU_PROF) } : {}),
+    startTimeoutMs: 60_000,
+    stopGraceMs: 10_000,
   });
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  const session = new Http2SessionManager(`http://127.0.0.1:${port}`);
-  const health = createClient(Health, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "2", sessionManager: session }));
-  const startedAtMs = Date.now();
   try {
-    for (;;) {
-      const status = await health.check({}, { timeoutMs: 500 }).then((response) => response.status, () => undefined);
-      if (status === ServingStatus.SERVING) break;
-      if (Date.now() - startedAtMs > 60_000 || child.exitCode !== null) throw new Error("risk did not start");
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-  } finally {
-    session.abort();
+    await risk.serving();
+  } catch (error) {
+    await risk.stop();
+    throw error;
   }
-  return {
-    child,
-    async stop() {
-      if (child.exitCode === null) child.kill("SIGTERM");
-      await exited;
-    },
-  };
+  return risk;
 }
 
 /** Evaluate's handling-time histogram (successful calls) from the service's /metrics: bucket upper bound in s → count. */
@@ -329,7 +320,7 @@ async function main(): Promise<void> {
   const serving = create(HealthCheckResponseSchema, { status: ServingStatus.SERVING });
   const bare = await startStub((router) => router.service(Health, { check: () => serving }));
   const barePort = Number(new URL(bare.baseUrl).port);
-  let risk: Awaited<ReturnType<typeof startRisk>> | undefined;
+  let risk: ServiceProcess | undefined;
   const load = new LoadProcess<RunMessage, ChildMessage>(process.execPath, ["--import", "tsx", path.join(HERE, "risk.ts")]);
   const tenantId = `bench-${Date.now().toString(36)}`;
   let runs = 0;
@@ -348,9 +339,9 @@ async function main(): Promise<void> {
 
     risk = await startRisk(database.url, riskPort);
     say(`closed loop: Evaluate, ${CONCURRENCY} in flight, ${WARMUP_SECONDS} s warm-up, ${SECONDS} s measured`);
-    const cpuBefore = processCpuSeconds(risk.child.pid as number) ?? 0;
+    const cpuBefore = processCpuSeconds(risk.pid) ?? 0;
     const closed = await run("evaluate", riskPort, {});
-    const cpuAfter = processCpuSeconds(risk.child.pid as number) ?? 0;
+    const cpuAfter = processCpuSeconds(risk.pid) ?? 0;
     const openLoop = async (share: number) => {
       const rate = Math.max(1, Math.round(closed.perSecond * share));
       say(`open loop: Evaluate at ${rate}/s (${share} of the closed loop), ${SECONDS} s measured`);

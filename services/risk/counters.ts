@@ -18,7 +18,7 @@
 //   risk:{T}:o:<payment>               recorded outcome, "1" or "0" (paymentMemoryMs)
 // Time is the backend's clock (Redis TIME) unless a caller passes one (tests).
 import type { Cache, CacheScript, ScriptReply, ScriptStore } from "../runtime/cache.js";
-import { EWMA_ALPHA, INTERVAL_FLOOR_SECONDS, type Observation, type Profile } from "./rules.js";
+import { EWMA_ALPHA, ewmaStep, INTERVAL_FLOOR_SECONDS, intervalSample, type Observation, type Profile } from "./rules.js";
 
 const DAY_MS = 86_400_000;
 const STREAK_TTL_MS = 30 * DAY_MS;
@@ -108,18 +108,26 @@ function parseProfile(fields: readonly (string | null | undefined)[]): Profile |
   };
 }
 
+/** Lua: `now` in whole ms, from ARGV[1] when a caller gave one (tests), else Redis TIME. */
+const LUA_NOW = `local now
+if ARGV[1] ~= "" then now = tonumber(ARGV[1]) else
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+`;
+
+/** LUA_NOW's twin. */
+function storedNow(store: ScriptStore, override: string | undefined): number {
+  return override ? Number(override) : Math.floor(store.nowMs);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Evaluate: count the payment in every window and read what the rules need, once per payment.
 
 const EVALUATE_LUA = `
 local stored = redis.call("HMGET", KEYS[1], "snap", "u", "c", "a", "b")
 if stored[1] then return {1, stored[1], stored[2], stored[3], stored[4], stored[5]} end
-local now
-if ARGV[1] ~= "" then now = tonumber(ARGV[1]) else
-  local t = redis.call("TIME")
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local payment, amount = ARGV[2], ARGV[5]
+${LUA_NOW}local payment, amount = ARGV[2], ARGV[5]
 local vwin, awin, dwin = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", now - vwin)
 redis.call("ZADD", KEYS[2], now, payment)
@@ -178,10 +186,6 @@ function trim(set: SortedSet | undefined, maxScore: number): void {
 interface AmountWindow {
   members: SortedSet;
   sumMinor: bigint;
-}
-
-function storedNow(store: ScriptStore, override: string | undefined): number {
-  return override ? Number(override) : Math.floor(store.nowMs);
 }
 
 function evaluateInMemory(store: ScriptStore, keys: readonly string[], args: readonly string[]): ScriptReply {
@@ -253,29 +257,22 @@ if not m[1] then return {"recorded", "1", "0", 0} end
 local key = KEYS[4] .. m[2]
 local p = redis.call("HMGET", key, "n", "am", "av", "ni", "im", "iv", "last")
 local alpha = tonumber(ARGV[4])
-local x = tonumber(m[3])
+-- rules.ewmaStep, the same arithmetic in the same order, so both backends learn identical figures.
+local function ewma(count, mean, variance, sample)
+  if count == 0 then return sample, 0 end
+  local d = sample - mean
+  local inc = alpha * d
+  return mean + inc, (1 - alpha) * (variance + d * inc)
+end
 local at = tonumber(m[5])
 local n = tonumber(p[1] or "0")
-local am, av = x, 0
-if n > 0 then
-  am, av = tonumber(p[2]), tonumber(p[3])
-  local d = x - am
-  local inc = alpha * d
-  am = am + inc
-  av = (1 - alpha) * (av + d * inc)
-end
+local am, av = ewma(n, tonumber(p[2] or "0"), tonumber(p[3] or "0"), tonumber(m[3]))
 local ni, im, iv = tonumber(p[4] or "0"), tonumber(p[5] or "0"), tonumber(p[6] or "0")
 local last = at
 if p[7] then
   last = tonumber(p[7])
   if at > last then
-    local sample = math.log(math.max((at - last) / 1000, ${INTERVAL_FLOOR_SECONDS}))
-    if ni == 0 then im, iv = sample, 0 else
-      local d = sample - im
-      local inc = alpha * d
-      im = im + inc
-      iv = (1 - alpha) * (iv + d * inc)
-    end
+    im, iv = ewma(ni, im, iv, math.log(math.max((at - last) / 1000, ${INTERVAL_FLOOR_SECONDS})))
     ni = ni + 1
     last = at
   end
@@ -290,14 +287,6 @@ if m[4] ~= "" then
 end
 return {"recorded", "1", "0", 1}
 `;
-
-/** The same step as rules.ewmaStep, written out as the Lua above does it. */
-function ewmaInMemory(count: number, mean: number, variance: number, sample: number, alpha: number): [number, number] {
-  if (count === 0) return [sample, 0];
-  const difference = sample - mean;
-  const increment = alpha * difference;
-  return [mean + increment, (1 - alpha) * (variance + difference * increment)];
-}
 
 function outcomeInMemory(store: ScriptStore, keys: readonly string[], args: readonly string[]): ScriptReply {
   const [outcomeKey, markerKey, streakKey, profileBase, beneficiariesKey] = keys as string[];
@@ -319,17 +308,22 @@ function outcomeInMemory(store: ScriptStore, keys: readonly string[], args: read
   const alpha = Number(alphaArg);
   const at = Number(marker.at);
   const n = Number(p.n ?? "0");
-  const [am, av] = ewmaInMemory(n, Number(p.am), Number(p.av), Number(marker.a), alpha);
-  let [ni, im, iv, last] = [Number(p.ni ?? "0"), Number(p.im ?? "0"), Number(p.iv ?? "0"), at];
+  const amount = ewmaStep(n === 0 ? undefined : { mean: Number(p.am), variance: Number(p.av) }, Number(marker.a), alpha);
+  let ni = Number(p.ni ?? "0");
+  let interval = { mean: Number(p.im ?? "0"), variance: Number(p.iv ?? "0") };
+  let last = at;
   if (p.last !== undefined) {
     last = Number(p.last);
     if (at > last) {
-      [im, iv] = ewmaInMemory(ni, im, iv, Math.log(Math.max((at - last) / 1000, INTERVAL_FLOOR_SECONDS)), alpha);
+      interval = ewmaStep(ni === 0 ? undefined : interval, intervalSample(last, at), alpha);
       ni += 1;
       last = at;
     }
   }
-  store.set(key, { n: String(n + 1), am: String(am), av: String(av), ni: String(ni), im: String(im), iv: String(iv), last: String(last) } satisfies Hash, PROFILE_TTL_MS);
+  store.set(key, {
+    n: String(n + 1), am: String(amount.mean), av: String(amount.variance),
+    ni: String(ni), im: String(interval.mean), iv: String(interval.variance), last: String(last),
+  } satisfies Hash, PROFILE_TTL_MS);
   if (marker.b) {
     const known = (store.get(beneficiariesKey as string) as Set<string> | undefined) ?? new Set<string>();
     known.add(marker.b);
@@ -344,12 +338,7 @@ const OUTCOME: CacheScript = { name: "riskOutcome", lua: OUTCOME_LUA, memory: ou
 // Summary: read-only; expired members are left out without being removed.
 
 const SUMMARY_LUA = `
-local now
-if ARGV[1] ~= "" then now = tonumber(ARGV[1]) else
-  local t = redis.call("TIME")
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local vwin, awin = tonumber(ARGV[2]), tonumber(ARGV[3])
+${LUA_NOW}local vwin, awin = tonumber(ARGV[2]), tonumber(ARGV[3])
 local velocity = redis.call("ZCOUNT", KEYS[1], "(" .. string.format("%d", now - vwin), "+inf")
 local streak = redis.call("GET", KEYS[2]) or "0"
 local result = {velocity, streak}

@@ -65,7 +65,7 @@ export function defaultCurrencyLimits(currency: string): CurrencyLimits | undefi
   return { largeAmountMinor: large, newBeneficiaryAmountMinor: large / 5n, amountVelocityMinor: large * 3n };
 }
 
-export const DEFAULT_CURRENCIES: readonly string[] = Object.keys(LARGE_AMOUNT_MINOR);
+const DEFAULT_CURRENCIES: readonly string[] = Object.keys(LARGE_AMOUNT_MINOR);
 
 const FLAG_ONLY: RuleSwitch = { enabled: true, action: Action.FLAG };
 
@@ -185,7 +185,7 @@ export function amountZScore(profile: Profile, amountMinor: number): number {
 }
 
 /** How unusual the time since the last payment is, in deviations of ln(seconds) (negative: faster). */
-export function intervalZScore(profile: Profile, nowMs: number): number {
+function intervalZScore(profile: Profile, nowMs: number): number {
   const deviation = Math.max(Math.sqrt(profile.intervalVariance), 0.5);
   return (intervalSample(profile.lastAtMs, nowMs) - profile.intervalMean) / deviation;
 }

@@ -29,6 +29,7 @@ import {
 } from "../../gen/cowrie/risk/v1/risk_pb.js";
 import type { Config } from "../runtime/config.js";
 import { failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
+import { errorText } from "../runtime/log.js";
 import type { ServiceModule } from "../runtime/service.js";
 import { limitText, requireAmountMinor, requireCurrency, requireEnum, requireId, requirePageSize, requireText } from "../runtime/validate.js";
 import { Counters, type Counted } from "./counters.js";
@@ -122,6 +123,13 @@ function pageToken(prefix: string, position: string): string {
   return Buffer.from(`${prefix}:${position}`, "utf8").toString("base64url");
 }
 
+/** One page of rows read with a limit of pageSize + 1: the extra row only says that a next page exists. */
+function pageOf<T>(rows: T[], pageSize: number, prefix: string, positionOf: (last: T) => string): { page: T[]; nextPageToken: string } {
+  const page = rows.slice(0, pageSize);
+  const last = page[page.length - 1];
+  return { page, nextPageToken: rows.length > pageSize && last ? pageToken(prefix, positionOf(last)) : "" };
+}
+
 function pagePosition(token: string, prefix: string, pattern: RegExp): string | undefined {
   if (token === "") return undefined;
   const decoded = Buffer.from(token, "base64url").toString("utf8");
@@ -201,7 +209,7 @@ export const riskModule: ServiceModule = {
     const store = new RiskStore(database.db);
     const counters = new Counters(cache, config.riskPaymentMemoryHours * 3_600_000);
     const tenants = new TenantRulesCache(store, config.riskSettingsCacheMs, (tenantId, error) =>
-      log.warn({ tenantId, err: error instanceof Error ? error.message : String(error) }, "risk settings could not be read; using the last ones"));
+      log.warn({ tenantId, err: errorText(error) }, "risk settings could not be read; using the last ones"));
     const fallback = FALLBACK_ACTIONS[config.riskWhenUnavailable];
     // While Redis is away every evaluation falls back: one warning a second, with a count.
     const unavailableLog = { lastAtMs: -Infinity, suppressed: 0 };
@@ -211,7 +219,7 @@ export const riskModule: ServiceModule = {
       try {
         return await within(counters.count({ ...payment, windows: windowsOf(settings) }), config.riskRedisTimeoutMs);
       } catch (error) {
-        const why = error instanceof Error ? error.message : String(error);
+        const why = errorText(error);
         if (performance.now() - unavailableLog.lastAtMs >= 1000) {
           log.warn({ err: why, fallbacksNotLogged: unavailableLog.suppressed, whenUnavailable: config.riskWhenUnavailable }, "risk counters unavailable; applying COWRIE_RISK_WHEN_UNAVAILABLE");
           unavailableLog.lastAtMs = performance.now();
@@ -238,7 +246,7 @@ export const riskModule: ServiceModule = {
         return recorded(payment, decideWithoutCounters(payment, rules.settings, rules.blocklist, fallback, counted.why), false);
       }
       const replayed = counted.kind === "replayed";
-      if (counted.kind === "replayed") requireSamePayment(payment, counted.earlier);
+      if (replayed) requireSamePayment(payment, counted.earlier);
       // A fired decision is in PostgreSQL: a retry gets it. So is one decided while Redis was
       // away, which a clean evaluation must not contradict unless the fallback was ALLOW too.
       if (replayed || fallback !== Action.FLAG) {
@@ -323,12 +331,8 @@ export const riskModule: ServiceModule = {
             const position = pagePosition(request.pageToken, "b", /^[1-4]:[\x21-\x7e]{1,128}$/);
             const after = position === undefined ? undefined : { kind: Number(position.slice(0, 1)), value: position.slice(2) };
             const rows = await store.listBlocklist(tenantId, request.kind, pageSize + 1, after);
-            const page = rows.slice(0, pageSize);
-            const last = page[page.length - 1];
-            return {
-              entries: page.map(blocklistMessage),
-              nextPageToken: rows.length > pageSize && last ? pageToken("b", `${last.kind}:${last.value}`) : "",
-            };
+            const { page, nextPageToken } = pageOf(rows, pageSize, "b", (last) => `${last.kind}:${last.value}`);
+            return { entries: page.map(blocklistMessage), nextPageToken };
           },
 
           async listFlags(request) {
@@ -343,9 +347,8 @@ export const riskModule: ServiceModule = {
               to: optionalTime(request.toTime),
               beforeId: position === undefined ? undefined : BigInt(position),
             }, pageSize + 1);
-            const page = rows.slice(0, pageSize);
-            const last = page[page.length - 1];
-            return { flags: page.map(flagRowMessage), nextPageToken: rows.length > pageSize && last ? pageToken("f", String(last.id)) : "" };
+            const { page, nextPageToken } = pageOf(rows, pageSize, "f", (last) => String(last.id));
+            return { flags: page.map(flagRowMessage), nextPageToken };
           },
 
           async getUserRiskSummary(request) {
@@ -391,12 +394,8 @@ export const riskModule: ServiceModule = {
             const pageSize = requirePageSize(request.pageSize, PAGE_SIZE_MAX, PAGE_SIZE_DEFAULT);
             const position = pagePosition(request.pageToken, "r", /^[1-9][0-9]{0,18}$/);
             const rows = await store.listReviews(tenantId, request.status, pageSize + 1, position === undefined ? undefined : BigInt(position));
-            const page = rows.slice(0, pageSize);
-            const last = page[page.length - 1];
-            return {
-              reviews: page.map(({ review, events }) => reviewMessage(review, events)),
-              nextPageToken: rows.length > pageSize && last ? pageToken("r", String(last.review.seq)) : "",
-            };
+            const { page, nextPageToken } = pageOf(rows, pageSize, "r", (last) => String(last.review.seq));
+            return { reviews: page.map(({ review, events }) => reviewMessage(review, events)), nextPageToken };
           },
 
           async resolveReview(request) {

@@ -18,7 +18,7 @@ const ACTIONS = new Set<number>([Action.UNSPECIFIED, Action.FLAG, Action.REVIEW,
 const CURRENCIES_MAX = 200;
 const DAY_SECONDS = 86_400;
 
-export const BLOCK_KINDS: Readonly<Record<BlockKind, BlocklistKind>> = {
+const BLOCK_KINDS: Readonly<Record<BlockKind, BlocklistKind>> = {
   USER: BlocklistKind.USER,
   BENEFICIARY: BlocklistKind.BENEFICIARY,
   DEVICE: BlocklistKind.DEVICE,

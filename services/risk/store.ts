@@ -2,7 +2,7 @@
 // REVIEW, the review and its opening event), so the hot path costs at most one round trip and one
 // commit, and nothing at all when no rule fired.
 import { and, asc, desc, eq, gt, gte, inArray, lt, sql, type SQL } from "drizzle-orm";
-import { Decision, ReviewStatus, type Action, type Severity } from "../../gen/cowrie/risk/v1/risk_pb.js";
+import { Decision, ReviewStatus } from "../../gen/cowrie/risk/v1/risk_pb.js";
 import { rowsOf, type Db } from "../runtime/db.js";
 import type { FiredRule, RuleCode, Verdict } from "./rules.js";
 import { blocklist, decisions, flags, reviewEvents, reviews, settings } from "./schema.js";
@@ -25,19 +25,12 @@ export interface StoredDecision extends Verdict {
   createdAt: Date;
 }
 
-interface FlagJson {
-  rule: RuleCode;
-  severity: Severity;
-  action: Action;
-  detail: string;
-}
-
 function storedDecision(row: typeof decisions.$inferSelect): StoredDecision {
   return {
     decision: row.decision as Decision,
     score: row.score,
     reasons: row.reasons as RuleCode[],
-    flags: (row.flags as FlagJson[]).map((flag): FiredRule => ({ ...flag })),
+    flags: row.flags as FiredRule[],
     createdAt: row.createdAt,
   };
 }
@@ -127,7 +120,7 @@ export class RiskStore implements TenantSource {
    * already stored, nothing is written and the stored one comes back with inserted = false.
    */
   async recordDecision(payment: EvaluatedPayment, verdict: Verdict): Promise<{ stored: StoredDecision; inserted: boolean }> {
-    const flagsJson = JSON.stringify(verdict.flags.map(({ rule, severity, action, detail }) => ({ rule, severity, action, detail })));
+    const flagsJson = JSON.stringify(verdict.flags);
     const reasonsJson = JSON.stringify(verdict.reasons);
     const review = verdict.decision === Decision.REVIEW;
     const { tenantId, paymentId, userId, amountMinor, currency } = payment;

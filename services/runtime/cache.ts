@@ -126,17 +126,13 @@ function bucketTtlMs(ratePerSecond: number, burst: number): number {
   return Math.ceil((burst / ratePerSecond) * 1000) + 1000;
 }
 
+type BucketState = { tokens: number; atMs: number };
+
 /**
- * One token bucket step, shared in meaning by the Lua script below and the in-memory cache:
- * refill for the time elapsed since the last step (never negative, never above burst), then
- * take one token if there is a whole one.
+ * One token bucket step, the in-memory twin of the Lua below: refill for the time elapsed since
+ * the last step (never negative, never above burst), then take one token if there is a whole one.
  */
-function bucketStep(
-  state: { tokens: number; atMs: number } | undefined,
-  nowMs: number,
-  ratePerSecond: number,
-  burst: number,
-): { state: { tokens: number; atMs: number }; result: TokenBucketResult } {
+function bucketStep(state: BucketState | undefined, nowMs: number, ratePerSecond: number, burst: number): { state: BucketState; result: TokenBucketResult } {
   const elapsedMs = state ? Math.max(0, nowMs - state.atMs) : 0;
   let tokens = state ? Math.min(burst, state.tokens + (elapsedMs * ratePerSecond) / 1000) : burst;
   if (tokens >= 1) {
@@ -148,11 +144,14 @@ function bucketStep(
 }
 
 /**
- * The same step in Redis, atomic because a script runs alone. The bucket is a hash
- * {tokens, at}; time is Redis TIME unless ARGV[3] gives it (Redis 7 replicates a script's
- * effects, so reading TIME in a writing script is allowed). Returns {allowed, retryAfterMs}.
+ * takeToken() as a script: atomic because a script runs alone. On Redis the bucket is a hash
+ * {tokens, at}; time is the backend's clock (Redis TIME) unless ARGV[3] gives it (Redis 7
+ * replicates a script's effects, so reading TIME in a writing script is allowed).
+ * ARGV: rate, burst, now or "", ttlMs. Returns {allowed (1/0), retryAfterMs}.
  */
-const TAKE_TOKEN_LUA = `
+const TAKE_TOKEN: CacheScript = {
+  name: "takeToken",
+  lua: `
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local now
@@ -180,9 +179,28 @@ end
 redis.call("HSET", KEYS[1], "tokens", string.format("%.17g", tokens), "at", string.format("%.17g", now))
 redis.call("PEXPIRE", KEYS[1], ARGV[4])
 return {allowed, retry}
-`;
+`,
+  memory(store, keys, args) {
+    const [key] = keys as [string];
+    const [rate, burst, nowArg, ttlMs] = args.map((arg) => (arg === "" ? undefined : Number(arg)));
+    const stored = store.get(key);
+    // A key of another type fails as HMGET fails on Redis.
+    if (stored !== undefined && typeof stored !== "object") throw new Error(WRONG_TYPE);
+    const { state, result } = bucketStep(stored as BucketState | undefined, nowArg ?? store.nowMs, rate as number, burst as number);
+    store.set(key, state, ttlMs as number);
+    return [result.allowed ? 1 : 0, result.retryAfterMs];
+  },
+};
 
-type TakeTokenCommand = (key: string, rate: string, burst: string, nowMs: string, ttlMs: string) => Promise<[number, number]>;
+/** Validates the options, then takes a token by running TAKE_TOKEN: one implementation for both caches. */
+async function takeTokenWith(cache: Pick<Cache, "runScript">, key: string, options: TokenBucketOptions): Promise<TokenBucketResult> {
+  assertBucket(options);
+  const { ratePerSecond, burst, nowMs } = options;
+  const args = [String(ratePerSecond), String(burst), nowMs === undefined ? "" : String(nowMs), String(bucketTtlMs(ratePerSecond, burst))];
+  const [allowed, retryAfterMs] = (await cache.runScript(TAKE_TOKEN, [key], args)) as [number, number];
+  return { allowed: allowed === 1, retryAfterMs: Number(retryAfterMs) };
+}
+
 type ScriptCommand = (numberOfKeys: number, ...keysThenArgs: string[]) => Promise<ScriptReply>;
 
 /** Bounded, never-ending backoff: a cache that gave up reconnecting would stay down after Redis recovers. */
@@ -204,8 +222,6 @@ export function createRedisCache(url: string, options: RedisCacheOptions): Cache
     enableReadyCheck: true,
     enableAutoPipelining: false,
   });
-  client.defineCommand("cowrieTakeToken", { numberOfKeys: 1, lua: TAKE_TOKEN_LUA });
-  const takeTokenCommand = (client as unknown as { cowrieTakeToken: TakeTokenCommand }).cowrieTakeToken.bind(client);
   // An 'error' event without a listener would crash the process on every reconnect attempt.
   client.on("error", (error: Error) => options.onError?.(error));
   const untilFirstReady = firstReadyWaiter(client, options.commandTimeoutMs);
@@ -229,7 +245,7 @@ export function createRedisCache(url: string, options: RedisCacheOptions): Cache
     return command();
   }
 
-  return {
+  const cache: Cache = {
     kind: "redis",
     get: (key) => run(() => client.get(key)),
     async set(key, value, { ttlMs, ifAbsent = false }) {
@@ -247,15 +263,7 @@ export function createRedisCache(url: string, options: RedisCacheOptions): Cache
       assertTtlMs(ttlMs);
       return run(() => redisIncrementBy(client, key, by, ttlMs));
     },
-    async takeToken(key, options) {
-      assertBucket(options);
-      const { ratePerSecond, burst, nowMs } = options;
-      const [allowed, retryAfterMs] = await run(() =>
-        takeTokenCommand(key, String(ratePerSecond), String(burst), nowMs === undefined ? "" : String(nowMs),
-          String(bucketTtlMs(ratePerSecond, burst))),
-      );
-      return { allowed: allowed === 1, retryAfterMs: Number(retryAfterMs) };
-    },
+    takeToken: (key, options) => takeTokenWith(cache, key, options),
     runScript(script, keys, args) {
       const command = scriptCommand(script);
       return run(() => command(keys.length, ...keys, ...args));
@@ -265,6 +273,7 @@ export function createRedisCache(url: string, options: RedisCacheOptions): Cache
     },
     close: () => closeRedis(client),
   };
+  return cache;
 }
 
 /**
@@ -315,7 +324,7 @@ async function closeRedis(client: Redis): Promise<void> {
 }
 
 interface MemoryEntry {
-  /** A string for get/set/incrementBy/takeToken keys; whatever a script's twin stores for its keys. */
+  /** A string for get/set/incrementBy keys; whatever a script's twin stores for its keys. */
   value: unknown;
   expiresAtMs: number;
 }
@@ -348,7 +357,7 @@ export function createMemoryCache(): Cache {
     return entry;
   }
 
-  return {
+  const cache: Cache = {
     kind: "memory",
     async get(key) {
       return stringValue(live(key)) ?? null;
@@ -373,16 +382,7 @@ export function createMemoryCache(): Cache {
       entries.set(key, { value: String(next), expiresAtMs: entry.expiresAtMs });
       return next;
     },
-    async takeToken(key, options) {
-      assertBucket(options);
-      const { ratePerSecond, burst } = options;
-      const now = options.nowMs ?? nowMs();
-      const stored = stringValue(live(key));
-      const previous = stored === undefined ? undefined : (JSON.parse(stored) as { tokens: number; atMs: number });
-      const { state, result } = bucketStep(previous, now, ratePerSecond, burst);
-      entries.set(key, { value: JSON.stringify(state), expiresAtMs: nowMs() + bucketTtlMs(ratePerSecond, burst) });
-      return result;
-    },
+    takeToken: (key, options) => takeTokenWith(cache, key, options),
     async runScript(script, keys, args) {
       if (closed) throw new Error("cache is closed");
       // Synchronous, so nothing else touches the entries until it returns: atomic like Lua.
@@ -411,6 +411,7 @@ export function createMemoryCache(): Cache {
       entries.clear();
     },
   };
+  return cache;
 }
 
 function parseInteger(value: string): number {
