@@ -2,7 +2,7 @@
 // "field: problem" INVALID_ARGUMENT messages, so every refusal names the public field.
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { invalidArgument } from "../runtime/errors.js";
-import { INT64_MAX, limitText, requireId } from "../runtime/validate.js";
+import { INT64_MAX, limitText } from "../runtime/validate.js";
 
 /** Minor units where 0 has a meaning (no limit, everything): 0 to 2^63-1. */
 export function requireNonNegativeMinor(value: bigint, field: string): bigint {
@@ -15,11 +15,6 @@ export function requireNonNegativeMinor(value: bigint, field: string): bigint {
 /** Page tokens are opaque and short; anything long is not one of ours. */
 export function limitPageToken(value: string, field: string): string {
   return limitText(value, field, 512);
-}
-
-/** An id filter that may be empty (no filter). */
-export function optionalId(value: string, field: string): string {
-  return value === "" ? value : requireId(value, field);
 }
 
 /** An enum filter: 0 (UNSPECIFIED) means no filter; anything else must be a known value. */

@@ -34,6 +34,7 @@ import { currentCallContext, remainingMs, runInCallContext } from "../runtime/ca
 import type { Cache } from "../runtime/cache.js";
 import { rowsOf, type Db } from "../runtime/db.js";
 import { errorText, throttledWarning, type Logger } from "../runtime/log.js";
+import { every, type Periodic } from "../runtime/periodic.js";
 import { IDEMPOTENCY_STATE, SCOPE, apiKeys, idempotencyKeys } from "./schema.js";
 
 export const IDEMPOTENCY_KEY_HEADER = "idempotency-key";
@@ -164,8 +165,7 @@ export interface IdempotencyOptions {
 
 export class IdempotencyStore {
   private readonly mutations = new Map<string, Mutation>();
-  private timer: NodeJS.Timeout | undefined;
-  private pass: Promise<void> | undefined;
+  private background: Periodic[] = [];
   private readonly stopping = new AbortController();
   private readonly warnCache: (error: unknown) => void;
 
@@ -246,33 +246,19 @@ export class IdempotencyStore {
 
   /** Starts the completer and the reaper, one pass every completerIntervalMs. */
   start(): void {
-    this.timer = setInterval(() => {
-      this.pass ??= this.backgroundPass().finally(() => (this.pass = undefined));
-    }, this.options.completerIntervalMs);
-    this.timer.unref();
+    const { completerIntervalMs, log } = this.options;
+    this.background = [
+      every(completerIntervalMs, "idempotency completer", () => this.completeAbandoned(), log),
+      every(completerIntervalMs, "idempotency reaper", () => this.reapExpired(), log),
+    ];
   }
 
   async stop(): Promise<void> {
-    clearInterval(this.timer);
-    this.timer = undefined;
     // A pass in flight stops between requests, and the request it runs is cut off: its row's
     // lease then runs out and another process (or the next start) finishes it.
     this.stopping.abort(new ConnectError("edge is stopping", Code.Unavailable));
-    await this.pass;
-  }
-
-  /** One completer pass, then one reaper pass. */
-  async backgroundPass(): Promise<void> {
-    try {
-      await this.completeAbandoned();
-    } catch (error) {
-      this.options.log.warn({ err: errorText(error) }, "idempotency completer pass failed; will retry");
-    }
-    try {
-      await this.reapExpired();
-    } catch (error) {
-      this.options.log.warn({ err: errorText(error) }, "idempotency reaper pass failed; will retry");
-    }
+    await Promise.all(this.background.map((task) => task.stop()));
+    this.background = [];
   }
 
   /**

@@ -5,17 +5,15 @@ import type { Client } from "@connectrpc/connect";
 import { PaymentKind, PaymentStatus, type PaymentsService } from "../../gen/cowrie/edge/v1/payments_pb.js";
 import { PaymentKind as InternalPaymentKind, type RouterService } from "../../gen/cowrie/router/v1/router_pb.js";
 import { invalidArgument } from "../runtime/errors.js";
-import { limitText, requireAmountMinor, requireCurrency, requireId, requirePageSize } from "../runtime/validate.js";
+import { limitText, optionalId, requireId, requirePageSize } from "../runtime/validate.js";
 import { mutate, read, type Endpoints } from "./endpoints.js";
 import {
   limitPageToken,
   optionalEnum,
-  optionalId,
-  requireDifferent,
   requireNonNegativeMinor,
   requireTimeRange,
 } from "./fields.js";
-import { requireEmpty, validateInstrument, validatePayer } from "../router/instrument.js";
+import { validatePaymentFields, validatePayer, type CreatedKind } from "../router/instrument.js";
 import { publicPayment } from "./mapping.js";
 
 export function paymentsEndpoints(router: Client<typeof RouterService>): Endpoints<typeof PaymentsService> {
@@ -23,21 +21,8 @@ export function paymentsEndpoints(router: Client<typeof RouterService>): Endpoin
     createPayment: mutate((request) => {
       const kind = optionalEnum(request.kind, "kind", PaymentKind) || PaymentKind.INTERNAL;
       if (kind === PaymentKind.REFUND) throw invalidArgument("kind", "refunds are made with RefundPayment");
-      const gateway = kind === PaymentKind.PAY_IN || kind === PaymentKind.PAYOUT;
-      const amountMinor = requireAmountMinor(request.amountMinor, "amount_minor");
-      const currency = requireCurrency(request.currency, "currency");
-      const sourceWalletId = kind === PaymentKind.PAY_IN
-        ? requireEmpty(request.sourceWalletId, "source_wallet_id", "a PAY_IN's payer is outside Cowrie")
-        : requireId(request.sourceWalletId, "source_wallet_id");
-      const destinationWalletId = kind === PaymentKind.PAYOUT
-        ? requireEmpty(request.destinationWalletId, "destination_wallet_id", "a PAYOUT pays bank_account")
-        : requireId(request.destinationWalletId, "destination_wallet_id");
-      requireDifferent(destinationWalletId, sourceWalletId, "destination_wallet_id", "source_wallet_id");
-      const feeMinor = requireNonNegativeMinor(request.feeMinor, "fee_minor");
-      if (feeMinor >= amountMinor) throw invalidArgument("fee_minor", "must be less than amount_minor");
-      if (gateway && feeMinor !== 0n) throw invalidArgument("fee_minor", "must be 0 for gateway payments");
-      const reference = limitText(request.reference, "reference", 128);
-      const instrument = gateway ? validateInstrument(request, kind as InternalPaymentKind.PAY_IN | InternalPaymentKind.PAYOUT) : undefined;
+      const { amountMinor, currency, sourceWalletId, destinationWalletId, feeMinor, reference, instrument } =
+        validatePaymentFields(request, kind as number as CreatedKind);
       // Checked here too, so bad input never takes an idempotency key; the Router fills defaults.
       validatePayer(request, "");
       return async ({ tenantId, downstreamKey }) => {

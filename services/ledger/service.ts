@@ -22,6 +22,7 @@ import {
 import { currentCallContext } from "../runtime/call-context.js";
 import { invalidArgument, notFound } from "../runtime/errors.js";
 import type { Db } from "../runtime/db.js";
+import { every } from "../runtime/periodic.js";
 import type { ServiceModule } from "../runtime/service.js";
 import {
   limitMetadata,
@@ -213,29 +214,19 @@ export const ledgerModule: ServiceModule = {
 
     // Releases expired reservations a bounded number at a time. The ids are derived from the
     // pending transfer, so two Ledger processes expiring the same one write it once.
-    let expiring: Promise<void> | undefined;
-    const expiryTimer = setInterval(() => {
-      expiring ??= expirePass().finally(() => (expiring = undefined));
-    }, EXPIRY_INTERVAL_MS);
-    expiryTimer.unref();
-    async function expirePass(): Promise<void> {
-      try {
-        const ids = await expiredPendingIds(db, Date.now(), EXPIRY_BATCH_MAX);
-        if (ids.length === 0) return;
-        const outcomes = await committer.submit(ids.map((pendingId) => ({
-          id: expireTransferId(pendingId), kind: TransferKind.EXPIRE_PENDING, debitAccountId: "", creditAccountId: "",
-          amountMinor: 0n, currency: "", code: 0, reference: "", metadata: {}, linked: false, pendingId, timeoutSeconds: 0,
-        })));
-        log.info({ expired: outcomes.length }, "released expired pending transfers");
-      } catch (error) {
-        log.warn({ err: error instanceof Error ? error.message : String(error) }, "expiry pass failed; will retry");
-      }
-    }
+    const expiry = every(EXPIRY_INTERVAL_MS, "expiry", async () => {
+      const ids = await expiredPendingIds(db, Date.now(), EXPIRY_BATCH_MAX);
+      if (ids.length === 0) return;
+      const outcomes = await committer.submit(ids.map((pendingId) => ({
+        id: expireTransferId(pendingId), kind: TransferKind.EXPIRE_PENDING, debitAccountId: "", creditAccountId: "",
+        amountMinor: 0n, currency: "", code: 0, reference: "", metadata: {}, linked: false, pendingId, timeoutSeconds: 0,
+      })));
+      log.info({ expired: outcomes.length }, "released expired pending transfers");
+    }, log);
 
     return {
       async stop() {
-        clearInterval(expiryTimer);
-        await expiring;
+        await expiry.stop();
         await committer.idle();
       },
       routes(router) {

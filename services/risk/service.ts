@@ -31,7 +31,7 @@ import type { Config } from "../runtime/config.js";
 import { failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { errorText } from "../runtime/log.js";
 import type { ServiceModule } from "../runtime/service.js";
-import { limitText, requireAmountMinor, requireCurrency, requireEnum, requireId, requirePageSize, requireText } from "../runtime/validate.js";
+import { limitText, requireAmountMinor, requireCurrency, requireEnum, optionalId, requireId, requirePageSize, requireText } from "../runtime/validate.js";
 import { Counters, type Counted } from "./counters.js";
 import { decide, decideWithoutCounters, type FiredRule, type Payment, type Settings } from "./rules.js";
 import { settingsMessage, settingsToJson, effectiveSettings, settingsFromJson, TenantRulesCache, validateSettings, type TenantRules } from "./settings.js";
@@ -65,10 +65,6 @@ function requireSubject(value: string, field: string): string {
 
 function optionalSubject(value: string, field: string): string {
   return value === "" ? "" : requireSubject(value, field);
-}
-
-function optionalId(value: string, field: string): string {
-  return value === "" ? "" : requireId(value, field);
 }
 
 /** An IP address in one canonical form (IPv6 compressed, lower case), so blocklist lookups match. */

@@ -444,7 +444,7 @@ function isFinalAnswer(call: GatewayCallRow): boolean {
  * or answered with a timeout, a pending status or an error that needs a status query, and not
  * followed by a status answer from the same gateway.
  */
-export function openQuestion(calls: readonly GatewayCallRow[]): GatewayCallRow | undefined {
+function openQuestion(calls: readonly GatewayCallRow[]): GatewayCallRow | undefined {
   for (let index = calls.length - 1; index >= 0; index--) {
     const call = calls[index] as GatewayCallRow;
     if (call.operation === "status") {

@@ -1,11 +1,14 @@
-// The fields that take a gateway payment to the gateway: the payer's payment method (PAY_IN) or
-// the bank account paid (PAYOUT), and the country used to route. Checked the same way by the
-// Router and by the Edge (before it records an idempotency key), each problem naming its field.
+// A payment request's fields, checked the same way by the Router and by the Edge (before it
+// records an idempotency key), each problem naming its field: amounts and wallets by kind, the
+// fields that take a gateway payment to the gateway (the payer's payment method for a PAY_IN, the
+// bank account for a PAYOUT, the country used to route) and who pays, for Risk.
+import { isIP } from "node:net";
 import { PaymentKind } from "../../gen/cowrie/router/v1/router_pb.js";
 import { invalidArgument } from "../runtime/errors.js";
-import { limitText } from "../runtime/validate.js";
-import { isIP } from "node:net";
+import { limitText, requireAmountMinor, requireCurrency, requireId } from "../runtime/validate.js";
 import type { Instrument, Payer } from "./schema.js";
+
+const REFERENCE_MAX = 128;
 
 const PAYMENT_METHOD_MAX = 128;
 const ACCOUNT_NAME_MAX = 128;
@@ -22,7 +25,7 @@ export interface InstrumentFields {
   bankAccount?: { bankCode: string; accountNumber: string; accountName: string };
 }
 
-export function requireEmpty(value: string, field: string, why: string): string {
+function requireEmpty(value: string, field: string, why: string): string {
   if (value !== "") throw invalidArgument(field, `must be empty: ${why}`);
   return value;
 }
@@ -71,4 +74,26 @@ export function validatePayer(request: { userId: string; deviceId: string; ipAdd
   const deviceId = limitText(request.deviceId, "device_id", DEVICE_ID_MAX);
   if (request.ipAddress !== "" && isIP(request.ipAddress) === 0) throw invalidArgument("ip_address", "must be an IPv4 or IPv6 address");
   return { userId, ...(deviceId ? { deviceId } : {}), ...(request.ipAddress ? { ipAddress: request.ipAddress } : {}) };
+}
+
+/** The kinds CreatePayment makes (refunds have their own RPC). */
+export type CreatedKind = PaymentKind.INTERNAL | PaymentKind.PAY_IN | PaymentKind.PAYOUT;
+
+/** What a payment of `kind` moves, from where to where, and (gateway kinds) how it reaches the gateway. */
+export function validatePaymentFields(
+  request: InstrumentFields & { amountMinor: bigint; currency: string; sourceWalletId: string; destinationWalletId: string; feeMinor: bigint; reference: string },
+  kind: CreatedKind,
+) {
+  const amountMinor = requireAmountMinor(request.amountMinor, "amount_minor");
+  const currency = requireCurrency(request.currency, "currency");
+  const sourceWalletId = kind === PaymentKind.PAY_IN ? requireEmpty(request.sourceWalletId, "source_wallet_id", "a PAY_IN's payer is outside Cowrie") : requireId(request.sourceWalletId, "source_wallet_id");
+  const destinationWalletId = kind === PaymentKind.PAYOUT ? requireEmpty(request.destinationWalletId, "destination_wallet_id", "a PAYOUT pays bank_account") : requireId(request.destinationWalletId, "destination_wallet_id");
+  if (sourceWalletId === destinationWalletId) throw invalidArgument("destination_wallet_id", "must differ from source_wallet_id");
+  const feeMinor = request.feeMinor;
+  if (feeMinor < 0n) throw invalidArgument("fee_minor", "must be >= 0 (minor units)");
+  if (feeMinor >= amountMinor) throw invalidArgument("fee_minor", "must be less than amount_minor");
+  if (kind !== PaymentKind.INTERNAL && feeMinor !== 0n) throw invalidArgument("fee_minor", "must be 0 for gateway payments");
+  const reference = limitText(request.reference, "reference", REFERENCE_MAX);
+  const instrument = kind === PaymentKind.INTERNAL ? undefined : validateInstrument(request, kind);
+  return { amountMinor, currency, sourceWalletId, destinationWalletId, feeMinor, reference, instrument };
 }

@@ -83,7 +83,7 @@ export class GatewayBreaker {
 // ---------------------------------------------------------------------------------------------
 // Sliding window of recent calls
 
-export class CallWindow {
+class CallWindow {
   private readonly calls: { fault: boolean; latencyMs: number }[] = [];
   private next = 0;
 
@@ -296,11 +296,6 @@ const CIRCUIT_OPEN: GatewayResult = {
   message: "circuit open: the request was not sent",
 };
 
-/** True when a result came from the breaker, not from the gateway. */
-export function isCircuitOpen(result: GatewayResult): boolean {
-  return result === CIRCUIT_OPEN;
-}
-
 export class GatewayPool {
   private readonly gateways = new Map<GatewayName, Gateway>();
   private readonly random: () => number;
@@ -334,8 +329,9 @@ export class GatewayPool {
     }
   }
 
-  has(name: string): name is GatewayName {
-    return this.gateways.has(name as GatewayName);
+  /** Whether any gateway serves the currency and country at all, open circuits or not. */
+  serves(currency: string, country: string): boolean {
+    return [...this.gateways.values()].some(({ connector }) => capabilityExclusion(connector, { currency, country, amountMinor: 1n }) === "");
   }
 
   /** Every gateway weighed for a payment; `excluded` are gateways this payment may not use (again). */
@@ -419,12 +415,19 @@ export class GatewayPool {
   }
 }
 
-function exclusion(connector: Connector, input: RoutingInput, circuit: CircuitState, excludedForPayment: string | undefined): string {
+/** Why the gateway cannot take this kind of payment at all, or "". */
+function capabilityExclusion(connector: Connector, input: RoutingInput): string {
   const { currencies, countries, maxAmountMinor } = connector.capabilities;
   if (!currencies.has(input.currency)) return `does not serve ${input.currency}`;
   if (input.country && !countries.has(input.country)) return `does not serve ${input.country}`;
   const max = maxAmountMinor[input.currency];
   if (max !== undefined && input.amountMinor > max) return `amount over its ${input.currency} maximum of ${max}`;
+  return "";
+}
+
+function exclusion(connector: Connector, input: RoutingInput, circuit: CircuitState, excludedForPayment: string | undefined): string {
+  const capability = capabilityExclusion(connector, input);
+  if (capability) return capability;
   if (excludedForPayment) return excludedForPayment;
   if (circuit === CircuitState.OPEN) return "circuit open";
   return "";

@@ -31,16 +31,17 @@ import type { Db } from "../runtime/db.js";
 import { failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { errorText } from "../runtime/log.js";
 import { pause } from "../runtime/pause.js";
+import { every } from "../runtime/periodic.js";
 import type { AnyRequest, AnyResponse } from "../runtime/server.js";
 import type { ServiceModule } from "../runtime/service.js";
-import { limitText, requireAmountMinor, requireCurrency, requireEnum, requireId, requireIdempotencyKey, requirePageSize } from "../runtime/validate.js";
+import { limitText, requireEnum, requireId, requireIdempotencyKey, requirePageSize } from "../runtime/validate.js";
 import { GATEWAY_NAMES, type GatewayName } from "./gateways/connector.js";
 import { createConnectors } from "./gateways/index.js";
-import { GatewayFlow, gatewayReference, paymentIdOfReference } from "./gateway-flow.js";
+import { GatewayFlow, backoffMs, gatewayReference, paymentIdOfReference } from "./gateway-flow.js";
 import { PaymentProcessor, releaseQuietly, type DriveOutcome, type Driver } from "./processor.js";
 import { RiskCheck, defaultUserId } from "./risk.js";
 import { GatewayPool, type Candidate } from "./routing.js";
-import { requireEmpty, validateInstrument, validatePayer } from "./instrument.js";
+import { validatePaymentFields, validatePayer, type CreatedKind } from "./instrument.js";
 import type { RequestFields } from "./schema.js";
 import {
   claimUnfinished,
@@ -73,8 +74,8 @@ const COMPLETER_CONCURRENCY = 8;
 /** Wallets whose existence the Router remembers (tenant and id; about 100 bytes each). */
 const KNOWN_WALLETS_MAX = 100_000;
 /** The Router's RabbitMQ names under a namespace: the exchange and the work queue of gateway payments. */
-export function workTopology(namespace: string): { exchanges: string[]; queues: string[] } {
-  return { exchanges: [`${namespace}.router`], queues: [`${namespace}.router.gateway-payments`] };
+export function workTopology(namespace: string) {
+  return { exchanges: [`${namespace}.router`], queues: [`${namespace}.router.gateway-payments`] } as const;
 }
 
 /** The work queue of gateway payments: one message per payment id; the database is the truth. */
@@ -151,17 +152,7 @@ function validateCreate(request: CreatePaymentRequest) {
   const idempotencyKey = requireIdempotencyKey(request.idempotencyKey, "idempotency_key");
   const kind = requireEnum(request.kind, "kind", PaymentKind) as PaymentKind;
   if (kind === PaymentKind.REFUND) throw invalidArgument("kind", "REFUND payments are made with RefundPayment; use RefundPayment");
-  const amountMinor = requireAmountMinor(request.amountMinor, "amount_minor");
-  const currency = requireCurrency(request.currency, "currency");
-  const sourceWalletId = kind === PaymentKind.PAY_IN ? requireEmpty(request.sourceWalletId, "source_wallet_id", "a PAY_IN's payer is outside Cowrie") : requireId(request.sourceWalletId, "source_wallet_id");
-  const destinationWalletId = kind === PaymentKind.PAYOUT ? requireEmpty(request.destinationWalletId, "destination_wallet_id", "a PAYOUT pays bank_account") : requireId(request.destinationWalletId, "destination_wallet_id");
-  if (sourceWalletId === destinationWalletId) throw invalidArgument("destination_wallet_id", "must differ from source_wallet_id");
-  const feeMinor = request.feeMinor;
-  if (feeMinor < 0n) throw invalidArgument("fee_minor", "must be >= 0 (minor units)");
-  if (feeMinor >= amountMinor) throw invalidArgument("fee_minor", "must be less than amount_minor");
-  if (kind !== PaymentKind.INTERNAL && feeMinor !== 0n) throw invalidArgument("fee_minor", "must be 0 for gateway payments");
-  const reference = limitText(request.reference, "reference", REFERENCE_MAX);
-  const instrument = kind === PaymentKind.PAY_IN || kind === PaymentKind.PAYOUT ? validateInstrument(request, kind) : undefined;
+  const { amountMinor, currency, sourceWalletId, destinationWalletId, feeMinor, reference, instrument } = validatePaymentFields(request, kind as CreatedKind);
   const payer = validatePayer(request, defaultUserId(kind, sourceWalletId, instrument?.customerEmail ?? ""));
   const fields: RequestFields = {
     operation: "CreatePayment",
@@ -286,7 +277,7 @@ export const routerModule: ServiceModule = {
       patienceMs: config.gatewayPatienceMs,
     }, risk, log);
     const processor = new PaymentProcessor(db, wallets, log, flow, risk);
-    const { exchanges: [workExchange], queues: [workQueue] } = workTopology(config.brokerNamespace) as { exchanges: [string]; queues: [string] };
+    const { exchanges: [workExchange], queues: [workQueue] } = workTopology(config.brokerNamespace);
 
     /**
      * A wallet id the tenant does not have (another tenant's, or made up) is NOT_FOUND naming the
@@ -321,51 +312,27 @@ export const routerModule: ServiceModule = {
     // drive them with the same code path. One pass at a time per process; several processes
     // split the work through SKIP LOCKED and leases.
     const stopping = new AbortController();
-    let pass: Promise<void> | undefined;
-    const timer = setInterval(() => {
-      pass ??= completerPass().finally(() => (pass = undefined));
-    }, config.completerIntervalMs);
-    timer.unref();
+    const completer = every(config.completerIntervalMs, "completer", completerPass, log);
 
     // The resolver: every interval, ask gateways about payments whose outcome is unknown and are
     // due for a check (their next check backs off exponentially, up to five minutes).
-    let resolving: Promise<void> | undefined;
-    const resolverTimer = setInterval(() => {
-      resolving ??= resolverPass().finally(() => (resolving = undefined));
-    }, config.completerIntervalMs);
-    resolverTimer.unref();
-
-    async function resolverPass(): Promise<void> {
-      try {
-        const due = await claimDue(db, PaymentStatus.OUTCOME_UNKNOWN, config.gatewayTimeoutMs * 4, RESOLVER_BATCH);
-        await runLimited(due, COMPLETER_CONCURRENCY, async (payment) => {
-          if (!stopping.signal.aborted) await processor.drive(payment, "resolver", stopping.signal);
-        });
-        if (due.length > 0) log.info({ asked: due.length }, "resolver pass");
-      } catch (error) {
-        log.warn({ err: errorText(error) }, "resolver pass failed; will retry");
-      }
-    }
+    const resolver = every(config.completerIntervalMs, "resolver", async () => {
+      const due = await claimDue(db, PaymentStatus.OUTCOME_UNKNOWN, config.gatewayTimeoutMs * 4, RESOLVER_BATCH);
+      await runLimited(due, COMPLETER_CONCURRENCY, async (payment) => {
+        if (!stopping.signal.aborted) await processor.drive(payment, "resolver", stopping.signal);
+      });
+      if (due.length > 0) log.info({ asked: due.length }, "resolver pass");
+    }, log);
 
     // The review loop: payments Risk sent to review wait IN_REVIEW (their money held) until an
     // operator resolves the review at Risk; each is asked about with backoff. Approved, it goes
     // on from PROCESSING; declined, its hold is released and it fails.
-    let reviewing: Promise<void> | undefined;
-    const reviewTimer = setInterval(() => {
-      reviewing ??= reviewPass().finally(() => (reviewing = undefined));
-    }, config.completerIntervalMs);
-    reviewTimer.unref();
-
-    async function reviewPass(): Promise<void> {
-      try {
-        const due = await claimDue(db, PaymentStatus.IN_REVIEW, REVIEW_LEASE_MS, RESOLVER_BATCH);
-        await runLimited(due, COMPLETER_CONCURRENCY, async (payment) => {
-          if (!stopping.signal.aborted) await followReview(payment);
-        });
-      } catch (error) {
-        log.warn({ err: errorText(error) }, "review pass failed; will retry");
-      }
-    }
+    const reviewer = every(config.completerIntervalMs, "review", async () => {
+      const due = await claimDue(db, PaymentStatus.IN_REVIEW, REVIEW_LEASE_MS, RESOLVER_BATCH);
+      await runLimited(due, COMPLETER_CONCURRENCY, async (payment) => {
+        if (!stopping.signal.aborted) await followReview(payment);
+      });
+    }, log);
 
     async function followReview(payment: PaymentRow): Promise<void> {
       const { review } = await riskClient.getReview({ tenantId: payment.tenantId, paymentId: payment.id }, { timeoutMs: config.riskTimeoutMs * 5 });
@@ -383,7 +350,7 @@ export const routerModule: ServiceModule = {
         return;
       }
       // Still pending: ask again later, up to once a minute.
-      const next = new Date(Date.now() + Math.min(REVIEW_CHECK_MAX_MS, REVIEW_LEASE_MS * 2 ** Math.min(payment.checks, 5)));
+      const next = new Date(Date.now() + backoffMs(payment.checks, REVIEW_LEASE_MS, REVIEW_CHECK_MAX_MS, () => 1));
       await rescheduleCheck(db, payment, next, payment.needsReconciliation);
     }
 
@@ -438,32 +405,26 @@ export const routerModule: ServiceModule = {
     }
 
     async function completerPass(): Promise<void> {
-      try {
-        const cutoff = new Date(Date.now() - config.recoveryAfterMs);
-        const claimed = await claimUnfinished(db, cutoff, config.recoveryAfterMs, COMPLETER_BATCH);
-        if (claimed.length === 0) return;
-        const finished: Record<string, number> = {};
-        await runLimited(claimed, COMPLETER_CONCURRENCY, async (payment) => {
-          if (stopping.signal.aborted) return;
-          try {
-            const { payment: after } = await processor.drive(payment, "completer", stopping.signal);
-            const status = PaymentStatus[after.status] ?? String(after.status);
-            finished[status] = (finished[status] ?? 0) + 1;
-          } catch (error) {
-            log.warn({ paymentId: payment.id, err: errorText(error) }, "completer could not drive payment; will retry");
-          }
-        });
-        log.info({ claimed: claimed.length, ...finished }, "completer pass");
-      } catch (error) {
-        log.warn({ err: errorText(error) }, "completer pass failed; will retry");
-      }
+      const cutoff = new Date(Date.now() - config.recoveryAfterMs);
+      const claimed = await claimUnfinished(db, cutoff, config.recoveryAfterMs, COMPLETER_BATCH);
+      if (claimed.length === 0) return;
+      const finished: Record<string, number> = {};
+      await runLimited(claimed, COMPLETER_CONCURRENCY, async (payment) => {
+        if (stopping.signal.aborted) return;
+        try {
+          const { payment: after } = await processor.drive(payment, "completer", stopping.signal);
+          const status = PaymentStatus[after.status] ?? String(after.status);
+          finished[status] = (finished[status] ?? 0) + 1;
+        } catch (error) {
+          log.warn({ paymentId: payment.id, err: errorText(error) }, "completer could not drive payment; will retry");
+        }
+      });
+      log.info({ claimed: claimed.length, ...finished }, "completer pass");
     }
 
     /** Some gateway must serve the currency and country, or the payment could never be made. */
     function requireRoutable(currency: string, country: string): void {
-      const decision = pool.decide({ currency, country, amountMinor: 1n }, new Map());
-      const served = decision.candidates.filter((candidate) => !candidate.excludedReason.startsWith("does not serve"));
-      if (served.length === 0) {
+      if (!pool.serves(currency, country)) {
         throw invalidArgument("currency", `no gateway serves ${currency} payments in ${country}; gateways: ${GATEWAY_NAMES.join(", ")}`);
       }
     }
@@ -513,12 +474,9 @@ export const routerModule: ServiceModule = {
         return true;
       },
       async stop() {
-        clearInterval(timer);
-        clearInterval(resolverTimer);
-        clearInterval(reviewTimer);
         stopping.abort(new ConnectError("router is stopping", Code.Unavailable));
         await consumer.close();
-        await Promise.all([pass, resolving, reviewing]);
+        await Promise.all([completer.stop(), resolver.stop(), reviewer.stop()]);
         await processor.idle();
       },
       routes(router) {

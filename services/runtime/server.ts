@@ -17,6 +17,7 @@ import { toConnectError } from "./errors.js";
 import { HealthState, registerHealth } from "./health.js";
 import type { Logger } from "./log.js";
 import { metrics } from "./metrics.js";
+import { pause } from "./pause.js";
 import { reflectedServices, registerReflection } from "./reflection.js";
 
 export const REQUEST_ID_HEADER = "x-request-id";
@@ -193,12 +194,12 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       health.shutdown();
       listener.close();
       const graceEndsAtMs = Date.now() + config.shutdownGraceMs;
-      while (inFlight.count > 0 && Date.now() < graceEndsAtMs) await sleep(20);
+      while (inFlight.count > 0 && Date.now() < graceEndsAtMs) await pause(20);
       if (inFlight.count > 0) log.warn({ inFlight: inFlight.count }, "grace period over; closing with calls in flight");
       shutdown.abort();
       for (const session of sessions) session.close();
       h1.closeIdleConnections();
-      await sleep(50);
+      await pause(50);
       for (const socket of sockets) socket.destroy();
       log.info({}, "stopped");
     },
@@ -237,6 +238,3 @@ function isHttp1Start(bytes: Buffer): boolean {
   return bytes.length > 0 && !HTTP2_PREFACE_START.subarray(0, bytes.length).equals(bytes);
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}

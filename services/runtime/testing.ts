@@ -120,7 +120,7 @@ export async function rejection(promise: Promise<unknown>): Promise<ConnectError
  * ("<name>.dead", as broker.ts declares them): quorum queues outlive the test otherwise, and a
  * broker that piles them up slows down.
  */
-export async function deleteBrokerTopology(topology: { queues: string[]; exchanges: string[] }, url = TEST_AMQP_URL): Promise<void> {
+export async function deleteBrokerTopology(topology: { queues: readonly string[]; exchanges: readonly string[] }, url = TEST_AMQP_URL): Promise<void> {
   const connection = new Connection({ url, connectionName: `cowrie-test-cleanup-${process.pid}` });
   try {
     for (const queue of topology.queues.flatMap((name) => [name, `${name}.dead`])) await connection.queueDelete({ queue });

@@ -66,6 +66,11 @@ export function requirePageSize(value: number, max: number, defaultSize = 0): nu
   return value === 0 ? defaultSize : value;
 }
 
+/** An id that may be empty (a filter that is not set). */
+export function optionalId(value: string, field: string): string {
+  return value === "" ? value : requireId(value, field);
+}
+
 export function requireIdempotencyKey(value: string | null | undefined, field: string): string {
   if (value === null || value === undefined || value === "") throw invalidArgument(field, "is required");
   if (!IDEMPOTENCY_KEY_PATTERN.test(value)) {
