@@ -27,7 +27,7 @@
 export const SIMULATED_GATEWAYS = ["paystack", "flutterwave", "stripe"] as const;
 export type SimulatedGateway = (typeof SIMULATED_GATEWAYS)[number];
 export type SimulatedOperation = "charge" | "payout" | "refund";
-export const DECLINE_REASONS = [
+const DECLINE_REASONS = [
   "insufficient_funds",
   "expired_card",
   "suspected_fraud",
@@ -254,7 +254,7 @@ export class SimulatorCore {
   ): SimulatedRecord | RefundRefusal {
     if (!charge || charge.operation !== "charge") return "charge_not_found";
     if (charge.status !== "succeeded") return "charge_not_successful";
-    if (amountMinor <= 0n || charge.refundedMinor + amountMinor > charge.amountMinor) return "exceeds_charge";
+    if (amountMinor <= 0n || amountMinor > refundableMinor(charge)) return "exceeds_charge";
     charge.refundedMinor += amountMinor;
     return this.add({
       gateway: charge.gateway,
@@ -318,6 +318,11 @@ export class SimulatorCore {
     if (record.status !== "pending") this.onFinal(record);
     return record;
   }
+}
+
+/** What is left to refund of a charge, none of one that does not exist: a refund's amount when it names none. */
+export function refundableMinor(charge: SimulatedRecord | undefined): bigint {
+  return charge ? charge.amountMinor - charge.refundedMinor : 0n;
 }
 
 /** True when a payment method or account number spells the trigger (see the top of this file). */

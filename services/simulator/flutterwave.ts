@@ -4,11 +4,11 @@
 // Transfers are asynchronous: creation answers "NEW" and the outcome is read back by reference.
 // Webhooks carry verif-hash, the merchant's configured secret hash itself.
 import { minorUnitExponent } from "../runtime/validate.js";
-import type { DeclineReason, SimulatedRecord, SimulatorCore } from "./core.js";
+import { refundableMinor, type DeclineReason, type SimulatedRecord, type SimulatorCore } from "./core.js";
 import {
+  dateRange,
   pageOf,
   parseObject,
-  parseTime,
   positiveInteger,
   type GatewayContract,
   type WireReply,
@@ -93,12 +93,6 @@ export function flutterwaveContract(core: SimulatorCore, secretKey: string, webh
     });
   }
 
-  function timeFilter(request: WireRequest): { fromMs?: number; toMs?: number } | undefined {
-    const fromMs = parseTime(request.query.get("from"));
-    const toMs = parseTime(request.query.get("to"), true);
-    return Number.isNaN(fromMs) || Number.isNaN(toMs) ? undefined : { fromMs, toMs };
-  }
-
   function charge(body: Record<string, unknown>): WireReply {
     const currency = typeof body.currency === "string" ? body.currency : "NGN";
     const amount = minorOf(body.amount, currency);
@@ -150,8 +144,7 @@ export function flutterwaveContract(core: SimulatorCore, secretKey: string, webh
 
   function createRefund(id: string, body: Record<string, unknown>): WireReply {
     const charge = core.findById("flutterwave", "charge", id);
-    const remaining = charge ? charge.amountMinor - charge.refundedMinor : 0n;
-    const amount = body.amount === undefined ? remaining : minorOf(body.amount, charge?.currency ?? "NGN");
+    const amount = body.amount === undefined ? refundableMinor(charge) : minorOf(body.amount, charge?.currency ?? "NGN");
     if (amount === undefined) return error(400, "Invalid amount: must be a positive amount in major units");
     const comments = typeof body.comments === "string" && body.comments !== "" ? body.comments : undefined;
     const result = core.refund(charge, amount, comments, String, comments ? { comments } : {});
@@ -173,7 +166,7 @@ export function flutterwaveContract(core: SimulatorCore, secretKey: string, webh
         return ok("Transaction fetched successfully", transaction(core.query(record)));
       }
       if (method === "GET" && (path === "/v3/transactions" || path === "/v3/transfers" || path === "/v3/refunds")) {
-        const times = timeFilter(request);
+        const times = dateRange(query);
         if (!times) return error(400, "from and to must be dates (YYYY-MM-DD)");
         const operation = path === "/v3/transactions" ? "charge" : path === "/v3/transfers" ? "payout" : "refund";
         const reference = operation === "payout" ? query.get("reference") ?? undefined : undefined;

@@ -2,7 +2,7 @@
 // COWRIE_SIMULATOR_PORT, accepting the gateway secrets Cowrie is configured with. Stops on
 // SIGTERM or SIGINT.
 import { ConfigError, gatewayConfig, loadConfig, type Config } from "../runtime/config.js";
-import { createLogger } from "../runtime/log.js";
+import { createLogger, errorText } from "../runtime/log.js";
 import { startSimulator } from "./simulator.js";
 
 function fail(message: string, code: number): never {
@@ -37,11 +37,11 @@ async function main(): Promise<void> {
     process.stderr.write(`cowrie-simulator: ${signal} received, stopping\n`);
     simulator.close().then(
       () => process.exit(0),
-      (error: unknown) => fail(`shutdown failed: ${error instanceof Error ? error.message : String(error)}`, 1),
+      (error: unknown) => fail(`shutdown failed: ${errorText(error)}`, 1),
     );
   };
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGTERM", () => stop("SIGTERM"));
 }
 
-main().catch((error: unknown) => fail(`failed to start: ${error instanceof Error ? error.message : String(error)}`, 1));
+main().catch((error: unknown) => fail(`failed to start: ${errorText(error)}`, 1));

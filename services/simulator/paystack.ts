@@ -3,11 +3,12 @@
 // reference is refused ("Duplicate Transaction Reference") and records nothing. Webhooks carry
 // x-paystack-signature, the hex HMAC-SHA512 of the raw body keyed with the secret key.
 import { createHmac } from "node:crypto";
-import { isTrigger, type DeclineReason, type SimulatedRecord, type SimulatorCore } from "./core.js";
+import { isTrigger, refundableMinor, type DeclineReason, type SimulatedRecord, type SimulatorCore } from "./core.js";
 import {
+  dateRange,
+  digitsAmount,
   pageOf,
   parseObject,
-  parseTime,
   positiveInteger,
   type GatewayContract,
   type WireReply,
@@ -83,10 +84,9 @@ export function paystackContract(core: SimulatorCore, secretKey: string): Gatewa
 
   /** GET lists: from/to date filters and perPage/page paging, newest first, as Paystack pages. */
   function list(request: WireRequest, operation: "charge" | "payout" | "refund", render: (record: SimulatedRecord) => unknown, message: string): WireReply {
-    const fromMs = parseTime(request.query.get("from"));
-    const toMs = parseTime(request.query.get("to"), true);
-    if (Number.isNaN(fromMs) || Number.isNaN(toMs)) return error(400, "Invalid date: from and to must be ISO dates");
-    let records = core.list({ gateway: "paystack", operation, fromMs, toMs });
+    const times = dateRange(request.query);
+    if (!times) return error(400, "Invalid date: from and to must be ISO dates");
+    let records = core.list({ gateway: "paystack", operation, ...times });
     const chargeReference = request.query.get("reference");
     if (operation === "refund" && chargeReference) records = records.filter((record) => record.parent?.reference === chargeReference);
     const perPage = positiveInteger(request.query.get("perPage"), 50, 100);
@@ -167,7 +167,7 @@ export function paystackContract(core: SimulatorCore, secretKey: string): Gatewa
   function createRefund(body: Record<string, unknown>): WireReply {
     const target = typeof body.transaction === "string" || typeof body.transaction === "number" ? String(body.transaction) : "";
     const charge = core.find("paystack", "charge", target) ?? core.findById("paystack", "charge", target);
-    const amount = body.amount === undefined ? (charge ? charge.amountMinor - charge.refundedMinor : 0n) : amountOf(body.amount);
+    const amount = body.amount === undefined ? refundableMinor(charge) : amountOf(body.amount);
     if (amount === undefined) return error(400, "Invalid amount: must be a positive integer in subunits");
     const note = typeof body.merchant_note === "string" && body.merchant_note !== "" ? body.merchant_note : undefined;
     const result = core.refund(charge, amount, note, String, note ? { merchant_note: note } : {});
@@ -244,7 +244,6 @@ function decodeRecipient(code: unknown): { accountNumber: string; currency: stri
 /** Paystack takes subunits as an integer, or a string of digits. */
 function amountOf(value: unknown): bigint | undefined {
   const text = typeof value === "number" && Number.isSafeInteger(value) ? String(value) : value;
-  if (typeof text !== "string" || !/^\d{1,16}$/.test(text)) return undefined;
-  const amount = BigInt(text);
-  return amount > 0n && amount <= BigInt(Number.MAX_SAFE_INTEGER) ? amount : undefined;
+  const amount = typeof text === "string" ? digitsAmount(text) : undefined;
+  return amount !== undefined && amount <= BigInt(Number.MAX_SAFE_INTEGER) ? amount : undefined;
 }

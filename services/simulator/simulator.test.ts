@@ -4,11 +4,12 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import * as net from "node:net";
 import * as path from "node:path";
 import { Writable } from "node:stream";
 import { after, before, beforeEach, describe, it } from "node:test";
 import { pino } from "pino";
+import { pause } from "../runtime/pause.js";
+import { freePorts } from "../runtime/testing.js";
 import { simulatorControl, type SimulatorControl } from "./control.js";
 import { DEFAULT_SETTINGS, SimulatorCore } from "./core.js";
 import { startSimulator, type RunningSimulator } from "./simulator.js";
@@ -42,14 +43,6 @@ async function call(method: string, url: string, options: { key?: string; json?:
     // not JSON (a 503 page)
   }
   return { status: response.status, headers: response.headers, json, text };
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 before(async () => {
@@ -209,14 +202,14 @@ describe("behaviour", () => {
   });
 
   it("drops a webhook it cannot deliver, logs it, and still answers the call", async () => {
-    await control.configure("paystack", { webhookUrl: `http://127.0.0.1:${await freePort()}/hooks` });
+    await control.configure("paystack", { webhookUrl: `http://127.0.0.1:${(await freePorts(1))[0]}/hooks` });
     const answer = await call("POST", "/paystack/transaction/charge_authorization", {
       key: PAYSTACK_KEY,
       json: { email: "a@b.co", amount: 5000, authorization_code: "AUTH_ok", reference: "hook-lost" },
     });
     assert.equal(answer.status, 200);
     for (let waited = 0; waited < 100 && !logged.some((line) => line.includes("webhook not delivered")); waited++) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
+      await pause(20);
     }
     assert.ok(logged.some((line) => line.includes("webhook not delivered")));
   });
@@ -242,7 +235,7 @@ describe("behaviour", () => {
       body: JSON.stringify({ email: "a@b.co", amount: 5000, authorization_code: "ambiguous", reference: "held" }),
     });
     const outcome = pending.then(() => "answered", () => "destroyed");
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await pause(100);
     const startedMs = performance.now();
     await own.close();
     assert.ok(performance.now() - startedMs < 1_000);
@@ -252,7 +245,7 @@ describe("behaviour", () => {
 
 describe("main.ts", () => {
   it("starts as a process on COWRIE_SIMULATOR_PORT, answers, and stops on SIGTERM", async () => {
-    const port = await freePort();
+    const [port] = await freePorts(1);
     const root = path.resolve(import.meta.dirname, "../..");
     const child = spawn(process.execPath, ["--import", "tsx", "services/simulator/main.ts"], {
       cwd: root,
@@ -262,7 +255,7 @@ describe("main.ts", () => {
     try {
       let stderr = "";
       child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-      for (let waited = 0; waited < 200 && !stderr.includes("listening on"); waited++) await new Promise((resolve) => setTimeout(resolve, 50));
+      for (let waited = 0; waited < 200 && !stderr.includes("listening on"); waited++) await pause(50);
       assert.match(stderr, new RegExp(`listening on http://127\\.0\\.0\\.1:${port}`));
       const settings = await fetch(`http://127.0.0.1:${port}/_sim/gateways`);
       assert.equal(settings.status, 200);

@@ -5,8 +5,9 @@
 // its parameters differ; without the header, Stripe would happily create a second object, and so
 // does the simulator. Webhooks carry Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">.
 import { createHmac } from "node:crypto";
-import type { DeclineReason, SimulatedRecord, SimulatorCore } from "./core.js";
+import { refundableMinor, type DeclineReason, type SimulatedRecord, type SimulatorCore } from "./core.js";
 import {
+  digitsAmount,
   parseTime,
   positiveInteger,
   type GatewayContract,
@@ -45,7 +46,6 @@ export function stripeContract(core: SimulatorCore, secretKey: string, webhookSe
   });
 
   const unix = (date: Date) => Math.floor(date.getTime() / 1000);
-  const id = (prefix: string, record: SimulatedRecord) => `${prefix}_sim${record.serial.toString().padStart(12, "0")}`;
 
   function metadata(record: SimulatedRecord): Record<string, string> {
     return Object.fromEntries(
@@ -64,7 +64,7 @@ export function stripeContract(core: SimulatorCore, secretKey: string, webhookSe
       status: { succeeded: "succeeded", pending: "processing", failed: "requires_payment_method" }[record.status],
       payment_method: record.details.payment_method ?? null,
       description: record.details.description ?? null,
-      latest_charge: id("ch", record),
+      latest_charge: stripeId("ch", record.serial),
       created: unix(record.createdAt),
       metadata: metadata(record),
       last_payment_error: decline ? { type: "card_error", code: decline[0], decline_code: decline[1], message: decline[2] } : null,
@@ -99,7 +99,7 @@ export function stripeContract(core: SimulatorCore, secretKey: string, webhookSe
       currency: record.currency.toLowerCase(),
       status: "succeeded",
       payment_intent: record.parent?.gatewayId ?? null,
-      charge: record.parent ? id("ch", record.parent) : null,
+      charge: record.parent ? stripeId("ch", record.parent.serial) : null,
       created: unix(record.createdAt),
       metadata: metadata(record),
     };
@@ -109,7 +109,7 @@ export function stripeContract(core: SimulatorCore, secretKey: string, webhookSe
   function chargeOf(intent: SimulatedRecord) {
     const refunds = core.list({ gateway: "stripe", operation: "refund" }).filter((record) => record.parent === intent);
     return {
-      id: id("ch", intent),
+      id: stripeId("ch", intent.serial),
       object: "charge",
       amount: Number(intent.amountMinor),
       amount_refunded: Number(intent.refundedMinor),
@@ -162,11 +162,20 @@ export function stripeContract(core: SimulatorCore, secretKey: string, webhookSe
     };
   }
 
-  function createIntent(form: Form): WireReply {
-    const amount = amountOf(form.get("amount"));
-    if (amount === undefined) return error(400, "Invalid integer: amount", { code: "parameter_invalid_integer", param: "amount" });
+  const invalidAmount = () => error(400, "Invalid integer: amount", { code: "parameter_invalid_integer", param: "amount" });
+
+  /** The amount and currency of a PaymentIntent or payout, or the error Stripe answers for them. */
+  function moneyOf(form: Form): { amountMinor: bigint; currency: string } | WireReply {
+    const amountMinor = amountOf(form.get("amount"));
+    if (amountMinor === undefined) return invalidAmount();
     const currency = form.get("currency") ?? "";
     if (!/^[a-z]{3}$/.test(currency)) return error(400, "Invalid currency", { code: "parameter_invalid_string", param: "currency" });
+    return { amountMinor, currency: currency.toUpperCase() };
+  }
+
+  function createIntent(form: Form): WireReply {
+    const money = moneyOf(form);
+    if ("status" in money) return money;
     const paymentMethod = form.get("payment_method");
     if (!paymentMethod) return error(400, "Missing required param: payment_method.", { code: "parameter_missing", param: "payment_method" });
     const meta = form.metadata();
@@ -174,10 +183,9 @@ export function stripeContract(core: SimulatorCore, secretKey: string, webhookSe
       gateway: "stripe",
       operation: "charge",
       reference: meta.cowrie_reference,
-      amountMinor: amount,
-      currency: currency.toUpperCase(),
+      ...money,
       trigger: paymentMethod,
-      gatewayId: (serial) => `pi_sim${serial.toString().padStart(12, "0")}`,
+      gatewayId: (serial) => stripeId("pi", serial),
       details: { ...form.details(), payment_method: paymentMethod },
     });
     const intent = paymentIntent(record);
@@ -189,19 +197,16 @@ export function stripeContract(core: SimulatorCore, secretKey: string, webhookSe
   }
 
   function createPayout(form: Form): WireReply {
-    const amount = amountOf(form.get("amount"));
-    if (amount === undefined) return error(400, "Invalid integer: amount", { code: "parameter_invalid_integer", param: "amount" });
-    const currency = form.get("currency") ?? "";
-    if (!/^[a-z]{3}$/.test(currency)) return error(400, "Invalid currency", { code: "parameter_invalid_string", param: "currency" });
+    const money = moneyOf(form);
+    if ("status" in money) return money;
     const destination = form.get("destination") ?? "";
     const { record, ambiguous } = core.create({
       gateway: "stripe",
       operation: "payout",
       reference: form.metadata().cowrie_reference,
-      amountMinor: amount,
-      currency: currency.toUpperCase(),
+      ...money,
       trigger: destination,
-      gatewayId: (serial) => `po_sim${serial.toString().padStart(12, "0")}`,
+      gatewayId: (serial) => stripeId("po", serial),
       details: { ...form.details(), destination },
     });
     return { status: 200, body: payout(record), withhold: ambiguous };
@@ -210,9 +215,9 @@ export function stripeContract(core: SimulatorCore, secretKey: string, webhookSe
   function createRefund(form: Form): WireReply {
     const intentId = form.get("payment_intent") ?? "";
     const charge = core.findById("stripe", "charge", intentId);
-    const amount = form.get("amount") === undefined ? (charge ? charge.amountMinor - charge.refundedMinor : 0n) : amountOf(form.get("amount"));
-    if (amount === undefined) return error(400, "Invalid integer: amount", { code: "parameter_invalid_integer", param: "amount" });
-    const result = core.refund(charge, amount, form.metadata().cowrie_reference, (serial) => `re_sim${serial.toString().padStart(12, "0")}`, form.details());
+    const amount = form.get("amount") === undefined ? refundableMinor(charge) : amountOf(form.get("amount"));
+    if (amount === undefined) return invalidAmount();
+    const result = core.refund(charge, amount, form.metadata().cowrie_reference, (serial) => stripeId("re", serial), form.details());
     if (result === "charge_not_found") {
       return error(404, `No such payment_intent: '${intentId}'`, { code: "resource_missing", param: "payment_intent" });
     }
@@ -287,9 +292,12 @@ function webhookType(record: SimulatedRecord): string {
 }
 
 function amountOf(value: string | undefined): bigint | undefined {
-  if (value === undefined || !/^\d{1,16}$/.test(value)) return undefined;
-  const amount = BigInt(value);
-  return amount > 0n ? amount : undefined;
+  return value === undefined ? undefined : digitsAmount(value);
+}
+
+/** The simulator's id of a Stripe object: its prefix and the record's serial (pi_sim000000000042). */
+function stripeId(prefix: string, serial: number): string {
+  return `${prefix}_sim${serial.toString().padStart(12, "0")}`;
 }
 
 /** A form-encoded body; metadata[key] entries are kept in details as "metadata.key". */

@@ -45,6 +45,16 @@ export function parseTime(value: string | null, endOfDay = false): number | unde
   return /^\d+$/.test(value) ? Number(value) * 1000 : Date.parse(value);
 }
 
+/**
+ * The from/to filter of a list (Paystack, Flutterwave): a to date alone means the end of that day.
+ * Undefined when either is malformed.
+ */
+export function dateRange(query: URLSearchParams): { fromMs?: number; toMs?: number } | undefined {
+  const fromMs = parseTime(query.get("from"));
+  const toMs = parseTime(query.get("to"), true);
+  return Number.isNaN(fromMs) || Number.isNaN(toMs) ? undefined : { fromMs, toMs };
+}
+
 /** A page (1-based) of a newest-first list. */
 export function pageOf<T>(items: readonly T[], page: number, perPage: number): { items: T[]; pageCount: number } {
   const newestFirst = [...items].reverse();
@@ -58,6 +68,13 @@ export function pageOf<T>(items: readonly T[], page: number, perPage: number): {
 export function positiveInteger(value: string | null, fallback: number, max: number): number {
   const parsed = value !== null && /^\d+$/.test(value) ? Number(value) : fallback;
   return Math.min(Math.max(parsed, 1), max);
+}
+
+/** A positive whole amount of minor units written as at most 16 digits; undefined otherwise. */
+export function digitsAmount(text: string): bigint | undefined {
+  if (!/^\d{1,16}$/.test(text)) return undefined;
+  const amount = BigInt(text);
+  return amount > 0n ? amount : undefined;
 }
 
 /** A JSON object body, or undefined when the body is not one. */

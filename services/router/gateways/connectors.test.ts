@@ -7,6 +7,8 @@ import * as net from "node:net";
 import { after, before, beforeEach, describe, it } from "node:test";
 import fc from "fast-check";
 import { gatewayConfig, loadConfig } from "../../runtime/config.js";
+import { pause } from "../../runtime/pause.js";
+import { freePorts } from "../../runtime/testing.js";
 import { simulatorControl, type SimulatorControl } from "../../simulator/control.js";
 import { startSimulator, type RunningSimulator } from "../../simulator/simulator.js";
 import { GATEWAY_NAMES, type BankAccount, type Connector, type GatewayName, type GatewayResult, type Operation } from "./connector.js";
@@ -58,19 +60,11 @@ function assertResult(result: GatewayResult, outcome: GatewayResult["outcome"], 
   assert.deepEqual({ outcome: result.outcome, code: result.code, action: result.action }, { outcome, code, action }, JSON.stringify(result));
 }
 
-async function closedPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
 async function waitForWebhook(path: string, contains: string): Promise<(typeof delivered)[number]> {
   for (let waited = 0; waited < 100; waited++) {
     const hit = delivered.find((item) => item.path === path && item.body.includes(contains));
     if (hit) return hit;
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    await pause(20);
   }
   assert.fail(`no webhook at ${path} mentioning ${contains}`);
 }
@@ -186,7 +180,7 @@ for (const name of GATEWAY_NAMES) {
     });
 
     it("fails over when the connection is refused", async () => {
-      const result = await connectorAt(name, `http://127.0.0.1:${await closedPort()}/${name}`).charge(chargeOf(name, newReference("refused")), OPTIONS);
+      const result = await connectorAt(name, `http://127.0.0.1:${(await freePorts(1))[0]}/${name}`).charge(chargeOf(name, newReference("refused")), OPTIONS);
       assertResult(result, "error", "gateway_unreachable", "failover");
       assert.equal(result.gatewayCode, "ECONNREFUSED");
     });

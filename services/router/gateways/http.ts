@@ -2,6 +2,7 @@
 // transport failures into "certainly not sent" and "maybe processed", Retry-After, and the small
 // pieces of webhook checking. Gateway-specific meaning lives in each connector's codes.ts.
 import { createHash, timingSafeEqual } from "node:crypto";
+import { errorText } from "../../runtime/log.js";
 import type { CallOptions, GatewayResult, NextAction, Outcome, UnifiedCode } from "./connector.js";
 
 /** One line of a code table. */
@@ -13,7 +14,7 @@ export interface Rule {
 /** Pattern rules, first match wins. */
 export type PatternTable = readonly (readonly [RegExp, Rule])[];
 
-export function firstMatch(table: PatternTable, ...texts: (string | undefined)[]): Rule | undefined {
+function firstMatch(table: PatternTable, ...texts: (string | undefined)[]): Rule | undefined {
   for (const [pattern, rule] of table) if (texts.some((text) => text !== undefined && pattern.test(text))) return rule;
   return undefined;
 }
@@ -68,9 +69,26 @@ export function gatewayResult(rule: Rule, detail: ResultDetail): GatewayResult {
   };
 }
 
+/** What an answer says besides its code and message: its HTTP status, Retry-After, whether it was a query. */
+export type AnswerDetail = Omit<ResultDetail, "gatewayCode" | "message">;
+
 /** The result with another rule applied (its outcome follows the new code). */
-export function withRule(result: GatewayResult, rule: Rule): GatewayResult {
+function withRule(result: GatewayResult, rule: Rule): GatewayResult {
   return { ...result, code: rule.code, action: rule.action, outcome: OUTCOMES[rule.code] };
+}
+
+/** The result with the table's rule for its code applied, when the table has one (a refund's adjustments). */
+export function adjusted(result: GatewayResult, table: Readonly<Partial<Record<UnifiedCode, Rule>>>): GatewayResult {
+  const rule = table[result.code];
+  return rule ? withRule(result, rule) : result;
+}
+
+/**
+ * The failure of a call made before any money call (a lookup, a transfer recipient): nothing that
+ * moves money was asked for, so an ambiguous failure cannot mean money moved. Fail over instead.
+ */
+export function beforeMoneyCall(result: GatewayResult): GatewayResult {
+  return result.action === "query_status" ? { ...result, action: "failover" } : result;
 }
 
 /** A request refused before sending (it could never be valid at this gateway). */
@@ -93,7 +111,7 @@ export function overall(options: CallOptions): CallOptions {
  * may have been written (our deadline, a reset or closed socket, undici's own timeouts, anything
  * unrecognised) is ambiguous: the gateway may have acted, so ask it before anything else.
  */
-export const TRANSPORT: { readonly notSent: Rule; readonly ambiguous: Rule } = {
+const TRANSPORT: { readonly notSent: Rule; readonly ambiguous: Rule } = {
   notSent: { code: "gateway_unreachable", action: "failover" },
   ambiguous: { code: "gateway_timeout", action: "query_status" },
 };
@@ -115,7 +133,7 @@ const NOT_SENT_CODES = new Set([
 ]);
 
 /** The first error code found on an error, its cause chain, or an AggregateError's members. */
-export function errorCode(error: unknown, depth = 0): string | undefined {
+function errorCode(error: unknown, depth = 0): string | undefined {
   if (typeof error !== "object" || error === null || depth > 5) return undefined;
   const { code, cause, errors } = error as { code?: unknown; cause?: unknown; errors?: unknown };
   if (typeof code === "string") return code;
@@ -129,10 +147,6 @@ export function transportResult(error: unknown): GatewayResult {
   const cause = (error as { cause?: unknown } | null)?.cause;
   const message = cause instanceof Error ? `${errorText(error)}: ${cause.message}` : errorText(error);
   return gatewayResult(rule, { gatewayCode: code, message });
-}
-
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 export interface HttpRequest {
@@ -155,13 +169,12 @@ const RETRY_AFTER_MAX_MS = 3_600_000;
  * Never throws.
  */
 export async function send(request: HttpRequest, options: CallOptions): Promise<HttpAnswer> {
-  const deadline = AbortSignal.timeout(Math.max(1, options.timeoutMs));
-  const signal = options.signal ? AbortSignal.any([options.signal, deadline]) : deadline;
   if (options.timeoutMs <= 0 || options.signal?.aborted) {
     // Nothing sent: the budget was spent before the call. Not the gateway's fault, but not a success either.
     return { kind: "failure", result: gatewayResult(TRANSPORT.notSent, { gatewayCode: "DEADLINE_EXHAUSTED", message: "no time left to call the gateway" }) };
   }
   try {
+    const { signal } = overall(options);
     const response = await fetch(request.url, { method: request.method, headers: request.headers, body: request.body, signal, redirect: "error" });
     const text = await response.text();
     const retryAfterMs = parseRetryAfter(response.headers.get("retry-after"), Date.now());
@@ -191,6 +204,11 @@ export function parseRetryAfter(value: string | null, nowMs: number): number | u
 /** The object at a JSON value, or an empty one: connectors read gateway answers defensively. */
 export function objectOf(value: unknown): Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
+}
+
+/** The objects of a JSON array (a list's data), or none. */
+export function objectsOf(value: unknown): Record<string, unknown>[] {
+  return Array.isArray(value) ? value.map(objectOf) : [];
 }
 
 export function textOf(value: unknown): string | undefined {
@@ -247,4 +265,66 @@ export function bearerJsonApi(baseUrl: string, secretKey: string) {
     if (body) headers["content-type"] = "application/json";
     return send({ method, url: `${base}${path}`, headers, body: body && JSON.stringify(body) }, options);
   };
+}
+
+/** The code tables of a gateway that answers {status, message, data}: its codes.ts module itself. */
+export interface EnvelopeCodes {
+  readonly HTTP_STATUS: Readonly<Record<number, Rule>>;
+  readonly ERRORS: PatternTable;
+  readonly OTHER_4XX: Rule;
+  readonly OTHER_5XX: Rule;
+  readonly UNREADABLE: Rule;
+  readonly STATUSES: Readonly<Record<string, Rule>>;
+  readonly DECLINES: PatternTable;
+}
+
+/** Where a gateway that answers {status, message, data} (Paystack, Flutterwave) puts what a result needs. */
+export interface EnvelopeDialect {
+  readonly codes: EnvelopeCodes;
+  /** True for an error answer, whatever its HTTP status says ({status: false}, {status: "error"}). */
+  isError(body: Record<string, unknown>): boolean;
+  /** The error answer's own code, matched before its message; absent where the gateway sends none (Flutterwave). */
+  errorCode?(body: Record<string, unknown>): string | undefined;
+  /** An object's status as STATUSES spells it; the status itself when absent. */
+  statusKey?(status: string): string;
+  /** An object's failure reason (refined by DECLINES when it failed) and the gateway's id of it. */
+  describe(data: Record<string, unknown>): { readonly reason: string | undefined; readonly gatewayId: string | undefined };
+}
+
+export interface EnvelopeReader {
+  /** HTTP status first, then an error answer (its code, then its message), then data's own status. */
+  classify(answer: HttpAnswer, query: boolean): GatewayResult;
+  /** A transaction, transfer or refund object, by its status. */
+  fromObject(data: Record<string, unknown>, detail: AnswerDetail, fallbackMessage?: string): GatewayResult;
+}
+
+/** Reads the answers of a gateway that wraps them in {status, message, data}, through its code tables. */
+export function envelopeReader(dialect: EnvelopeDialect): EnvelopeReader {
+  const { codes } = dialect;
+
+  function fromObject(data: Record<string, unknown>, detail: AnswerDetail, fallbackMessage = ""): GatewayResult {
+    const status = textOf(data.status);
+    const key = status === undefined ? undefined : (dialect.statusKey?.(status) ?? status);
+    const { reason = fallbackMessage, gatewayId } = dialect.describe(data);
+    let rule = (key !== undefined ? codes.STATUSES[key] : undefined) ?? codes.UNREADABLE;
+    if (key === "failed") rule = firstMatch(codes.DECLINES, reason) ?? rule;
+    return gatewayResult(rule, { ...detail, gatewayCode: status ?? "unreadable", message: reason, gatewayId });
+  }
+
+  function classify(answer: HttpAnswer, query: boolean): GatewayResult {
+    if (answer.kind === "failure") return answer.result;
+    const body = objectOf(answer.json);
+    const message = textOf(body.message) ?? answer.text.slice(0, 200);
+    const detail: AnswerDetail = { httpStatus: answer.status, retryAfterMs: answer.retryAfterMs, query };
+    const fixed = codes.HTTP_STATUS[answer.status];
+    if (fixed) return gatewayResult(fixed, { ...detail, gatewayCode: `http_${answer.status}`, message });
+    if (answer.status >= 400 || dialect.isError(body)) {
+      const code = dialect.errorCode?.(body);
+      const rule = firstMatch(codes.ERRORS, code, message) ?? (answer.status >= 500 ? codes.OTHER_5XX : codes.OTHER_4XX);
+      return gatewayResult(rule, { ...detail, gatewayCode: code ?? `http_${answer.status}`, message });
+    }
+    return fromObject(objectOf(body.data), detail, message);
+  }
+
+  return { classify, fromObject };
 }

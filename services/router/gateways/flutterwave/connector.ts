@@ -9,25 +9,25 @@
 // Money: Cowrie's bigint minor units become a decimal string here and a JSON number only on the
 // wire. A decimal of at most 15 significant digits survives double conversion exactly (IEEE 754
 // guarantees 15), so amounts up to MAJOR_EXACT_MAX_MINOR round-trip; larger ones are refused.
+import { minorUnitExponent } from "../../../runtime/validate.js";
 import type { CallOptions, Capabilities, Connector, ConnectorConfig, GatewayResult } from "../connector.js";
 import {
+  adjusted,
   bearerJsonApi,
+  beforeMoneyCall,
+  envelopeReader,
   findInPages,
-  firstMatch,
   gatewayResult,
   headerOf,
   objectOf,
+  objectsOf,
   overall,
   parseJson,
   refusedLocally,
   safeEqual,
   textOf,
-  withRule,
-  type HttpAnswer,
-  type ResultDetail,
 } from "../http.js";
-import { minorUnitExponent } from "../../../runtime/validate.js";
-import { DECLINES, ERRORS, HTTP_STATUS, NOT_FOUND, OTHER_4XX, OTHER_5XX, REFUND_ADJUSTMENTS, STATUSES, UNREADABLE, WEBHOOK_EVENTS } from "./codes.js";
+import * as codes from "./codes.js";
 
 const CAPABILITIES: Capabilities = {
   currencies: new Set(["NGN", "GHS", "KES", "UGX", "ZAR", "USD", "EUR", "GBP"]),
@@ -81,30 +81,16 @@ function wireAmount(amountMinor: bigint, currency: string): number | undefined {
 
 export function createFlutterwaveConnector(config: ConnectorConfig): Connector {
   const call = bearerJsonApi(config.baseUrl, config.secretKey);
-
-  /** HTTP status first, then a {status: "error"} message, then the object's own status. */
-  function classify(answer: HttpAnswer, query: boolean): GatewayResult {
-    if (answer.kind === "failure") return answer.result;
-    const body = objectOf(answer.json);
-    const message = textOf(body.message) ?? answer.text.slice(0, 200);
-    const detail: Omit<ResultDetail, "gatewayCode" | "message"> = { httpStatus: answer.status, retryAfterMs: answer.retryAfterMs, query };
-    const fixed = HTTP_STATUS[answer.status];
-    if (fixed) return gatewayResult(fixed, { ...detail, gatewayCode: `http_${answer.status}`, message });
-    if (answer.status >= 400 || body.status === "error") {
-      const rule = firstMatch(ERRORS, message) ?? (answer.status >= 500 ? OTHER_5XX : OTHER_4XX);
-      return gatewayResult(rule, { ...detail, gatewayCode: `http_${answer.status}`, message });
-    }
-    return fromObject(objectOf(body.data), detail, message);
-  }
-
-  /** A charge, transfer or refund object, by its status. */
-  function fromObject(data: Record<string, unknown>, detail: Omit<ResultDetail, "gatewayCode" | "message">, fallbackMessage = ""): GatewayResult {
-    const status = textOf(data.status);
-    const reason = textOf(data.processor_response) || textOf(data.complete_message) || fallbackMessage;
-    let rule = (status !== undefined ? STATUSES[status.toLowerCase()] : undefined) ?? UNREADABLE;
-    if (status?.toLowerCase() === "failed") rule = firstMatch(DECLINES, reason) ?? rule;
-    return gatewayResult(rule, { ...detail, gatewayCode: status ?? "unreadable", message: reason, gatewayId: textOf(data.id) });
-  }
+  const { classify, fromObject } = envelopeReader({
+    codes,
+    isError: (body) => body.status === "error",
+    // Charges say "successful", transfers "SUCCESSFUL".
+    statusKey: (status) => status.toLowerCase(),
+    describe: (data) => ({
+      reason: textOf(data.processor_response) || textOf(data.complete_message) || undefined,
+      gatewayId: textOf(data.id),
+    }),
+  });
 
   /** Flutterwave refunds by its own transaction id; look it up when the Router does not have it. */
   async function transactionId(chargeReference: string, options: CallOptions): Promise<string | GatewayResult> {
@@ -152,16 +138,10 @@ export function createFlutterwaveConnector(config: ConnectorConfig): Connector {
       if (amount === undefined) return refusedLocally(`amount must be 1 to ${MAJOR_EXACT_MAX_MINOR} minor units`);
       const bounded = overall(options);
       const id = request.chargeGatewayId ?? (await transactionId(request.chargeReference, bounded));
-      let result: GatewayResult;
-      if (typeof id !== "string") {
-        // Only the lookup failed; no refund was asked for, so nothing can have been refunded.
-        result = id.action === "query_status" ? { ...id, action: "failover" } : id;
-      } else {
-        const answer = await call("POST", `/v3/transactions/${encodeURIComponent(id)}/refund`, { amount, comments: request.reference }, bounded);
-        result = classify(answer, false);
-      }
-      const adjusted = REFUND_ADJUSTMENTS[result.code];
-      return adjusted ? withRule(result, adjusted) : result;
+      // Only the lookup failed; no refund was asked for, so nothing can have been refunded.
+      if (typeof id !== "string") return adjusted(beforeMoneyCall(id), codes.REFUND_ADJUSTMENTS);
+      const answer = await call("POST", `/v3/transactions/${encodeURIComponent(id)}/refund`, { amount, comments: request.reference }, bounded);
+      return adjusted(classify(answer, false), codes.REFUND_ADJUSTMENTS);
     },
 
     async status(operation, reference, options) {
@@ -174,11 +154,10 @@ export function createFlutterwaveConnector(config: ConnectorConfig): Connector {
         if (answer.kind === "failure" || answer.status >= 300) return { failed: classify(answer, true) };
         const body = objectOf(answer.json);
         const pageInfo = objectOf(objectOf(body.meta).page_info);
-        const items = Array.isArray(body.data) ? body.data.map(objectOf) : [];
-        return { items, more: Number(pageInfo.current_page) < Number(pageInfo.total_pages) };
+        return { items: objectsOf(body.data), more: Number(pageInfo.current_page) < Number(pageInfo.total_pages) };
       }, (item) => (operation === "payout" ? item.reference : item.comments) === reference);
       if (failed) return failed;
-      if (!found) return gatewayResult(NOT_FOUND, { gatewayCode: `${operation}_not_found`, message: `no ${operation} with reference ${reference}`, query: true });
+      if (!found) return gatewayResult(codes.NOT_FOUND, { gatewayCode: `${operation}_not_found`, message: `no ${operation} with reference ${reference}`, query: true });
       return fromObject(found, { httpStatus: 200, query: true });
     },
 
@@ -186,7 +165,7 @@ export function createFlutterwaveConnector(config: ConnectorConfig): Connector {
       const hash = headerOf(headers, "verif-hash");
       if (!hash || !safeEqual(hash, config.webhookSecret)) return undefined;
       const event = objectOf(parseJson(rawBody));
-      const kind = WEBHOOK_EVENTS[textOf(event.event) ?? ""];
+      const kind = codes.WEBHOOK_EVENTS[textOf(event.event) ?? ""];
       const data = objectOf(event.data);
       const reference = kind ? textOf(data[kind.referenceField]) : undefined;
       if (!kind || !reference) return undefined;

@@ -9,23 +9,23 @@
 import { createHmac } from "node:crypto";
 import type { CallOptions, Capabilities, Connector, ConnectorConfig, GatewayResult, PayoutRequest } from "../connector.js";
 import {
+  adjusted,
   bearerJsonApi,
+  beforeMoneyCall,
+  envelopeReader,
   findInPages,
-  firstMatch,
   gatewayResult,
   headerOf,
   objectOf,
+  objectsOf,
   overall,
   parseJson,
   refusedLocally,
   safeEqual,
   safeJsonInteger,
   textOf,
-  withRule,
-  type HttpAnswer,
-  type ResultDetail,
 } from "../http.js";
-import { DECLINES, ERRORS, HTTP_STATUS, NOT_FOUND, OTHER_4XX, OTHER_5XX, REFUND_ADJUSTMENTS, STATUSES, UNREADABLE, WEBHOOK_EVENTS } from "./codes.js";
+import * as codes from "./codes.js";
 
 const CAPABILITIES: Capabilities = {
   currencies: new Set(["NGN", "GHS", "ZAR", "KES", "USD"]),
@@ -50,36 +50,15 @@ const REFUND_PAGES_MAX = 10;
 export function createPaystackConnector(config: ConnectorConfig): Connector {
   const call = bearerJsonApi(config.baseUrl, config.secretKey);
   const recipients = new Map<string, string>();
-
-  /** HTTP status first, then a {status: false} error, then the object's own status. */
-  function classify(answer: HttpAnswer, query: boolean): GatewayResult {
-    if (answer.kind === "failure") return answer.result;
-    const body = objectOf(answer.json);
-    const message = textOf(body.message) ?? answer.text.slice(0, 200);
-    const detail: Omit<ResultDetail, "gatewayCode" | "message"> = { httpStatus: answer.status, retryAfterMs: answer.retryAfterMs, query };
-    const fixed = HTTP_STATUS[answer.status];
-    if (fixed) return gatewayResult(fixed, { ...detail, gatewayCode: `http_${answer.status}`, message });
-    if (answer.status >= 400 || body.status === false) {
-      const code = textOf(body.code);
-      const rule = firstMatch(ERRORS, code, message) ?? (answer.status >= 500 ? OTHER_5XX : OTHER_4XX);
-      return gatewayResult(rule, { ...detail, gatewayCode: code ?? `http_${answer.status}`, message });
-    }
-    return fromObject(objectOf(body.data), detail, message);
-  }
-
-  /** A transaction, transfer or refund object, by its status. */
-  function fromObject(data: Record<string, unknown>, detail: Omit<ResultDetail, "gatewayCode" | "message">, fallbackMessage = ""): GatewayResult {
-    const status = textOf(data.status);
-    const reason = textOf(data.gateway_response) ?? textOf(data.failures) ?? fallbackMessage;
-    let rule = (status !== undefined ? STATUSES[status] : undefined) ?? UNREADABLE;
-    if (status === "failed") rule = firstMatch(DECLINES, reason) ?? rule;
-    return gatewayResult(rule, {
-      ...detail,
-      gatewayCode: status ?? "unreadable",
-      message: reason,
+  const { classify, fromObject } = envelopeReader({
+    codes,
+    isError: (body) => body.status === false,
+    errorCode: (body) => textOf(body.code),
+    describe: (data) => ({
+      reason: textOf(data.gateway_response) ?? textOf(data.failures),
       gatewayId: textOf(data.transfer_code) ?? textOf(data.id),
-    });
-  }
+    }),
+  });
 
   /** The recipient code of a bank account, created once and remembered. */
   async function recipientFor(request: PayoutRequest, options: CallOptions): Promise<string | GatewayResult> {
@@ -101,8 +80,7 @@ export function createPaystackConnector(config: ConnectorConfig): Connector {
       return code;
     }
     // No transfer was asked for yet, so whatever happened here moved no money: never a status question.
-    const result = classify(answer, false);
-    return result.action === "query_status" ? { ...result, action: "failover" } : result;
+    return beforeMoneyCall(classify(answer, false));
   }
 
   return {
@@ -149,9 +127,7 @@ export function createPaystackConnector(config: ConnectorConfig): Connector {
         currency: request.currency,
         merchant_note: request.reference,
       }, options);
-      const result = classify(answer, false);
-      const adjusted = REFUND_ADJUSTMENTS[result.code];
-      return adjusted ? withRule(result, adjusted) : result;
+      return adjusted(classify(answer, false), codes.REFUND_ADJUSTMENTS);
     },
 
     async status(operation, reference, options) {
@@ -163,14 +139,13 @@ export function createPaystackConnector(config: ConnectorConfig): Connector {
         const answer = await call("GET", `/refund?perPage=100&page=${page}`, undefined, bounded);
         if (answer.kind === "failure" || answer.status >= 300) return { failed: classify(answer, true) };
         const body = objectOf(answer.json);
-        const items = Array.isArray(body.data) ? body.data.map(objectOf) : [];
         const meta = objectOf(body.meta);
-        return { items, more: Number(meta.page) < Number(meta.pageCount) };
+        return { items: objectsOf(body.data), more: Number(meta.page) < Number(meta.pageCount) };
       }, (refund) => refund.merchant_note === reference);
       if (failed) return failed;
       if (!found) {
         const message = `no refund with merchant_note ${reference} among the newest ${REFUND_PAGES_MAX * 100}`;
-        return gatewayResult(NOT_FOUND, { gatewayCode: "refund_not_found", message, query: true });
+        return gatewayResult(codes.NOT_FOUND, { gatewayCode: "refund_not_found", message, query: true });
       }
       return fromObject(found, { httpStatus: 200, query: true });
     },
@@ -181,7 +156,7 @@ export function createPaystackConnector(config: ConnectorConfig): Connector {
       const expected = createHmac("sha512", config.webhookSecret).update(rawBody).digest("hex");
       if (!safeEqual(signature.trim().toLowerCase(), expected)) return undefined;
       const event = objectOf(parseJson(rawBody));
-      const operation = WEBHOOK_EVENTS[textOf(event.event) ?? ""];
+      const operation = codes.WEBHOOK_EVENTS[textOf(event.event) ?? ""];
       const data = objectOf(event.data);
       const reference = operation === "refund" ? textOf(data.merchant_note) : textOf(data.reference);
       if (!operation || !reference) return undefined;

@@ -10,19 +10,21 @@
 import { createHmac } from "node:crypto";
 import type { CallOptions, Capabilities, Connector, ConnectorConfig, GatewayResult, Operation } from "../connector.js";
 import {
+  adjusted,
+  beforeMoneyCall,
   findInPages,
   gatewayResult,
   headerOf,
   objectOf,
+  objectsOf,
   overall,
   parseJson,
   refusedLocally,
   safeEqual,
   send,
   textOf,
-  withRule,
+  type AnswerDetail,
   type HttpAnswer,
-  type ResultDetail,
   type Rule,
 } from "../http.js";
 import {
@@ -71,7 +73,7 @@ export function createStripeConnector(config: ConnectorConfig): Connector {
     const body = objectOf(answer.json);
     const error = objectOf(body.error);
     const message = textOf(error.message) ?? answer.text.slice(0, 200);
-    const detail: Omit<ResultDetail, "gatewayCode" | "message"> = { httpStatus: answer.status, retryAfterMs: answer.retryAfterMs, query };
+    const detail: AnswerDetail = { httpStatus: answer.status, retryAfterMs: answer.retryAfterMs, query };
     const fixed = HTTP_STATUS[answer.status];
     if (fixed) return gatewayResult(fixed, { ...detail, gatewayCode: textOf(error.code) ?? `http_${answer.status}`, message });
     if (answer.status >= 400) {
@@ -87,7 +89,7 @@ export function createStripeConnector(config: ConnectorConfig): Connector {
   }
 
   /** A PaymentIntent, payout or refund, by its status and its failure detail. */
-  function fromObject(object: Record<string, unknown>, detail: Omit<ResultDetail, "gatewayCode" | "message">): GatewayResult {
+  function fromObject(object: Record<string, unknown>, detail: AnswerDetail): GatewayResult {
     const kind = textOf(object.object) ?? "";
     const status = textOf(object.status) ?? "";
     let rule = STATUSES[kind]?.[status] ?? UNREADABLE;
@@ -116,8 +118,7 @@ export function createStripeConnector(config: ConnectorConfig): Connector {
       const query = `metadata['cowrie_reference']:'${reference.replace(/['\\]/g, "\\$&")}'`;
       const answer = await call("GET", `/v1/payment_intents/search?query=${encodeURIComponent(query)}&limit=10`, undefined, undefined, options);
       if (answer.kind === "failure" || answer.status >= 300) return { failed: classify(answer, true) };
-      const hits = objectOf(answer.json).data;
-      const found = Array.isArray(hits) ? hits.map(objectOf).find(matches) : undefined;
+      const found = objectsOf(objectOf(answer.json).data).find(matches);
       if (found) return { found };
     }
     return findInPages(LIST_PAGES_MAX, async (_page, cursor) => {
@@ -125,7 +126,7 @@ export function createStripeConnector(config: ConnectorConfig): Connector {
       const answer = await call("GET", `${LISTS[operation]}?limit=100${after}`, undefined, undefined, options);
       if (answer.kind === "failure" || answer.status >= 300) return { failed: classify(answer, true) };
       const body = objectOf(answer.json);
-      const items = Array.isArray(body.data) ? body.data.map(objectOf) : [];
+      const items = objectsOf(body.data);
       return { items, more: body.has_more === true, cursor: textOf(items.at(-1)?.id) };
     }, matches);
   }
@@ -173,7 +174,7 @@ export function createStripeConnector(config: ConnectorConfig): Connector {
       if (!intent) {
         const { found, failed } = await lookup("charge", request.chargeReference, bounded);
         // Only the lookup failed; no refund was asked for, so nothing can have been refunded.
-        if (failed) return failed.action === "query_status" ? { ...failed, action: "failover" } : failed;
+        if (failed) return beforeMoneyCall(failed);
         if (!found) return refusedLocally(`Stripe has no PaymentIntent for ${request.chargeReference}`);
         intent = textOf(found.id) ?? "";
       }
@@ -182,8 +183,7 @@ export function createStripeConnector(config: ConnectorConfig): Connector {
         amount: request.amountMinor.toString(),
         "metadata[cowrie_reference]": request.reference,
       }, request.reference, bounded);
-      const adjusted = REFUND_ADJUSTMENTS[result.code];
-      return adjusted ? withRule(result, adjusted) : result;
+      return adjusted(result, REFUND_ADJUSTMENTS);
     },
 
     async status(operation, reference, options) {
