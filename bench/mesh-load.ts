@@ -18,7 +18,7 @@
 import { performance } from "node:perf_hooks";
 import { pathToFileURL } from "node:url";
 import { PaymentStatus } from "../gen/cowrie/edge/v1/payments_pb.js";
-import { BenchCheck, EdgePayments, describeFailure, sendToParent, serveLoad, summarize, type LatencySummary } from "./support.js";
+import { BenchCheck, EdgePayments, describeFailure, openLoop, sendToParent, serveLoad, summarize, type LatencySummary } from "./support.js";
 
 export interface SetupMessage {
   type: "setup";
@@ -301,44 +301,23 @@ async function runOpen(load: Load, message: PhaseMessage): Promise<PhaseResult> 
   const startMs = performance.now();
   const measureStartMs = startMs + message.warmupSeconds * 1000;
   const measureEndMs = measureStartMs + message.seconds * 1000;
-  const intervalMs = 1000 / message.ratePerSecond;
   const recorder = new Recorder();
   const window = windowMarks(message.id, measureStartMs, measureEndMs);
-  const running = new Set<Promise<void>>();
-  let started = 0;
   let shed = 0;
-  let maxInFlight = 0;
-  await new Promise<void>((resolve) => {
-    const tick = (): void => {
-      const now = performance.now();
-      // Start every call that is due by now, each timed from when it was due.
-      for (;;) {
-        const dueAt = startMs + started * intervalMs;
-        if (dueAt > now || dueAt >= measureEndMs) break;
-        started++;
-        const counts = dueAt >= measureStartMs;
-        if (running.size >= message.maxInFlight) {
-          if (counts) {
-            shed++;
-            recorder.error("shed", `more than ${message.maxInFlight} calls in flight`);
-          }
-          continue;
-        }
-        const call = load.operate(counts ? recorder : undefined, dueAt).finally(() => running.delete(call));
-        running.add(call);
-        maxInFlight = Math.max(maxInFlight, running.size);
-      }
-      if (startMs + started * intervalMs >= measureEndMs) {
-        clearInterval(timer);
-        resolve();
-      }
-    };
-    const timer = setInterval(tick, 1);
-  });
+  // Only calls due in the window count; the warm-up's run unrecorded.
+  const loop = await openLoop(
+    { startMs, endMs: measureEndMs, intervalMs: 1000 / message.ratePerSecond, maxInFlight: message.maxInFlight },
+    (dueAt) => load.operate(dueAt >= measureStartMs ? recorder : undefined, dueAt),
+    (dueAt) => {
+      if (dueAt < measureStartMs) return;
+      shed++;
+      recorder.error("shed", `more than ${message.maxInFlight} calls in flight`);
+    },
+  );
   // The calls started in the window finish (each is bounded by its deadline).
-  await Promise.allSettled([...running]);
+  await loop.running;
   window.clear();
-  return result(message, recorder, window.finish(), shed, maxInFlight, load);
+  return result(message, recorder, window.finish(), shed, loop.maxInFlightSeen, load);
 }
 
 function merge(into: Recorder, from: Recorder): void {

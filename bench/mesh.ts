@@ -22,8 +22,9 @@
 // CPU per call of each service and of its PostgreSQL backends), the ratio to the baseline and
 // issue 9's targets: internal payments >= 25% of the baseline commits/s, and p99 <= 50 ms at 70%
 // of that rate. Targets missed do not fail the run; a crash, a setup failure, journal findings or
-// money not conserved do (exit code 1). Every process is stopped with SIGTERM and the database
-// is dropped at the end, also on failure or Ctrl-C.
+// money not conserved do (exit code 1). Every process is stopped with SIGTERM, the database
+// dropped and the run's queues (a broker namespace of its own) deleted at the end, also on
+// failure or Ctrl-C.
 //
 // Human summary lines on stdout, then as the LAST line one JSON object. Progress and the
 // services' warnings go to stderr.
@@ -46,36 +47,36 @@
 //                         bench/profile-summary.ts reads them. Profiling slows the services.
 //   TEST_DATABASE_URL, TEST_REDIS_URL, TEST_AMQP_URL  the servers (defaults: the local ones).
 // Defaults take about 50-60 s in all (under 90 s).
-import { randomBytes } from "node:crypto";
-import { mkdirSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
+import { writeFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
-import { createClient } from "@connectrpc/connect";
-import { Http2SessionManager, createConnectTransport } from "@connectrpc/connect-node";
 import postgres from "postgres";
 import { WalletKind } from "../gen/cowrie/edge/v1/wallets_pb.js";
-import { FindingKind, LedgerService } from "../gen/cowrie/ledger/v1/ledger_pb.js";
-import { TEST_POSTGRES_URL, freePorts, freshDatabase } from "../services/runtime/testing.js";
+import { TEST_POSTGRES_URL, freshDatabase } from "../services/runtime/testing.js";
 import { feeAccountId, fundingAccountId } from "../services/wallet/service.js";
 import type { ChildMessage, PhaseMessage, PhaseResult, SetupMessage } from "./mesh-load.js";
 import {
   Accounting,
+  BASELINE_CLIENTS,
+  BenchMesh,
   LoadProcess,
+  MESH_SERVICES,
   ServiceProcess,
   benchOptions,
-  cleanRedis,
   commitBaseline,
-  createBenchTenant,
+  countsText,
+  cpuBreakdown,
   createWallets,
-  guardRun,
-  lookupAccounts,
+  journalLine,
+  ms,
+  postedMinor,
   processCpuSeconds,
   processMemoryMb,
   rate,
   round,
+  runGuarded,
   runLimited,
-  serviceEnvironment,
 } from "./support.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -113,10 +114,6 @@ const OPEN_MAX_IN_FLIGHT = 2048;
 const TARGET_RATIO = 0.25;
 const TARGET_P99_MS = 50;
 
-/** Start order: dependencies first (they are started together; the order is for stopping in reverse). */
-const SERVICES = ["ledger", "wallet", "risk", "router", "edge"] as const;
-type ServiceName = (typeof SERVICES)[number];
-
 if (RETRY_SHARE + REFUND_SHARE >= 1) {
   console.error(`${NAME}: --retry-share + --refund-share must be below 1`);
   process.exit(2);
@@ -126,118 +123,64 @@ const progress = (line: string): void => {
   process.stderr.write(`${NAME}: ${line}\n`);
 };
 
-/** One service of the mesh in its own process, started as production starts it. */
-function startService(name: ServiceName, port: number, env: NodeJS.ProcessEnv): ServiceProcess {
-  // One folder per service: the main thread and tsx's module-loader thread each write a profile.
-  const cpuProfDir = CPU_PROF_DIR ? path.join(CPU_PROF_DIR, name) : undefined;
-  return new ServiceProcess({ name, port, env, args: ["services/main.ts", name], cwd: ROOT, progress, cpuProfDir, startTimeoutMs: START_TIMEOUT_MS, stopGraceMs: STOP_GRACE_MS });
-}
-
-// ---------------------------------------------------------------------------------------------
-// The load child
-
 /** The load generator, bench/mesh-load.ts, in its own process. */
 type Load = LoadProcess<SetupMessage | PhaseMessage, ChildMessage>;
 
-function startLoad(): Load {
-  return new LoadProcess(process.execPath, ["--import", "tsx", path.join(HERE, "mesh-load.ts")], ROOT);
-}
-
-// ---------------------------------------------------------------------------------------------
 /** Runs one load phase and samples the CPU accounting at its window's edges. */
 async function runPhase(load: Load, accounting: Accounting, message: PhaseMessage) {
   const boundMs = (message.warmupSeconds + message.seconds) * 1000 + TIMEOUT_MS + 30_000;
   const started = load.next("measure-start", message.id, boundMs);
   const ended = load.next("measure-end", message.id, boundMs + TIMEOUT_MS);
   const resulted = load.next("result", message.id, boundMs + TIMEOUT_MS);
-  // Awaited one after the other: the later ones must not count as unhandled if an earlier one fails.
-  for (const waiting of [started, ended, resulted]) waiting.catch(() => undefined);
   load.send(message);
   await started;
-  const parentCpuStart = process.cpuUsage();
   const first = await accounting.sample();
   await ended;
   const last = await accounting.sample();
-  const parentCpu = process.cpuUsage(parentCpuStart);
   const result = (await resulted) as PhaseResult;
-  const usage = accounting.delta(first, last);
-  usage.byLabel.set("bench (this process)", (parentCpu.user + parentCpu.system) / 1e6);
-  return { result, usage, window: { startUs: first.monotonicUs, endUs: last.monotonicUs } };
+  return { result, usage: accounting.delta(first, last), window: { startUs: first.monotonicUs, endUs: last.monotonicUs } };
 }
 
-// ---------------------------------------------------------------------------------------------
-
-const ms = (value: number): string => value.toFixed(1);
 const pad = (text: string, width: number): string => text.padEnd(width);
 
-async function main(): Promise<void> {
+async function main(): Promise<never> {
   const runStartedMs = performance.now();
-  const services = new Map<ServiceName, ServiceProcess>();
+  let mesh: BenchMesh | undefined;
   let load: Load | undefined;
   let database: Awaited<ReturnType<typeof freshDatabase>> | undefined;
   let monitor: postgres.Sql | undefined;
-  const sessions: Http2SessionManager[] = [];
-  const redisKeys: { tenantId?: string; keyId?: string } = {};
-  let cleaning: Promise<void> | undefined;
-  const cleanup = (): Promise<void> => (cleaning ??= (async () => {
+  // Whatever goes wrong, the processes this run started stop, its database and queues go.
+  const watchdogMs = (BASELINE_SECONDS + WARMUP_SECONDS + SECONDS + OPEN_WARMUP_SECONDS + OPEN_SECONDS) * 1000 + 4 * TIMEOUT_MS + 240_000;
+  return runGuarded(NAME, watchdogMs, async (timedOut) => {
     ServiceProcess.tearingDown = true;
-    for (const session of sessions) session.abort();
     await load?.stop(5000).catch(() => undefined);
-    // Edge first, so nothing new comes in while the services behind it drain.
-    for (const name of [...SERVICES].reverse()) {
-      const service = services.get(name);
-      if (service) {
-        const code = await service.stop();
-        if (code !== 0 && !guard.timedOut) progress(`${name} exited with code ${code}`);
-      }
-    }
+    await mesh?.stop(timedOut);
     await monitor?.end({ timeout: 5 }).catch(() => undefined);
     await database?.drop().catch((error: unknown) => progress(`could not drop the database: ${String(error)}`));
-    await cleanRedis(redisKeys).catch(() => undefined);
-  })());
-  // Whatever goes wrong, the processes this run started stop and its database goes.
-  const watchdogMs = (BASELINE_SECONDS + WARMUP_SECONDS + SECONDS + OPEN_WARMUP_SECONDS + OPEN_SECONDS) * 1000 + 4 * TIMEOUT_MS + 240_000;
-  const guard = guardRun(NAME, cleanup, watchdogMs);
-
-  try {
+  }, async (cleanup) => {
     database = await freshDatabase("bench_mesh");
     const databaseName = new URL(database.url).pathname.slice(1);
     progress(`database ${databaseName}`);
 
     // The load process starts now: its own start-up (tsx) overlaps the baseline.
-    load = startLoad();
+    load = new LoadProcess(process.execPath, ["--import", "tsx", path.join(HERE, "mesh-load.ts")], ROOT);
     const loadReady = load.next("ready", undefined, START_TIMEOUT_MS);
-    loadReady.catch(() => undefined);
 
-    progress(`baseline: one-row insert transactions, ${16} postgres.js clients, ${BASELINE_SECONDS} s`);
+    progress(`baseline: one-row insert transactions, ${BASELINE_CLIENTS} postgres.js clients, ${BASELINE_SECONDS} s`);
     const base = await commitBaseline(database.url, BASELINE_SECONDS);
     const baselineRate = rate(base);
     progress(`baseline: ${baselineRate} commits/s`);
 
-    // Services: one process each, started together; each is SERVING once its migrations ran and
-    // its backends answer. Clients between them connect on first use.
-    if (CPU_PROF_DIR) mkdirSync(CPU_PROF_DIR, { recursive: true });
-    const ports = (await freePorts(SERVICES.length)) as number[];
-    const portOf = Object.fromEntries(SERVICES.map((name, index) => [name, ports[index] as number])) as Record<ServiceName, number>;
-    const operatorToken = `bench-operator-${randomBytes(16).toString("hex")}`;
-    const env = serviceEnvironment(database.url, portOf, operatorToken);
-    progress(`starting ${SERVICES.join(", ")} (one process each)`);
-    const startedAtMs = Date.now();
-    // All together, as compose starts them: migrations serialize on one advisory lock.
-    for (const name of SERVICES) services.set(name, startService(name, portOf[name], env));
-    await Promise.all(SERVICES.map((name) => (services.get(name) as ServiceProcess).serving()));
-    const startupSeconds = (Date.now() - startedAtMs) / 1000;
+    mesh = await BenchMesh.create({
+      root: ROOT, databaseUrl: database.url, namespacePrefix: "bench-mesh", others: [], progress, cpuProfDir: CPU_PROF_DIR, startTimeoutMs: START_TIMEOUT_MS, stopGraceMs: STOP_GRACE_MS,
+    });
+    progress(`starting ${MESH_SERVICES.join(", ")} (one process each)`);
+    const startupSeconds = await mesh.start();
     progress(`all SERVING in ${startupSeconds.toFixed(1)} s`);
 
     // Setup through the public API (not measured).
-    const edgeUrl = `http://127.0.0.1:${portOf.edge}`;
-    const edgeSession = new Http2SessionManager(edgeUrl);
-    sessions.push(edgeSession);
-    const tenant = await createBenchTenant(edgeUrl, edgeSession, operatorToken);
-    const { tenantId, apiKey, wallets, auth } = tenant;
-    redisKeys.tenantId = tenantId;
-    redisKeys.keyId = tenant.keyId;
-    progress(`setup: tenant ${tenantId}, ${CUSTOMERS} customer and ${MERCHANTS} merchant wallets, customers funded`);
+    const tenant = await mesh.tenant();
+    progress(`setup: tenant ${tenant.tenantId}, ${CUSTOMERS} customer and ${MERCHANTS} merchant wallets, customers funded`);
     const owners = [
       ...Array.from({ length: CUSTOMERS }, (_, index) => ({ owner: `customer-${index}`, kind: WalletKind.CUSTOMER })),
       ...Array.from({ length: MERCHANTS }, (_, index) => ({ owner: `merchant-${index}`, kind: WalletKind.MERCHANT })),
@@ -246,18 +189,19 @@ async function main(): Promise<void> {
     const customers = walletIds.slice(0, CUSTOMERS);
     const merchants = walletIds.slice(CUSTOMERS);
     await runLimited(customers, SETUP_CONCURRENCY, async (walletId) => {
-      await wallets.fundWallet({ walletId, amountMinor: FUND_MINOR, currency: CURRENCY }, { headers: auth(`setup-fund-${walletId}`), timeoutMs: 10_000 });
+      await tenant.wallets.fundWallet({ walletId, amountMinor: FUND_MINOR, currency: CURRENCY }, { headers: tenant.auth(`setup-fund-${walletId}`), timeoutMs: 10_000 });
     });
     const fundedMinor = FUND_MINOR * BigInt(CUSTOMERS);
 
     await loadReady;
     const runTag = `bench-${process.pid}-${Date.now().toString(36)}`;
-    load.send({ type: "setup", edgeUrl, apiKey, currency: CURRENCY, customers, merchants, connections: CONNECTIONS, timeoutMs: TIMEOUT_MS, retryShare: RETRY_SHARE, refundShare: REFUND_SHARE, runTag });
+    load.send({
+      type: "setup", edgeUrl: mesh.url("edge"), apiKey: tenant.apiKey, currency: CURRENCY, customers, merchants, connections: CONNECTIONS, timeoutMs: TIMEOUT_MS, retryShare: RETRY_SHARE, refundShare: REFUND_SHARE, runTag,
+    });
     await load.next("setup-done", undefined, 10_000);
 
     monitor = postgres(TEST_POSTGRES_URL, { max: 1, onnotice: () => {}, connection: { application_name: "cowrie-bench-monitor" } });
-    const pidLabels = new Map<number, string>([...services.values()].map((service) => [service.pid, service.name]));
-    pidLabels.set(load.pid, "load generator");
+    const pidLabels = mesh.pidLabels().set(load.pid, "load generator");
     const accounting = new Accounting(monitor, databaseName, () => pidLabels);
 
     progress(`closed loop: ${CONCURRENCY} workers, ${WARMUP_SECONDS} s warm-up + ${SECONDS} s (retries ${RETRY_SHARE * 100}%, refunds ${REFUND_SHARE * 100}%)`);
@@ -286,19 +230,12 @@ async function main(): Promise<void> {
 
     // Conservation: the journal verifies, and the wallets plus the fee account hold what was funded.
     progress("verifying the journal and the balances");
-    const ledgerSession = new Http2SessionManager(`http://127.0.0.1:${portOf.ledger}`);
-    sessions.push(ledgerSession);
-    const ledger = createClient(LedgerService, createConnectTransport({ baseUrl: `http://127.0.0.1:${portOf.ledger}`, httpVersion: "2", useBinaryFormat: true, sessionManager: ledgerSession }));
-    const verify = await ledger.verifyJournal({}, { timeoutMs: 120_000 });
-    const feeAccount = feeAccountId(tenantId, CURRENCY);
+    const feeAccount = feeAccountId(tenant.tenantId, CURRENCY);
     const fundingAccount = fundingAccountId(CURRENCY);
     const ids = [...customers, ...merchants, feeAccount, fundingAccount];
-    const accounts = await lookupAccounts(ledger, ids);
+    const { verify, accounts } = await mesh.auditLedger(ids);
     const missing = ids.filter((id) => id !== feeAccount && !accounts.has(id));
-    const balance = (id: string): bigint => {
-      const account = accounts.get(id);
-      return account ? account.creditsPosted - account.debitsPosted : 0n;
-    };
+    const balance = (id: string): bigint => postedMinor(accounts.get(id));
     const pendingTotal = ids.reduce((sum, id) => sum + (accounts.get(id)?.debitsPending ?? 0n) + (accounts.get(id)?.creditsPending ?? 0n), 0n);
     const customersMinor = customers.reduce((sum, id) => sum + balance(id), 0n);
     const merchantsMinor = merchants.reduce((sum, id) => sum + balance(id), 0n);
@@ -313,10 +250,9 @@ async function main(): Promise<void> {
       : feesMinor === BigInt(seen.feesMinor) && merchantsMinor === BigInt(seen.toMerchantsMinor) - BigInt(seen.refundedMinor);
 
     // Per-process figures, read before the processes stop.
-    const perService = Object.fromEntries(SERVICES.map((name) => {
-      const service = services.get(name) as ServiceProcess;
-      return [name, { cpu_s: round(processCpuSeconds(service.pid) ?? NaN, 2), peak_rss_mb: round(processMemoryMb(service.pid, "VmHWM") ?? NaN, 1) }];
-    })) as Record<ServiceName, { cpu_s: number; peak_rss_mb: number }>;
+    const perService = Object.fromEntries([...mesh.services].map(([name, service]) =>
+      [name, { cpu_s: round(processCpuSeconds(service.pid) ?? NaN, 2), peak_rss_mb: round(processMemoryMb(service.pid, "VmHWM") ?? NaN, 1) }],
+    )) as Record<(typeof MESH_SERVICES)[number], { cpu_s: number; peak_rss_mb: number }>;
     const loadPeakMb = round(processMemoryMb(load.pid, "VmHWM") ?? NaN, 1);
 
     progress("stopping the services (SIGTERM) and dropping the database");
@@ -333,27 +269,23 @@ async function main(): Promise<void> {
     const errors: Record<string, number> = { ...c.errors };
     const openErrors = open?.result.errors ?? {};
     const callsInWindow = Math.max(1, c.operations);
-    const usageRows = [...closed.usage.byLabel.entries()].sort((a, b) => b[1] - a[1]);
-    const oursCpu = usageRows.reduce((sum, [, cpu]) => sum + cpu, 0);
-    const otherCpu = closed.usage.machine === undefined ? undefined : Math.max(0, closed.usage.machine - oursCpu);
+    const { rows: usageRows, otherCpu } = cpuBreakdown(closed.usage);
     const windowCpu = Object.fromEntries(usageRows.map(([label, cpu]) => [label, {
       cpu_s: round(cpu, 2),
       pct_of_core: round((cpu / closed.usage.seconds) * 100, 1),
       cpu_ms_per_call: round((cpu * 1000) / callsInWindow, 3),
     }]));
-    const errorText = (byCode: Record<string, number>): string =>
-      Object.keys(byCode).length === 0 ? "none" : Object.entries(byCode).map(([code, count]) => `${code} ${count}`).join(", ");
 
     const lines = [
       "",
       `mesh bench: internal payments through the public Edge; ${CONCURRENCY} workers, ${SECONDS} s after ${WARMUP_SECONDS} s warm-up; ` +
         `retries ${RETRY_SHARE * 100}%, refunds ${REFUND_SHARE * 100}%; ${CUSTOMERS} customers -> ${MERCHANTS} merchants; ${CONNECTIONS} HTTP/2 connection(s)`,
-      `baseline (postgres.js one-row inserts, 16 clients)  ${String(baselineRate).padStart(7)} commits/s`,
+      `baseline (postgres.js one-row inserts, ${BASELINE_CLIENTS} clients)  ${String(baselineRate).padStart(7)} commits/s`,
       `closed loop                                        ${paymentsPerSecond.toFixed(0).padStart(7)} payments/s  (${callsPerSecond.toFixed(0)} calls/s incl. retries and refunds)`,
       `  CreatePayment latency  p50 ${ms(c.payment.p50Ms)}  p95 ${ms(c.payment.p95Ms)}  p99 ${ms(c.payment.p99Ms)}  max ${ms(c.payment.maxMs)} ms  (${c.payment.count} payments)`,
       `  retries  ${c.replaysChecked} replays checked (same payment id, replayed=true), p50 ${ms(c.retry.p50Ms)} p99 ${ms(c.retry.p99Ms)} ms`,
       `  refunds  ${c.refunds} partial refunds SUCCEEDED, p50 ${ms(c.refund.p50Ms)} p99 ${ms(c.refund.p99Ms)} ms`,
-      `  errors   ${errorText(errors)}`,
+      `  errors   ${countsText(errors)}`,
       ...c.firstErrors.map((line) => `    e.g. ${line}`),
       open
         ? `open loop at ${(OPEN_FRACTION * 100).toFixed(0)}%                                ${openPaymentRate.toFixed(0).padStart(7)} payments/s offered (${openCallRate.toFixed(0)} calls/s), ${open.result.payments} payments in ${open.result.windowSeconds.toFixed(1)} s`
@@ -361,7 +293,7 @@ async function main(): Promise<void> {
       ...(open
         ? [
           `  CreatePayment latency  p50 ${ms(open.result.payment.p50Ms)}  p95 ${ms(open.result.payment.p95Ms)}  p99 ${ms(open.result.payment.p99Ms)}  max ${ms(open.result.payment.maxMs)} ms (from when due), most in flight ${open.result.maxInFlightSeen}`,
-          `  errors   ${errorText(openErrors)}`,
+          `  errors   ${countsText(openErrors)}`,
           ...open.result.firstErrors.map((line) => `    e.g. ${line}`),
         ]
         : []),
@@ -371,10 +303,9 @@ async function main(): Promise<void> {
       ...usageRows.map(([label, cpu]) => `  ${pad(label, 34)} ${((cpu / closed.usage.seconds) * 100).toFixed(0).padStart(4)}%  ${((cpu * 1000) / callsInWindow).toFixed(2).padStart(7)} ms/call`),
       `  ${pad("machine, everything else", 34)} ${otherCpu === undefined ? " n/a" : `${((otherCpu / closed.usage.seconds) * 100).toFixed(0).padStart(4)}%`}${otherCpu !== undefined && otherCpu / closed.usage.seconds > 0.15 ? "  WARNING: something else was busy; figures disturbed" : ""}`,
       `  database transactions ≈ ${(closed.usage.xacts / callsInWindow).toFixed(1)} per call (pg_stat_database, approximate)`,
-      `processes (whole run): ${SERVICES.map((name) => `${name} ${perService[name].cpu_s} s CPU / ${perService[name].peak_rss_mb} MB peak RSS`).join("; ")}; ` +
+      `processes (whole run): ${MESH_SERVICES.map((name) => `${name} ${perService[name].cpu_s} s CPU / ${perService[name].peak_rss_mb} MB peak RSS`).join("; ")}; ` +
         `load generator ${loadPeakMb} MB; services SERVING ${startupSeconds.toFixed(1)} s after spawn`,
-      `journal: ${verify.findings.length} findings over ${verify.transfersChecked} transfers` +
-        (verify.findings.length > 0 ? ` (${verify.findings.slice(0, 3).map((finding) => `${FindingKind[finding.kind]}: ${finding.detail}`).join("; ")})` : ""),
+      journalLine(verify),
       `money: customers ${customersMinor} + merchants ${merchantsMinor} + fees ${feesMinor} = ${sumMinor}; funded ${fundedMinor}; ` +
         `${conserved ? "conserved" : "NOT CONSERVED"}${missing.length > 0 ? ` (${missing.length} accounts missing)` : ""}${pendingTotal !== 0n ? ` (pending ${pendingTotal})` : ""}; ` +
         `matches what the load saw: ${clientViewOk === null ? `unknown (${seen.unknownOutcomes} calls with unknown outcome)` : clientViewOk ? "yes" : "NO"}`,
@@ -421,8 +352,8 @@ async function main(): Promise<void> {
         open_loop_p99_max_ms: TARGET_P99_MS,
         latency_met: latencyMet,
       },
-      cpu_s: Object.fromEntries(SERVICES.map((name) => [name, perService[name].cpu_s])),
-      peak_rss_mb: Object.fromEntries(SERVICES.map((name) => [name, perService[name].peak_rss_mb])),
+      cpu_s: Object.fromEntries(MESH_SERVICES.map((name) => [name, perService[name].cpu_s])),
+      peak_rss_mb: Object.fromEntries(MESH_SERVICES.map((name) => [name, perService[name].peak_rss_mb])),
       window_cpu: windowCpu,
       other_cpu_pct: otherCpu === undefined ? null : round((otherCpu / closed.usage.seconds) * 100, 1),
       db_transactions_per_call: round(closed.usage.xacts / callsInWindow, 2),
@@ -441,17 +372,7 @@ async function main(): Promise<void> {
     };
     if (verify.findings.length > 0 || !conserved || clientViewOk === false) process.exitCode = 1;
     process.stdout.write(`${JSON.stringify(figures)}\n`);
-  } catch (error) {
-    if (!guard.interrupted) {
-      console.error(`${NAME} failed:`, error instanceof Error ? error.stack ?? error.message : error);
-      process.exitCode = 1;
-    }
-  } finally {
-    await cleanup();
-    guard.clear();
-  }
+  });
 }
 
 await main();
-// Open handles (HTTP/2 sessions, timers) must not keep a finished run alive.
-process.exit(process.exitCode ?? 0);

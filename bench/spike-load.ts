@@ -22,7 +22,7 @@ import { pathToFileURL } from "node:url";
 import postgres from "postgres";
 import { PaymentKind, PaymentStatus, type CreatePaymentResponse } from "../gen/cowrie/edge/v1/payments_pb.js";
 import { PaymentStatus as RouterPaymentStatus } from "../gen/cowrie/router/v1/router_pb.js";
-import { BenchCheck, EdgePayments, describeFailure, sendToParent, serveLoad, summarize, type LatencySummary } from "./support.js";
+import { BenchCheck, EdgePayments, describeFailure, openLoop, sendToParent, serveLoad, summarize, type LatencySummary } from "./support.js";
 
 export interface SpikeSetupMessage {
   type: "setup";
@@ -314,11 +314,8 @@ async function runSpike(load: Load, message: SpikeMessage): Promise<SpikeResult>
   const accepted: Accepted[] = [];
   /** Fresh pay-ins already answered, with their payment: what a retry may repeat. */
   const answered: { payIn: PayIn; paymentId: string }[] = [];
-  const running = new Set<Promise<void>>();
-  let due = 0;
   let keysSent = 0;
   let replaysChecked = 0;
-  let maxInFlight = 0;
 
   const fresh = async (dueAt: number): Promise<void> => {
     const payIn = load.fresh(message.id);
@@ -351,31 +348,15 @@ async function runSpike(load: Load, message: SpikeMessage): Promise<SpikeResult>
     }
   };
 
-  await new Promise<void>((resolve) => {
-    const tick = (): void => {
-      const now = performance.now();
-      // Start every call that is due by now, each timed from when it was due.
-      for (let dueAt = startMs + due * intervalMs; dueAt <= now && dueAt < endMs; dueAt = startMs + due * intervalMs) {
-        due++;
-        if (running.size >= message.maxInFlight) {
-          errors.add("shed", `more than ${message.maxInFlight} calls in flight`);
-          continue;
-        }
-        const call = (answered.length > 0 && Math.random() < message.retryShare ? retry(dueAt) : fresh(dueAt)).finally(() => running.delete(call));
-        running.add(call);
-        maxInFlight = Math.max(maxInFlight, running.size);
-      }
-      if (startMs + due * intervalMs >= endMs) {
-        clearInterval(timer);
-        sendToParent({ type: "spike-end", id: message.id } satisfies SpikeChildMessage);
-        resolve();
-      }
-    };
-    const timer = setInterval(tick, 1);
-  });
+  const { due, maxInFlightSeen, running } = await openLoop(
+    { startMs, endMs, intervalMs, maxInFlight: message.maxInFlight },
+    (dueAt) => (answered.length > 0 && Math.random() < message.retryShare ? retry(dueAt) : fresh(dueAt)),
+    () => errors.add("shed", `more than ${message.maxInFlight} calls in flight`),
+  );
+  sendToParent({ type: "spike-end", id: message.id } satisfies SpikeChildMessage);
   const scheduleSeconds = ((due - 1) * intervalMs) / 1000;
   // The calls started finish (each is bounded by its deadline).
-  await Promise.allSettled([...running]);
+  await running;
   return {
     type: "result",
     id: message.id,
@@ -389,7 +370,7 @@ async function runSpike(load: Load, message: SpikeMessage): Promise<SpikeResult>
     errors: errors.byCode,
     firstErrors: errors.first,
     unknownOutcomes: errors.unknownOutcomes,
-    maxInFlightSeen: maxInFlight,
+    maxInFlightSeen,
     statuses,
     accepted,
     keysSent,

@@ -64,38 +64,36 @@
 //   TEST_DATABASE_URL, TEST_REDIS_URL, TEST_AMQP_URL  the servers (defaults: the local ones).
 // Defaults take about two minutes: the backlog of a 10x spike takes about nine spike-lengths to
 // drain at the sustainable rate.
-import { randomBytes } from "node:crypto";
-import { mkdirSync } from "node:fs";
 import * as path from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
-import { createClient } from "@connectrpc/connect";
-import { Http2SessionManager, createConnectTransport } from "@connectrpc/connect-node";
 import postgres from "postgres";
 import { Connection } from "rabbitmq-client";
-import { PaymentsService } from "../gen/cowrie/edge/v1/payments_pb.js";
 import { WalletKind } from "../gen/cowrie/edge/v1/wallets_pb.js";
-import { FindingKind, LedgerService, type Account } from "../gen/cowrie/ledger/v1/ledger_pb.js";
 import { PaymentStatus } from "../gen/cowrie/router/v1/router_pb.js";
 import { gatewayReference } from "../services/router/gateway-flow.js";
 import { workTopology } from "../services/router/service.js";
-import { TEST_AMQP_URL, deleteBrokerTopology, freePorts, freshDatabase } from "../services/runtime/testing.js";
+import { pause } from "../services/runtime/pause.js";
+import { TEST_AMQP_URL, freshDatabase } from "../services/runtime/testing.js";
 import { simulatorControl, type RecordView } from "../services/simulator/control.js";
 import { SIMULATED_GATEWAYS } from "../services/simulator/core.js";
 import { clearingAccountId } from "../services/wallet/service.js";
 import type { SpikeChildMessage, SpikeMessage, SpikeResult, SpikeSetupMessage, SustainMessage, SustainResult } from "./spike-load.js";
 import {
   Accounting,
+  BenchMesh,
   LoadProcess,
+  MESH_SERVICES,
   ServiceProcess,
   benchOptions,
-  cleanRedis,
-  createBenchTenant,
+  countsText,
+  cpuBreakdown,
   createWallets,
-  guardRun,
-  lookupAccounts,
+  journalLine,
+  ms,
+  postedMinor,
   round,
-  serviceEnvironment,
+  runGuarded,
 } from "./support.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -144,10 +142,6 @@ const SPIKE_MAX_IN_FLIGHT = 8192;
 /** Final payment statuses; every other one (CREATED, PROCESSING, OUTCOME_UNKNOWN...) is backlog. */
 const FINAL = [PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.CANCELED];
 
-/** Start order: dependencies first (they are started together; the order is for stopping in reverse). */
-const SERVICES = ["ledger", "wallet", "risk", "router", "edge"] as const;
-type ServiceName = (typeof SERVICES)[number];
-
 const progress = (line: string): void => {
   process.stderr.write(`${NAME}: ${line}\n`);
 };
@@ -186,7 +180,7 @@ class BacklogMonitor {
         // A failed count is skipped, not fatal: the next one comes SAMPLE_INTERVAL_MS later.
         const sample = await this.sample().catch(() => undefined);
         if (sample) this.samples.push(sample);
-        await new Promise((resolve) => setTimeout(resolve, Math.max(0, SAMPLE_INTERVAL_MS - (performance.now() - startedMs))));
+        await pause(Math.max(0, SAMPLE_INTERVAL_MS - (performance.now() - startedMs)));
       }
     })();
   }
@@ -202,7 +196,7 @@ class BacklogMonitor {
       const latest = this.samples[this.samples.length - 1];
       if (latest && latest.atMs >= atMs) return latest;
       if (!this.running || performance.now() > untilMs) throw new Error(`no backlog sample within ${SAMPLE_WAIT_MAX_MS} ms`);
-      await new Promise((resolve) => setTimeout(resolve, SAMPLE_INTERVAL_MS / 5));
+      await pause(SAMPLE_INTERVAL_MS / 5);
     }
   }
 
@@ -234,107 +228,78 @@ class BacklogMonitor {
 
 type Load = LoadProcess<SpikeSetupMessage | SustainMessage | SpikeMessage, SpikeChildMessage>;
 
-const ms = (value: number): string => value.toFixed(1);
-const countsText = (byCode: Record<string, number>): string =>
-  Object.keys(byCode).length === 0 ? "none" : Object.entries(byCode).map(([code, count]) => `${code} ${count}`).join(", ");
 /** Checks of the load process whose failure means a payment was doubled, not merely refused. */
 const DOUBLING_CHECKS = ["retry:replay_mismatch", "retry:replay_not_flagged", "fresh:unexpected_replay", "sustain:unexpected_replay"];
 
-async function main(): Promise<void> {
+async function main(): Promise<never> {
   const runStartedMs = performance.now();
-  const services = new Map<ServiceName, ServiceProcess>();
-  let simulator: ServiceProcess | undefined;
+  let mesh: BenchMesh<"simulator"> | undefined;
   let load: Load | undefined;
   let database: Awaited<ReturnType<typeof freshDatabase>> | undefined;
   let monitorSql: postgres.Sql | undefined;
   let amqp: Connection | undefined;
   let backlog: BacklogMonitor | undefined;
-  const namespace = `bench-spike-${process.pid}-${Date.now().toString(36)}`;
-  const sessions: Http2SessionManager[] = [];
-  const redisKeys: { tenantId?: string; keyId?: string } = {};
-  let cleaning: Promise<void> | undefined;
-  const cleanup = (): Promise<void> => (cleaning ??= (async () => {
-    ServiceProcess.tearingDown = true;
-    await backlog?.stop().catch(() => undefined);
-    for (const session of sessions) session.abort();
-    await load?.stop(5000).catch(() => undefined);
-    // Edge first, so nothing new comes in while the services behind it drain; the gateways last.
-    for (const service of [...[...SERVICES].reverse().map((name) => services.get(name)), simulator]) {
-      if (!service) continue;
-      const code = await service.stop();
-      if (code !== 0 && !guard.timedOut) progress(`${service.name} exited with code ${code}`);
-    }
-    await monitorSql?.end({ timeout: 5 }).catch(() => undefined);
-    await (amqp ? deleteBrokerTopology(workTopology(namespace)) : Promise.resolve()).catch((error: unknown) => progress(`could not delete the run's queues: ${String(error)}`));
-    await amqp?.close().catch(() => undefined);
-    await database?.drop().catch((error: unknown) => progress(`could not drop the database: ${String(error)}`));
-    await cleanRedis(redisKeys).catch(() => undefined);
-  })());
   // Whatever goes wrong, the processes this run started stop, its database and queues go.
   const watchdogMs = (SUSTAIN_WARMUP_SECONDS + SUSTAIN_SECONDS + SPIKE_SECONDS + DRAIN_TIMEOUT_SECONDS) * 1000 + SETTLE_TIMEOUT_MS + 4 * TIMEOUT_MS + 240_000;
-  const guard = guardRun(NAME, cleanup, watchdogMs);
-
-  try {
+  return runGuarded(NAME, watchdogMs, async (timedOut) => {
+    ServiceProcess.tearingDown = true;
+    await backlog?.stop().catch(() => undefined);
+    await load?.stop(5000).catch(() => undefined);
+    // The gateway simulator stops after the services.
+    await mesh?.stop(timedOut);
+    await monitorSql?.end({ timeout: 5 }).catch(() => undefined);
+    await amqp?.close().catch(() => undefined);
+    await database?.drop().catch((error: unknown) => progress(`could not drop the database: ${String(error)}`));
+  }, async (cleanup) => {
     database = await freshDatabase("bench_spike");
-    progress(`database ${new URL(database.url).pathname.slice(1)}, broker namespace ${namespace}`);
+    const databaseName = new URL(database.url).pathname.slice(1);
 
     // The load process starts now: its own start-up (tsx) overlaps the services'.
     load = new LoadProcess(process.execPath, ["--import", "tsx", path.join(HERE, "spike-load.ts")], ROOT);
     const loadReady = load.next("ready", undefined, START_TIMEOUT_MS);
-    loadReady.catch(() => undefined);
 
-    const ports = (await freePorts(SERVICES.length + 1)) as number[];
-    const portOf = Object.fromEntries(SERVICES.map((name, index) => [name, ports[index] as number])) as Record<ServiceName, number>;
-    const simulatorPort = ports[SERVICES.length] as number;
-    const simulatorUrl = `http://127.0.0.1:${simulatorPort}`;
-    const operatorToken = `bench-operator-${randomBytes(16).toString("hex")}`;
-    const env = serviceEnvironment(database.url, { ...portOf, simulator: simulatorPort }, operatorToken, {
-      COWRIE_BROKER_NAMESPACE: namespace,
-      COWRIE_PAYSTACK_URL: `${simulatorUrl}/paystack`,
-      COWRIE_FLUTTERWAVE_URL: `${simulatorUrl}/flutterwave`,
-      COWRIE_STRIPE_URL: `${simulatorUrl}/stripe`,
-      ...(process.env.COWRIE_LOG_LEVEL ? { COWRIE_LOG_LEVEL: process.env.COWRIE_LOG_LEVEL } : {}),
+    mesh = await BenchMesh.create({
+      root: ROOT,
+      databaseUrl: database.url,
+      namespacePrefix: "bench-spike",
+      others: ["simulator"],
+      extraEnv: (portOf) => ({
+        COWRIE_PAYSTACK_URL: `http://127.0.0.1:${portOf.simulator}/paystack`,
+        COWRIE_FLUTTERWAVE_URL: `http://127.0.0.1:${portOf.simulator}/flutterwave`,
+        COWRIE_STRIPE_URL: `http://127.0.0.1:${portOf.simulator}/stripe`,
+        ...(process.env.COWRIE_LOG_LEVEL ? { COWRIE_LOG_LEVEL: process.env.COWRIE_LOG_LEVEL } : {}),
+      }),
+      progress,
+      logDir: LOG_DIR,
+      startTimeoutMs: START_TIMEOUT_MS,
+      stopGraceMs: STOP_GRACE_MS,
     });
-    const processOptions = { env, cwd: ROOT, progress, startTimeoutMs: START_TIMEOUT_MS, stopGraceMs: STOP_GRACE_MS };
-    progress(`starting ${SERVICES.join(", ")} and the gateway simulator (one process each)`);
-    const startedAtMs = Date.now();
-    if (LOG_DIR) mkdirSync(LOG_DIR, { recursive: true });
-    const logFile = (name: string): string | undefined => (LOG_DIR ? path.join(LOG_DIR, `${name}.log`) : undefined);
-    simulator = new ServiceProcess({ ...processOptions, name: "simulator", port: simulatorPort, args: ["services/simulator/main.ts"], logFile: logFile("simulator") });
-    for (const name of SERVICES) {
-      services.set(name, new ServiceProcess({ ...processOptions, name, port: portOf[name], args: ["services/main.ts", name], logFile: logFile(name) }));
-    }
-    const control = simulatorControl(simulatorUrl);
-    await Promise.all([
-      ...[...services.values()].map((service) => service.serving()),
-      simulator.ready(async () => Object.keys(await control.gateways()).length > 0),
-    ]);
-    const startupSeconds = (Date.now() - startedAtMs) / 1000;
+    progress(`database ${databaseName}, broker namespace ${mesh.namespace}`);
+    progress(`starting ${MESH_SERVICES.join(", ")} and the gateway simulator (one process each)`);
+    const simulator = mesh.spawn("simulator", ["services/simulator/main.ts"]);
+    const control = simulatorControl(mesh.url("simulator"));
+    const startupSeconds = await mesh.start([simulator.ready(async () => Object.keys(await control.gateways()).length > 0)]);
     progress(`all SERVING in ${startupSeconds.toFixed(1)} s`);
     for (const gateway of SIMULATED_GATEWAYS) {
       await control.configure(gateway, { latencyMs: { median: GATEWAY_MEDIAN_MS, p99: GATEWAY_P99_MS } });
     }
 
     // Setup through the public API (not measured).
-    const edgeUrl = `http://127.0.0.1:${portOf.edge}`;
-    const edgeSession = new Http2SessionManager(edgeUrl);
-    sessions.push(edgeSession);
-    const tenant = await createBenchTenant(edgeUrl, edgeSession, operatorToken);
-    redisKeys.tenantId = tenant.tenantId;
-    redisKeys.keyId = tenant.keyId;
+    const tenant = await mesh.tenant();
     progress(`setup: tenant ${tenant.tenantId}, ${MERCHANTS} merchant wallets (${CURRENCY})`);
     const owners = Array.from({ length: MERCHANTS }, (_, index) => ({ owner: `merchant-${index}`, kind: WalletKind.MERCHANT }));
     const merchants = await createWallets(tenant, owners, CURRENCY, SETUP_CONCURRENCY);
 
     await loadReady;
     const runTag = `spike-${process.pid}-${Date.now().toString(36)}`;
-    load.send({ type: "setup", edgeUrl, apiKey: tenant.apiKey, currency: CURRENCY, country: COUNTRY, merchants, connections: CONNECTIONS, timeoutMs: TIMEOUT_MS, runTag, databaseUrl: database.url });
+    load.send({ type: "setup", edgeUrl: mesh.url("edge"), apiKey: tenant.apiKey, currency: CURRENCY, country: COUNTRY, merchants, connections: CONNECTIONS, timeoutMs: TIMEOUT_MS, runTag, databaseUrl: database.url });
     await load.next("setup-done", undefined, 10_000);
 
     monitorSql = postgres(database.url, { max: 1, onnotice: () => {}, connection: { application_name: "cowrie-bench-monitor", statement_timeout: 5_000 } });
     amqp = new Connection({ url: TEST_AMQP_URL, connectionName: `cowrie-bench-spike-${process.pid}` });
     amqp.on("error", () => {}); // the queue depth is a second figure; never crash the run for it
-    backlog = new BacklogMonitor(monitorSql, amqp, `${namespace}.router.gateway-payments`);
+    const [workQueue] = workTopology(mesh.namespace).queues as [string];
+    backlog = new BacklogMonitor(monitorSql, amqp, workQueue);
     backlog.start();
 
     // 1. The sustainable rate: a closed loop of pay-ins, each followed until it is final.
@@ -349,8 +314,7 @@ async function main(): Promise<void> {
     if (!settled) progress(`the sustain phase's backlog had not cleared after ${SETTLE_TIMEOUT_MS} ms; the spike starts anyway`);
     // Calls that overran their deadline may have opened the Edge's circuit breaker to the Router:
     // the spike starts once an Edge -> Router call goes through again.
-    const payments = createClient(PaymentsService, createConnectTransport({ baseUrl: edgeUrl, httpVersion: "2", useBinaryFormat: true, sessionManager: edgeSession }));
-    const probeFailures = await edgeReachesRouter(() => payments.getPayment({ paymentId: sustain.accepted[0]?.id ?? "" }, { headers: { authorization: `Bearer ${tenant.apiKey}` }, timeoutMs: 2_000 }));
+    const probeFailures = await edgeReachesRouter(() => tenant.payments.getPayment({ paymentId: sustain.accepted[0]?.id ?? "" }, { headers: { authorization: `Bearer ${tenant.apiKey}` }, timeoutMs: 2_000 }));
     if (probeFailures > 0) progress(`the Edge could not reach the Router for ${probeFailures} probes after the sustain phase (circuit breaker open)`);
 
     // 2. The spike, open loop, while the backlog is sampled.
@@ -360,12 +324,9 @@ async function main(): Promise<void> {
     const boundMs = SPIKE_SECONDS * 1000 + 30_000;
     const spikeEnded = load.next("spike-end", "spike", boundMs);
     const spikeResulted = load.next("result", "spike", boundMs + TIMEOUT_MS);
-    for (const waiting of [spikeEnded, spikeResulted]) waiting.catch(() => undefined);
-    const pidLabels = new Map<number, string>([...services.values(), simulator].map((child) => [child.pid, child.name]));
-    pidLabels.set(load.pid, "load generator");
-    const accounting = new Accounting(monitorSql, new URL(database.url).pathname.slice(1), () => pidLabels);
+    const pidLabels = mesh.pidLabels().set(load.pid, "load generator");
+    const accounting = new Accounting(monitorSql, databaseName, () => pidLabels);
     const cpuAtStart = await accounting.sample();
-    const parentCpuStart = process.cpuUsage();
     const spikeStart = await backlog.after(performance.now());
     load.send(spikeMessage);
     await spikeEnded;
@@ -380,8 +341,6 @@ async function main(): Promise<void> {
     const spikeResult = (await spikeResulted) as SpikeResult;
     await backlog.stop();
     const cpu = accounting.delta(cpuAtStart, await accounting.sample());
-    const parentCpu = process.cpuUsage(parentCpuStart);
-    cpu.byLabel.set("bench (this process)", (parentCpu.user + parentCpu.system) / 1e6);
     const drainSeconds = drainedSample ? (drainedSample.atMs - spikeEndMs) / 1000 : null;
     const window = backlog.samples.filter((sample) => sample.atMs >= spikeStart.atMs);
     const peak = window.reduce((best, sample) => (sample.backlog > best.backlog ? sample : best), spikeStart);
@@ -429,19 +388,14 @@ async function main(): Promise<void> {
     const duplicateIds = accepted.length - acceptedIds.size;
     const doubled = doubleCharged + extraPayments + replayFailures + duplicateIds + charged.orphans;
 
-    const ledgerSession = new Http2SessionManager(`http://127.0.0.1:${portOf.ledger}`);
-    sessions.push(ledgerSession);
-    const ledger = createClient(LedgerService, createConnectTransport({ baseUrl: `http://127.0.0.1:${portOf.ledger}`, httpVersion: "2", useBinaryFormat: true, sessionManager: ledgerSession }));
-    const verify = await ledger.verifyJournal({}, { timeoutMs: 120_000 });
     const clearingIds = SIMULATED_GATEWAYS.map((gateway) => clearingAccountId(gateway, CURRENCY));
-    const accounts = await lookupAccounts(ledger, [...merchants, ...clearingIds]);
-    const posted = (account: Account | undefined): bigint => (account ? account.creditsPosted - account.debitsPosted : 0n);
-    const merchantsMinor = merchants.reduce((sum, id) => sum + posted(accounts.get(id)), 0n);
-    const clearingMinor = -clearingIds.reduce((sum, id) => sum + posted(accounts.get(id)), 0n);
+    const { verify, accounts } = await mesh.auditLedger([...merchants, ...clearingIds]);
+    const merchantsMinor = merchants.reduce((sum, id) => sum + postedMinor(accounts.get(id)), 0n);
+    const clearingMinor = -clearingIds.reduce((sum, id) => sum + postedMinor(accounts.get(id)), 0n);
     const pendingMinor = [...accounts.values()].reduce((sum, account) => sum + account.debitsPending + account.creditsPending, 0n);
     const moneyConserved = verify.findings.length === 0 && merchantsMinor === succeededMinor && clearingMinor === succeededMinor && chargedMinor === succeededMinor && pendingMinor === 0n;
 
-    const deadLettered = await amqp.queueDeclare({ queue: `${namespace}.router.gateway-payments.dead`, passive: true }).then((ok) => ok.messageCount, () => -1);
+    const deadLettered = await amqp.queueDeclare({ queue: `${workQueue}.dead`, passive: true }).then((ok) => ok.messageCount, () => -1);
     progress("stopping the processes (SIGTERM), deleting the queues and dropping the database");
     await cleanup();
 
@@ -460,9 +414,8 @@ async function main(): Promise<void> {
       ...(amountMismatch + chargeAmountMismatch > 0 ? [`${amountMismatch} payments and ${chargeAmountMismatch} charges with another amount than asked`] : []),
       ...(!moneyConserved ? ["money not conserved"] : []),
     ];
-    const cpuRows = [...cpu.byLabel.entries()].sort((a, b) => b[1] - a[1]);
-    const oursCpu = cpuRows.reduce((sum, [, seconds]) => sum + seconds, 0);
-    const otherCpuPct = cpu.machine === undefined ? null : (Math.max(0, cpu.machine - oursCpu) / cpu.seconds) * 100;
+    const { rows: cpuRows, otherCpu } = cpuBreakdown(cpu);
+    const otherCpuPct = otherCpu === undefined ? null : (otherCpu / cpu.seconds) * 100;
     const pct = (seconds: number): number => (seconds / cpu.seconds) * 100;
     const lines = [
       "",
@@ -487,8 +440,7 @@ async function main(): Promise<void> {
         `backlog drained within ${DRAIN_TIMEOUT_SECONDS} s: ${drainSeconds === null ? "NOT MET" : "MET"}`,
       `payments: ${accepted.length} accepted (${countsText(acceptedEnded)}), ${unacknowledgedCount} more recorded for calls that failed${unacknowledgedCount > 0 ? ` (${countsText(unacknowledged)})` : ""}; ` +
         `lost ${lost}, doubled ${doubled}; ${charges.length} gateway charges (${charges.filter((record) => record.status === "succeeded").length} succeeded)`,
-      `journal: ${verify.findings.length} findings over ${verify.transfersChecked} transfers` +
-        (verify.findings.length > 0 ? ` (${verify.findings.slice(0, 3).map((finding) => `${FindingKind[finding.kind]}: ${finding.detail}`).join("; ")})` : ""),
+      journalLine(verify),
       `money: SUCCEEDED ${succeededMinor}; merchants ${merchantsMinor}; clearing paid ${clearingMinor}; gateways charged ${chargedMinor}; pending ${pendingMinor}; ${moneyConserved ? "conserved" : "NOT CONSERVED"}`,
       violations.length === 0 ? "verdict: nothing lost, nothing doubled, money conserved" : `verdict: VIOLATED: ${violations.join("; ")}`,
       `run took ${((performance.now() - runStartedMs) / 1000).toFixed(0)} s (services SERVING ${startupSeconds.toFixed(1)} s after spawn)`,
@@ -553,15 +505,7 @@ async function main(): Promise<void> {
     };
     if (violations.length > 0) process.exitCode = 1;
     process.stdout.write(`${JSON.stringify(figures)}\n`);
-  } catch (error) {
-    if (!guard.interrupted) {
-      console.error(`${NAME} failed:`, error instanceof Error ? error.stack ?? error.message : error);
-      process.exitCode = 1;
-    }
-  } finally {
-    await cleanup();
-    guard.clear();
-  }
+  });
 }
 
 /** Calls `probe` every 500 ms until it succeeds (at most 20 s); returns how many failed. */
@@ -569,7 +513,7 @@ async function edgeReachesRouter(probe: () => Promise<unknown>): Promise<number>
   let failures = 0;
   for (const untilMs = performance.now() + 20_000; performance.now() < untilMs; failures++) {
     if (await probe().then(() => true, () => false)) return failures;
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    await pause(500);
   }
   return failures;
 }
@@ -592,5 +536,3 @@ function chargesByPayment(charges: readonly RecordView[], paymentIds: readonly s
 }
 
 await main();
-// Open handles (HTTP/2 sessions, timers) must not keep a finished run alive.
-process.exit(process.exitCode ?? 0);

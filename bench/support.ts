@@ -1,25 +1,29 @@
 // Small pieces shared by the benchmarks: the postgres.js commit baseline (the same measurement
 // bench/ledger.ts makes: one-row insert transactions from 16 concurrent clients on an empty
 // table, this machine's commit ceiling), percentiles, what /proc says about processes and the
-// machine, and the machinery of the whole-mesh benchmarks (bench/mesh.ts, bench/spike.ts):
-// service processes, their environment, the bench tenant, teardown on failure or Ctrl-C.
-// bench/ledger.ts still carries its own copy of the baseline; it can import this one unchanged
-// (same table, same loop, same rate).
+// machine, the two sides of a load process (LoadProcess, serveLoad) and the machinery of the
+// whole-mesh benchmarks (bench/mesh.ts, bench/spike.ts): the mesh's processes and environment
+// (BenchMesh), the bench tenant, CPU accounting, the summary's shared lines, and teardown on
+// failure or Ctrl-C (runGuarded).
 import { spawn, type ChildProcess } from "node:child_process";
-import { createWriteStream, readFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { createWriteStream, mkdirSync, readFileSync } from "node:fs";
+import * as path from "node:path";
 import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { Http2SessionManager, createConnectTransport } from "@connectrpc/connect-node";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
-import { Redis } from "ioredis";
 import postgres from "postgres";
 import { AdminService } from "../gen/cowrie/edge/v1/admin_pb.js";
 import { PaymentsService } from "../gen/cowrie/edge/v1/payments_pb.js";
 import { WalletsService, type WalletKind } from "../gen/cowrie/edge/v1/wallets_pb.js";
-import { LedgerService, type Account } from "../gen/cowrie/ledger/v1/ledger_pb.js";
+import { FindingKind, LedgerService, type Account, type VerifyJournalResponse } from "../gen/cowrie/ledger/v1/ledger_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
-import { TEST_AMQP_URL, TEST_REDIS_URL } from "../services/runtime/testing.js";
+import { deleteRedisKeys } from "../services/risk/test-support.js";
+import { workTopology } from "../services/router/service.js";
+import { pause } from "../services/runtime/pause.js";
+import { TEST_AMQP_URL, TEST_REDIS_URL, deleteBrokerTopology, freePorts, meshEnvironment } from "../services/runtime/testing.js";
 
 export const BASELINE_CLIENTS = 16;
 
@@ -231,9 +235,13 @@ export class LoadProcess<In, Out extends LoadMessage> {
     return this.#child.pid as number;
   }
 
+  /**
+   * The next message of `type` (and phase `id`). The promise never counts as an unhandled
+   * rejection: a caller may wait for several messages at once and await them in turn.
+   */
   next(type: string, id: string | undefined, timeoutMs: number): Promise<Out> {
     const key = id === undefined ? type : `${type}:${id}`;
-    return new Promise((resolve, reject) => {
+    const waiting = new Promise<Out>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#waiters.delete(key);
         reject(new Error(`no '${type}' from the load process within ${timeoutMs} ms`));
@@ -245,6 +253,8 @@ export class LoadProcess<In, Out extends LoadMessage> {
         else resolve(message as Out);
       });
     });
+    waiting.catch(() => undefined);
+    return waiting;
   }
 
   send(message: In | { type: "exit" }): void {
@@ -281,11 +291,10 @@ export function serveLoad<Setup extends { type: "setup" }, Phase extends { type:
     console.error(notStartedHint);
     process.exit(2);
   }
-  const send = sendToParent;
   let worker: Worker | undefined;
   let busy = false;
   const fatal = (error: unknown): void => {
-    send({ type: "fatal", message: error instanceof Error ? error.stack ?? error.message : String(error) });
+    sendToParent({ type: "fatal", message: error instanceof Error ? error.stack ?? error.message : String(error) });
     process.exitCode = 1;
     worker?.close();
     if (process.connected) process.disconnect();
@@ -299,7 +308,7 @@ export function serveLoad<Setup extends { type: "setup" }, Phase extends { type:
     }
     if (message.type === "setup") {
       worker = create(message as Setup);
-      send({ type: "setup-done" });
+      sendToParent({ type: "setup-done" });
       return;
     }
     if (busy || !worker) return;
@@ -309,7 +318,7 @@ export function serveLoad<Setup extends { type: "setup" }, Phase extends { type:
     phase.then(
       (result) => {
         busy = false;
-        send(result);
+        sendToParent(result);
       },
       fatal,
     );
@@ -320,7 +329,47 @@ export function serveLoad<Setup extends { type: "setup" }, Phase extends { type:
     const timer = setTimeout(() => process.exit(process.exitCode ?? 0), 2000);
     timer.unref();
   });
-  send({ type: "ready" });
+  sendToParent({ type: "ready" });
+}
+
+/**
+ * Starts `call(dueAt)` on a fixed schedule, one every `intervalMs` from `startMs` until `endMs`,
+ * whatever the answers do, so that each call can be timed from when it was due (no coordinated
+ * omission). A call due while `maxInFlight` are running is not started: `shed(dueAt)` is told
+ * instead. Resolves once the schedule is over, with how many calls were due, the most in flight
+ * at once, and `running`: settles when the calls started have (each bounded by its deadline).
+ */
+export async function openLoop(
+  schedule: { startMs: number; endMs: number; intervalMs: number; maxInFlight: number },
+  call: (dueAt: number) => Promise<void>,
+  shed: (dueAt: number) => void,
+): Promise<{ due: number; maxInFlightSeen: number; running: Promise<unknown> }> {
+  const { startMs, endMs, intervalMs, maxInFlight } = schedule;
+  const running = new Set<Promise<void>>();
+  let due = 0;
+  let maxInFlightSeen = 0;
+  await new Promise<void>((resolve) => {
+    const tick = (): void => {
+      const now = performance.now();
+      // Start every call that is due by now.
+      for (let dueAt = startMs + due * intervalMs; dueAt <= now && dueAt < endMs; dueAt = startMs + due * intervalMs) {
+        due++;
+        if (running.size >= maxInFlight) {
+          shed(dueAt);
+          continue;
+        }
+        const started = call(dueAt).finally(() => running.delete(started));
+        running.add(started);
+        maxInFlightSeen = Math.max(maxInFlightSeen, running.size);
+      }
+      if (startMs + due * intervalMs >= endMs) {
+        clearInterval(timer);
+        resolve();
+      }
+    };
+    const timer = setInterval(tick, 1);
+  });
+  return { due, maxInFlightSeen, running: Promise.allSettled([...running]) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -466,7 +515,7 @@ export class ServiceProcess {
       if (Date.now() - startedAtMs > this.options.startTimeoutMs) {
         throw new Error(`${this.name} was not ready within ${this.options.startTimeoutMs} ms:\n${this.recent.join("\n")}`);
       }
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await pause(100);
     }
   }
 
@@ -499,27 +548,161 @@ export class ServiceProcess {
   }
 }
 
+/** The services of a bench mesh, in start order: dependencies first. They start together; the order is for stopping in reverse, the Edge first, so nothing new comes in while the services behind it drain. */
+export const MESH_SERVICES = ["ledger", "wallet", "risk", "router", "edge"] as const;
+export type MeshServiceName = (typeof MESH_SERVICES)[number];
+
+export interface BenchMeshOptions<Other extends string> {
+  /** The repository: the processes run there. */
+  root: string;
+  databaseUrl: string;
+  /** The run's broker namespace is `<namespacePrefix>-<pid>-<time>`: no other Router takes its work. */
+  namespacePrefix: string;
+  /** Other processes of the run that need a port of their own (the gateway simulator). */
+  others: readonly Other[];
+  /** More environment for every process, given every port; it wins over the defaults. */
+  extraEnv?: (portOf: Readonly<Record<MeshServiceName | Other, number>>) => Record<string, string>;
+  /** Writes one progress line (to stderr). */
+  progress: (line: string) => void;
+  /** Starts every service with --cpu-prof into <cpuProfDir>/<service>/ (one profile per thread). */
+  cpuProfDir?: string;
+  /** Also writes every process's whole output to <logDir>/<name>.log. */
+  logDir?: string;
+  startTimeoutMs: number;
+  stopGraceMs: number;
+}
+
 /**
- * The environment of every service process of a bench mesh: the bench database, the test Redis
- * and RabbitMQ, the given ports (and no COWRIE_<NAME>_URL inherited from the caller, so that the
- * services find each other on them), warnings only, and a rate limit high enough not to cap a run.
+ * The mesh of a whole-mesh benchmark: the five services, each its own process started as
+ * production starts it (`node --import tsx services/main.ts <service>`), and any other process of
+ * the run, on free ports, against the bench database, the test Redis and RabbitMQ (a broker
+ * namespace of the run's own), with warnings only, an operator token of the run's own, no
+ * COWRIE_<NAME>_URL inherited from the caller (so that the services find each other on these
+ * ports), and a rate limit high enough not to cap a run. `stop` undoes all of it.
  */
-export function serviceEnvironment(databaseUrl: string, portOf: Readonly<Record<string, number>>, operatorToken: string, extra: Readonly<Record<string, string>> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const name of Object.keys(portOf)) delete env[`COWRIE_${name.toUpperCase()}_URL`];
-  Object.assign(env, {
-    DATABASE_URL: databaseUrl,
-    REDIS_URL: TEST_REDIS_URL,
-    AMQP_URL: TEST_AMQP_URL,
-    COWRIE_HOST: "127.0.0.1",
-    ...Object.fromEntries(Object.entries(portOf).map(([name, port]) => [`COWRIE_${name.toUpperCase()}_PORT`, String(port)])),
-    COWRIE_OPERATOR_TOKEN: operatorToken,
-    COWRIE_LOG_LEVEL: "warn",
-    COWRIE_RATE_LIMIT_PER_SECOND: "1000000",
-    COWRIE_RATE_LIMIT_BURST: "1000000",
-    ...extra,
-  });
-  return env;
+export class BenchMesh<Other extends string = never> {
+  readonly services = new Map<MeshServiceName, ServiceProcess>();
+  /** The other processes, stopped after the services. */
+  readonly others: ServiceProcess[] = [];
+  readonly #sessions: Http2SessionManager[] = [];
+  #tenant: BenchTenant | undefined;
+  #served = false;
+
+  private constructor(
+    private readonly options: BenchMeshOptions<Other>,
+    readonly portOf: Readonly<Record<MeshServiceName | Other, number>>,
+    readonly namespace: string,
+    readonly operatorToken: string,
+    readonly env: NodeJS.ProcessEnv,
+  ) {}
+
+  /** Ports, environment and folders of a new mesh; nothing is started yet. */
+  static async create<Other extends string = never>(options: BenchMeshOptions<Other>): Promise<BenchMesh<Other>> {
+    const namespace = `${options.namespacePrefix}-${process.pid}-${Date.now().toString(36)}`;
+    const base = await meshEnvironment({ COWRIE_BROKER_NAMESPACE: namespace });
+    const servicePorts = MESH_SERVICES.map((name) => Number(base[`COWRIE_${name.toUpperCase()}_PORT`]));
+    // freePorts does not hold the ports it finds: leave out any the services already have.
+    const otherPorts = (await freePorts(options.others.length + servicePorts.length)).filter((port) => !servicePorts.includes(port));
+    const portOf = Object.fromEntries([
+      ...MESH_SERVICES.map((name, index) => [name, servicePorts[index]]),
+      ...options.others.map((name, index) => [name, otherPorts[index]]),
+    ]) as Record<MeshServiceName | Other, number>;
+    const operatorToken = `bench-operator-${randomBytes(16).toString("hex")}`;
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    for (const name of MESH_SERVICES) delete env[`COWRIE_${name.toUpperCase()}_URL`];
+    Object.assign(env, base, {
+      DATABASE_URL: options.databaseUrl,
+      REDIS_URL: TEST_REDIS_URL,
+      AMQP_URL: TEST_AMQP_URL,
+      COWRIE_HOST: "127.0.0.1",
+      ...Object.fromEntries(options.others.map((name) => [`COWRIE_${name.toUpperCase()}_PORT`, String(portOf[name])])),
+      COWRIE_OPERATOR_TOKEN: operatorToken,
+      COWRIE_RATE_LIMIT_PER_SECOND: "1000000",
+      COWRIE_RATE_LIMIT_BURST: "1000000",
+      ...options.extraEnv?.(portOf),
+    });
+    for (const dir of [options.cpuProfDir, options.logDir]) if (dir) mkdirSync(dir, { recursive: true });
+    return new BenchMesh(options, portOf, namespace, operatorToken, env);
+  }
+
+  url(name: MeshServiceName | Other): string {
+    return `http://127.0.0.1:${this.portOf[name]}`;
+  }
+
+  /** Starts another process of the run (`node --import tsx <args>`) with the services' environment. */
+  spawn(name: Other, args: string[]): ServiceProcess {
+    const other = this.#process(name, this.portOf[name], args);
+    this.others.push(other);
+    return other;
+  }
+
+  /**
+   * Starts the services, all together as compose starts them (migrations serialize on one
+   * advisory lock), and waits until every one answers SERVING and `alsoReady` has; returns the
+   * seconds that took. Clients between the services connect on first use.
+   */
+  async start(alsoReady: readonly Promise<void>[] = []): Promise<number> {
+    const startedAtMs = Date.now();
+    for (const name of MESH_SERVICES) {
+      // One folder per service: the main thread and tsx's module-loader thread each write a profile.
+      const cpuProfDir = this.options.cpuProfDir ? path.join(this.options.cpuProfDir, name) : undefined;
+      this.services.set(name, this.#process(name, this.portOf[name], ["services/main.ts", name], cpuProfDir));
+    }
+    await Promise.all([...[...this.services.values()].map((service) => service.serving()), ...alsoReady]);
+    this.#served = true;
+    return (Date.now() - startedAtMs) / 1000;
+  }
+
+  /** Every process of the mesh by pid, labelled with its name (for Accounting). */
+  pidLabels(): Map<number, string> {
+    return new Map([...this.services.values(), ...this.others].map((child) => [child.pid, child.name]));
+  }
+
+  /** A sandbox tenant through the public Edge; its Redis keys are deleted when the mesh stops. */
+  async tenant(): Promise<BenchTenant> {
+    const session = new Http2SessionManager(this.url("edge"));
+    this.#sessions.push(session);
+    this.#tenant = await createBenchTenant(this.url("edge"), session, this.operatorToken);
+    return this.#tenant;
+  }
+
+  /** Ledger VerifyJournal, and the Ledger accounts of `accountIds` (absent ones left out). */
+  async auditLedger(accountIds: readonly string[]): Promise<{ verify: VerifyJournalResponse; accounts: Map<string, Account> }> {
+    const session = new Http2SessionManager(this.url("ledger"));
+    try {
+      const ledger = createClient(LedgerService, createConnectTransport({ baseUrl: this.url("ledger"), httpVersion: "2", useBinaryFormat: true, sessionManager: session }));
+      const verify = await ledger.verifyJournal({}, { timeoutMs: 120_000 });
+      return { verify, accounts: await lookupAccounts(ledger, accountIds) };
+    } finally {
+      session.abort();
+    }
+  }
+
+  /**
+   * Stops every process with SIGTERM (the Edge first, the other processes last), saying which
+   * exited with another code than 0 unless `quiet`; then deletes the run's queues and the
+   * tenant's Redis keys.
+   */
+  async stop(quiet: boolean): Promise<void> {
+    ServiceProcess.tearingDown = true;
+    for (const session of this.#sessions) session.abort();
+    for (const child of [...[...MESH_SERVICES].reverse().map((name) => this.services.get(name)), ...this.others]) {
+      if (!child) continue;
+      const code = await child.stop();
+      if (code !== 0 && !quiet) this.options.progress(`${child.name} exited with code ${code}`);
+    }
+    // Only once the services were up: then RabbitMQ was there to delete from.
+    if (this.#served) {
+      await deleteBrokerTopology(workTopology(this.namespace)).catch((error: unknown) => this.options.progress(`could not delete the run's queues: ${String(error)}`));
+    }
+    await cleanRedis(this.#tenant).catch(() => undefined);
+  }
+
+  #process(name: string, port: number, args: string[], cpuProfDir?: string): ServiceProcess {
+    const { root, progress, logDir, startTimeoutMs, stopGraceMs } = this.options;
+    const logFile = logDir ? path.join(logDir, `${name}.log`) : undefined;
+    return new ServiceProcess({ name, port, env: this.env, args, cwd: root, progress, cpuProfDir, logFile, startTimeoutMs, stopGraceMs });
+  }
 }
 
 /** Runs `work` over `items`, at most `concurrency` at a time. */
@@ -540,13 +723,14 @@ export interface BenchTenant {
   /** Headers of a mutating call with the tenant's key. */
   auth(idempotencyKey: string): Record<string, string>;
   wallets: Client<typeof WalletsService>;
+  payments: Client<typeof PaymentsService>;
 }
 
 /**
- * A sandbox tenant and its API key through AdminService, and a WalletsService client on the same
- * HTTP/2 session (which the caller aborts at the end).
+ * A sandbox tenant and its API key through AdminService, and WalletsService and PaymentsService
+ * clients on the same HTTP/2 session (which the caller aborts at the end).
  */
-export async function createBenchTenant(edgeUrl: string, session: Http2SessionManager, operatorToken: string): Promise<BenchTenant> {
+async function createBenchTenant(edgeUrl: string, session: Http2SessionManager, operatorToken: string): Promise<BenchTenant> {
   const transport = createConnectTransport({ baseUrl: edgeUrl, httpVersion: "2", useBinaryFormat: true, sessionManager: session });
   const created = await createClient(AdminService, transport).createTenant({ name: "bench tenant" }, { headers: { authorization: `Bearer ${operatorToken}` }, timeoutMs: 10_000 });
   const apiKey = created.apiKeySecret;
@@ -556,6 +740,7 @@ export async function createBenchTenant(edgeUrl: string, session: Http2SessionMa
     apiKey,
     auth: (idempotencyKey) => ({ authorization: `Bearer ${apiKey}`, "idempotency-key": idempotencyKey }),
     wallets: createClient(WalletsService, transport),
+    payments: createClient(PaymentsService, transport),
   };
 }
 
@@ -571,7 +756,7 @@ export async function createWallets(tenant: BenchTenant, owners: readonly { owne
 }
 
 /** Ledger accounts by id (absent ones are left out), in pages the Ledger accepts. */
-export async function lookupAccounts(ledger: Client<typeof LedgerService>, ids: readonly string[]): Promise<Map<string, Account>> {
+async function lookupAccounts(ledger: Client<typeof LedgerService>, ids: readonly string[]): Promise<Map<string, Account>> {
   const accounts = new Map<string, Account>();
   for (let start = 0; start < ids.length; start += 8000) {
     const { accounts: found } = await ledger.lookupAccounts({ ids: ids.slice(start, start + 8000) }, { timeoutMs: 30_000 });
@@ -580,25 +765,45 @@ export async function lookupAccounts(ledger: Client<typeof LedgerService>, ids: 
   return accounts;
 }
 
+/** Posted balance of a Ledger account (credits - debits), in minor units; 0 for an absent one. */
+export const postedMinor = (account: Account | undefined): bigint => (account ? account.creditsPosted - account.debitsPosted : 0n);
+
 /** Deletes a bench tenant's keys from Redis: the idempotency replay cache and the rate-limit bucket. */
-export async function cleanRedis(keys: { tenantId?: string; keyId?: string }): Promise<void> {
-  if (!keys.tenantId) return;
-  const redis = new Redis(TEST_REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 2000 });
-  redis.on("error", () => {});
+async function cleanRedis(tenant: { tenantId: string; keyId: string } | undefined): Promise<void> {
+  if (!tenant?.tenantId) return;
+  await deleteRedisKeys(`cowrie:edge:idem:${tenant.tenantId}:*`);
+  if (tenant.keyId) await deleteRedisKeys(`cowrie:edge:rate:${tenant.keyId}`);
+}
+
+/**
+ * Runs a bench: `body`, and `cleanup` exactly once whatever ends the run (the body's end or
+ * failure, an uncaught error or rejection, SIGINT or SIGTERM, the watchdog after `watchdogMs`);
+ * then exits: with process.exitCode as the body left it, 1 on a failure, 130 on a signal. The body
+ * may run the cleanup itself, before its report; `cleanup` is told whether the watchdog fired
+ * (then the processes' exit codes are no news). Open handles (HTTP/2 sessions, timers) must not
+ * keep a finished run alive, hence the exit.
+ */
+export async function runGuarded(
+  name: string,
+  watchdogMs: number,
+  cleanup: (timedOut: boolean) => Promise<void>,
+  body: (cleanup: () => Promise<void>) => Promise<void>,
+): Promise<never> {
+  let cleaning: Promise<void> | undefined;
+  const cleanupOnce = (): Promise<void> => (cleaning ??= cleanup(guard.timedOut));
+  const guard = guardRun(name, cleanupOnce, watchdogMs);
   try {
-    await redis.connect();
-    const doomed: string[] = keys.keyId ? [`cowrie:edge:rate:${keys.keyId}`] : [];
-    let cursor = "0";
-    do {
-      const [next, found] = await redis.scan(cursor, "MATCH", `cowrie:edge:idem:${keys.tenantId}:*`, "COUNT", 1000);
-      cursor = next;
-      doomed.push(...found);
-      if (doomed.length >= 1000) await redis.unlink(...doomed.splice(0));
-    } while (cursor !== "0");
-    if (doomed.length > 0) await redis.unlink(...doomed);
+    await body(cleanupOnce);
+  } catch (error) {
+    if (!guard.interrupted) {
+      console.error(`${name} failed:`, error instanceof Error ? error.stack ?? error.message : error);
+      process.exitCode = 1;
+    }
   } finally {
-    redis.disconnect();
+    await cleanupOnce();
+    guard.clear();
   }
+  process.exit(process.exitCode ?? 0);
 }
 
 /**
@@ -606,7 +811,7 @@ export async function cleanRedis(keys: { tenantId?: string; keyId?: string }): P
  * SIGTERM (exit 130), or the watchdog after `watchdogMs` (exit 1). Returns what happened, for the
  * caller's own error handling.
  */
-export function guardRun(name: string, cleanup: () => Promise<void>, watchdogMs: number): { interrupted: boolean; timedOut: boolean; clear(): void } {
+function guardRun(name: string, cleanup: () => Promise<void>, watchdogMs: number): { interrupted: boolean; timedOut: boolean; clear(): void } {
   const state = { interrupted: false, timedOut: false, clear: () => clearTimeout(watchdog) };
   // Every phase is bounded anyway; the watchdog only ends a wedged run (cleanup runs).
   const watchdog = setTimeout(() => {
@@ -645,6 +850,16 @@ export interface Sample {
   /** pid -> group label for the PostgreSQL processes seen. */
   pgGroups: Map<number, string>;
   xacts: number;
+  /** CPU this process (the bench) has used so far, microseconds. */
+  selfCpuUs: number;
+}
+
+/** CPU seconds by label over a window, the whole machine's busy seconds, and the window's transactions. */
+export interface WindowUsage {
+  byLabel: Map<string, number>;
+  machine: number | undefined;
+  seconds: number;
+  xacts: number;
 }
 
 export class Accounting {
@@ -672,7 +887,9 @@ export class Accounting {
       const cpu = processCpuSeconds(pid);
       if (cpu !== undefined) pids.set(pid, cpu);
     }
+    const self = process.cpuUsage();
     return {
+      selfCpuUs: self.user + self.system,
       wallMs: Date.now(),
       monotonicUs: Number(process.hrtime.bigint() / 1000n),
       machine: machineBusySeconds(),
@@ -682,8 +899,8 @@ export class Accounting {
     };
   }
 
-  /** CPU seconds per label between two samples; processes born in between count from zero. */
-  delta(start: Sample, end: Sample): { byLabel: Map<string, number>; machine: number | undefined; seconds: number; xacts: number } {
+  /** CPU seconds per label between two samples (this process as "bench (this process)"); processes born in between count from zero. */
+  delta(start: Sample, end: Sample): WindowUsage {
     const labels = this.processes();
     const byLabel = new Map<string, number>();
     for (const [pid, cpu] of end.pids) {
@@ -691,7 +908,31 @@ export class Accounting {
       if (!label) continue;
       byLabel.set(label, (byLabel.get(label) ?? 0) + Math.max(0, cpu - (start.pids.get(pid) ?? 0)));
     }
+    byLabel.set("bench (this process)", (end.selfCpuUs - start.selfCpuUs) / 1e6);
     const machine = start.machine === undefined || end.machine === undefined ? undefined : end.machine - start.machine;
     return { byLabel, machine, seconds: (end.wallMs - start.wallMs) / 1000, xacts: end.xacts - start.xacts };
   }
+}
+
+/** The labels of a window's CPU, most first, and the CPU of everything else on the machine (undefined without /proc/stat). */
+export function cpuBreakdown(usage: WindowUsage): { rows: [string, number][]; otherCpu: number | undefined } {
+  const rows = [...usage.byLabel.entries()].sort((a, b) => b[1] - a[1]);
+  const oursCpu = rows.reduce((sum, [, cpu]) => sum + cpu, 0);
+  return { rows, otherCpu: usage.machine === undefined ? undefined : Math.max(0, usage.machine - oursCpu) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The human summary
+
+/** Milliseconds with one decimal. */
+export const ms = (value: number): string => value.toFixed(1);
+
+/** "code count, code count...", or "none". */
+export const countsText = (byCode: Record<string, number>): string =>
+  Object.keys(byCode).length === 0 ? "none" : Object.entries(byCode).map(([code, count]) => `${code} ${count}`).join(", ");
+
+/** The journal's line: findings over transfers checked, and the first three findings. */
+export function journalLine(verify: VerifyJournalResponse): string {
+  return `journal: ${verify.findings.length} findings over ${verify.transfersChecked} transfers` +
+    (verify.findings.length > 0 ? ` (${verify.findings.slice(0, 3).map((finding) => `${FindingKind[finding.kind]}: ${finding.detail}`).join("; ")})` : "");
 }
