@@ -2,9 +2,13 @@
 // API keys, of which only a hash of the secret is kept) and the record of every mutating call's
 // Idempotency-Key with its fingerprint and outcome (see idempotency.ts).
 import { sql } from "drizzle-orm";
-import { boolean, check, customType, index, integer, pgSchema, primaryKey, smallint, text, timestamp } from "drizzle-orm/pg-core";
+import { boolean, check, customType, index, integer, jsonb, pgSchema, primaryKey, smallint, text, timestamp } from "drizzle-orm/pg-core";
+import { eventTables } from "../runtime/event-tables.js";
 
 export const edge = pgSchema("edge");
+
+/** Events applied once by the Edge's consumers (merchant webhooks, audit) (runtime/event-tables.ts). */
+export const { inbox, parked } = eventTables(edge);
 
 const bytea = customType<{ data: Uint8Array; driverData: Uint8Array }>({ dataType: () => "bytea" });
 
@@ -86,4 +90,20 @@ export const idempotencyKeys = edge.table(
     index("idempotency_keys_lease_idx").on(table.lockedUntil).where(sql`${table.state} = 1`),
     index("idempotency_keys_expiry_idx").on(table.expiresAt),
   ],
+);
+
+/** Every event the mesh published, as the audit consumer received it: one row per event id. */
+export const auditEvents = edge.table(
+  "audit_events",
+  {
+    eventId: text("event_id").primaryKey(),
+    type: text("type").notNull(),
+    source: text("source").notNull(),
+    subject: text("subject").notNull(),
+    tenantId: text("tenant_id").notNull(),
+    occurredAt: timestamp("occurred_at", { withTimezone: true, mode: "date" }).notNull(),
+    data: jsonb("data").notNull(),
+    recordedAt: timestamp("recorded_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+  },
+  (table) => [index("audit_events_subject_idx").on(table.subject, table.occurredAt), index("audit_events_tenant_idx").on(table.tenantId, table.occurredAt)],
 );

@@ -2,7 +2,8 @@
 // an account, which change in the same transaction as the transfers that move them; the check
 // constraints are the second line of defence behind the write path's own checks.
 import { sql } from "drizzle-orm";
-import { bigint, boolean, check, customType, index, integer, jsonb, pgSchema, smallint, text, timestamp, uuid } from "drizzle-orm/pg-core";
+import { bigint, boolean, check, customType, index, integer, jsonb, pgSchema, smallint, text, timestamp } from "drizzle-orm/pg-core";
+import { eventTables } from "../runtime/event-tables.js";
 
 export const ledger = pgSchema("ledger");
 
@@ -126,23 +127,9 @@ export const journalHead = ledger.table("journal_head", {
 });
 
 /**
- * Events written in the same transaction as the change they describe; a relay publishes them to
- * RabbitMQ and stamps published_at (the Events issue). Order per subject follows `sequence`.
- * A row whose payload is null is rendered by the relay from the committed row its subject names
- * ("transfer/<id>"): this keeps Protobuf encoding out of the journal's write path, where it cost
+ * Transfer events, written in the same transaction as the transfers (runtime/event-tables.ts).
+ * Their payload is null: the relay renders each from the committed transfer its subject names
+ * ("transfer/<id>"), which keeps Protobuf encoding out of the journal's write path, where it cost
  * more than the database work.
  */
-export const outbox = ledger.table(
-  "outbox",
-  {
-    id: uuid("id").primaryKey(),
-    sequence: bigint("sequence", { mode: "bigint" }).generatedAlwaysAsIdentity().notNull(),
-    eventType: text("event_type").notNull(),
-    subject: text("subject").notNull(),
-    tenantId: text("tenant_id").notNull().default(""),
-    payload: bytea("payload"),
-    createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
-    publishedAt: timestamp("published_at", { withTimezone: true, mode: "date" }),
-  },
-  (table) => [index("outbox_unpublished_idx").on(table.sequence).where(sql`${table.publishedAt} is null`)],
-);
+export const { outbox } = eventTables(ledger);

@@ -4,7 +4,6 @@
 // every account involved in id order, plan with the pure engine, and append transfers, refusals,
 // pending states, balance totals, the hash-chained batch record and outbox rows together.
 import { and, asc, eq, inArray, sql, type SQL } from "drizzle-orm";
-import { LedgerTransferCreatedSchema } from "../../gen/cowrie/events/v1/events_pb.js";
 import { CloseAccountResult, CreateAccountResult, TransferKind, type CreateTransferResult } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import { rowsOf, transact, type Db, type Tx } from "../runtime/db.js";
 import {
@@ -20,6 +19,9 @@ import {
 } from "./engine.js";
 import { batchHash, type JournalRow } from "./journal.js";
 import { accounts, journalHead, pendingTransfers, transferFailures, transfers } from "./schema.js";
+
+/** The type (and routing key) of the event each committed transfer writes to the outbox. */
+export const LEDGER_TRANSFER_CREATED = "ledger.transfer.created";
 
 export type AccountRow = typeof accounts.$inferSelect;
 export type NewAccount = typeof accounts.$inferInsert;
@@ -171,7 +173,7 @@ function appendJournal(tx: Tx, rows: JournalRow[], head: { lastBatch: bigint; la
         ${column(rows, (r) => r.pendingId, "text")}, ${column(rows, (r) => r.timeoutSeconds, "int4")})`),
     tx.execute(sql`
       insert into ledger.outbox (id, event_type, subject)
-      select gen_random_uuid(), ${LedgerTransferCreatedSchema.typeName}, 'transfer/' || id from unnest(${column(rows, (r) => r.id, "text")}) as t(id)`),
+      select gen_random_uuid(), ${LEDGER_TRANSFER_CREATED}, 'transfer/' || id from unnest(${column(rows, (r) => r.id, "text")}) as t(id)`),
     tx.execute(sql`
       with recorded as (
         insert into ledger.journal_batches (batch, first_sequence, last_sequence, previous_hash, hash, created_at)

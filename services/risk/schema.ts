@@ -3,8 +3,12 @@
 // blocklist, every decision in which a rule fired (the idempotency record of that evaluation)
 // with one row per flag, and the review queue with its audit trail.
 import { bigint, bigserial, index, integer, jsonb, pgSchema, primaryKey, smallint, text, timestamp } from "drizzle-orm/pg-core";
+import { eventTables } from "../runtime/event-tables.js";
 
 export const risk = pgSchema("risk");
+
+/** Risk events out; payment events in, applied once by the feedback consumer (runtime/event-tables.ts). */
+export const { outbox, inbox, parked } = eventTables(risk);
 
 /** A tenant's settings as it stored them (RiskSettings as proto JSON; zero values mean defaults). */
 export const settings = risk.table("settings", {

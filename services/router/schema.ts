@@ -5,8 +5,12 @@
 // refuse a request, never store an impossible payment.
 import { sql } from "drizzle-orm";
 import { bigint, boolean, check, foreignKey, index, integer, jsonb, pgSchema, primaryKey, smallint, text, timestamp, unique } from "drizzle-orm/pg-core";
+import { eventTables } from "../runtime/event-tables.js";
 
 export const router = pgSchema("router");
+
+/** Payment events, written with each status change (runtime/event-tables.ts). */
+export const { outbox } = eventTables(router);
 
 /** The parameters of the request that used an idempotency key, as the caller sent them. */
 export type RequestFields = Record<string, string>;

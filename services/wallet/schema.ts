@@ -2,9 +2,13 @@
 // and limits only; its money lives in the Ledger account of the same id. Outflow reservations
 // make daily limits race-free, and hold rows remember what a Ledger pending transfer is for.
 import { bigint, check, date, index, integer, pgSchema, primaryKey, text, timestamp, unique } from "drizzle-orm/pg-core";
+import { eventTables } from "../runtime/event-tables.js";
 import { sql } from "drizzle-orm";
 
 export const wallet = pgSchema("wallet");
+
+/** Wallet events, written with each change (runtime/event-tables.ts). */
+export const { outbox } = eventTables(wallet);
 
 export const wallets = wallet.table(
   "wallets",

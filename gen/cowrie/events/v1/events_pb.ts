@@ -6,30 +6,34 @@ import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Any, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_any, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Payment, PaymentStatus } from "../../router/v1/router_pb.js";
+import { file_cowrie_router_v1_router } from "../../router/v1/router_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file cowrie/events/v1/events.proto.
  */
 export const file_cowrie_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jb3dyaWUvZXZlbnRzL3YxL2V2ZW50cy5wcm90bxIQY293cmllLmV2ZW50cy52MSKmAQoIRW52ZWxvcGUSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSDwoHc3ViamVjdBgEIAEoCRIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0ZW5hbnRfaWQYBiABKAkSIgoEZGF0YRgHIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkivAEKFUxlZGdlclRyYW5zZmVyQ3JlYXRlZBITCgt0cmFuc2Zlcl9pZBgBIAEoCRIYChBkZWJpdF9hY2NvdW50X2lkGAIgASgJEhkKEWNyZWRpdF9hY2NvdW50X2lkGAMgASgJEhQKDGFtb3VudF9taW5vchgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIMCgRjb2RlGAYgASgNEhEKCXJlZmVyZW5jZRgHIAEoCRIQCghzZXF1ZW5jZRgIIAEoA2IGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_timestamp]);
+  fileDesc("Ch1jb3dyaWUvZXZlbnRzL3YxL2V2ZW50cy5wcm90bxIQY293cmllLmV2ZW50cy52MSKmAQoIRW52ZWxvcGUSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSDwoHc3ViamVjdBgEIAEoCRIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0ZW5hbnRfaWQYBiABKAkSIgoEZGF0YRgHIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkivAEKFUxlZGdlclRyYW5zZmVyQ3JlYXRlZBITCgt0cmFuc2Zlcl9pZBgBIAEoCRIYChBkZWJpdF9hY2NvdW50X2lkGAIgASgJEhkKEWNyZWRpdF9hY2NvdW50X2lkGAMgASgJEhQKDGFtb3VudF9taW5vchgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIMCgRjb2RlGAYgASgNEhEKCXJlZmVyZW5jZRgHIAEoCRIQCghzZXF1ZW5jZRgIIAEoAyKdAQoUUGF5bWVudFN0YXR1c0NoYW5nZWQSKgoHcGF5bWVudBgBIAEoCzIZLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudBI4Cg9wcmV2aW91c19zdGF0dXMYAiABKA4yHy5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRTdGF0dXMSDgoGcmVhc29uGAMgASgJEg8KB3ZlcnNpb24YBCABKAMimQEKCVJpc2tFdmVudBISCgpwYXltZW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEAoIZGVjaXNpb24YAyABKAkSDQoFc2NvcmUYBCABKA0SDwoHcmVhc29ucxgFIAMoCRISCgpyZXNvbHV0aW9uGAYgASgJEhMKC3Jlc29sdmVkX2J5GAcgASgJEgwKBG5vdGUYCCABKAliBnByb3RvMw", [file_google_protobuf_any, file_google_protobuf_timestamp, file_cowrie_router_v1_router]);
 
 /**
  * Envelope wraps every event Cowrie publishes to RabbitMQ (binary) and to merchant webhooks
- * (JSON). Consumers deduplicate by `id`: delivery is at least once.
+ * (JSON). Consumers deduplicate by `id`: delivery is at least once. Events of one subject are
+ * published in the order they were committed.
  *
  * @generated from message cowrie.events.v1.Envelope
  */
 export type Envelope = Message<"cowrie.events.v1.Envelope"> & {
   /**
-   * Unique event id (UUID). Stable across redeliveries.
+   * Unique event id (UUID). Stable across redeliveries and replays.
    *
    * @generated from field: string id = 1;
    */
   id: string;
 
   /**
-   * Event type, for example "cowrie.ledger.v1.TransferCreated".
+   * Event type, which is also the RabbitMQ routing key: "payment.succeeded",
+   * "payment.failed", "ledger.transfer.created", "risk.flagged" and so on (see README).
    *
    * @generated from field: string type = 2;
    */
@@ -43,7 +47,7 @@ export type Envelope = Message<"cowrie.events.v1.Envelope"> & {
   source: string;
 
   /**
-   * The aggregate the event is about, for example "transfer/tr_123". Order is kept per subject.
+   * The aggregate the event is about, for example "payment/pay_…" or "transfer/tr_123".
    *
    * @generated from field: string subject = 4;
    */
@@ -55,7 +59,7 @@ export type Envelope = Message<"cowrie.events.v1.Envelope"> & {
   time?: Timestamp | undefined;
 
   /**
-   * The tenant the event belongs to, empty for platform events.
+   * The tenant the event belongs to, empty for platform events (ledger transfers).
    *
    * @generated from field: string tenant_id = 6;
    */
@@ -77,7 +81,7 @@ export const EnvelopeSchema: GenMessage<Envelope> = /*@__PURE__*/
   messageDesc(file_cowrie_events_v1_events, 0);
 
 /**
- * A transfer was committed to the journal.
+ * A transfer was committed to the journal. Type "ledger.transfer.created".
  *
  * @generated from message cowrie.events.v1.LedgerTransferCreated
  */
@@ -135,4 +139,108 @@ export type LedgerTransferCreated = Message<"cowrie.events.v1.LedgerTransferCrea
  */
 export const LedgerTransferCreatedSchema: GenMessage<LedgerTransferCreated> = /*@__PURE__*/
   messageDesc(file_cowrie_events_v1_events, 1);
+
+/**
+ * A payment changed status. Types "payment.created", "payment.processing",
+ * "payment.in_review", "payment.outcome_unknown", "payment.succeeded", "payment.failed",
+ * "payment.canceled".
+ *
+ * @generated from message cowrie.events.v1.PaymentStatusChanged
+ */
+export type PaymentStatusChanged = Message<"cowrie.events.v1.PaymentStatusChanged"> & {
+  /**
+   * The payment as it is after the change (without its history).
+   *
+   * @generated from field: cowrie.router.v1.Payment payment = 1;
+   */
+  payment?: Payment | undefined;
+
+  /**
+   * @generated from field: cowrie.router.v1.PaymentStatus previous_status = 2;
+   */
+  previousStatus: PaymentStatus;
+
+  /**
+   * Why it changed, as in the payment's history.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * The payment's version after the change: higher is newer. A consumer that sees events of one
+   * payment out of order (a redelivery) keeps the highest.
+   *
+   * @generated from field: int64 version = 4;
+   */
+  version: bigint;
+};
+
+/**
+ * Describes the message cowrie.events.v1.PaymentStatusChanged.
+ * Use `create(PaymentStatusChangedSchema)` to create a new message.
+ */
+export const PaymentStatusChangedSchema: GenMessage<PaymentStatusChanged> = /*@__PURE__*/
+  messageDesc(file_cowrie_events_v1_events, 2);
+
+/**
+ * Risk flagged a payment (type "risk.flagged"), or an operator resolved a review
+ * (type "risk.review.resolved").
+ *
+ * @generated from message cowrie.events.v1.RiskEvent
+ */
+export type RiskEvent = Message<"cowrie.events.v1.RiskEvent"> & {
+  /**
+   * @generated from field: string payment_id = 1;
+   */
+  paymentId: string;
+
+  /**
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * "allow", "review" or "block".
+   *
+   * @generated from field: string decision = 3;
+   */
+  decision: string;
+
+  /**
+   * @generated from field: uint32 score = 4;
+   */
+  score: number;
+
+  /**
+   * The fired rules' codes, e.g. "VELOCITY".
+   *
+   * @generated from field: repeated string reasons = 5;
+   */
+  reasons: string[];
+
+  /**
+   * risk.review.resolved: "approved" or "declined", who and why.
+   *
+   * @generated from field: string resolution = 6;
+   */
+  resolution: string;
+
+  /**
+   * @generated from field: string resolved_by = 7;
+   */
+  resolvedBy: string;
+
+  /**
+   * @generated from field: string note = 8;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message cowrie.events.v1.RiskEvent.
+ * Use `create(RiskEventSchema)` to create a new message.
+ */
+export const RiskEventSchema: GenMessage<RiskEvent> = /*@__PURE__*/
+  messageDesc(file_cowrie_events_v1_events, 3);
 

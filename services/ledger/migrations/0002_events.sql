@@ -1,0 +1,1 @@
+CREATE INDEX "outbox_published_idx" ON "ledger"."outbox" USING btree ("published_at") WHERE "ledger"."outbox"."published_at" is not null;
