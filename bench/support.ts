@@ -21,7 +21,7 @@ import { WalletsService, type WalletKind } from "../gen/cowrie/edge/v1/wallets_p
 import { FindingKind, LedgerService, type Account, type VerifyJournalResponse } from "../gen/cowrie/ledger/v1/ledger_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { deleteRedisKeys } from "../services/risk/test-support.js";
-import { workTopology } from "../services/router/service.js";
+import { meshTopology } from "../services/mesh.js";
 import { pause } from "../services/runtime/pause.js";
 import { TEST_AMQP_URL, TEST_REDIS_URL, deleteBrokerTopology, freePorts, meshEnvironment } from "../services/runtime/testing.js";
 
@@ -653,6 +653,17 @@ export class BenchMesh<Other extends string = never> {
     return (Date.now() - startedAtMs) / 1000;
   }
 
+  /**
+   * Starts a service's process again (after it exited or was killed), as `start` started it, and
+   * puts it in `services` in place of the old one; the caller waits for `serving()`.
+   */
+  respawn(name: MeshServiceName): ServiceProcess {
+    const cpuProfDir = this.options.cpuProfDir ? path.join(this.options.cpuProfDir, name) : undefined;
+    const fresh = this.#process(name, this.portOf[name], ["services/main.ts", name], cpuProfDir);
+    this.services.set(name, fresh);
+    return fresh;
+  }
+
   /** Every process of the mesh by pid, labelled with its name (for Accounting). */
   pidLabels(): Map<number, string> {
     return new Map([...this.services.values(), ...this.others].map((child) => [child.pid, child.name]));
@@ -693,7 +704,7 @@ export class BenchMesh<Other extends string = never> {
     }
     // Only once the services were up: then RabbitMQ was there to delete from.
     if (this.#served) {
-      await deleteBrokerTopology(workTopology(this.namespace)).catch((error: unknown) => this.options.progress(`could not delete the run's queues: ${String(error)}`));
+      await deleteBrokerTopology(meshTopology(this.namespace)).catch((error: unknown) => this.options.progress(`could not delete the run's queues: ${String(error)}`));
     }
     await cleanRedis(this.#tenant).catch(() => undefined);
   }

@@ -19,7 +19,7 @@ import { EntryType, WalletKind, WalletsService } from "../gen/cowrie/edge/v1/wal
 import { LedgerService } from "../gen/cowrie/ledger/v1/ledger_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { SERVICE_NAMES, type ServiceName } from "./runtime/config.js";
-import { workTopology } from "./router/service.js";
+import { meshTopology } from "./mesh.js";
 import { deleteBrokerTopology, freshDatabase, meshEnvironment, TEST_AMQP_URL, TEST_REDIS_URL } from "./runtime/testing.js";
 
 const root = path.resolve(import.meta.dirname, "..");
@@ -153,7 +153,7 @@ describe("the mesh on real PostgreSQL, Redis and RabbitMQ", () => {
   after(async () => {
     if (mesh && mesh.child.exitCode === null) await mesh.stop();
     await database?.drop();
-    if (env?.COWRIE_BROKER_NAMESPACE) await deleteBrokerTopology(workTopology(env.COWRIE_BROKER_NAMESPACE));
+    if (env?.COWRIE_BROKER_NAMESPACE) await deleteBrokerTopology(meshTopology(env.COWRIE_BROKER_NAMESPACE));
   });
 
   it("lists every service, health and reflection with buf curl on every port", async () => {
@@ -257,23 +257,28 @@ describe("the mesh on real PostgreSQL, Redis and RabbitMQ", () => {
 
 describe("the mesh on the embedded default (npm start with no configuration)", () => {
   let dataDir: string;
+  const started: MeshProcess[] = [];
 
   before(async () => {
     dataDir = await mkdtemp(path.join(tmpdir(), "cowrie-embedded-"));
   });
 
   after(async () => {
+    // A failed assertion must not leave a mesh running, which would keep this file from ending.
+    for (const mesh of started) if (mesh.child.exitCode === null) mesh.child.kill("SIGKILL");
     await rm(dataDir, { recursive: true, force: true });
   });
 
   it("runs a tenant's journey with the generated operator token, and keeps the money across a restart", async () => {
     const env = await meshEnvironment({ COWRIE_DATA_DIR: dataDir });
     const first = await startMeshProcess(env);
+    started.push(first);
     process.stdout.write(`# embedded mesh SERVING on all five ports after ${first.startupMs} ms\n`);
     const { apiKey, customer, merchant } = await driveSlice(first, env, "embedded");
     assert.equal(await first.stop(), 0);
 
     const second = await startMeshProcess(env);
+    started.push(second);
     try {
       const edge = client(WalletsService, second.ports.edge, apiKey);
       assert.equal((await edge.getWallet({ walletId: customer.id })).wallet?.postedBalanceMinor, 8_500n);

@@ -1,9 +1,13 @@
 // Starts a set of Cowrie services in this process on shared backends. `npm start` runs all five
 // on the embedded default; a production-like deployment runs one service per process.
+import { AUDIT_CONSUMER, WEBHOOKS_CONSUMER } from "./edge/events.js";
 import { edgeModule } from "./edge/service.js";
+import { FEEDBACK_CONSUMER } from "./risk/feedback.js";
+import { retryQueueNames } from "./runtime/broker.js";
+import { DEFAULT_RETRY_DELAYS_MS, consumerQueue, eventsExchange } from "./runtime/events.js";
 import { ledgerModule } from "./ledger/service.js";
 import { riskModule } from "./risk/service.js";
-import { routerModule } from "./router/service.js";
+import { routerModule, workTopology } from "./router/service.js";
 import type { Config, ServiceName } from "./runtime/config.js";
 import type { Logger } from "./runtime/log.js";
 import { openBackends, startService, type Backends, type RunningService, type ServiceModule } from "./runtime/service.js";
@@ -47,5 +51,19 @@ export async function startMesh(config: Config, names: readonly ServiceName[], l
       for (const service of [...services].reverse()) await service.close();
       await backends.close();
     },
+  };
+}
+
+/**
+ * Every queue and exchange a mesh declares under a broker namespace (dead-letter twins aside):
+ * the Router's work queue, the events exchange and each event consumer's queue with its delay
+ * queues. Tests and benchmarks delete them afterwards (testing.ts deleteBrokerTopology).
+ */
+export function meshTopology(namespace: string): { queues: string[]; exchanges: string[] } {
+  const work = workTopology(namespace);
+  const consumers = [WEBHOOKS_CONSUMER, AUDIT_CONSUMER, FEEDBACK_CONSUMER].map((name) => consumerQueue(namespace, name));
+  return {
+    queues: [...work.queues, ...consumers, ...consumers.flatMap((queue) => retryQueueNames(queue, DEFAULT_RETRY_DELAYS_MS))],
+    exchanges: [...work.exchanges, eventsExchange(namespace)],
   };
 }

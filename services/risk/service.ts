@@ -36,6 +36,11 @@ import { Counters, type Counted } from "./counters.js";
 import { decide, decideWithoutCounters, type FiredRule, type Payment, type Settings } from "./rules.js";
 import { settingsMessage, settingsToJson, effectiveSettings, settingsFromJson, TenantRulesCache, validateSettings, type TenantRules } from "./settings.js";
 import { RiskStore, type EvaluatedPayment, type FlagRow, type ReviewEventRow, type ReviewRow, type StoredDecision } from "./store.js";
+import { pageOf, pagePosition } from "../runtime/pages.js";
+import { EventOperationsService } from "../../gen/cowrie/events/v1/operations_pb.js";
+import { eventOperations } from "../runtime/events.js";
+import { FEEDBACK_CONSUMER, startFeedbackConsumer } from "./feedback.js";
+import { inbox, outbox, parked } from "./schema.js";
 
 const PAGE_SIZE_DEFAULT = 100;
 const PAGE_SIZE_MAX = 500;
@@ -114,26 +119,6 @@ function optionalTime(value: Timestamp | undefined): Date | undefined {
   return value ? timestampDate(value) : undefined;
 }
 
-/** Opaque page tokens: a prefix and the position after the last item returned. */
-function pageToken(prefix: string, position: string): string {
-  return Buffer.from(`${prefix}:${position}`, "utf8").toString("base64url");
-}
-
-/** One page of rows read with a limit of pageSize + 1: the extra row only says that a next page exists. */
-function pageOf<T>(rows: T[], pageSize: number, prefix: string, positionOf: (last: T) => string): { page: T[]; nextPageToken: string } {
-  const page = rows.slice(0, pageSize);
-  const last = page[page.length - 1];
-  return { page, nextPageToken: rows.length > pageSize && last ? pageToken(prefix, positionOf(last)) : "" };
-}
-
-function pagePosition(token: string, prefix: string, pattern: RegExp): string | undefined {
-  if (token === "") return undefined;
-  const decoded = Buffer.from(token, "base64url").toString("utf8");
-  const position = decoded.startsWith(`${prefix}:`) ? decoded.slice(prefix.length + 1) : "";
-  if (!pattern.test(position)) throw invalidArgument("page_token", "is not a token this service issued");
-  return position;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Messages
 
@@ -196,12 +181,14 @@ function within<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
 
 export const riskModule: ServiceModule = {
   name: "risk",
-  services: [RiskService],
+  services: [RiskService, EventOperationsService],
   // Not the cache: without Redis Risk still answers (COWRIE_RISK_WHEN_UNAVAILABLE), so it stays
   // SERVING; without PostgreSQL it cannot record what it decides.
   uses: { database: true },
   migrationsFolder: fileURLToPath(new URL("./migrations", import.meta.url)),
-  create({ database, cache, config, log }) {
+  outbox: { table: outbox },
+  async create(context) {
+    const { database, cache, config, log } = context;
     const store = new RiskStore(database.db);
     const counters = new Counters(cache, config.riskPaymentMemoryHours * 3_600_000);
     const tenants = new TenantRulesCache(store, config.riskSettingsCacheMs, (tenantId, error) =>
@@ -262,8 +249,19 @@ export const riskModule: ServiceModule = {
       return found;
     }
 
+    const feedback = await startFeedbackConsumer(context, counters);
+    const operations = eventOperations({
+      db: database.db,
+      tables: { inbox, parked },
+      broker: context.broker,
+      namespace: config.brokerNamespace,
+      consumers: [FEEDBACK_CONSUMER],
+    });
+
     return {
+      stop: () => feedback.close(),
       routes(router) {
+        router.service(EventOperationsService, operations);
         router.service(RiskService, {
           async evaluate(request) {
             const payment = validateEvaluate(request);

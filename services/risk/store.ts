@@ -3,6 +3,9 @@
 // commit, and nothing at all when no rule fired.
 import { and, asc, desc, eq, gt, gte, inArray, lt, sql, type SQL } from "drizzle-orm";
 import { Decision, ReviewStatus } from "../../gen/cowrie/risk/v1/risk_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { RiskEventSchema } from "../../gen/cowrie/events/v1/events_pb.js";
+import { outboxRowOf, type NewEvent } from "../runtime/events.js";
 import { rowsOf, type Db } from "../runtime/db.js";
 import type { FiredRule, RuleCode, Verdict } from "./rules.js";
 import { blocklist, decisions, flags, reviewEvents, reviews, settings } from "./schema.js";
@@ -131,6 +134,7 @@ export class RiskStore implements TenantSource {
     const once = verdict.decision === Decision.ALLOW
       ? sql`(select set_config('synchronous_commit', 'off', true)) as once`
       : sql`(select 1) as once`;
+    const d = sql.raw("d");
     const result = await this.db.execute(sql`
       with d as (
         insert into risk.decisions (tenant_id, payment_id, user_id, amount_minor, currency, decision, score, reasons, flags)
@@ -149,7 +153,8 @@ export class RiskStore implements TenantSource {
       e as (
         insert into risk.review_events (tenant_id, payment_id, status, actor, reason, at)
         select ${tenantId}, ${paymentId}, ${ReviewStatus.PENDING}, 'risk', ${verdict.reasons.join(", ")}, d.created_at
-        from d where ${review})
+        from d where ${review}),
+      o as (${outboxInsert(d, riskFlagged(payment, verdict))})
       select created_at as "createdAt" from d`);
     const [inserted] = rowsOf<{ createdAt: Date | string }>(result);
     if (inserted) return { stored: { ...verdict, createdAt: new Date(inserted.createdAt) }, inserted: true };
@@ -201,6 +206,7 @@ export class RiskStore implements TenantSource {
    * false when the review was not PENDING (or does not exist): the caller reads it to say which.
    */
   async resolveReview(tenantId: string, paymentId: string, status: ReviewStatus, operator: string, reason: string): Promise<boolean> {
+    const r = sql.raw("r");
     const result = await this.db.execute(sql`
       with r as (
         update risk.reviews set status = ${status}, resolved_at = now(), resolved_by = ${operator}, resolution_reason = ${reason}
@@ -208,7 +214,8 @@ export class RiskStore implements TenantSource {
         returning resolved_at),
       e as (
         insert into risk.review_events (tenant_id, payment_id, status, actor, reason, at)
-        select ${tenantId}, ${paymentId}, ${status}, ${operator}, ${reason}, r.resolved_at from r)
+        select ${tenantId}, ${paymentId}, ${status}, ${operator}, ${reason}, r.resolved_at from r),
+      o as (${outboxInsert(r, reviewResolved(tenantId, paymentId, status, operator, reason))})
       select count(*)::int as resolved from r`);
     return (rowsOf<{ resolved: number }>(result)[0]?.resolved ?? 0) > 0;
   }
@@ -218,4 +225,47 @@ export class RiskStore implements TenantSource {
       .where(and(eq(reviews.tenantId, tenantId), eq(reviews.userId, userId), eq(reviews.status, ReviewStatus.PENDING)));
     return row?.count ?? 0;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events: written by the statement that records what they describe, only when it wrote a row.
+
+/** `insert into risk.outbox … select … from <cte>`: the event exists exactly when the CTE wrote a row. */
+function outboxInsert(from: SQL, event: NewEvent): SQL {
+  const row = outboxRowOf("risk", event);
+  return sql`insert into risk.outbox (id, event_type, subject, tenant_id, payload, created_at)
+    select ${row.id}::uuid, ${row.eventType}, ${row.subject}, ${row.tenantId}, decode(${Buffer.from(row.payload).toString("hex")}, 'hex'), ${row.createdAt.toISOString()}::timestamptz from ${from}`;
+}
+
+const DECISION_NAMES: Record<number, string> = { [Decision.ALLOW]: "allow", [Decision.REVIEW]: "review", [Decision.BLOCK]: "block" };
+
+function riskFlagged(payment: EvaluatedPayment, verdict: Verdict): NewEvent {
+  return {
+    type: "risk.flagged",
+    subject: `payment/${payment.paymentId}`,
+    tenantId: payment.tenantId,
+    schema: RiskEventSchema,
+    data: create(RiskEventSchema, {
+      paymentId: payment.paymentId,
+      userId: payment.userId,
+      decision: DECISION_NAMES[verdict.decision] ?? "",
+      score: verdict.score,
+      reasons: verdict.reasons,
+    }),
+  };
+}
+
+function reviewResolved(tenantId: string, paymentId: string, status: ReviewStatus, operator: string, note: string): NewEvent {
+  return {
+    type: "risk.review.resolved",
+    subject: `payment/${paymentId}`,
+    tenantId,
+    schema: RiskEventSchema,
+    data: create(RiskEventSchema, {
+      paymentId,
+      resolution: status === ReviewStatus.APPROVED ? "approved" : "declined",
+      resolvedBy: operator,
+      note,
+    }),
+  };
 }

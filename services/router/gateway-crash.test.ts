@@ -11,7 +11,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { PaymentKind, PaymentStatus, RouterService, type Payment } from "../../gen/cowrie/router/v1/router_pb.js";
 import { WalletKind, WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import { startMesh, type Mesh } from "../mesh.js";
-import { workTopology } from "./service.js";
+import { meshTopology } from "../mesh.js";
 import { capturingLogger, deleteBrokerTopology, freshDatabase, meshEnvironment, TEST_AMQP_URL, testConfig } from "../runtime/testing.js";
 import { simulatorControl } from "../simulator/control.js";
 import { startSimulator } from "../simulator/simulator.js";
@@ -69,7 +69,7 @@ after(async () => {
   await mesh?.close();
   await simulator?.close();
   await database?.drop();
-  if (namespace) await deleteBrokerTopology(workTopology(namespace));
+  if (namespace) await deleteBrokerTopology(meshTopology(namespace));
 });
 
 describe("the Router killed mid-payment", () => {

@@ -21,7 +21,6 @@ import type { Logger } from "../runtime/log.js";
 import { pause } from "../runtime/pause.js";
 import type { GatewayName, GatewayResult, Operation } from "./gateways/connector.js";
 import { REVIEW_FIRST_CHECK_MS, declineCode, releaseQuietly } from "./processor.js";
-import { isTerminal } from "./lifecycle.js";
 import type { RiskCheck } from "./risk.js";
 import type { GatewayPool, RoutingDecision } from "./routing.js";
 import type { Instrument } from "./schema.js";
@@ -410,7 +409,6 @@ export class GatewayFlow {
   /** A compare-and-set transition; the loser continues from what the winner recorded. */
   private async move(payment: PaymentRow, to: PaymentStatus, reason: string, fields: OutcomeFields): Promise<PaymentRow> {
     const moved = await persistTransition(this.db, payment, to, reason, fields, false);
-    if (moved && isTerminal(to)) this.risk.reportOutcome(moved, to === PaymentStatus.SUCCEEDED);
     if (moved) return moved;
     const current = await findById(this.db, payment.id);
     if (!current) throw new ConnectError(`payment ${payment.id} vanished`, Code.Internal);

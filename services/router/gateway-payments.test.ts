@@ -13,7 +13,7 @@ import { CircuitState, PaymentKind, PaymentStatus, RouterService, CreatePaymentR
 import { HoldStatus, WalletKind, WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import { startMesh, type Mesh } from "../mesh.js";
 import { loadConfig } from "../runtime/config.js";
-import { workTopology } from "./service.js";
+import { meshTopology } from "../mesh.js";
 import { capturingLogger, deleteBrokerTopology, freshDatabase, meshEnvironment, TEST_AMQP_URL, TEST_REDIS_URL, testConfig } from "../runtime/testing.js";
 import { simulatorControl, type SimulatorControl } from "../simulator/control.js";
 import { startSimulator } from "../simulator/simulator.js";
@@ -65,7 +65,7 @@ after(async () => {
   await mesh?.close();
   await simulator?.close();
   await database?.drop();
-  if (namespace) await deleteBrokerTopology(workTopology(namespace));
+  if (namespace) await deleteBrokerTopology(meshTopology(namespace));
 });
 
 beforeEach(async () => {

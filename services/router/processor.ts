@@ -13,7 +13,6 @@ import type { Db } from "../runtime/db.js";
 import type { Logger } from "../runtime/log.js";
 import { TRANSFER_CODE, refusalCodeOf } from "../wallet/codes.js";
 import type { GatewayFlow } from "./gateway-flow.js";
-import { isTerminal } from "./lifecycle.js";
 import type { RiskCheck } from "./risk.js";
 import { MOVING_FUNDS, findById, isGatewayPayment, persistTransition, type OutcomeFields, type PaymentRow } from "./store.js";
 
@@ -128,7 +127,6 @@ export class PaymentProcessor {
       const moved = await persistTransition(this.db, payment, outcome.to, outcome.reason, { ...this.verdicts.get(payment.id), ...outcome.fields }, false);
       if (moved) {
         this.verdicts.delete(payment.id);
-        if (isTerminal(moved.status)) this.risk.reportOutcome(moved, moved.status === PaymentStatus.SUCCEEDED);
         payment = moved;
         continue;
       }

@@ -72,15 +72,4 @@ export class RiskCheck {
       return { decision: this.options.whenUnavailable, score: 0, reasons: ["RISK_UNAVAILABLE"] };
     }
   }
-
-  /**
-   * Tells Risk how an evaluated payment ended (its failed streak and the user's learned profile).
-   * Best effort and idempotent at Risk; a lost report weakens a rule, never moves money.
-   */
-  reportOutcome(payment: PaymentRow, succeeded: boolean): void {
-    if (payment.riskDecision === "") return;
-    this.risk
-      .recordPaymentOutcome({ tenantId: payment.tenantId, paymentId: payment.id, userId: payment.payer.userId, succeeded }, { timeoutMs: this.options.timeoutMs * 4 })
-      .catch((error: unknown) => this.log.warn({ paymentId: payment.id, err: errorText(error) }, "could not report the payment's outcome to risk"));
-  }
 }

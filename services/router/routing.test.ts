@@ -136,6 +136,7 @@ describe("GatewayPool.decide()", () => {
       refund: unused,
       status: unused,
       verifyWebhook: () => undefined,
+      listTransactions: () => assert.fail("not called"),
     };
   }
   const pool = new GatewayPool(

@@ -180,3 +180,119 @@ export const refundRefusals = router.table(
   },
   (table) => [primaryKey({ name: "refund_refusals_pkey", columns: [table.tenantId, table.idempotencyKey] })],
 );
+
+// ---------------------------------------------------------------------------------------------
+// Reconciliation (reconciliation/): runs, findings and their audit trail, the scheduled
+// watermark, leases that keep two Router processes from running one window at once, and the
+// payments seen in flight that later runs must look at again.
+
+/** One reconciliation run and its summary. */
+export const reconRuns = router.table(
+  "recon_runs",
+  {
+    /** "rcr_" + 26 characters sortable by start time. */
+    id: text("id").primaryKey(),
+    /** "scheduled" or "manual". */
+    trigger: text("trigger").notNull(),
+    requestedBy: text("requested_by").notNull().default(""),
+    windowFrom: timestamp("window_from", { withTimezone: true, mode: "date" }).notNull(),
+    windowTo: timestamp("window_to", { withTimezone: true, mode: "date" }).notNull(),
+    /** "running", "completed" or "failed". */
+    status: text("status").notNull(),
+    startedAt: timestamp("started_at", { withTimezone: true, mode: "date" }).notNull(),
+    finishedAt: timestamp("finished_at", { withTimezone: true, mode: "date" }),
+    durationMs: integer("duration_ms").notNull().default(0),
+    paymentsChecked: bigint("payments_checked", { mode: "number" }).notNull().default(0),
+    gatewayTransactionsChecked: bigint("gateway_transactions_checked", { mode: "number" }).notNull().default(0),
+    ledgerTransfersChecked: bigint("ledger_transfers_checked", { mode: "number" }).notNull().default(0),
+    checked: bigint("checked", { mode: "number" }).notNull().default(0),
+    matched: bigint("matched", { mode: "number" }).notNull().default(0),
+    deferred: bigint("deferred", { mode: "number" }).notNull().default(0),
+    /** FindingType name → mismatches of that type seen in the run. */
+    findingsByType: jsonb("findings_by_type").$type<Record<string, number>>().notNull().default(sql`'{}'::jsonb`),
+    findingsOpened: integer("findings_opened").notNull().default(0),
+    autoResolved: integer("auto_resolved").notNull().default(0),
+    error: text("error").notNull().default(""),
+  },
+  (table) => [check("recon_runs_window", sql`${table.windowTo} > ${table.windowFrom}`)],
+);
+
+/**
+ * A mismatch, raised once per (type, subject): later runs that see it again do not raise it
+ * again, so a case stays one case however many runs look at it.
+ */
+export const reconFindings = router.table(
+  "recon_findings",
+  {
+    /** "rcf_" + 26 characters sortable by detection time. */
+    id: text("id").primaryKey(),
+    type: smallint("type").notNull(),
+    severity: smallint("severity").notNull(),
+    /** FindingStatus: 1 open, 2 auto-resolved, 3 resolved by an operator. */
+    status: smallint("status").notNull(),
+    subject: text("subject").notNull(),
+    paymentId: text("payment_id").notNull().default(""),
+    tenantId: text("tenant_id").notNull().default(""),
+    gateway: text("gateway").notNull().default(""),
+    gatewayTransactionId: text("gateway_transaction_id").notNull().default(""),
+    ledgerTransferId: text("ledger_transfer_id").notNull().default(""),
+    expectedAmountMinor: bigint("expected_amount_minor", { mode: "bigint" }).notNull().default(sql`0`),
+    observedAmountMinor: bigint("observed_amount_minor", { mode: "bigint" }).notNull().default(sql`0`),
+    expectedCurrency: text("expected_currency").notNull().default(""),
+    observedCurrency: text("observed_currency").notNull().default(""),
+    detail: text("detail").notNull(),
+    runId: text("run_id").notNull(),
+    detectedAt: timestamp("detected_at", { withTimezone: true, mode: "date" }).notNull(),
+    resolvedAt: timestamp("resolved_at", { withTimezone: true, mode: "date" }),
+    resolvedBy: text("resolved_by").notNull().default(""),
+    resolutionReason: text("resolution_reason").notNull().default(""),
+    /** The correction asked for (kept to recognise a retry) and the Ledger transfer that made it. */
+    correction: jsonb("correction").$type<{ debitAccountId: string; creditAccountId: string; amountMinor: string; currency: string }>(),
+    correctionTransferId: text("correction_transfer_id").notNull().default(""),
+  },
+  (table) => [
+    unique("recon_findings_type_subject").on(table.type, table.subject),
+    check("recon_findings_status_known", sql`${table.status} between 1 and 3`),
+    // ListFindings: newest first, by status or by payment.
+    index("recon_findings_status_idx").on(table.status, table.id),
+    index("recon_findings_payment_idx").on(table.paymentId).where(sql`${table.paymentId} <> ''`),
+  ],
+);
+
+/** A finding's audit trail: who did what, when and why. Append-only. */
+export const reconFindingEvents = router.table(
+  "recon_finding_events",
+  {
+    id: bigint("id", { mode: "bigint" }).generatedAlwaysAsIdentity().primaryKey(),
+    findingId: text("finding_id").notNull().references(() => reconFindings.id),
+    at: timestamp("at", { withTimezone: true, mode: "date" }).notNull(),
+    actor: text("actor").notNull(),
+    action: text("action").notNull(),
+    note: text("note").notNull().default(""),
+    transferId: text("transfer_id").notNull().default(""),
+  },
+  (table) => [index("recon_finding_events_finding_idx").on(table.findingId, table.id)],
+);
+
+/** How far scheduled reconciliation has got: the end of the last window it finished. */
+export const reconWatermark = router.table("recon_watermark", {
+  name: text("name").primaryKey(),
+  windowEnd: timestamp("window_end", { withTimezone: true, mode: "date" }).notNull(),
+  updatedAt: timestamp("updated_at", { withTimezone: true, mode: "date" }).notNull(),
+});
+
+/** Who runs a window now: a row per key, taken while `until` has passed, renewed while running. */
+export const reconLeases = router.table("recon_leases", {
+  key: text("key").primaryKey(),
+  owner: text("owner").notNull(),
+  until: timestamp("until", { withTimezone: true, mode: "date" }).notNull(),
+});
+
+/**
+ * Payments a run found still in flight (not final, not yet stuck): each later run looks at them
+ * again until they are final and checked, so moving the watermark past them loses none.
+ */
+export const reconPending = router.table("recon_pending", {
+  paymentId: text("payment_id").primaryKey(),
+  since: timestamp("since", { withTimezone: true, mode: "date" }).notNull(),
+});

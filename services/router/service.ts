@@ -10,18 +10,13 @@ import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
-  BankAccountSchema,
   GatewayCallSchema,
-  RiskAssessmentSchema,
   PaymentKind,
-  PaymentSchema,
   PaymentStatus,
   RouterService,
   RoutingCandidateSchema,
-  StatusChangeSchema,
   type CreatePaymentRequest,
   type ListPaymentsRequest,
-  type Payment,
   type RefundPaymentRequest,
 } from "../../gen/cowrie/router/v1/router_pb.js";
 import { ReviewStatus, RiskService } from "../../gen/cowrie/risk/v1/risk_pb.js";
@@ -37,12 +32,16 @@ import type { ServiceModule } from "../runtime/service.js";
 import { limitText, requireEnum, requireId, requireIdempotencyKey, requirePageSize } from "../runtime/validate.js";
 import { GATEWAY_NAMES, type GatewayName } from "./gateways/connector.js";
 import { createConnectors } from "./gateways/index.js";
-import { GatewayFlow, backoffMs, gatewayReference, paymentIdOfReference } from "./gateway-flow.js";
+import { LedgerService } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
+import { ReconciliationService } from "../../gen/cowrie/router/v1/reconciliation_pb.js";
+import { createReconciliation } from "./reconciliation/handlers.js";
+import { GatewayFlow, backoffMs, paymentIdOfReference } from "./gateway-flow.js";
+import { paymentMessage } from "./messages.js";
 import { PaymentProcessor, releaseQuietly, type DriveOutcome, type Driver } from "./processor.js";
 import { RiskCheck, defaultUserId } from "./risk.js";
 import { GatewayPool, type Candidate } from "./routing.js";
 import { validatePaymentFields, validatePayer, type CreatedKind } from "./instrument.js";
-import type { RequestFields } from "./schema.js";
+import { outbox, type RequestFields } from "./schema.js";
 import {
   claimUnfinished,
   claimDue,
@@ -62,7 +61,6 @@ import {
   paymentHistory,
   type ListFilters,
   type PaymentRow,
-  type TransitionRow,
 } from "./store.js";
 
 const PAGE_SIZE_DEFAULT = 20;
@@ -96,47 +94,6 @@ const WEBHOOK_BODY_MAX = 256 * 1024;
  */
 const WAIT_RESERVE_MS = 250;
 
-// ---------------------------------------------------------------------------------------------
-// Messages
-
-export function paymentMessage(row: PaymentRow, history: TransitionRow[] = []): Payment {
-  return create(PaymentSchema, {
-    id: row.id,
-    tenantId: row.tenantId,
-    kind: row.kind,
-    status: row.status,
-    amountMinor: row.amountMinor,
-    currency: row.currency,
-    sourceWalletId: row.sourceWalletId,
-    destinationWalletId: row.destinationWalletId,
-    failureCode: row.failureCode,
-    failureMessage: row.failureMessage,
-    createdAt: timestampFromDate(row.createdAt),
-    updatedAt: timestampFromDate(row.updatedAt),
-    feeMinor: row.feeMinor,
-    refundedMinor: row.refundedMinor,
-    reference: row.reference,
-    refundedPaymentId: row.refundedPaymentId ?? "",
-    transferId: row.transferId,
-    gateway: row.gateway,
-    gatewayReference: row.gateway === "" || !isGatewayPayment(row) ? "" : gatewayReference(row.id, row.gateway),
-    gatewayTransactionId: row.gatewayTransactionId,
-    needsReconciliation: row.needsReconciliation,
-    holdId: row.holdId,
-    paymentMethod: row.instrument?.paymentMethod ?? "",
-    bankAccount: row.instrument?.bankAccount ? create(BankAccountSchema, row.instrument.bankAccount) : undefined,
-    country: row.instrument?.country ?? "",
-    risk: create(RiskAssessmentSchema, { decision: row.riskDecision, score: row.riskScore, reasons: row.riskReasons, userId: row.payer.userId }),
-    history: history.map((change) =>
-      create(StatusChangeSchema, {
-        fromStatus: change.fromStatus,
-        toStatus: change.toStatus,
-        time: timestampFromDate(change.at),
-        reason: change.reason,
-      }),
-    ),
-  });
-}
 
 function keyReused(stored: RequestFields, incoming: RequestFields): ConnectError {
   const field = differingField(stored, incoming) ?? "request";
@@ -253,9 +210,10 @@ async function runLimited<T>(items: T[], concurrency: number, work: (item: T) =>
 
 export const routerModule: ServiceModule = {
   name: "router",
-  services: [RouterService],
+  services: [RouterService, ReconciliationService],
   uses: { database: true, broker: true },
   migrationsFolder: fileURLToPath(new URL("./migrations", import.meta.url)),
+  outbox: { table: outbox },
   async create({ database, client, config, log, broker }) {
     const db: Db = database.db;
     const wallets = client(WalletService, "wallet");
@@ -277,6 +235,11 @@ export const routerModule: ServiceModule = {
       patienceMs: config.gatewayPatienceMs,
     }, risk, log);
     const processor = new PaymentProcessor(db, wallets, log, flow, risk);
+    // Reconciliation settles what it safely can through the processor's own paths.
+    const reconciliation = await createReconciliation({
+      db, config, log, connectors, ledger: client(LedgerService, "ledger"),
+      drive: async (payment, driver) => (await processor.drive(payment, driver, stopping.signal)).payment,
+    });
     const { exchanges: [workExchange], queues: [workQueue] } = workTopology(config.brokerNamespace);
 
     /**
@@ -345,8 +308,7 @@ export const routerModule: ServiceModule = {
       if (review?.status === ReviewStatus.DECLINED) {
         if (payment.holdId !== "") await releaseQuietly(wallets, payment.tenantId, payment.holdId);
         const failureMessage = `declined in review by ${review.resolvedBy}: ${review.resolutionReason}`;
-        const moved = await persistTransition(db, payment, PaymentStatus.FAILED, "risk_declined", { failureCode: "risk_declined", failureMessage }, false);
-        if (moved) risk.reportOutcome(moved, false);
+        await persistTransition(db, payment, PaymentStatus.FAILED, "risk_declined", { failureCode: "risk_declined", failureMessage }, false);
         return;
       }
       // Still pending: ask again later, up to once a minute.
@@ -476,10 +438,11 @@ export const routerModule: ServiceModule = {
       async stop() {
         stopping.abort(new ConnectError("router is stopping", Code.Unavailable));
         await consumer.close();
-        await Promise.all([completer.stop(), resolver.stop(), reviewer.stop()]);
+        await Promise.all([completer.stop(), resolver.stop(), reviewer.stop(), reconciliation.stop()]);
         await processor.idle();
       },
       routes(router) {
+        reconciliation.routes(router);
         router.service(RouterService, {
           async createPayment(request) {
             const input = validateCreate(request);

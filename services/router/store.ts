@@ -2,6 +2,7 @@
 //  - a payment and its idempotency key are written in one transaction, before money moves;
 //  - a status changes only by compare-and-set on (status, version), with its history row in the
 //    same transaction, so a driver that lost the race re-reads and acts on what is there now;
+//  - every status change writes its event (messages.ts) to the outbox in the same transaction;
 //  - a refund reserves its amount on the refunded payment in the transaction that records it,
 //    under the refunded payment's row lock, and gives it back in the transaction that fails it.
 import { createHash } from "node:crypto";
@@ -10,7 +11,9 @@ import { PaymentKind, PaymentStatus } from "../../gen/cowrie/router/v1/router_pb
 import { transact, type Db, type Tx } from "../runtime/db.js";
 import { timeSortableId } from "../runtime/ids.js";
 import { creation, transition } from "./lifecycle.js";
-import { gatewayCalls, paymentTransitions, payments, refundRefusals, type RequestFields } from "./schema.js";
+import { appendEvents } from "../runtime/events.js";
+import { paymentStatusChanged } from "./messages.js";
+import { gatewayCalls, outbox, paymentTransitions, payments, refundRefusals, type RequestFields } from "./schema.js";
 
 export type PaymentRow = typeof payments.$inferSelect;
 export type NewPayment = typeof payments.$inferInsert;
@@ -74,11 +77,14 @@ export async function insertPayment(db: Db, payment: NewPayment, reason: string)
 async function recordCreation(tx: Tx, row: PaymentRow, reason: string): Promise<void> {
   const change = creation(reason);
   const steps = [{ paymentId: row.id, fromStatus: change.from, toStatus: change.to, at: row.createdAt, reason }];
+  const events = [paymentStatusChanged({ ...row, status: change.to }, change.from, reason)];
   if (row.status === PaymentStatus.PROCESSING) {
     transition({ status: change.to }, PaymentStatus.PROCESSING, MOVING_FUNDS);
     steps.push({ paymentId: row.id, fromStatus: change.to, toStatus: PaymentStatus.PROCESSING, at: row.createdAt, reason: MOVING_FUNDS });
+    events.push(paymentStatusChanged(row, change.to, MOVING_FUNDS));
   }
   await tx.insert(paymentTransitions).values(steps);
+  await appendEvents(tx, outbox, "router", events);
 }
 
 /** The reason recorded when a payment's money starts moving. */
@@ -149,6 +155,7 @@ export async function persistTransition(
       .returning();
     if (!moved) return undefined;
     await tx.insert(paymentTransitions).values({ paymentId: moved.id, fromStatus: payment.status, toStatus: to, at: now, reason });
+    await appendEvents(tx, outbox, "router", [paymentStatusChanged(moved, payment.status as PaymentStatus, reason)]);
     if (moved.refundedPaymentId && (to === PaymentStatus.FAILED || to === PaymentStatus.CANCELED)) {
       await tx
         .update(payments)

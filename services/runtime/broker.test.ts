@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Connection } from "rabbitmq-client";
-import { createMemoryBroker, createRabbitBroker, type Broker, type BrokerMessage } from "./broker.js";
+import { createMemoryBroker, createRabbitBroker, retryQueueNames, type Broker, type BrokerMessage } from "./broker.js";
 
 const AMQP_URL = process.env.AMQP_URL ?? "amqp://guest:guest@127.0.0.1:5672";
 const RUN_ID = `${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`;
@@ -109,6 +109,37 @@ for (const backend of backends) {
       assert.equal(message.redelivered, false);
       assert.equal(message.headers["x-tenant"], "acme");
       assert.equal(message.headers.traceparent, "00-abc-def-01");
+    });
+
+    it("retries a failing message after each delay, to its own queue only, keeping routing key and headers", async () => {
+      const { queue, exchange } = names("retry");
+      const other = `${queue}.other`;
+      const delays = [150, 300];
+      for (const name of [...retryQueueNames(queue, delays), other, `${other}.dead`]) declared.queues.add(name);
+      const attempts: { attempt: number; at: number; routingKey: string; tenant?: string }[] = [];
+      const otherReceived: string[] = [];
+      const started = performance.now();
+      const consumers = [
+        await broker.consume(
+          { queue, exchange, bindingKeys: ["payment.#"], concurrency: 1, deliveryLimit: 5, retryDelaysMs: delays },
+          async (message) => {
+            attempts.push({ attempt: message.attempt, at: performance.now() - started, routingKey: message.routingKey, tenant: message.headers["x-tenant"] });
+            if (message.attempt < 2) throw new Error("not yet");
+          },
+        ),
+        await broker.consume({ queue: other, exchange, bindingKeys: ["payment.#"], concurrency: 1, deliveryLimit: 5 }, async (message) => {
+          otherReceived.push(message.messageId);
+        }),
+      ];
+      await broker.publish(exchange, "payment.failed", bytes("x"), { messageId: "retry-1", headers: { "x-tenant": "acme" } });
+      await waitUntil(() => attempts.length === 3, "three attempts");
+      await sleep(200);
+      await Promise.all(consumers.map((consumer) => consumer.close()));
+      assert.deepEqual(attempts.map((a) => a.attempt), [0, 1, 2]);
+      assert.ok(attempts[1]!.at - attempts[0]!.at >= 140, `first retry after ${attempts[1]!.at - attempts[0]!.at} ms`);
+      assert.ok(attempts[2]!.at - attempts[1]!.at >= 290, `second retry after ${attempts[2]!.at - attempts[1]!.at} ms`);
+      assert.ok(attempts.every((a) => a.routingKey === "payment.failed" && a.tenant === "acme"));
+      assert.deepEqual(otherReceived, ["retry-1"], "the other queue got the event once, retries did not reach it");
     });
 
     it("publishes an unroutable message without error", async () => {

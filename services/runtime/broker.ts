@@ -20,6 +20,8 @@ export interface BrokerMessage {
   headers: Record<string, string>;
   messageId: string;
   redelivered: boolean;
+  /** How many delayed retries came before this delivery (0 on the first; see retryDelaysMs). */
+  attempt: number;
 }
 
 export interface ConsumerOptions {
@@ -28,11 +30,22 @@ export interface ConsumerOptions {
   bindingKeys: string[]; // topic patterns, `*` one word, `#` zero or more words
   concurrency: number; // max handler calls in flight
   deliveryLimit: number; // after this many failed deliveries the message is dead-lettered
+  /**
+   * Delayed retries: when the handler throws on attempt n < retryDelaysMs.length, the message is
+   * acknowledged and comes back to this queue alone after retryDelaysMs[n] with attempt n + 1
+   * (through a delay queue `${queue}.retry.${ms}`), so a failing message neither blocks the queue
+   * nor spins. After the last delay a failure nacks as without retries (deliveryLimit applies).
+   */
+  retryDelaysMs?: number[];
 }
 
 export interface Broker {
   readonly kind: "rabbitmq" | "memory";
-  /** Publishes with publisher confirms: resolves only once the broker has the message durably; rejects otherwise. Unroutable messages are not an error. */
+  /**
+   * Publishes with publisher confirms: resolves only once the broker has the message durably;
+   * rejects otherwise. Unroutable messages are not an error. Exchange "" is the default exchange:
+   * the routing key names one queue (used to hand a message back to a single consumer).
+   */
   publish(
     exchange: string,
     routingKey: string,
@@ -55,6 +68,26 @@ export interface BrokerErrorOptions {
 }
 
 const DEAD_SUFFIX = ".dead";
+/** The header that carries BrokerMessage.attempt. */
+const ATTEMPT_HEADER = "x-cowrie-attempt";
+/** The routing key a retried message was first published with. */
+const ROUTING_KEY_HEADER = "x-cowrie-routing-key";
+
+/** The delay queues of a consumer's retries: one per distinct delay. */
+export function retryQueueNames(queue: string, retryDelaysMs: readonly number[] = []): string[] {
+  return [...new Set(retryDelaysMs)].map((ms) => `${queue}.retry.${ms}`);
+}
+
+function attemptOf(headers: Record<string, string>): number {
+  const attempt = Number(headers[ATTEMPT_HEADER] ?? 0);
+  return Number.isSafeInteger(attempt) && attempt >= 0 ? attempt : 0;
+}
+
+/** The headers of a message sent back for attempt `attempt`. */
+function retryHeaders(message: BrokerMessage, attempt: number): Record<string, string> {
+  // The delay queue's dead-lettering replaces the routing key: keep the original in a header.
+  return { [ROUTING_KEY_HEADER]: message.routingKey, ...message.headers, [ATTEMPT_HEADER]: String(attempt) };
+}
 
 // ---------------------------------------------------------------------------
 // Topology shared by both implementations, so they cannot drift apart.
@@ -128,6 +161,31 @@ function assertConsumerOptions(options: ConsumerOptions): void {
   if (!Number.isSafeInteger(options.deliveryLimit) || options.deliveryLimit < 1) {
     throw new RangeError(`deliveryLimit must be a positive integer, got ${options.deliveryLimit}`);
   }
+  for (const ms of options.retryDelaysMs ?? []) {
+    if (!Number.isSafeInteger(ms) || ms < 1) throw new RangeError(`retryDelaysMs must be positive integers, got ${ms}`);
+  }
+}
+
+/**
+ * Runs a handler with delayed retries: a failure before the last delay sends the message to its
+ * delay queue (through `sendBack`) and counts as handled; a failure after it, or a failed
+ * send-back, is the caller's failure (nack, redelivery, dead-lettering).
+ */
+async function withRetries(
+  options: ConsumerOptions,
+  handler: (message: BrokerMessage) => Promise<void>,
+  message: BrokerMessage,
+  sendBack: (delayMs: number, message: BrokerMessage) => Promise<void>,
+  reportError: (error: unknown) => void,
+): Promise<void> {
+  try {
+    await handler(message);
+  } catch (error) {
+    const delayMs = options.retryDelaysMs?.[message.attempt];
+    if (delayMs === undefined) throw error;
+    reportError(error);
+    await sendBack(delayMs, message);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -167,39 +225,53 @@ export function createRabbitBroker(url: string, options: RabbitBrokerOptions): B
   const consumers = new Set<Consumer>();
   let closed = false;
 
+  const publish: Broker["publish"] = async (exchange, routingKey, body, { messageId, headers = {} }) => {
+    if (closed) throw new Error("broker is closed");
+    // Publishing must not depend on a consumer having declared the exchange first.
+    if (exchange !== "") await exchanges.ensure(exchange);
+    try {
+      await publisher.send(
+        {
+          exchange,
+          routingKey,
+          messageId,
+          headers,
+          durable: true,
+          // An explicit binary type, so rabbitmq-client neither JSON-encodes a
+          // Uint8Array nor decodes the body on the consuming side.
+          contentType: "application/octet-stream",
+          // Unroutable messages are dropped by design (e.g. no subscriber yet).
+          mandatory: false,
+        },
+        toBuffer(body),
+      );
+    } catch (error) {
+      exchanges.forgetOnNotFound(exchange, error);
+      throw error;
+    }
+  };
+
   return {
     kind: "rabbitmq",
-    async publish(exchange, routingKey, body, { messageId, headers = {} }) {
-      if (closed) throw new Error("broker is closed");
-      // Publishing must not depend on a consumer having declared the exchange first.
-      await exchanges.ensure(exchange);
-      try {
-        await publisher.send(
-          {
-            exchange,
-            routingKey,
-            messageId,
-            headers,
-            durable: true,
-            // An explicit binary type, so rabbitmq-client neither JSON-encodes a
-            // Uint8Array nor decodes the body on the consuming side.
-            contentType: "application/octet-stream",
-            // Unroutable messages are dropped by design (e.g. no subscriber yet).
-            mandatory: false,
-          },
-          toBuffer(body),
-        );
-      } catch (error) {
-        exchanges.forgetOnNotFound(exchange, error);
-        throw error;
-      }
-    },
+    publish,
     async consume(consumerOptions, handler) {
       assertConsumerOptions(consumerOptions);
       if (closed) throw new Error("broker is closed");
       const topology = consumerTopology(consumerOptions);
       await declareDeadLetterQueue(connection, topology);
-      const consumer = startRabbitConsumer(connection, consumerOptions, topology, handler, reportError);
+      await declareRetryQueues(connection, consumerOptions);
+      const sendBack = (delayMs: number, message: BrokerMessage) =>
+        publish("", `${consumerOptions.queue}.retry.${delayMs}`, message.body, {
+          messageId: message.messageId,
+          headers: retryHeaders(message, message.attempt + 1),
+        });
+      const consumer = startRabbitConsumer(
+        connection,
+        consumerOptions,
+        topology,
+        (message) => withRetries(consumerOptions, handler, message, sendBack, reportError),
+        reportError,
+      );
       consumers.add(consumer);
       const stop = async () => {
         consumers.delete(consumer);
@@ -277,6 +349,30 @@ async function declareDeadLetterQueue(connection: Connection, topology: Consumer
   await connection.queueBind(deadLetter.binding);
 }
 
+/**
+ * One quorum queue per delay, holding messages for that long (x-message-ttl), then dead-lettering
+ * them at least once through the default exchange back to the consumer's own queue only.
+ */
+async function declareRetryQueues(connection: Connection, options: ConsumerOptions): Promise<void> {
+  for (const [index, name] of retryQueueNames(options.queue, options.retryDelaysMs).entries()) {
+    const ms = [...new Set(options.retryDelaysMs)][index] as number;
+    await connection.queueDeclare({
+      queue: name,
+      durable: true,
+      exclusive: false,
+      autoDelete: false,
+      arguments: {
+        "x-queue-type": "quorum",
+        "x-message-ttl": ms,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": options.queue,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+      },
+    });
+  }
+}
+
 function startRabbitConsumer(
   connection: Connection,
   options: ConsumerOptions,
@@ -350,6 +446,7 @@ function toBrokerMessage(message: AsyncMessage): BrokerMessage {
     headers: stringHeaders(message.headers),
     messageId: message.messageId ?? "",
     redelivered: message.redelivered,
+    attempt: attemptOf(stringHeaders(message.headers)),
   };
 }
 
@@ -358,6 +455,8 @@ function toBrokerMessage(message: AsyncMessage): BrokerMessage {
  * records the key the message was published with. Its last entry is the first death.
  */
 function originalRoutingKey(message: AsyncMessage): string {
+  const retried = message.headers?.[ROUTING_KEY_HEADER];
+  if (typeof retried === "string") return retried;
   const deaths: unknown = message.headers?.["x-death"];
   if (!Array.isArray(deaths)) return message.routingKey;
   const firstDeath = deaths[deaths.length - 1] as { "routing-keys"?: unknown } | undefined;
@@ -462,6 +561,14 @@ export function createMemoryBroker(options: BrokerErrorOptions = {}): Broker {
     }
   }
 
+  /** Exchange "" is the default exchange: straight to the queue the routing key names. */
+  function routeToQueue(name: string, message: Omit<StoredMessage, "failedDeliveries">): void {
+    const queue = queues.get(name);
+    if (!queue) return;
+    queue.ready.push({ ...message, headers: { ...message.headers }, failedDeliveries: 0 });
+    schedulePump(queue);
+  }
+
   function deliver(queue: MemoryQueue, consumer: MemoryConsumer, message: StoredMessage): void {
     const delivery = runHandler(consumer, message).then((succeeded) => {
       consumer.inFlight.delete(delivery);
@@ -496,9 +603,11 @@ export function createMemoryBroker(options: BrokerErrorOptions = {}): Broker {
     kind: "memory",
     async publish(exchange, routingKey, body, { messageId, headers = {} }) {
       if (closed) throw new Error("broker is closed");
-      declareExchange(exchange);
       // Copy so later mutation of the caller's buffer cannot change a "durable" message.
-      route(exchange, routingKey, { exchange, routingKey, body: Uint8Array.from(body), headers, messageId });
+      const message = { exchange, routingKey, body: Uint8Array.from(body), headers, messageId };
+      if (exchange === "") return routeToQueue(routingKey, message);
+      declareExchange(exchange);
+      route(exchange, routingKey, message);
     },
     async consume(consumerOptions, handler) {
       assertConsumerOptions(consumerOptions);
@@ -511,7 +620,16 @@ export function createMemoryBroker(options: BrokerErrorOptions = {}): Broker {
       }
       const queue = declareQueue(topology.queue);
       for (const binding of topology.bindings) bind(binding);
-      const consumer: MemoryConsumer = { concurrency: consumerOptions.concurrency, handler, inFlight: new Set() };
+      // A delayed retry waits in a timer, then goes back to this queue alone, as a delay queue does.
+      const sendBack = async (delayMs: number, message: BrokerMessage) => {
+        const retried = { exchange: "", routingKey: message.routingKey, body: message.body, headers: retryHeaders(message, message.attempt + 1), messageId: message.messageId };
+        setTimeout(() => !closed && routeToQueue(consumerOptions.queue, retried), delayMs).unref();
+      };
+      const consumer: MemoryConsumer = {
+        concurrency: consumerOptions.concurrency,
+        handler: (message) => withRetries(consumerOptions, handler, message, sendBack, reportError),
+        inFlight: new Set(),
+      };
       queue.consumers.push(consumer);
       schedulePump(queue); // messages may already be waiting
       const subscription = {
@@ -574,6 +692,7 @@ function toMemoryBrokerMessage(message: StoredMessage): BrokerMessage {
     headers: { ...message.headers },
     messageId: message.messageId,
     redelivered: message.failedDeliveries > 0,
+    attempt: attemptOf(message.headers),
   };
 }
 

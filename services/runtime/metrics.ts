@@ -14,6 +14,16 @@ export interface Metrics {
   readonly gatewayDurationSeconds: Histogram<"gateway" | "operation">;
   readonly gatewayCircuitState: Gauge<"gateway">;
   readonly gatewayInFlight: Gauge<"gateway">;
+  readonly outboxLagSeconds: Gauge<"service">;
+  readonly eventsPublished: Counter<"service">;
+  readonly eventPublishFailures: Counter<"service">;
+  readonly eventsConsumed: Counter<"consumer" | "result">;
+  readonly eventConsumerLagSeconds: Histogram<"consumer">;
+  readonly reconRuns: Counter<"trigger" | "status">;
+  readonly reconRunDurationSeconds: Histogram<"trigger">;
+  readonly reconChecked: Counter<"side" | "result">;
+  readonly reconFindings: Counter<"type" | "severity">;
+  readonly reconMatchRate: Gauge;
 }
 
 let processMetrics: Metrics | undefined;
@@ -79,6 +89,67 @@ export function metrics(): Metrics {
       name: "cowrie_gateway_in_flight",
       help: "Calls to a payment gateway in flight.",
       labelNames: ["gateway"],
+      registers: [registry],
+    }),
+    outboxLagSeconds: new Gauge({
+      name: "cowrie_outbox_lag_seconds",
+      help: "Age of the oldest event in a service's outbox that the broker has not confirmed (0 when none).",
+      labelNames: ["service"],
+      registers: [registry],
+    }),
+    eventsPublished: new Counter({
+      name: "cowrie_events_published_total",
+      help: "Events the relay published and the broker confirmed, by service.",
+      labelNames: ["service"],
+      registers: [registry],
+    }),
+    eventPublishFailures: new Counter({
+      name: "cowrie_event_publish_failures_total",
+      help: "Relay passes that failed (broker or database away); the outbox keeps the backlog.",
+      labelNames: ["service"],
+      registers: [registry],
+    }),
+    eventsConsumed: new Counter({
+      name: "cowrie_events_consumed_total",
+      help: "Events delivered to a consumer, by result: applied, duplicate (already in the inbox), retried, parked.",
+      labelNames: ["consumer", "result"],
+      registers: [registry],
+    }),
+    eventConsumerLagSeconds: new Histogram({
+      name: "cowrie_event_consumer_lag_seconds",
+      help: "Time from an event's commit to its application by a consumer.",
+      labelNames: ["consumer"],
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers: [registry],
+    }),
+    reconRuns: new Counter({
+      name: "cowrie_recon_runs_total",
+      help: "Reconciliation runs, by trigger (scheduled, manual) and outcome (completed, failed).",
+      labelNames: ["trigger", "status"],
+      registers: [registry],
+    }),
+    reconRunDurationSeconds: new Histogram({
+      name: "cowrie_recon_run_duration_seconds",
+      help: "Time one reconciliation run took, by trigger.",
+      labelNames: ["trigger"],
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
+      registers: [registry],
+    }),
+    reconChecked: new Counter({
+      name: "cowrie_recon_checked_total",
+      help: "Items reconciliation compared, by side (payment, gateway, ledger) and result (matched, mismatched).",
+      labelNames: ["side", "result"],
+      registers: [registry],
+    }),
+    reconFindings: new Counter({
+      name: "cowrie_recon_findings_total",
+      help: "New reconciliation findings, by type and severity.",
+      labelNames: ["type", "severity"],
+      registers: [registry],
+    }),
+    reconMatchRate: new Gauge({
+      name: "cowrie_recon_match_rate",
+      help: "Share of compared items that matched in the last finished reconciliation run (1 when nothing was compared).",
       registers: [registry],
     }),
   };

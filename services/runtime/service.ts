@@ -8,7 +8,8 @@ import { createMemoryBroker, createRabbitBroker, type Broker } from "./broker.js
 import { createMemoryCache, createRedisCache, type Cache } from "./cache.js";
 import { createServiceClient } from "./client.js";
 import { servicePort, serviceUrl, type Config, type ServiceName } from "./config.js";
-import { createPostgresDatabase, openEmbeddedDatabase, type Database } from "./db.js";
+import { createPostgresDatabase, openEmbeddedDatabase, type Database, type Tx } from "./db.js";
+import { startRelay, type OutboxRow, type OutboxTable } from "./events.js";
 import { HealthState, type DependencyCheck } from "./health.js";
 import type { Logger } from "./log.js";
 import { startServer, type AnyRequest, type AnyResponse } from "./server.js";
@@ -41,6 +42,16 @@ export interface ServiceModule {
   readonly uses: { database?: boolean; cache?: boolean; broker?: boolean };
   /** Folder of drizzle-kit migrations, applied at start-up. */
   readonly migrationsFolder?: string;
+  /**
+   * The service's outbox (events.ts): the runtime runs its relay beside the server. It publishes
+   * whatever the broker's state; the broker is not part of the service's health, since the outbox
+   * keeps events while RabbitMQ is away.
+   */
+  readonly outbox?: {
+    table: OutboxTable;
+    /** Renders rows stored without a payload (the Ledger's), in the relay's transaction. */
+    render?(tx: Tx, rows: OutboxRow[]): Promise<Map<string, Uint8Array>>;
+  };
   create(context: ServiceContext): Promise<ServiceInstance> | ServiceInstance;
 }
 
@@ -136,6 +147,18 @@ export async function startService(
       createServiceClient(service, { caller: module.name, target, baseUrl: serviceUrl(config, target), config, log }),
   };
   const instance = await module.create(context);
+  const relay =
+    database && module.outbox
+      ? startRelay({
+          source: module.name,
+          db: database.db,
+          outbox: module.outbox.table,
+          render: module.outbox.render,
+          broker: backends.broker,
+          namespace: config.brokerNamespace,
+          log,
+        })
+      : undefined;
   const health = new HealthState(
     module.name,
     module.services.map((service) => service.typeName),
@@ -161,6 +184,9 @@ export async function startService(
     async close() {
       await server.close();
       await instance.stop?.();
+      // What the last calls committed goes out now rather than at the next start.
+      await relay?.drain();
+      await relay?.stop();
     },
   };
 }

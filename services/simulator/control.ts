@@ -2,6 +2,7 @@
 //   const sim = simulatorControl(url);
 //   await sim.configure("paystack", { outage: "unavailable" });
 //   const charges = await sim.records({ gateway: "paystack", operation: "charge" });
+//   await sim.importRecords([{ gateway: "paystack", operation: "charge", reference, amountMinor: "2500", currency: "NGN", status: "succeeded" }]);
 import type { GatewaySettings, RecordFilter, SettingsPatch, SimulatedGateway } from "./core.js";
 import type { RecordView } from "./simulator.js";
 
@@ -16,9 +17,24 @@ export interface SimulatorControl {
   reset(): Promise<void>;
   /** Records, oldest first, optionally filtered. */
   records(filter?: RecordFilter): Promise<RecordView[]>;
+  /** Adds records with the outcome given (no decision, no webhook): a gateway with history, or a mismatch. */
+  importRecords(records: readonly ImportRecord[]): Promise<number>;
+}
+
+/** One record for importRecords; a refund names its charge's reference. */
+export interface ImportRecord {
+  readonly gateway: SimulatedGateway;
+  readonly operation: "charge" | "payout" | "refund";
+  readonly reference: string;
+  /** Minor units as a decimal string. */
+  readonly amountMinor: string;
+  readonly currency: string;
+  readonly status: "succeeded" | "failed" | "pending";
+  readonly parentReference?: string;
 }
 
 const CONTROL_TIMEOUT_MS = 5_000;
+const IMPORT_CHUNK = 5_000;
 
 export function simulatorControl(url: string): SimulatorControl {
   const base = url.replace(/\/+$/, "");
@@ -38,6 +54,14 @@ export function simulatorControl(url: string): SimulatorControl {
     configure: (gateway, settings) => call("PUT", `/_sim/gateways/${gateway}`, settings),
     reset: async () => {
       await call("POST", "/_sim/reset");
+    },
+    importRecords: async (records) => {
+      // The simulator takes 5,000 records a request (its bodies are capped at 1 MiB).
+      let imported = 0;
+      for (let start = 0; start < records.length; start += IMPORT_CHUNK) {
+        imported += (await call<{ imported: number }>("POST", "/_sim/records", { records: records.slice(start, start + IMPORT_CHUNK) })).imported;
+      }
+      return imported;
     },
     records: async (filter = {}) => {
       const query = new URLSearchParams(Object.entries(filter).filter((entry): entry is [string, string] => entry[1] !== undefined));

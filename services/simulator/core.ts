@@ -100,6 +100,19 @@ export interface SimulatedRecord {
   readonly details: Readonly<Record<string, string>>;
 }
 
+/** A record added through import(): its outcome is given, not decided. */
+export interface ImportedRecord {
+  readonly gateway: SimulatedGateway;
+  readonly operation: SimulatedOperation;
+  readonly reference: string;
+  readonly amountMinor: bigint;
+  readonly currency: string;
+  readonly status: RecordStatus;
+  /** Refunds: the reference of the charge refunded. */
+  readonly parentReference?: string;
+  readonly details?: Record<string, string>;
+}
+
 export interface RecordFilter {
   readonly gateway?: SimulatedGateway;
   readonly operation?: SimulatedOperation;
@@ -283,16 +296,64 @@ export class SimulatorCore {
     return record;
   }
 
-  /** Matching records, oldest first. */
+  /**
+   * Matching records, oldest first. Records are kept in creation order with non-decreasing times,
+   * so a time filter reads only its slice: listing a short window of a long benchmark run stays cheap.
+   */
   list(filter: RecordFilter & { fromMs?: number; toMs?: number } = {}): SimulatedRecord[] {
-    return this.ordered.filter(
-      (record) =>
+    const start = filter.fromMs === undefined ? 0 : this.firstAtOrAfter(filter.fromMs);
+    const end = filter.toMs === undefined ? this.ordered.length : this.firstAtOrAfter(filter.toMs + 1);
+    const matches: SimulatedRecord[] = [];
+    for (let index = start; index < end; index++) {
+      const record = this.ordered[index] as SimulatedRecord;
+      if (
         (filter.gateway === undefined || record.gateway === filter.gateway) &&
         (filter.operation === undefined || record.operation === filter.operation) &&
-        (filter.reference === undefined || record.reference === filter.reference) &&
-        (filter.fromMs === undefined || record.createdAt.getTime() >= filter.fromMs) &&
-        (filter.toMs === undefined || record.createdAt.getTime() <= filter.toMs),
-    );
+        (filter.reference === undefined || record.reference === filter.reference)
+      ) {
+        matches.push(record);
+      }
+    }
+    return matches;
+  }
+
+  /**
+   * Adds records as they are, outcome and all, for tests and benchmarks that need a gateway with
+   * history (reconciliation over many payments) or with a mismatch to find. Nothing is decided
+   * and no webhook is sent. A refund names its charge by the charge's reference.
+   */
+  import(items: readonly ImportedRecord[], gatewayIdFor: (gateway: SimulatedGateway, operation: SimulatedOperation) => (serial: number) => string): SimulatedRecord[] {
+    return items.map((item) => {
+      const parent = item.parentReference === undefined ? undefined : this.find(item.gateway, "charge", item.parentReference);
+      if (item.parentReference !== undefined && !parent) throw new SettingsError("parentReference", `no ${item.gateway} charge ${item.parentReference}`);
+      if (parent) parent.refundedMinor += item.amountMinor;
+      const record = this.add({
+        gateway: item.gateway,
+        operation: item.operation,
+        reference: item.reference,
+        gatewayId: gatewayIdFor(item.gateway, item.operation),
+        amountMinor: item.amountMinor,
+        currency: item.currency,
+        status: item.status,
+        declineCode: item.status === "failed" ? "card_declined" : undefined,
+        parent,
+        pendingQueriesLeft: item.status === "pending" ? this.settings(item.gateway).pendingQueries : 0,
+        details: item.details ?? {},
+      }, false);
+      return record;
+    });
+  }
+
+  /** The index of the first record created at or after `ms` (binary search over creation order). */
+  private firstAtOrAfter(ms: number): number {
+    let low = 0;
+    let high = this.ordered.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if ((this.ordered[middle] as SimulatedRecord).createdAt.getTime() < ms) low = middle + 1;
+      else high = middle;
+    }
+    return low;
   }
 
   private add(
@@ -300,22 +361,25 @@ export class SimulatorCore {
       reference: string | undefined;
       gatewayId: (serial: number) => string;
     },
+    notify = true,
   ): SimulatedRecord {
     if (this.ordered.length >= RECORDS_MAX) throw new Error(`the simulator holds ${RECORDS_MAX} records; reset it`);
     this.serial += 1;
     const gatewayId = fields.gatewayId(this.serial);
+    // Never earlier than the newest record, even if the clock steps back: list() relies on it.
+    const newestMs = this.ordered.at(-1)?.createdAt.getTime() ?? 0;
     const record: SimulatedRecord = {
       ...fields,
       reference: fields.reference ?? gatewayId,
       serial: this.serial,
       gatewayId,
-      createdAt: new Date(),
+      createdAt: new Date(Math.max(Date.now(), newestMs)),
       refundedMinor: 0n,
     };
     this.records.set(key(record.gateway, record.operation, record.reference), record);
     this.recordsById.set(key(record.gateway, record.operation, record.gatewayId), record);
     this.ordered.push(record);
-    if (record.status !== "pending") this.onFinal(record);
+    if (notify && record.status !== "pending") this.onFinal(record);
     return record;
   }
 }

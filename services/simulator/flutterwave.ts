@@ -156,6 +156,7 @@ export function flutterwaveContract(core: SimulatorCore, secretKey: string, webh
 
   return {
     name: "flutterwave",
+    gatewayIdFor: () => String,
     authorized: (headers) => headers.authorization === `Bearer ${secretKey}`,
     error,
     handle(request) {

@@ -158,7 +158,7 @@ export function paystackContract(core: SimulatorCore, secretKey: string): Gatewa
       amountMinor: amount,
       currency: typeof body.currency === "string" ? body.currency : account.currency,
       trigger: account.accountNumber,
-      gatewayId: (serial) => `TRF_${serial.toString(36).padStart(10, "0")}`,
+      gatewayId: transferCode,
       details: { recipient: String(body.recipient), reason: typeof body.reason === "string" ? body.reason : "" },
     });
     return { ...ok("Transfer has been queued", transfer(record)), withhold: ambiguous };
@@ -189,6 +189,7 @@ export function paystackContract(core: SimulatorCore, secretKey: string): Gatewa
 
   return {
     name: "paystack",
+    gatewayIdFor: (operation) => (operation === "payout" ? transferCode : String),
     authorized: (headers) => headers.authorization === `Bearer ${secretKey}`,
     error: (status, message) => error(status, message),
     handle(request) {
@@ -222,6 +223,11 @@ export function paystackContract(core: SimulatorCore, secretKey: string): Gatewa
       return { body, headers: { "x-paystack-signature": createHmac("sha512", secretKey).update(body).digest("hex") } };
     },
   };
+}
+
+/** A transfer's code: TRF_ and the serial in base 36. */
+function transferCode(serial: number): string {
+  return `TRF_${serial.toString(36).padStart(10, "0")}`;
 }
 
 /** Paystack sends no event for a failed charge. */

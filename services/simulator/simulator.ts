@@ -12,6 +12,7 @@ import {
   SIMULATED_GATEWAYS,
   SettingsError,
   SimulatorCore,
+  type ImportedRecord,
   type SettingsPatch,
   type SimulatedGateway,
   type SimulatedOperation,
@@ -170,6 +171,17 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       for (const contract of contracts.values()) contract.reset?.();
       return send(response, 200, { reset: true });
     }
+    if (method === "POST" && url.pathname === "/_sim/records") {
+      let imported: ImportedRecord[];
+      try {
+        imported = importedRecords(rawBody);
+        core.import(imported, (gateway, operation) => (contracts.get(gateway) as GatewayContract).gatewayIdFor(operation));
+      } catch (error) {
+        if (error instanceof SettingsError) return send(response, 400, { error: error.message, field: error.field });
+        throw error;
+      }
+      return send(response, 200, { imported: imported.length });
+    }
     if (method === "GET" && url.pathname === "/_sim/records") {
       const gateway = url.searchParams.get("gateway") ?? undefined;
       const operation = url.searchParams.get("operation") ?? undefined;
@@ -238,6 +250,44 @@ function view(record: SimulatedRecord): RecordView {
     createdAt: record.createdAt.toISOString(),
     parentReference: record.parent?.reference ?? null,
   };
+}
+
+/** Records one import may carry: a body stays well under BODY_BYTES_MAX. */
+const IMPORT_MAX = 5_000;
+
+/** The body of POST /_sim/records: {records: [{gateway, operation, reference, amountMinor, currency, status, parentReference?}]}. */
+function importedRecords(rawBody: string): ImportedRecord[] {
+  let body: unknown;
+  try {
+    body = JSON.parse(rawBody);
+  } catch {
+    throw new SettingsError("body", "must be JSON");
+  }
+  const items = (body as { records?: unknown } | null)?.records;
+  if (!Array.isArray(items) || items.length > IMPORT_MAX) throw new SettingsError("records", `must be an array of at most ${IMPORT_MAX} records`);
+  return items.map((item: Record<string, unknown>, index) => {
+    const field = (name: string) => `records[${index}].${name}`;
+    if (!SIMULATED_GATEWAYS.includes(item.gateway as SimulatedGateway)) throw new SettingsError(field("gateway"), `must be one of ${SIMULATED_GATEWAYS.join(", ")}`);
+    if (!["charge", "payout", "refund"].includes(item.operation as string)) throw new SettingsError(field("operation"), "must be one of charge, payout, refund");
+    if (typeof item.reference !== "string" || item.reference === "") throw new SettingsError(field("reference"), "must be a non-empty string");
+    if (typeof item.amountMinor !== "string" || !/^[1-9]\d{0,17}$/.test(item.amountMinor)) throw new SettingsError(field("amountMinor"), "must be a positive integer as a decimal string");
+    if (typeof item.currency !== "string" || !/^[A-Z]{3}$/.test(item.currency)) throw new SettingsError(field("currency"), "must be an ISO 4217 code");
+    if (!["succeeded", "failed", "pending"].includes(item.status as string)) throw new SettingsError(field("status"), "must be one of succeeded, failed, pending");
+    if (item.parentReference !== undefined && typeof item.parentReference !== "string") throw new SettingsError(field("parentReference"), "must be a string");
+    if (item.operation === "refund" && item.parentReference === undefined) throw new SettingsError(field("parentReference"), "is required for a refund");
+    const reference = item.reference;
+    return {
+      gateway: item.gateway as SimulatedGateway,
+      operation: item.operation as SimulatedOperation,
+      reference,
+      amountMinor: BigInt(item.amountMinor),
+      currency: item.currency,
+      status: item.status as ImportedRecord["status"],
+      ...(typeof item.parentReference === "string" ? { parentReference: item.parentReference } : {}),
+      // What each contract reads back: Stripe's metadata, and a refund's note where Cowrie keeps its reference.
+      details: { "metadata.cowrie_reference": reference, merchant_note: reference, comments: reference },
+    };
+  });
 }
 
 function send(response: http.ServerResponse, status: number, body: unknown, headers: Readonly<Record<string, string>> = {}): void {

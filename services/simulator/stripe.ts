@@ -256,6 +256,7 @@ export function stripeContract(core: SimulatorCore, secretKey: string, webhookSe
 
   return {
     name: "stripe",
+    gatewayIdFor: (operation) => (serial) => stripeId(operation === "charge" ? "pi" : operation === "payout" ? "po" : "re", serial),
     authorized: (headers) => headers.authorization === `Bearer ${secretKey}`,
     error(status, message) {
       if (status === 401) return error(401, "Invalid API Key provided.");

@@ -1,6 +1,6 @@
 // What a gateway's wire file implements (a parsed request in, a JSON reply out), and the small
 // parsing helpers the three share.
-import type { SimulatedGateway, SimulatedRecord } from "./core.js";
+import type { SimulatedGateway, SimulatedOperation, SimulatedRecord } from "./core.js";
 
 export interface WireRequest {
   readonly method: string;
@@ -34,6 +34,8 @@ export interface GatewayContract {
   error(status: number, message: string): WireReply;
   /** The signed event for a record that just became final; undefined when the gateway sends none. */
   webhook(record: SimulatedRecord, nowMs: number): SignedWebhook | undefined;
+  /** How this gateway spells the id of a record of `operation` with `serial` (for imported records). */
+  gatewayIdFor(operation: SimulatedOperation): (serial: number) => string;
   /** Forgets contract-local state (Stripe's idempotency keys) with the records. */
   reset?(): void;
 }
@@ -55,11 +57,11 @@ export function dateRange(query: URLSearchParams): { fromMs?: number; toMs?: num
   return Number.isNaN(fromMs) || Number.isNaN(toMs) ? undefined : { fromMs, toMs };
 }
 
-/** A page (1-based) of a newest-first list. */
+/** A page (1-based) of a newest-first list, from items kept oldest first (read without copying them all). */
 export function pageOf<T>(items: readonly T[], page: number, perPage: number): { items: T[]; pageCount: number } {
-  const newestFirst = [...items].reverse();
+  const end = Math.max(0, items.length - (page - 1) * perPage);
   return {
-    items: newestFirst.slice((page - 1) * perPage, page * perPage),
+    items: items.slice(Math.max(0, end - perPage), end).reverse(),
     pageCount: Math.max(1, Math.ceil(items.length / perPage)),
   };
 }

@@ -38,7 +38,9 @@ import {
   type WalletLimits,
 } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import { expireTransferId } from "../ledger/service.js";
-import { transact } from "../runtime/db.js";
+import { transact, type Tx } from "../runtime/db.js";
+import { appendEvents, type NewEvent } from "../runtime/events.js";
+import { HoldChangedSchema, WalletChangedSchema } from "../../gen/cowrie/events/v1/events_pb.js";
 import { invalidArgument, notFound } from "../runtime/errors.js";
 import type { ServiceModule } from "../runtime/service.js";
 import {
@@ -64,7 +66,7 @@ import {
   reserveOutflow,
   type OutflowRecord,
 } from "./outflows.js";
-import { holds, wallets } from "./schema.js";
+import { holds, outbox, wallets } from "./schema.js";
 
 
 type WalletRow = typeof wallets.$inferSelect;
@@ -247,6 +249,45 @@ function holdMessage(row: HoldRow, nowMs = Date.now()): Hold {
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// Events, written in the transaction of the change they describe (runtime/events.ts)
+
+/** The rows a write returned, with an event of `type` for each, in the same transaction. */
+async function withWalletEvent(tx: Tx, type: string, write: Promise<WalletRow[]>): Promise<WalletRow[]> {
+  const rows = await write;
+  await appendEvents(tx, outbox, "wallet", rows.map((row) => ({
+    type,
+    subject: `wallet/${row.id}`,
+    tenantId: row.tenantId,
+    schema: WalletChangedSchema,
+    data: create(WalletChangedSchema, {
+      wallet: create(WalletSchema, {
+        id: row.id,
+        tenantId: row.tenantId,
+        ownerId: row.ownerId,
+        currency: row.currency,
+        kind: row.kind,
+        status: row.status,
+        frozenReason: row.frozenReason,
+        createdAt: timestampFromDate(row.createdAt),
+        updatedAt: timestampFromDate(row.updatedAt),
+        limits: { perTransactionMinor: row.perTransactionLimitMinor, dailyOutflowMinor: row.dailyOutflowLimitMinor },
+      }),
+    }),
+  })));
+  return rows;
+}
+
+function holdChanged(row: HoldRow): NewEvent<typeof HoldChangedSchema> {
+  return {
+    type: `wallet.hold.${HoldStatus[row.status]!.toLowerCase()}`.replace("wallet.hold.held", "wallet.hold.placed"),
+    subject: `hold/${row.id}`,
+    tenantId: row.tenantId,
+    schema: HoldChangedSchema,
+    data: create(HoldChangedSchema, { hold: holdMessage(row) }),
+  };
+}
+
 /** A posted movement of the wallet, or undefined for entries that only reserve or release. */
 function statementEntry(walletId: string, entry: GetAccountHistoryResponse_Entry): StatementEntry | undefined {
   const transfer = entry.transfer;
@@ -334,6 +375,7 @@ export const walletModule: ServiceModule = {
   services: [WalletService],
   uses: { database: true },
   migrationsFolder: fileURLToPath(new URL("./migrations", import.meta.url)),
+  outbox: { table: outbox },
   create({ database, client, log }) {
     const db = database.db;
     const ledger: Ledger = client(LedgerService, "ledger");
@@ -501,11 +543,15 @@ export const walletModule: ServiceModule = {
 
     /** Writes a hold's new state if it is still HELD; the Ledger decided it, so no deadline applies. */
     async function resolveHold(row: HoldRow, change: { status: HoldStatus; capturedMinor?: bigint }): Promise<HoldRow> {
-      const [updated] = await db
-        .update(holds)
-        .set({ ...change, updatedAt: sql`now()` })
-        .where(and(eq(holds.id, row.id), eq(holds.status, HoldStatus.HELD)))
-        .returning();
+      const updated = await db.transaction(async (tx) => {
+        const [moved] = await tx
+          .update(holds)
+          .set({ ...change, updatedAt: sql`now()` })
+          .where(and(eq(holds.id, row.id), eq(holds.status, HoldStatus.HELD)))
+          .returning();
+        if (moved) await appendEvents(tx, outbox, "wallet", [holdChanged(moved)]);
+        return moved;
+      });
       return updated ?? (await findHold(row.tenantId, row.id)) ?? row;
     }
 
@@ -566,7 +612,7 @@ export const walletModule: ServiceModule = {
             }
             // An existing wallet is returned as it is: its limits are changed by SetWalletLimits.
             const inserted = await transact(db, (tx) =>
-              tx
+              withWalletEvent(tx, "wallet.created", tx
                 .insert(wallets)
                 .values({
                   id,
@@ -579,7 +625,7 @@ export const walletModule: ServiceModule = {
                   dailyOutflowLimitMinor: limits.daily,
                 })
                 .onConflictDoNothing({ target: wallets.id })
-                .returning(),
+                .returning()),
             );
             const row = inserted[0] ?? (await findWallet(tenantId, id));
             if (!row) throw new ConnectError(`wallet ${id} vanished`, Code.Internal);
@@ -627,11 +673,11 @@ export const walletModule: ServiceModule = {
             // Compare-and-set from ACTIVE. Freezing a frozen wallet changes nothing (the first
             // reason stays); a closed wallet cannot be frozen.
             const [frozen] = await transact(db, (tx) =>
-              tx
+              withWalletEvent(tx, "wallet.frozen", tx
                 .update(wallets)
                 .set({ status: WalletStatus.FROZEN, frozenReason: reason, updatedAt: sql`now()` })
                 .where(and(eq(wallets.id, walletId), eq(wallets.tenantId, tenantId), eq(wallets.status, WalletStatus.ACTIVE)))
-                .returning(),
+                .returning()),
             );
             const row = frozen ?? (await requireWallet(tenantId, walletId));
             if (row.status === WalletStatus.CLOSED) throw refusal("wallet_closed", `wallet ${walletId} is closed`);
@@ -643,11 +689,11 @@ export const walletModule: ServiceModule = {
             const walletId = requireId(request.walletId, "wallet_id");
             await requireWallet(tenantId, walletId);
             const [active] = await transact(db, (tx) =>
-              tx
+              withWalletEvent(tx, "wallet.unfrozen", tx
                 .update(wallets)
                 .set({ status: WalletStatus.ACTIVE, frozenReason: "", updatedAt: sql`now()` })
                 .where(and(eq(wallets.id, walletId), eq(wallets.tenantId, tenantId), eq(wallets.status, WalletStatus.FROZEN)))
-                .returning(),
+                .returning()),
             );
             const row = active ?? (await requireWallet(tenantId, walletId));
             if (row.status === WalletStatus.CLOSED) throw refusal("wallet_closed", `wallet ${walletId} is closed`);
@@ -674,11 +720,11 @@ export const walletModule: ServiceModule = {
               throw new ConnectError(`ledger could not close account ${walletId}: ${CloseAccountResult[result ?? 0]}`, Code.Internal);
             }
             const [closed] = await transact(db, (tx) =>
-              tx
+              withWalletEvent(tx, "wallet.closed", tx
                 .update(wallets)
                 .set({ status: WalletStatus.CLOSED, frozenReason: "", updatedAt: sql`now()` })
                 .where(and(eq(wallets.id, walletId), ne(wallets.status, WalletStatus.CLOSED)))
-                .returning(),
+                .returning()),
             );
             return { wallet: await oneWithBalances(closed ?? row) };
           },
@@ -690,11 +736,11 @@ export const walletModule: ServiceModule = {
             const limits = requireLimits(request.limits, "limits");
             await requireWallet(tenantId, walletId);
             const [updated] = await transact(db, (tx) =>
-              tx
+              withWalletEvent(tx, "wallet.limits_changed", tx
                 .update(wallets)
                 .set({ perTransactionLimitMinor: limits.perTransaction, dailyOutflowLimitMinor: limits.daily, updatedAt: sql`now()` })
                 .where(and(eq(wallets.id, walletId), eq(wallets.tenantId, tenantId), ne(wallets.status, WalletStatus.CLOSED)))
-                .returning(),
+                .returning()),
             );
             if (!updated) throw refusal("wallet_closed", `wallet ${walletId} is closed`);
             return { wallet: await oneWithBalances(updated) };
@@ -865,18 +911,22 @@ export const walletModule: ServiceModule = {
             const committed = (await ledger.lookupTransfers({ ids: [holdId] })).transfers[0];
             if (!committed?.createdAt) throw new ConnectError(`ledger lost pending transfer ${holdId}`, Code.Internal);
             const createdAt = timestampDate(committed.createdAt);
-            await db
-              .insert(holds)
-              .values({
-                id: holdId,
-                tenantId,
-                ...asked,
-                captureCode,
-                status: HoldStatus.HELD,
-                createdAt,
-                expiresAt: new Date(createdAt.getTime() + timeoutSeconds * 1000),
-              })
-              .onConflictDoNothing({ target: holds.id });
+            await db.transaction(async (tx) => {
+              const [placed] = await tx
+                .insert(holds)
+                .values({
+                  id: holdId,
+                  tenantId,
+                  ...asked,
+                  captureCode,
+                  status: HoldStatus.HELD,
+                  createdAt,
+                  expiresAt: new Date(createdAt.getTime() + timeoutSeconds * 1000),
+                })
+                .onConflictDoNothing({ target: holds.id })
+                .returning();
+              if (placed) await appendEvents(tx, outbox, "wallet", [holdChanged(placed)]);
+            });
             const row = await requireHold(tenantId, holdId);
             return { hold: holdMessage(outcome.status === "exists" ? await syncHold(row) : row), replayed: outcome.status === "exists" };
           },

@@ -5,7 +5,7 @@ CREATE TABLE "edge"."audit_events" (
 	"subject" text NOT NULL,
 	"tenant_id" text NOT NULL,
 	"occurred_at" timestamp with time zone NOT NULL,
-	"data" jsonb NOT NULL,
+	"envelope" "bytea" NOT NULL,
 	"recorded_at" timestamp with time zone DEFAULT now() NOT NULL
 );
 --> statement-breakpoint

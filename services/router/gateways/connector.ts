@@ -151,6 +151,38 @@ export interface WebhookEvent {
   readonly result: GatewayResult;
 }
 
+/**
+ * One transaction as the gateway's own list shows it (a charge, payout or refund), for
+ * reconciliation. The gateway's word, read back: never what Cowrie sent.
+ */
+export interface GatewayTransaction {
+  readonly gateway: GatewayName;
+  readonly operation: Operation;
+  /** The reference Cowrie sent; "" when the gateway object carries none (not made by Cowrie). */
+  readonly reference: string;
+  /** The gateway's own id of it. */
+  readonly gatewayId: string;
+  /** Undefined when the gateway's object does not state it exactly (then it is not compared). */
+  readonly amountMinor: bigint | undefined;
+  /** ISO 4217, upper case; "" when the gateway's object does not say (then it is not compared). */
+  readonly currency: string;
+  /** succeeded (money moved), declined, or pending, as the connector's code table reads its status. */
+  readonly outcome: Outcome;
+  /** The gateway's status, verbatim. */
+  readonly gatewayStatus: string;
+  readonly createdAt: Date;
+}
+
+/** Transactions of one kind created in [fromMs, toMs), the gateway's clock. */
+export interface TransactionWindow {
+  readonly operation: Operation;
+  readonly fromMs: number;
+  readonly toMs: number;
+}
+
+/** A whole window's transactions, oldest first, or the failure that stopped the listing. */
+export type TransactionList = { readonly transactions: readonly GatewayTransaction[] } | { readonly failed: GatewayResult };
+
 export interface Connector {
   readonly name: GatewayName;
   readonly capabilities: Capabilities;
@@ -164,6 +196,11 @@ export interface Connector {
    * one) and parses it; undefined when the signature is wrong, missing or too old.
    */
   verifyWebhook(headers: Readonly<Record<string, string | undefined>>, rawBody: string, nowMs?: number): WebhookEvent | undefined;
+  /**
+   * Every transaction of one kind the gateway created in the window, read from its list API page
+   * by page (each page bounded by options.timeoutMs), for reconciliation.
+   */
+  listTransactions(window: TransactionWindow, options: CallOptions): Promise<TransactionList>;
 }
 
 export interface ConnectorConfig {

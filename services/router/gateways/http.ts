@@ -328,3 +328,35 @@ export function envelopeReader(dialect: EnvelopeDialect): EnvelopeReader {
 
   return { classify, fromObject };
 }
+
+/** Most pages one window listing reads; past it the listing fails rather than come back partial. */
+export const LIST_PAGES_MAX = 50_000;
+
+/**
+ * Reads a list to its end, page by page, for reconciliation. Unlike findInPages a partial answer
+ * is worthless here (every missing item would look like a mismatch), so running out of pages is
+ * a failure, not an empty result. `fetchPage` says `more: false` once a page reaches items older
+ * than the window, so newest-first lists stop there.
+ */
+export async function collectPages<T>(fetchPage: (index: number, cursor: string | undefined) => Promise<Page<T>>): Promise<{ readonly items: T[] } | { readonly failed: GatewayResult }> {
+  const items: T[] = [];
+  let cursor: string | undefined;
+  for (let index = 1; index <= LIST_PAGES_MAX; index++) {
+    const page = await fetchPage(index, cursor);
+    if ("failed" in page) return { failed: page.failed };
+    items.push(...page.items);
+    if (!page.more) return { items };
+    cursor = page.cursor;
+  }
+  return { failed: gatewayResult({ code: "gateway_error", action: "retry" }, { gatewayCode: "list_too_long", message: `listing passed ${LIST_PAGES_MAX} pages`, query: true }) };
+}
+
+/** Only the window's items, each gateway id once (a newest-first list shifts while it is paged), oldest first. */
+export function windowOnly<T extends { readonly gatewayId: string; readonly createdAt: Date }>(items: readonly T[], fromMs: number, toMs: number): T[] {
+  const seen = new Map<string, T>();
+  for (const item of items) {
+    const at = item.createdAt.getTime();
+    if (at >= fromMs && at < toMs && item.gatewayId !== "") seen.set(item.gatewayId, item);
+  }
+  return [...seen.values()].sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime());
+}

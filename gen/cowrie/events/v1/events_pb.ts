@@ -6,15 +6,19 @@ import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Any, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_any, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Transfer } from "../../ledger/v1/ledger_pb.js";
+import { file_cowrie_ledger_v1_ledger } from "../../ledger/v1/ledger_pb.js";
 import type { Payment, PaymentStatus } from "../../router/v1/router_pb.js";
 import { file_cowrie_router_v1_router } from "../../router/v1/router_pb.js";
+import type { Hold, Wallet } from "../../wallet/v1/wallet_pb.js";
+import { file_cowrie_wallet_v1_wallet } from "../../wallet/v1/wallet_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file cowrie/events/v1/events.proto.
  */
 export const file_cowrie_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jb3dyaWUvZXZlbnRzL3YxL2V2ZW50cy5wcm90bxIQY293cmllLmV2ZW50cy52MSKmAQoIRW52ZWxvcGUSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSDwoHc3ViamVjdBgEIAEoCRIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0ZW5hbnRfaWQYBiABKAkSIgoEZGF0YRgHIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkivAEKFUxlZGdlclRyYW5zZmVyQ3JlYXRlZBITCgt0cmFuc2Zlcl9pZBgBIAEoCRIYChBkZWJpdF9hY2NvdW50X2lkGAIgASgJEhkKEWNyZWRpdF9hY2NvdW50X2lkGAMgASgJEhQKDGFtb3VudF9taW5vchgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIMCgRjb2RlGAYgASgNEhEKCXJlZmVyZW5jZRgHIAEoCRIQCghzZXF1ZW5jZRgIIAEoAyKdAQoUUGF5bWVudFN0YXR1c0NoYW5nZWQSKgoHcGF5bWVudBgBIAEoCzIZLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudBI4Cg9wcmV2aW91c19zdGF0dXMYAiABKA4yHy5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRTdGF0dXMSDgoGcmVhc29uGAMgASgJEg8KB3ZlcnNpb24YBCABKAMimQEKCVJpc2tFdmVudBISCgpwYXltZW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEAoIZGVjaXNpb24YAyABKAkSDQoFc2NvcmUYBCABKA0SDwoHcmVhc29ucxgFIAMoCRISCgpyZXNvbHV0aW9uGAYgASgJEhMKC3Jlc29sdmVkX2J5GAcgASgJEgwKBG5vdGUYCCABKAliBnByb3RvMw", [file_google_protobuf_any, file_google_protobuf_timestamp, file_cowrie_router_v1_router]);
+  fileDesc("Ch1jb3dyaWUvZXZlbnRzL3YxL2V2ZW50cy5wcm90bxIQY293cmllLmV2ZW50cy52MSKmAQoIRW52ZWxvcGUSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSDwoHc3ViamVjdBgEIAEoCRIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0ZW5hbnRfaWQYBiABKAkSIgoEZGF0YRgHIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkiVwoVTGVkZ2VyVHJhbnNmZXJDcmVhdGVkEiwKCHRyYW5zZmVyGAEgASgLMhouY293cmllLmxlZGdlci52MS5UcmFuc2ZlchIQCghzZXF1ZW5jZRgCIAEoAyKdAQoUUGF5bWVudFN0YXR1c0NoYW5nZWQSKgoHcGF5bWVudBgBIAEoCzIZLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudBI4Cg9wcmV2aW91c19zdGF0dXMYAiABKA4yHy5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRTdGF0dXMSDgoGcmVhc29uGAMgASgJEg8KB3ZlcnNpb24YBCABKAMiOQoNV2FsbGV0Q2hhbmdlZBIoCgZ3YWxsZXQYASABKAsyGC5jb3dyaWUud2FsbGV0LnYxLldhbGxldCIzCgtIb2xkQ2hhbmdlZBIkCgRob2xkGAEgASgLMhYuY293cmllLndhbGxldC52MS5Ib2xkIpkBCglSaXNrRXZlbnQSEgoKcGF5bWVudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhAKCGRlY2lzaW9uGAMgASgJEg0KBXNjb3JlGAQgASgNEg8KB3JlYXNvbnMYBSADKAkSEgoKcmVzb2x1dGlvbhgGIAEoCRITCgtyZXNvbHZlZF9ieRgHIAEoCRIMCgRub3RlGAggASgJIusBChtSZWNvbmNpbGlhdGlvbkZpbmRpbmdSYWlzZWQSEgoKZmluZGluZ19pZBgBIAEoCRIUCgxmaW5kaW5nX3R5cGUYAiABKAkSEAoIc2V2ZXJpdHkYAyABKAkSDwoHc3ViamVjdBgEIAEoCRISCgpwYXltZW50X2lkGAUgASgJEg8KB2dhdGV3YXkYBiABKAkSHgoWZ2F0ZXdheV90cmFuc2FjdGlvbl9pZBgHIAEoCRIaChJsZWRnZXJfdHJhbnNmZXJfaWQYCCABKAkSDgoGZGV0YWlsGAkgASgJEg4KBnJ1bl9pZBgKIAEoCWIGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_timestamp, file_cowrie_ledger_v1_ledger, file_cowrie_router_v1_router, file_cowrie_wallet_v1_wallet]);
 
 /**
  * Envelope wraps every event Cowrie publishes to RabbitMQ (binary) and to merchant webhooks
@@ -87,48 +91,16 @@ export const EnvelopeSchema: GenMessage<Envelope> = /*@__PURE__*/
  */
 export type LedgerTransferCreated = Message<"cowrie.events.v1.LedgerTransferCreated"> & {
   /**
-   * @generated from field: string transfer_id = 1;
-   */
-  transferId: string;
-
-  /**
-   * @generated from field: string debit_account_id = 2;
-   */
-  debitAccountId: string;
-
-  /**
-   * @generated from field: string credit_account_id = 3;
-   */
-  creditAccountId: string;
-
-  /**
-   * Minor units.
+   * As LedgerService.GetTransfer returns it.
    *
-   * @generated from field: int64 amount_minor = 4;
+   * @generated from field: cowrie.ledger.v1.Transfer transfer = 1;
    */
-  amountMinor: bigint;
-
-  /**
-   * ISO 4217 alphabetic code.
-   *
-   * @generated from field: string currency = 5;
-   */
-  currency: string;
-
-  /**
-   * @generated from field: uint32 code = 6;
-   */
-  code: number;
-
-  /**
-   * @generated from field: string reference = 7;
-   */
-  reference: string;
+  transfer?: Transfer | undefined;
 
   /**
    * Journal position.
    *
-   * @generated from field: int64 sequence = 8;
+   * @generated from field: int64 sequence = 2;
    */
   sequence: bigint;
 };
@@ -182,6 +154,49 @@ export type PaymentStatusChanged = Message<"cowrie.events.v1.PaymentStatusChange
  */
 export const PaymentStatusChangedSchema: GenMessage<PaymentStatusChanged> = /*@__PURE__*/
   messageDesc(file_cowrie_events_v1_events, 2);
+
+/**
+ * A wallet was created or changed state. Types "wallet.created", "wallet.frozen",
+ * "wallet.unfrozen", "wallet.closed", "wallet.limits_changed".
+ *
+ * @generated from message cowrie.events.v1.WalletChanged
+ */
+export type WalletChanged = Message<"cowrie.events.v1.WalletChanged"> & {
+  /**
+   * The wallet after the change. Balances are not part of the event (they move with every
+   * payment; the ledger.transfer.created and payment events carry those): read GetWallet.
+   *
+   * @generated from field: cowrie.wallet.v1.Wallet wallet = 1;
+   */
+  wallet?: Wallet | undefined;
+};
+
+/**
+ * Describes the message cowrie.events.v1.WalletChanged.
+ * Use `create(WalletChangedSchema)` to create a new message.
+ */
+export const WalletChangedSchema: GenMessage<WalletChanged> = /*@__PURE__*/
+  messageDesc(file_cowrie_events_v1_events, 3);
+
+/**
+ * A hold was placed or resolved. Types "wallet.hold.placed", "wallet.hold.captured",
+ * "wallet.hold.released", "wallet.hold.expired".
+ *
+ * @generated from message cowrie.events.v1.HoldChanged
+ */
+export type HoldChanged = Message<"cowrie.events.v1.HoldChanged"> & {
+  /**
+   * @generated from field: cowrie.wallet.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+};
+
+/**
+ * Describes the message cowrie.events.v1.HoldChanged.
+ * Use `create(HoldChangedSchema)` to create a new message.
+ */
+export const HoldChangedSchema: GenMessage<HoldChanged> = /*@__PURE__*/
+  messageDesc(file_cowrie_events_v1_events, 4);
 
 /**
  * Risk flagged a payment (type "risk.flagged"), or an operator resolved a review
@@ -242,5 +257,82 @@ export type RiskEvent = Message<"cowrie.events.v1.RiskEvent"> & {
  * Use `create(RiskEventSchema)` to create a new message.
  */
 export const RiskEventSchema: GenMessage<RiskEvent> = /*@__PURE__*/
-  messageDesc(file_cowrie_events_v1_events, 3);
+  messageDesc(file_cowrie_events_v1_events, 5);
+
+/**
+ * Reconciliation found a critical mismatch (type "reconciliation.finding.raised"): money may have
+ * moved twice, or left without being booked. The finding is read and resolved with the Router's
+ * ReconciliationService (GetFinding, ResolveFinding).
+ *
+ * @generated from message cowrie.events.v1.ReconciliationFindingRaised
+ */
+export type ReconciliationFindingRaised = Message<"cowrie.events.v1.ReconciliationFindingRaised"> & {
+  /**
+   * @generated from field: string finding_id = 1;
+   */
+  findingId: string;
+
+  /**
+   * cowrie.router.v1.FindingType without its prefix, in lower case: "failed_but_debited",
+   * "failed_but_gateway_captured", "duplicate_capture", "hold_expired_but_captured"...
+   *
+   * @generated from field: string finding_type = 2;
+   */
+  findingType: string;
+
+  /**
+   * "low", "medium", "high" or "critical".
+   *
+   * @generated from field: string severity = 3;
+   */
+  severity: string;
+
+  /**
+   * What the finding is about, as in Finding.subject.
+   *
+   * @generated from field: string subject = 4;
+   */
+  subject: string;
+
+  /**
+   * Empty when no payment is known.
+   *
+   * @generated from field: string payment_id = 5;
+   */
+  paymentId: string;
+
+  /**
+   * @generated from field: string gateway = 6;
+   */
+  gateway: string;
+
+  /**
+   * @generated from field: string gateway_transaction_id = 7;
+   */
+  gatewayTransactionId: string;
+
+  /**
+   * @generated from field: string ledger_transfer_id = 8;
+   */
+  ledgerTransferId: string;
+
+  /**
+   * @generated from field: string detail = 9;
+   */
+  detail: string;
+
+  /**
+   * The run that found it.
+   *
+   * @generated from field: string run_id = 10;
+   */
+  runId: string;
+};
+
+/**
+ * Describes the message cowrie.events.v1.ReconciliationFindingRaised.
+ * Use `create(ReconciliationFindingRaisedSchema)` to create a new message.
+ */
+export const ReconciliationFindingRaisedSchema: GenMessage<ReconciliationFindingRaised> = /*@__PURE__*/
+  messageDesc(file_cowrie_events_v1_events, 6);
 

@@ -3,6 +3,9 @@
 //   payout   POST /v3/transfers (always answers NEW)  status GET /v3/transfers?reference=
 //   refund   POST /v3/transactions/:id/refund {amount, comments}
 //            status: the newest refunds are searched for our reference in comments
+//   list     GET /v3/transactions, /v3/transfers, /v3/refunds ?from&to (dates)&page, 10 a page,
+//            newest first; a refund states no currency, so its amount is read in the currency of
+//            the charge it refunds when that charge is in the window, and left unread otherwise
 // Flutterwave refuses a reused tx_ref or transfer reference. Webhooks carry verif-hash, the secret
 // hash configured on the dashboard, compared in constant time.
 //
@@ -10,11 +13,12 @@
 // wire. A decimal of at most 15 significant digits survives double conversion exactly (IEEE 754
 // guarantees 15), so amounts up to MAJOR_EXACT_MAX_MINOR round-trip; larger ones are refused.
 import { minorUnitExponent } from "../../../runtime/validate.js";
-import type { CallOptions, Capabilities, Connector, ConnectorConfig, GatewayResult } from "../connector.js";
+import type { CallOptions, Capabilities, Connector, ConnectorConfig, GatewayResult, GatewayTransaction, Operation } from "../connector.js";
 import {
   adjusted,
   bearerJsonApi,
   beforeMoneyCall,
+  collectPages,
   envelopeReader,
   findInPages,
   gatewayResult,
@@ -26,8 +30,16 @@ import {
   refusedLocally,
   safeEqual,
   textOf,
+  windowOnly,
 } from "../http.js";
 import * as codes from "./codes.js";
+
+const LIST_PATHS: Record<Operation, string> = { charge: "/v3/transactions", payout: "/v3/transfers", refund: "/v3/refunds" };
+
+/** A date as Flutterwave's list filters take it: YYYY-MM-DD, UTC. */
+function day(ms: number): string {
+  return new Date(ms).toISOString().slice(0, 10);
+}
 
 const CAPABILITIES: Capabilities = {
   currencies: new Set(["NGN", "GHS", "KES", "UGX", "ZAR", "USD", "EUR", "GBP"]),
@@ -159,6 +171,50 @@ export function createFlutterwaveConnector(config: ConnectorConfig): Connector {
       if (failed) return failed;
       if (!found) return gatewayResult(codes.NOT_FOUND, { gatewayCode: `${operation}_not_found`, message: `no ${operation} with reference ${reference}`, query: true });
       return fromObject(found, { httpStatus: 200, query: true });
+    },
+
+    async listTransactions(window, options) {
+      // Flutterwave filters by whole days; the window is cut exactly here. Its lists are newest
+      // first, so paging stops at the first page reaching past the window's start.
+      const range = `from=${day(window.fromMs)}&to=${day(window.toMs - 1)}`;
+      const read = (operation: Operation) => collectPages<GatewayTransaction & { parentId: string; amountMajor: string }>(async (page) => {
+        const answer = await call("GET", `${LIST_PATHS[operation]}?${range}&page=${page}`, undefined, options);
+        if (answer.kind === "failure" || answer.status >= 300) return { failed: classify(answer, true) };
+        const body = objectOf(answer.json);
+        const pageInfo = objectOf(objectOf(body.meta).page_info);
+        const items = objectsOf(body.data).map((item) => {
+          const currency = (textOf(item.currency) ?? "").toUpperCase();
+          const amountMajor = textOf(operation === "refund" ? item.amount_refunded : item.amount) ?? "";
+          return {
+            gateway: "flutterwave" as const,
+            operation,
+            reference: textOf(operation === "charge" ? item.tx_ref : operation === "payout" ? item.reference : item.comments) ?? "",
+            gatewayId: textOf(item.id) ?? "",
+            amountMinor: currency === "" || amountMajor === "" ? undefined : majorToMinor(amountMajor, minorUnitExponent(currency)),
+            currency,
+            outcome: fromObject(item, { query: true }).outcome,
+            gatewayStatus: textOf(item.status) ?? "",
+            createdAt: new Date(textOf(item.created_at) ?? ""),
+            parentId: textOf(item.tx_id) ?? "",
+            amountMajor,
+          };
+        });
+        return { items, more: Number(pageInfo.current_page) < Number(pageInfo.total_pages) && !items.some((item) => item.createdAt.getTime() < window.fromMs) };
+      });
+      const listed = await read(window.operation);
+      if ("failed" in listed) return listed;
+      let items: GatewayTransaction[] = listed.items;
+      if (window.operation === "refund" && items.length > 0) {
+        // The charges of the refunds' days give the refunds their currency.
+        const charges = await read("charge");
+        if ("failed" in charges) return charges;
+        const currencies = new Map(charges.items.map((charge) => [charge.gatewayId, charge.currency]));
+        items = listed.items.map((refund) => {
+          const currency = currencies.get(refund.parentId) ?? "";
+          return { ...refund, currency, amountMinor: currency === "" ? undefined : majorToMinor(refund.amountMajor, minorUnitExponent(currency)) };
+        });
+      }
+      return { transactions: windowOnly(items, window.fromMs, window.toMs).map(({ parentId: _p, amountMajor: _a, ...transaction }: GatewayTransaction & { parentId?: string; amountMajor?: string }) => transaction) };
     },
 
     verifyWebhook(headers, rawBody) {

@@ -2,16 +2,18 @@
 //   charge   POST /transaction/charge_authorization   status GET /transaction/verify/:reference
 //   payout   POST /transferrecipient, POST /transfer   status GET /transfer/verify/:reference
 //   refund   POST /refund {transaction, amount, merchant_note}
+//   list     GET /transaction, /transfer, /refund ?from&to (ISO times)&perPage=100&page, newest first
 //            status: Paystack finds refunds only by their transaction, so the newest refunds are
 //            searched for our reference in merchant_note
 // Paystack refuses a reused reference, so a resent charge or transfer cannot happen twice.
 // Webhooks: x-paystack-signature, hex HMAC-SHA512 of the raw body keyed with the secret key.
 import { createHmac } from "node:crypto";
-import type { CallOptions, Capabilities, Connector, ConnectorConfig, GatewayResult, PayoutRequest } from "../connector.js";
+import type { CallOptions, Capabilities, Connector, ConnectorConfig, GatewayResult, GatewayTransaction, Operation, PayoutRequest } from "../connector.js";
 import {
   adjusted,
   bearerJsonApi,
   beforeMoneyCall,
+  collectPages,
   envelopeReader,
   findInPages,
   gatewayResult,
@@ -24,8 +26,11 @@ import {
   safeEqual,
   safeJsonInteger,
   textOf,
+  windowOnly,
 } from "../http.js";
 import * as codes from "./codes.js";
+
+const LIST_PATHS: Record<Operation, string> = { charge: "/transaction", payout: "/transfer", refund: "/refund" };
 
 const CAPABILITIES: Capabilities = {
   currencies: new Set(["NGN", "GHS", "ZAR", "KES", "USD"]),
@@ -148,6 +153,37 @@ export function createPaystackConnector(config: ConnectorConfig): Connector {
         return gatewayResult(codes.NOT_FOUND, { gatewayCode: "refund_not_found", message, query: true });
       }
       return fromObject(found, { httpStatus: 200, query: true });
+    },
+
+    async listTransactions(window, options) {
+      const from = new Date(window.fromMs).toISOString();
+      // Paystack's `to` is inclusive.
+      const to = new Date(window.toMs - 1).toISOString();
+      const listed = await collectPages<GatewayTransaction>(async (page) => {
+        const answer = await call("GET", `${LIST_PATHS[window.operation]}?from=${from}&to=${to}&perPage=100&page=${page}`, undefined, options);
+        if (answer.kind === "failure" || answer.status >= 300) return { failed: classify(answer, true) };
+        const body = objectOf(answer.json);
+        const meta = objectOf(body.meta);
+        const items = objectsOf(body.data).map((item) => {
+          const createdAt = new Date(textOf(item.created_at) ?? textOf(item.createdAt) ?? "");
+          const amount = textOf(item.amount);
+          return {
+            gateway: "paystack" as const,
+            operation: window.operation,
+            // A refund carries Cowrie's reference in its merchant note.
+            reference: (window.operation === "refund" ? textOf(item.merchant_note) : textOf(item.reference)) ?? "",
+            gatewayId: (window.operation === "payout" ? textOf(item.transfer_code) : undefined) ?? textOf(item.id) ?? "",
+            amountMinor: amount !== undefined && /^\d+$/.test(amount) ? BigInt(amount) : undefined,
+            currency: (textOf(item.currency) ?? "").toUpperCase(),
+            outcome: fromObject(item, { query: true }).outcome,
+            gatewayStatus: textOf(item.status) ?? "",
+            createdAt,
+          };
+        });
+        return { items, more: Number(meta.page) < Number(meta.pageCount) && !items.some((item) => item.createdAt.getTime() < window.fromMs) };
+      });
+      if ("failed" in listed) return listed;
+      return { transactions: windowOnly(listed.items, window.fromMs, window.toMs) };
     },
 
     verifyWebhook(headers, rawBody) {

@@ -6,12 +6,15 @@
 //   status   by metadata.cowrie_reference: PaymentIntents through search, and because search lags
 //            writes by up to a minute, through the newest pages of the list before answering
 //            not_found; payouts and refunds through the newest pages of their lists
+//   list     GET /v1/payment_intents, /v1/payouts, /v1/refunds ?created[gte]&created[lte] (unix
+//            seconds)&limit=100&starting_after, newest first; an object's time is its second
 // Webhooks: Stripe-Signature t=<unix>,v1=<hex HMAC-SHA256 of "t.body">, refused past 300 s.
 import { createHmac } from "node:crypto";
-import type { CallOptions, Capabilities, Connector, ConnectorConfig, GatewayResult, Operation } from "../connector.js";
+import type { CallOptions, Capabilities, Connector, ConnectorConfig, GatewayResult, GatewayTransaction, Operation } from "../connector.js";
 import {
   adjusted,
   beforeMoneyCall,
+  collectPages,
   findInPages,
   gatewayResult,
   headerOf,
@@ -26,6 +29,7 @@ import {
   type AnswerDetail,
   type HttpAnswer,
   type Rule,
+  windowOnly,
 } from "../http.js";
 import {
   CARD_DECLINES,
@@ -191,6 +195,34 @@ export function createStripeConnector(config: ConnectorConfig): Connector {
       if (failed) return failed;
       if (!found) return gatewayResult(NOT_FOUND, { gatewayCode: `${operation}_not_found`, message: `no ${operation} with metadata.cowrie_reference ${reference}`, query: true });
       return fromObject(found, { httpStatus: 200, query: true });
+    },
+
+    async listTransactions(window, options) {
+      const range = `created[gte]=${Math.floor(window.fromMs / 1000)}&created[lte]=${Math.ceil(window.toMs / 1000)}`;
+      const listed = await collectPages<GatewayTransaction>(async (_page, cursor) => {
+        const after = cursor ? `&starting_after=${encodeURIComponent(cursor)}` : "";
+        const answer = await call("GET", `${LISTS[window.operation]}?${range}&limit=100${after}`, undefined, undefined, options);
+        if (answer.kind === "failure" || answer.status >= 300) return { failed: classify(answer, true) };
+        const body = objectOf(answer.json);
+        const objects = objectsOf(body.data);
+        const items = objects.map((object) => {
+          const amount = textOf(object.amount);
+          return {
+            gateway: "stripe" as const,
+            operation: window.operation,
+            reference: textOf(objectOf(object.metadata).cowrie_reference) ?? "",
+            gatewayId: textOf(object.id) ?? "",
+            amountMinor: amount !== undefined && /^\d+$/.test(amount) ? BigInt(amount) : undefined,
+            currency: (textOf(object.currency) ?? "").toUpperCase(),
+            outcome: fromObject(object, { query: true }).outcome,
+            gatewayStatus: textOf(object.status) ?? "",
+            createdAt: new Date(Number(object.created) * 1000),
+          };
+        });
+        return { items, more: body.has_more === true, cursor: textOf(objects.at(-1)?.id) };
+      });
+      if ("failed" in listed) return listed;
+      return { transactions: windowOnly(listed.items, window.fromMs, window.toMs) };
     },
 
     verifyWebhook(headers, rawBody, nowMs = Date.now()) {

@@ -1,0 +1,65 @@
+// The Edge's event consumers and their operations:
+//  - "edge.webhooks" turns each tenant event into merchant webhook deliveries (webhooks/), in the
+//    transaction that records the event in the inbox: exactly one set of deliveries per event;
+//  - "edge.audit" keeps every event the mesh publishes, once, in edge.audit_events, with the
+//    envelope's bytes exactly as published.
+// EventOperationsService (behind the operator token) lists and replays what either parked.
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import type { Envelope } from "../../gen/cowrie/events/v1/events_pb.js";
+import type { Tx } from "../runtime/db.js";
+import { eventOperations, startEventConsumer, type EventConsumer } from "../runtime/events.js";
+import type { ServiceContext } from "../runtime/service.js";
+import { auditEvents, inbox, parked } from "./schema.js";
+import { enqueueWebhookDeliveries } from "./webhooks/module.js";
+
+export const WEBHOOKS_CONSUMER = "edge.webhooks";
+export const AUDIT_CONSUMER = "edge.audit";
+
+/** The events merchants can subscribe to: their own payments and risk decisions. */
+const TENANT_EVENT_TYPES = ["payment.#", "risk.#", "wallet.#", "reconciliation.#"];
+
+export async function startEdgeConsumers(context: ServiceContext): Promise<EventConsumer[]> {
+  const common = {
+    namespace: context.config.brokerNamespace,
+    broker: context.broker,
+    db: context.database.db,
+    tables: { inbox, parked },
+    log: context.log,
+  };
+  const webhooks = await startEventConsumer({
+    ...common,
+    name: WEBHOOKS_CONSUMER,
+    bindingKeys: TENANT_EVENT_TYPES,
+    handle: async (tx, event) => void (await enqueueWebhookDeliveries(tx, event)),
+  });
+  const audit = await startEventConsumer({ ...common, name: AUDIT_CONSUMER, bindingKeys: ["#"], handle: recordAudit }).catch(async (error: unknown) => {
+    await webhooks.close();
+    throw error;
+  });
+  return [webhooks, audit];
+}
+
+async function recordAudit(tx: Tx, event: Envelope, raw: Uint8Array): Promise<void> {
+  await tx
+    .insert(auditEvents)
+    .values({
+      eventId: event.id,
+      type: event.type,
+      source: event.source,
+      subject: event.subject,
+      tenantId: event.tenantId,
+      occurredAt: event.time ? timestampDate(event.time) : new Date(),
+      envelope: raw,
+    })
+    .onConflictDoNothing();
+}
+
+export function edgeEventOperations(context: ServiceContext) {
+  return eventOperations({
+    db: context.database.db,
+    tables: { inbox, parked },
+    broker: context.broker,
+    namespace: context.config.brokerNamespace,
+    consumers: [WEBHOOKS_CONSUMER, AUDIT_CONSUMER],
+  });
+}
