@@ -3,13 +3,12 @@
 // creation time is a range of the primary key, and a run reads only the payments of its window,
 // whatever the size of the history. A finding is raised once per (type, subject), its audit event
 // and (when critical) its outbox event in the same transaction.
-import { randomUUID } from "node:crypto";
-import { create, toBinary } from "@bufbuild/protobuf";
-import { anyPack, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { create } from "@bufbuild/protobuf";
 import { and, asc, desc, eq, gte, inArray, lt, lte, or, sql, type SQL } from "drizzle-orm";
-import { EnvelopeSchema, ReconciliationFindingRaisedSchema } from "../../../gen/cowrie/events/v1/events_pb.js";
+import { ReconciliationFindingRaisedSchema } from "../../../gen/cowrie/events/v1/events_pb.js";
 import { FindingStatus, FindingType, Severity } from "../../../gen/cowrie/router/v1/reconciliation_pb.js";
 import type { Db, Tx } from "../../runtime/db.js";
+import { appendEvents } from "../../runtime/events.js";
 import { timeSortableId } from "../../runtime/ids.js";
 import { gatewayCalls, outbox, payments, reconFindingEvents, reconFindings, reconLeases, reconPending, reconRuns, reconWatermark } from "../schema.js";
 import type { PaymentRow } from "../store.js";
@@ -258,7 +257,7 @@ export async function raiseFinding(db: Db, detection: Detection, runId: string, 
 
 /**
  * The event of a critical finding, written to the Router's outbox in the finding's transaction:
- * the relay publishes it like every other event (an Envelope, binary, with a fresh UUID).
+ * the relay publishes it like every other event.
  */
 async function appendFindingEvent(tx: Tx, finding: FindingRow): Promise<void> {
   const data = create(ReconciliationFindingRaisedSchema, {
@@ -273,18 +272,8 @@ async function appendFindingEvent(tx: Tx, finding: FindingRow): Promise<void> {
     detail: finding.detail,
     runId: finding.runId,
   });
-  const id = randomUUID();
   const subject = finding.paymentId !== "" ? `payment/${finding.paymentId}` : `finding/${finding.id}`;
-  const envelope = create(EnvelopeSchema, {
-    id,
-    type: FINDING_EVENT_TYPE,
-    source: "router",
-    subject,
-    time: timestampFromDate(finding.detectedAt),
-    tenantId: finding.tenantId,
-    data: anyPack(ReconciliationFindingRaisedSchema, data),
-  });
-  await tx.insert(outbox).values({ id, eventType: FINDING_EVENT_TYPE, subject, tenantId: finding.tenantId, payload: toBinary(EnvelopeSchema, envelope) });
+  await appendEvents(tx, outbox, "router", [{ type: FINDING_EVENT_TYPE, subject, tenantId: finding.tenantId, schema: ReconciliationFindingRaisedSchema, data }]);
 }
 
 /** Closes an OPEN finding as settled by the engine, with its audit event; false when it was not open. */
