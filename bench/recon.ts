@@ -22,7 +22,7 @@ import { WalletKind, WalletService } from "../gen/cowrie/wallet/v1/wallet_pb.js"
 import { startMesh } from "../services/mesh.js";
 import { gatewayReference } from "../services/router/gateway-flow.js";
 import { paymentIdFloor } from "../services/router/reconciliation/store.js";
-import { workTopology } from "../services/router/service.js";
+import { meshTopology } from "../services/mesh.js";
 import { newPaymentId } from "../services/router/store.js";
 import { capturingLogger, deleteBrokerTopology, freshDatabase, meshEnvironment, TEST_AMQP_URL, TEST_REDIS_URL, testConfig } from "../services/runtime/testing.js";
 import { simulatorControl, type ImportRecord } from "../services/simulator/control.js";
@@ -185,7 +185,7 @@ async function main(): Promise<void> {
     await mesh.close();
     await simulator.close();
     await database.drop();
-    await deleteBrokerTopology(workTopology(config.brokerNamespace));
+    await deleteBrokerTopology(meshTopology(config.brokerNamespace));
   }
 }
 

@@ -217,15 +217,25 @@ function pageSize(requested: number): number {
 }
 
 /** Page tokens are the last sequence returned, opaque to clients. */
-function afterSequence(token: string): bigint {
-  if (token === "") return 0n;
+/**
+ * A page token: the last sequence returned and, for account history, the account's totals after
+ * it, so that the next page's running balances continue from there instead of being summed again
+ * from the start of the account (a token a client alters only misleads that client's own view).
+ */
+function afterPosition(token: string): { sequence: bigint; totals?: Totals } {
+  if (token === "") return { sequence: 0n };
   const decoded = Buffer.from(token, "base64url").toString("utf8");
-  if (!/^s:\d{1,19}$/.test(decoded)) throw invalidArgument("page_token", "is not a token this service issued");
-  return BigInt(decoded.slice(2));
+  const match = /^s:(\d{1,19})(?::(\d{1,19}):(\d{1,19}):(\d{1,19}):(\d{1,19}))?$/.exec(decoded);
+  if (!match) throw invalidArgument("page_token", "is not a token this service issued");
+  const [, sequence, debitsPosted, creditsPosted, debitsPending, creditsPending] = match;
+  const totals = debitsPosted === undefined
+    ? undefined
+    : { debitsPosted: BigInt(debitsPosted), creditsPosted: BigInt(creditsPosted!), debitsPending: BigInt(debitsPending!), creditsPending: BigInt(creditsPending!) };
+  return { sequence: BigInt(sequence!), totals };
 }
 
-function pageToken(sequence: bigint): string {
-  return Buffer.from(`s:${sequence}`, "utf8").toString("base64url");
+function pageToken(sequence: bigint, totals: Totals): string {
+  return Buffer.from(`s:${sequence}:${totals.debitsPosted}:${totals.creditsPosted}:${totals.debitsPending}:${totals.creditsPending}`, "utf8").toString("base64url");
 }
 
 export const ledgerModule: ServiceModule = {
@@ -285,12 +295,13 @@ export const ledgerModule: ServiceModule = {
           async getAccountHistory(request) {
             const accountId = requireId(request.accountId, "account_id");
             const limit = pageSize(request.pageSize);
-            const after = afterSequence(request.pageToken);
+            const after = afterPosition(request.pageToken);
             await requireAccountExists(db, accountId);
             const entries = await accountHistory(db, accountId, {
               fromTime: optionalTime(request.fromTime),
               toTime: optionalTime(request.toTime),
-              afterSequence: after,
+              afterSequence: after.sequence,
+              before: after.totals,
               limit: limit + 1,
             });
             const page = entries.slice(0, limit);
@@ -302,7 +313,7 @@ export const ledgerModule: ServiceModule = {
                   balanceAfter: create(BalanceSchema, entry.balanceAfter),
                 }),
               ),
-              nextPageToken: entries.length > limit && last ? pageToken(last.transfer.sequence) : "",
+              nextPageToken: entries.length > limit && last ? pageToken(last.transfer.sequence, last.balanceAfter) : "",
             };
           },
           async getAccountBalanceAt(request) {

@@ -313,32 +313,32 @@ export interface HistoryEntry {
 }
 
 /**
- * Transfers of an account in journal order with the totals after each. The running totals are
- * window sums over the account's entries up to the page, read through the per-account indexes.
+ * Transfers of an account in journal order with the totals after each. A page costs its own size:
+ * each side (debit, credit) is read in sequence order through its per-account index, up to the
+ * limit, and merged; the totals run on from `before`, the totals after the previous page (which
+ * the page token carries). Without them (the first page) they are summed once over the
+ * account's entries before the page.
  */
 export async function accountHistory(
   db: Db,
   accountId: string,
-  options: { fromTime?: Date; toTime?: Date; afterSequence: bigint; limit: number },
+  options: { fromTime?: Date; toTime?: Date; afterSequence: bigint; before?: Totals; limit: number },
 ): Promise<HistoryEntry[]> {
-  const delta = deltaSql(accountId);
-  const result = await db.execute(sql`
-    select * from (
-      select t.id, t.sequence, t.batch, t.kind, t.debit_account_id, t.credit_account_id, t.amount_minor, t.currency, t.code,
-        t.reference, t.metadata, t.linked, t.pending_id, t.timeout_seconds, t.created_at,
-        sum(${delta.debitsPosted}) over w as debits_posted, sum(${delta.creditsPosted}) over w as credits_posted,
-        sum(${delta.debitsPending}) over w as debits_pending, sum(${delta.creditsPending}) over w as credits_pending
-      from ledger.transfers t left join ledger.transfers p on p.id = t.pending_id and t.pending_id <> ''
-      where t.debit_account_id = ${accountId} or t.credit_account_id = ${accountId}
-      window w as (order by t.sequence)
-    ) h
-    where h.sequence > ${options.afterSequence}
-      ${options.fromTime ? sql`and h.created_at >= ${options.fromTime.toISOString()}::timestamptz` : sql``}
-      ${options.toTime ? sql`and h.created_at < ${options.toTime.toISOString()}::timestamptz` : sql``}
-    order by h.sequence
-    limit ${options.limit}`);
-  return rowsOf<Record<string, unknown>>(result).map((row) => ({
-    transfer: {
+  const side = (column: SQL) => sql`(
+    select t.id, t.sequence, t.batch, t.kind, t.debit_account_id, t.credit_account_id, t.amount_minor, t.currency, t.code,
+      t.reference, t.metadata, t.linked, t.pending_id, t.timeout_seconds, t.created_at, p.amount_minor as pending_amount_minor
+    from ledger.transfers t left join ledger.transfers p on p.id = t.pending_id and t.pending_id <> ''
+    where ${column} = ${accountId} and t.sequence > ${options.afterSequence}
+      ${options.fromTime ? sql`and t.created_at >= ${options.fromTime.toISOString()}::timestamptz` : sql``}
+      ${options.toTime ? sql`and t.created_at < ${options.toTime.toISOString()}::timestamptz` : sql``}
+    order by t.sequence limit ${options.limit})`;
+  const rows = rowsOf<Record<string, unknown>>(await db.execute(sql`
+    select * from (${side(sql.raw("t.debit_account_id"))} union all ${side(sql.raw("t.credit_account_id"))}) h
+    order by h.sequence limit ${options.limit}`));
+  if (rows.length === 0) return [];
+  const totals = { ...(options.before ?? (await totalsBefore(db, accountId, BigInt(rows[0]!.sequence as string)))) };
+  return rows.map((row) => {
+    const transfer: TransferRow = {
       id: row.id as string,
       sequence: BigInt(row.sequence as string),
       batch: BigInt(row.batch as string),
@@ -354,14 +354,41 @@ export async function accountHistory(
       pendingId: row.pending_id as string,
       timeoutSeconds: Number(row.timeout_seconds),
       createdAt: new Date(row.created_at as string),
-    },
-    balanceAfter: {
-      debitsPosted: BigInt(row.debits_posted as string),
-      creditsPosted: BigInt(row.credits_posted as string),
-      debitsPending: BigInt(row.debits_pending as string),
-      creditsPending: BigInt(row.credits_pending as string),
-    },
-  }));
+    };
+    applyDelta(totals, accountId, transfer, row.pending_amount_minor === null ? 0n : BigInt(row.pending_amount_minor as string));
+    return { transfer, balanceAfter: { ...totals } };
+  });
+}
+
+/** What one transfer does to an account's totals: the same rules as deltaSql, in JavaScript. */
+function applyDelta(totals: Totals, accountId: string, transfer: TransferRow, pendingAmountMinor: bigint): void {
+  const posted = transfer.kind === TransferKind.POSTED || transfer.kind === TransferKind.POST_PENDING ? transfer.amountMinor : 0n;
+  const pending =
+    transfer.kind === TransferKind.PENDING ? transfer.amountMinor : transfer.kind === TransferKind.POSTED ? 0n : -pendingAmountMinor;
+  if (transfer.debitAccountId === accountId) {
+    totals.debitsPosted += posted;
+    totals.debitsPending += pending;
+  }
+  if (transfer.creditAccountId === accountId) {
+    totals.creditsPosted += posted;
+    totals.creditsPending += pending;
+  }
+}
+
+/** An account's totals after every transfer before `sequence`. */
+async function totalsBefore(db: Db, accountId: string, sequence: bigint): Promise<Totals> {
+  const delta = deltaSql(accountId);
+  const [row] = rowsOf<Record<string, string>>(await db.execute(sql`
+    select coalesce(sum(${delta.debitsPosted}), 0) as debits_posted, coalesce(sum(${delta.creditsPosted}), 0) as credits_posted,
+      coalesce(sum(${delta.debitsPending}), 0) as debits_pending, coalesce(sum(${delta.creditsPending}), 0) as credits_pending
+    from ledger.transfers t left join ledger.transfers p on p.id = t.pending_id and t.pending_id <> ''
+    where (t.debit_account_id = ${accountId} or t.credit_account_id = ${accountId}) and t.sequence < ${sequence}`));
+  return {
+    debitsPosted: BigInt(row?.debits_posted ?? 0),
+    creditsPosted: BigInt(row?.credits_posted ?? 0),
+    debitsPending: BigInt(row?.debits_pending ?? 0),
+    creditsPending: BigInt(row?.credits_pending ?? 0),
+  };
 }
 
 /** An account's totals after every transfer committed at or before `time`, and the last sequence. */

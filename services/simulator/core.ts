@@ -155,6 +155,8 @@ export class SimulatorCore {
   private records = new Map<string, SimulatedRecord>();
   private recordsById = new Map<string, SimulatedRecord>();
   private ordered: SimulatedRecord[] = [];
+  /** The same records per gateway and operation, in the same order: a gateway's list reads only its own. */
+  private streams = new Map<string, SimulatedRecord[]>();
   private serial = 0;
   private readonly random: () => number;
 
@@ -174,6 +176,7 @@ export class SimulatorCore {
     this.records.clear();
     this.recordsById.clear();
     this.ordered = [];
+    this.streams = new Map();
     for (const gateway of SIMULATED_GATEWAYS) {
       this.settingsByGateway.set(gateway, mergeSettings(DEFAULT_SETTINGS, this.defaults[gateway] ?? {}));
     }
@@ -301,8 +304,21 @@ export class SimulatorCore {
    * so a time filter reads only its slice: listing a short window of a long benchmark run stays cheap.
    */
   list(filter: RecordFilter & { fromMs?: number; toMs?: number } = {}): SimulatedRecord[] {
-    const start = filter.fromMs === undefined ? 0 : this.firstAtOrAfter(filter.fromMs);
-    const end = filter.toMs === undefined ? this.ordered.length : this.firstAtOrAfter(filter.toMs + 1);
+    const inWindow = (record: SimulatedRecord) =>
+      (filter.fromMs === undefined || record.createdAt.getTime() >= filter.fromMs) && (filter.toMs === undefined || record.createdAt.getTime() <= filter.toMs);
+    if (filter.gateway !== undefined && filter.operation !== undefined) {
+      if (filter.reference !== undefined) {
+        const record = this.records.get(key(filter.gateway, filter.operation, filter.reference));
+        return record && inWindow(record) ? [record] : [];
+      }
+      // A gateway's own list: a slice of its stream, whatever the other gateways hold.
+      const stream = this.streams.get(streamKey(filter.gateway, filter.operation)) ?? [];
+      const start = filter.fromMs === undefined ? 0 : firstAtOrAfter(stream, filter.fromMs);
+      const end = filter.toMs === undefined ? stream.length : firstAtOrAfter(stream, filter.toMs + 1);
+      return stream.slice(start, end);
+    }
+    const start = filter.fromMs === undefined ? 0 : firstAtOrAfter(this.ordered, filter.fromMs);
+    const end = filter.toMs === undefined ? this.ordered.length : firstAtOrAfter(this.ordered, filter.toMs + 1);
     const matches: SimulatedRecord[] = [];
     for (let index = start; index < end; index++) {
       const record = this.ordered[index] as SimulatedRecord;
@@ -344,18 +360,6 @@ export class SimulatorCore {
     });
   }
 
-  /** The index of the first record created at or after `ms` (binary search over creation order). */
-  private firstAtOrAfter(ms: number): number {
-    let low = 0;
-    let high = this.ordered.length;
-    while (low < high) {
-      const middle = (low + high) >>> 1;
-      if ((this.ordered[middle] as SimulatedRecord).createdAt.getTime() < ms) low = middle + 1;
-      else high = middle;
-    }
-    return low;
-  }
-
   private add(
     fields: Omit<SimulatedRecord, "serial" | "gatewayId" | "createdAt" | "refundedMinor" | "reference"> & {
       reference: string | undefined;
@@ -379,6 +383,9 @@ export class SimulatorCore {
     this.records.set(key(record.gateway, record.operation, record.reference), record);
     this.recordsById.set(key(record.gateway, record.operation, record.gatewayId), record);
     this.ordered.push(record);
+    const stream = this.streams.get(streamKey(record.gateway, record.operation));
+    if (stream) stream.push(record);
+    else this.streams.set(streamKey(record.gateway, record.operation), [record]);
     if (notify && record.status !== "pending") this.onFinal(record);
     return record;
   }
@@ -455,4 +462,20 @@ function mulberry32(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
   };
+}
+
+function streamKey(gateway: string, operation: string): string {
+  return `${gateway}\u0000${operation}`;
+}
+
+/** The index of the first record created at or after `ms` (binary search over creation order). */
+function firstAtOrAfter(records: readonly SimulatedRecord[], ms: number): number {
+  let low = 0;
+  let high = records.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if ((records[middle] as SimulatedRecord).createdAt.getTime() < ms) low = middle + 1;
+    else high = middle;
+  }
+  return low;
 }
