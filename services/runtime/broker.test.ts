@@ -142,6 +142,19 @@ for (const backend of backends) {
       assert.deepEqual(otherReceived, ["retry-1"], "the other queue got the event once, retries did not reach it");
     });
 
+    it("reports how many messages wait in a queue", async () => {
+      const { queue, exchange } = names("depth");
+      const consumer = await broker.consume({ queue, exchange, bindingKeys: ["depth.#"], concurrency: 1, deliveryLimit: 3 }, async () => {});
+      await consumer.close(); // the queue stays; nobody takes from it now
+      for (const n of [1, 2, 3]) await broker.publish(exchange, "depth.x", bytes(String(n)), { messageId: `depth-${n}` });
+      let depth = 0;
+      for (let tries = 0; tries < 50 && depth !== 3; tries++) {
+        depth = await broker.queueDepth(queue);
+        if (depth !== 3) await sleep(20);
+      }
+      assert.equal(depth, 3);
+    });
+
     it("publishes an unroutable message without error", async () => {
       const { exchange } = names("unroutable");
       await broker.publish(exchange, "nobody.listens", bytes("lost"), { messageId: "msg-unroutable" });

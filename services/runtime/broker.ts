@@ -54,6 +54,8 @@ export interface Broker {
   ): Promise<void>;
   /** Starts a consumer. A handler that resolves acks; one that throws nacks and the message is redelivered until deliveryLimit, then goes to the dead-letter queue `${queue}.dead` (through exchange `${exchange}.dead`). */
   consume(options: ConsumerOptions, handler: (message: BrokerMessage) => Promise<void>): Promise<{ close(): Promise<void> }>;
+  /** Messages ready in a queue (not counting those delivered and not yet acknowledged), for metrics. */
+  queueDepth(queue: string): Promise<number>;
   /** True while connected (memory: always). Used by health checks. */
   isReady(): boolean;
   close(): Promise<void>;
@@ -284,6 +286,10 @@ export function createRabbitBroker(url: string, options: RabbitBrokerOptions): B
         throw error;
       }
       return { close: stop };
+    },
+    async queueDepth(queue) {
+      // A passive declaration only reads the queue; it fails (and declares nothing) when it is missing.
+      return (await connection.queueDeclare({ queue, passive: true })).messageCount;
     },
     isReady: () => !closed && connection.ready,
     async close() {
@@ -642,6 +648,9 @@ export function createMemoryBroker(options: BrokerErrorOptions = {}): Broker {
       };
       consumers.add(subscription);
       return subscription;
+    },
+    async queueDepth(queue) {
+      return queues.get(queue)?.ready.length ?? 0;
     },
     isReady: () => !closed,
     async close() {

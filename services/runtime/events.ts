@@ -28,6 +28,7 @@ import { invalidArgument, notFound } from "./errors.js";
 import type { EventTables } from "./event-tables.js";
 import { errorText, type Logger } from "./log.js";
 import { metrics } from "./metrics.js";
+import { every } from "./periodic.js";
 import { pageOf, pagePosition } from "./pages.js";
 import { requirePageSize, requireText } from "./validate.js";
 
@@ -272,6 +273,7 @@ const CONSUMER_DELIVERY_LIMIT = 50;
 /** A delivery that cannot even be parked waits this long before it is handed back. */
 const UNPARKABLE_PAUSE_MS = 1_000;
 const CONSUMER_CONCURRENCY = 32;
+const GAUGE_INTERVAL_MS = 5_000;
 
 interface Pending {
   event: Envelope;
@@ -382,11 +384,20 @@ export async function startEventConsumer(options: EventConsumerOptions): Promise
       }
     },
   );
+  // Queue depth and parked events, sampled for Prometheus; a backend that is away skips a sample.
+  const sampler = every(GAUGE_INTERVAL_MS, `${name} gauges`, async () => {
+    await options.broker.queueDepth(queue).then((depth) => metrics().eventQueueDepth.set({ consumer: name }, depth), () => undefined);
+    const [row] = await db.select({ count: sql<number>`count(*)::int` }).from(tables.parked).where(and(eq(tables.parked.consumer, name), isNull(tables.parked.replayedAt))).catch(() => []);
+    if (row) metrics().parkedEvents.set({ consumer: name }, row.count);
+  }, log);
   return {
     name,
     queue,
     queues: [queue, ...retryQueueNames(queue, retryDelaysMs)],
-    close: () => subscription.close(),
+    async close() {
+      await sampler.stop();
+      await subscription.close();
+    },
   };
 }
 

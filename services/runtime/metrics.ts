@@ -19,6 +19,8 @@ export interface Metrics {
   readonly eventPublishFailures: Counter<"service">;
   readonly eventsConsumed: Counter<"consumer" | "result">;
   readonly eventConsumerLagSeconds: Histogram<"consumer">;
+  readonly eventQueueDepth: Gauge<"consumer">;
+  readonly parkedEvents: Gauge<"consumer">;
   readonly reconRuns: Counter<"trigger" | "status">;
   readonly reconRunDurationSeconds: Histogram<"trigger">;
   readonly reconChecked: Counter<"side" | "result">;
@@ -113,6 +115,18 @@ export function metrics(): Metrics {
       name: "cowrie_events_consumed_total",
       help: "Events delivered to a consumer, by result: applied, duplicate (already in the inbox), retried, parked.",
       labelNames: ["consumer", "result"],
+      registers: [registry],
+    }),
+    eventQueueDepth: new Gauge({
+      name: "cowrie_event_queue_depth",
+      help: "Events waiting in a consumer's RabbitMQ queue (sampled every few seconds).",
+      labelNames: ["consumer"],
+      registers: [registry],
+    }),
+    parkedEvents: new Gauge({
+      name: "cowrie_parked_events",
+      help: "Events a consumer parked after its retries and no operator has replayed yet.",
+      labelNames: ["consumer"],
       registers: [registry],
     }),
     eventConsumerLagSeconds: new Histogram({

@@ -276,6 +276,7 @@ describe("reconciliation", () => {
       holdExpired: { kind: PAYOUT, gateway: "flutterwave", status: FAILED, failureCode: "booking_hold_not_held", amountMinor: 1_800n },
       noCapture: { kind: PAY_IN, gateway: "paystack", amountMinor: 1_900n },
       stuckPending: { kind: INTERNAL, status: CREATED, amountMinor: 2_000n, idleMinutes: 30 },
+      stuckProcessing: { kind: INTERNAL, status: PaymentStatus.PROCESSING, amountMinor: 2_050n, idleMinutes: 30 },
       unknownFlagged: { kind: PAY_IN, gateway: "paystack", status: OUTCOME_UNKNOWN, needsReconciliation: true, amountMinor: 2_100n, idleMinutes: 30 },
       inFlight: { kind: INTERNAL, status: PaymentStatus.PROCESSING, amountMinor: 2_200n },
     };
@@ -333,6 +334,7 @@ describe("reconciliation", () => {
       `HOLD_EXPIRED_BUT_CAPTURED payment/${item("holdExpired").id}/gateway`,
       `COMPLETED_WITHOUT_GATEWAY_CAPTURE payment/${item("noCapture").id}/gateway`,
       `STUCK_PENDING payment/${item("stuckPending").id}`,
+      `STUCK_PROCESSING payment/${item("stuckProcessing").id}`,
       `OUTCOME_UNKNOWN payment/${item("unknownFlagged").id}`,
       `GATEWAY_TRANSACTION_UNKNOWN gateway/stripe/charge/`,
       `LEDGER_TRANSFER_WITHOUT_PAYMENT transfer/${orphan.transferId}`,
@@ -343,17 +345,18 @@ describe("reconciliation", () => {
     assert.equal(run.findingsOpened, expected.length);
 
     // The safe ones settled through the Router's own paths: the completer's for the stuck internal
-    // payment, the resolver's (the gateway's status) for the unknown outcome.
+    // payments, the resolver's (the gateway's status) for the unknown outcome.
     const byType = (type: FindingType) => findings.find((finding) => finding.type === type) as Finding;
-    for (const type of [FindingType.STUCK_PENDING, FindingType.OUTCOME_UNKNOWN]) {
+    for (const type of [FindingType.STUCK_PENDING, FindingType.STUCK_PROCESSING, FindingType.OUTCOME_UNKNOWN]) {
       const { finding } = await recon.getFinding({ findingId: byType(type).id }, auth);
       assert.equal(finding?.status, FindingStatus.AUTO_RESOLVED, `${TYPE_NAMES[type]}: ${finding?.events.map((event) => `${event.action} ${event.note}`).join("; ")}`);
       assert.deepEqual(finding?.events.map((event) => [event.actor, event.action]), [["reconciliation", "opened"], ["reconciliation", "auto_resolved"]]);
     }
     const [settled] = await sql`select status from router.payments where id = ${item("unknownFlagged").id}`;
     assert.equal(settled?.status, PaymentStatus.SUCCEEDED);
-    assert.equal(run.autoResolved, 2);
-    for (const finding of findings.filter((finding) => finding.type !== FindingType.STUCK_PENDING && finding.type !== FindingType.OUTCOME_UNKNOWN)) {
+    assert.equal(run.autoResolved, 3);
+    const autoResolvable = [FindingType.STUCK_PENDING, FindingType.STUCK_PROCESSING, FindingType.OUTCOME_UNKNOWN];
+    for (const finding of findings.filter((finding) => !autoResolvable.includes(finding.type))) {
       assert.equal(finding.status, FindingStatus.OPEN, TYPE_NAMES[finding.type]);
     }
   });
