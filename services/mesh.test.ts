@@ -6,6 +6,8 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { spawn, execFile, type ChildProcess } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -17,6 +19,8 @@ import { createConnectTransport as createWebTransport } from "@connectrpc/connec
 import { PaymentsService, PaymentStatus } from "../gen/cowrie/edge/v1/payments_pb.js";
 import { EntryType, WalletKind, WalletsService } from "../gen/cowrie/edge/v1/wallets_pb.js";
 import { LedgerService } from "../gen/cowrie/ledger/v1/ledger_pb.js";
+import { WebhooksService } from "../gen/cowrie/edge/v1/webhooks_pb.js";
+import { verifyWebhook } from "./edge/webhooks/signature.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { SERVICE_NAMES, type ServiceName } from "./runtime/config.js";
 import { meshTopology } from "./mesh.js";
@@ -274,15 +278,41 @@ describe("the mesh on the embedded default (npm start with no configuration)", (
     const first = await startMeshProcess(env);
     started.push(first);
     process.stdout.write(`# embedded mesh SERVING on all five ports after ${first.startupMs} ms\n`);
-    const { apiKey, customer, merchant } = await driveSlice(first, env, "embedded");
+    const { apiKey, customer, merchant, payments } = await driveSlice(first, env, "embedded");
+    // Events on the embedded default: the outbox through the in-process broker to a merchant webhook.
+    const received: { type: string; verified: boolean }[] = [];
+    let secret = "";
+    const receiver = http.createServer((request, response) => {
+      const chunks: Buffer[] = [];
+      request.on("data", (chunk: Buffer) => chunks.push(chunk));
+      request.on("end", () => {
+        const body = Buffer.concat(chunks);
+        received.push({ type: String(request.headers["cowrie-event-type"]), verified: verifyWebhook({ secret, signatureHeader: request.headers["cowrie-signature"] as string, body }).ok });
+        response.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+    try {
+      const webhooks = client(WebhooksService, first.ports.edge, apiKey);
+      const url = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hooks`;
+      secret = (await webhooks.createWebhookEndpoint({ url, eventTypes: ["payment.succeeded"] }, { headers: { "idempotency-key": "hook" } })).secret;
+      await payments.createPayment(
+        { sourceWalletId: customer.id, destinationWalletId: merchant.id, amountMinor: 100n, currency: "NGN", reference: "hooked" },
+        { headers: { "idempotency-key": "hooked" }, timeoutMs: 5000 },
+      );
+      for (let waited = 0; received.length === 0 && waited < 100; waited++) await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.deepEqual(received, [{ type: "payment.succeeded", verified: true }]);
+    } finally {
+      await new Promise((resolve) => receiver.close(resolve));
+    }
     assert.equal(await first.stop(), 0);
 
     const second = await startMeshProcess(env);
     started.push(second);
     try {
       const edge = client(WalletsService, second.ports.edge, apiKey);
-      assert.equal((await edge.getWallet({ walletId: customer.id })).wallet?.postedBalanceMinor, 8_500n);
-      assert.equal((await edge.getWallet({ walletId: merchant.id })).wallet?.postedBalanceMinor, 1_400n);
+      assert.equal((await edge.getWallet({ walletId: customer.id })).wallet?.postedBalanceMinor, 8_400n);
+      assert.equal((await edge.getWallet({ walletId: merchant.id })).wallet?.postedBalanceMinor, 1_500n);
     } finally {
       assert.equal(await second.stop(), 0);
     }

@@ -205,25 +205,32 @@ function walletMessage(row: WalletRow, account: Account | undefined, outflowToda
   if (!account) throw new ConnectError(`ledger account of wallet ${row.id} is missing`, Code.Internal);
   const posted = account.creditsPosted - account.debitsPosted;
   return create(WalletSchema, {
+    ...walletFields(row),
+    postedBalanceMinor: posted,
+    pendingDebitsMinor: account.debitsPending,
+    availableBalanceMinor: posted - account.debitsPending,
+    outflowTodayMinor,
+  });
+}
+
+/** What the wallet row itself says; balances come from the Ledger. */
+function walletFields(row: WalletRow): MessageInitShape<typeof WalletSchema> {
+  return {
     id: row.id,
     tenantId: row.tenantId,
     ownerId: row.ownerId,
     currency: row.currency,
     kind: row.kind,
     status: row.status,
-    postedBalanceMinor: posted,
-    pendingDebitsMinor: account.debitsPending,
-    availableBalanceMinor: posted - account.debitsPending,
     createdAt: timestampFromDate(row.createdAt),
     minorUnitExponent: minorUnitExponent(row.currency),
     limits: create(WalletLimitsSchema, {
       perTransactionMinor: row.perTransactionLimitMinor,
       dailyOutflowMinor: row.dailyOutflowLimitMinor,
     }),
-    outflowTodayMinor,
     frozenReason: row.frozenReason,
     updatedAt: timestampFromDate(row.updatedAt),
-  });
+  };
 }
 
 /**
@@ -260,20 +267,7 @@ async function withWalletEvent(tx: Tx, type: string, write: Promise<WalletRow[]>
     subject: `wallet/${row.id}`,
     tenantId: row.tenantId,
     schema: WalletChangedSchema,
-    data: create(WalletChangedSchema, {
-      wallet: create(WalletSchema, {
-        id: row.id,
-        tenantId: row.tenantId,
-        ownerId: row.ownerId,
-        currency: row.currency,
-        kind: row.kind,
-        status: row.status,
-        frozenReason: row.frozenReason,
-        createdAt: timestampFromDate(row.createdAt),
-        updatedAt: timestampFromDate(row.updatedAt),
-        limits: { perTransactionMinor: row.perTransactionLimitMinor, dailyOutflowMinor: row.dailyOutflowLimitMinor },
-      }),
-    }),
+    data: create(WalletChangedSchema, { wallet: create(WalletSchema, walletFields(row)) }),
   })));
   return rows;
 }
