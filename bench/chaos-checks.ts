@@ -31,6 +31,21 @@ import { SIMULATED_GATEWAYS } from "../services/simulator/core.js";
 import { captureIdFor, clearingAccountId, feeAccountId, feeTransferIdFor, fundingAccountId, holdIdFor, releaseIdFor, transferIdFor } from "../services/wallet/service.js";
 import type { ChaosWallet, Op } from "./chaos-workload.js";
 
+/** The nemesis' faults (bench/chaos.ts), each injected at least once per run. */
+export const FAULT_KINDS = [
+  "kill:ledger",
+  "kill:wallet",
+  "kill:risk",
+  "kill:router",
+  "kill:edge",
+  "pause:ledger",
+  "postgres:restart",
+  "redis:restart",
+  "rabbitmq:drop",
+  "gateway:outage",
+] as const;
+export type FaultKind = (typeof FAULT_KINDS)[number];
+
 const EXAMPLES_PER_KIND = 3;
 
 export class Anomalies {
@@ -39,6 +54,12 @@ export class Anomalies {
 
   add(kind: string, example: string, count = 1): void {
     this.counts[kind] = (this.counts[kind] ?? 0) + count;
+    const list = (this.examples[kind] ??= []);
+    if (list.length < EXAMPLES_PER_KIND) list.push(example);
+  }
+
+  /** Evidence for a kind counted elsewhere. */
+  example(kind: string, example: string): void {
     const list = (this.examples[kind] ??= []);
     if (list.length < EXAMPLES_PER_KIND) list.push(example);
   }
@@ -60,6 +81,8 @@ interface PaymentRow {
   reference: string;
   gateway: string;
   needs_reconciliation: boolean;
+  refunded_minor: string;
+  refunded_payment_id: string | null;
 }
 
 interface TransferRow {
@@ -89,7 +112,8 @@ const EVENT_SOURCES = ["router", "ledger", "wallet", "risk"] as const;
 /** Payments, transfers and accounts of the run, read once after quiescence. */
 export async function readPayments(sql: postgres.Sql, tenantId: string): Promise<PaymentRow[]> {
   return sql<PaymentRow[]>`
-    select id, kind, status, amount_minor::text, fee_minor::text, currency, source_wallet_id, destination_wallet_id, reference, gateway, needs_reconciliation
+    select id, kind, status, amount_minor::text, fee_minor::text, currency, source_wallet_id, destination_wallet_id, reference, gateway, needs_reconciliation,
+           refunded_minor::text, refunded_payment_id
     from router.payments where tenant_id = ${tenantId}`;
 }
 
@@ -110,6 +134,8 @@ export async function backlog(sql: postgres.Sql, tenantId: string): Promise<Reco
     where o.event_type in ('payment.succeeded', 'payment.failed')
       and not exists (select 1 from risk.inbox i where i.consumer = 'risk.feedback' and i.event_id = o.id::text)`;
   result.feedback_not_applied = feedback?.count ?? 0;
+  const [webhooks] = await sql<{ count: number }[]>`select count(*)::int as count from edge.webhook_deliveries where tenant_id = ${tenantId} and status = 1`;
+  result.webhooks_pending = webhooks?.count ?? 0;
   return result;
 }
 
@@ -122,9 +148,11 @@ export interface CheckInput {
   funded: ReadonlyMap<string, bigint>;
   records: readonly RecordView[];
   verify: VerifyJournalResponse | undefined;
+  /** The run's webhook endpoint and what it received. */
+  webhooks: { endpointId: string; since: Date; received: ReadonlyMap<string, number>; badSignatures: number } | undefined;
 }
 
-export async function checkRun(input: CheckInput, anomalies: Anomalies): Promise<{ payments: number; transfers: number; events: number }> {
+export async function checkRun(input: CheckInput, anomalies: Anomalies): Promise<{ payments: number; transfers: number; events: number; webhookRedeliveries: number }> {
   const { sql, tenantId, ops, wallets, funded } = input;
   const payments = await readPayments(sql, tenantId);
   checkClients(ops, payments, anomalies);
@@ -146,7 +174,8 @@ export async function checkRun(input: CheckInput, anomalies: Anomalies): Promise
   else for (const finding of input.verify.findings) anomalies.add(`journal_${(FindingKind[finding.kind] ?? String(finding.kind)).toLowerCase()}`, finding.detail);
 
   const events = await checkEvents(sql, payments, anomalies);
-  return { payments: payments.length, transfers: transfers.length, events };
+  const webhookRedeliveries = input.webhooks ? await checkWebhooks(sql, tenantId, input.webhooks, anomalies) : 0;
+  return { payments: payments.length, transfers: transfers.length, events, webhookRedeliveries };
 }
 
 function checkClients(ops: readonly Op[], payments: readonly PaymentRow[], anomalies: Anomalies): void {
@@ -175,8 +204,9 @@ function checkClients(ops: readonly Op[], payments: readonly PaymentRow[], anoma
         anomalies.add("told_outcome_changed", `${row.id} (${op.kind}, key ${op.key}): told ${op.toldFinal}, now ${statusName(row.status)}`);
       }
     } else if (op.outcome === "error") {
-      // Every request of the workload is valid: a definite error is a bug, and must have left nothing.
-      anomalies.add(`definite_error_${(op.errorCode ?? "unknown").toLowerCase()}`, `key ${op.key} (${op.kind}) after ${op.attempts} attempts: ${op.errorMessage}`);
+      // Every request of the workload is valid: a definite error is a bug (except a refund of more
+      // than is left, which is refused), and must have left nothing.
+      if (!(op.kind === "refund" && op.errorCode === "failed_precondition")) anomalies.add(`definite_error_${(op.errorCode ?? "unknown").toLowerCase()}`, `key ${op.key} (${op.kind}) after ${op.attempts} attempts: ${op.errorMessage}`);
       if (rows.length > 0) anomalies.add("error_but_recorded", `key ${op.key}: told ${op.errorCode}, stored ${rows.map((row) => `${row.id} ${statusName(row.status)}`).join(", ")}`);
     } else {
       anomalies.add("operation_unresolved", `key ${op.key} (${op.kind}): no definite answer in ${op.attempts} attempts (${Object.entries(op.retried).map(([code, count]) => `${code} ${count}`).join(", ")}); stored: ${rows.map((row) => `${row.id} ${statusName(row.status)}`).join(", ") || "nothing"}`);
@@ -216,6 +246,36 @@ function checkMoney(
     }
   };
 
+  /** A payout or a refund of a pay-in: the money is held for a gateway, and captured to its clearing account when it pays. */
+  const checkHeldPayment = (payment: PaymentRow, succeeded: boolean): void => {
+    const amount = BigInt(payment.amount_minor);
+    const holds = SIMULATED_GATEWAYS.map((gateway) => holdIdFor(tenantId, `router:${payment.id}:hold:${gateway}`));
+    for (const hold of holds) for (const id of [hold, captureIdFor(hold), releaseIdFor(hold), `expire:${hold}`]) attributable.add(id);
+    const captures = holds.map(captureIdFor).filter((id) => transferById.has(id));
+    if (succeeded) {
+      const clearing = clearingAccountId(payment.gateway, payment.currency);
+      if (captures.length !== 1) anomalies.add(captures.length === 0 ? "succeeded_without_transfer" : "hold_captured_twice", `${payment.id}: ${captures.length} hold captures`);
+      const expectedCapture = captureIdFor(holdIdFor(tenantId, `router:${payment.id}:hold:${payment.gateway}`));
+      expectTransfer(payment, expectedCapture, payment.source_wallet_id, clearing, amount);
+      move(payment.source_wallet_id, clearing, amount);
+    } else {
+      expectNone(payment, holds.map(captureIdFor));
+    }
+  };
+
+  // A refunded payment's refunded_minor is what its SUCCEEDED refunds returned (failed ones gave theirs back).
+  const refundedBy = new Map<string, bigint>();
+  for (const payment of payments) {
+    if (payment.kind === PaymentKind.REFUND && payment.status === PaymentStatus.SUCCEEDED && payment.refunded_payment_id) {
+      refundedBy.set(payment.refunded_payment_id, (refundedBy.get(payment.refunded_payment_id) ?? 0n) + BigInt(payment.amount_minor));
+    }
+  }
+  for (const payment of payments) {
+    const refunded = refundedBy.get(payment.id) ?? 0n;
+    if (BigInt(payment.refunded_minor) !== refunded) anomalies.add("refunded_amount_mismatch", `${payment.id}: refunded_minor ${payment.refunded_minor}, its SUCCEEDED refunds ${refunded}`);
+    if (refunded > BigInt(payment.amount_minor)) anomalies.add("refunded_more_than_paid", `${payment.id}: ${refunded} of ${payment.amount_minor}`);
+  }
+
   for (const payment of payments) {
     const amount = BigInt(payment.amount_minor);
     const fee = BigInt(payment.fee_minor);
@@ -225,7 +285,14 @@ function checkMoney(
     const reviewLegs = [review, captureIdFor(review), releaseIdFor(review), `expire:${review}`];
     for (const id of [main, feeTransferIdFor(main), ...reviewLegs]) attributable.add(id);
     switch (payment.kind) {
+      case PaymentKind.REFUND:
       case PaymentKind.INTERNAL: {
+        // A refund of a pay-in goes back through the gateway; one of an internal payment moves
+        // money between wallets as an internal payment does.
+        if (payment.destination_wallet_id === "") {
+          checkHeldPayment(payment, succeeded);
+          break;
+        }
         if (succeeded) {
           expectTransfer(payment, main, payment.source_wallet_id, payment.destination_wallet_id, amount - fee);
           if (fee > 0n) expectTransfer(payment, feeTransferIdFor(main), payment.source_wallet_id, feeAccountId(tenantId, payment.currency), fee);
@@ -246,21 +313,9 @@ function checkMoney(
         }
         break;
       }
-      case PaymentKind.PAYOUT: {
-        const holds = SIMULATED_GATEWAYS.map((gateway) => holdIdFor(tenantId, `router:${payment.id}:hold:${gateway}`));
-        for (const hold of holds) for (const id of [hold, captureIdFor(hold), releaseIdFor(hold), `expire:${hold}`]) attributable.add(id);
-        const captures = holds.map(captureIdFor).filter((id) => transferById.has(id));
-        if (succeeded) {
-          const clearing = clearingAccountId(payment.gateway, payment.currency);
-          if (captures.length !== 1) anomalies.add(captures.length === 0 ? "succeeded_without_transfer" : "payout_captured_twice", `${payment.id}: ${captures.length} hold captures`);
-          const expectedCapture = captureIdFor(holdIdFor(tenantId, `router:${payment.id}:hold:${payment.gateway}`));
-          expectTransfer(payment, expectedCapture, payment.source_wallet_id, clearing, amount);
-          move(payment.source_wallet_id, clearing, amount);
-        } else {
-          expectNone(payment, holds.map(captureIdFor));
-        }
+      case PaymentKind.PAYOUT:
+        checkHeldPayment(payment, succeeded);
         break;
-      }
       default:
         break;
     }
@@ -330,6 +385,29 @@ function checkGateways(payments: readonly PaymentRow[], records: readonly Record
       if (pending.length > 0) anomalies.add("failed_but_gateway_pending", `${payment.id} (${statusName(payment.status)}): ${pending.map((record) => record.gateway).join(", ")}`);
     }
   }
+  // Refunds of pay-ins: what the gateway returned of each charge is what the SUCCEEDED refunds through it say.
+  const refundedAtGateway = new Map<string, bigint>();
+  for (const record of records) {
+    if (record.operation === "refund" && record.status === "succeeded" && record.parentReference) {
+      refundedAtGateway.set(record.parentReference, (refundedAtGateway.get(record.parentReference) ?? 0n) + BigInt(record.amountMinor));
+    }
+  }
+  const byId = new Map(payments.map((payment) => [payment.id, payment]));
+  const refundedInCowrie = new Map<string, bigint>();
+  for (const payment of payments) {
+    if (payment.kind !== PaymentKind.REFUND || payment.destination_wallet_id !== "" || !payment.refunded_payment_id) continue;
+    const original = byId.get(payment.refunded_payment_id);
+    if (!original) continue;
+    const charge = gatewayReference(original.id, original.gateway);
+    if (payment.status === PaymentStatus.SUCCEEDED) refundedInCowrie.set(charge, (refundedInCowrie.get(charge) ?? 0n) + BigInt(payment.amount_minor));
+    else refundedInCowrie.set(charge, refundedInCowrie.get(charge) ?? 0n);
+  }
+  for (const charge of new Set([...refundedAtGateway.keys(), ...refundedInCowrie.keys()])) {
+    const there = refundedAtGateway.get(charge) ?? 0n;
+    const here = refundedInCowrie.get(charge) ?? 0n;
+    if (there !== here) anomalies.add("gateway_refunds_differ", `charge ${charge}: the gateway refunded ${there}, SUCCEEDED refunds say ${here}`);
+  }
+
   for (const record of records) {
     if (record.operation === "refund" || claimed.has(`${record.operation}/${record.reference}`)) continue;
     if (record.status === "succeeded") anomalies.add("gateway_capture_without_payment", `${record.gateway} ${record.operation} ${record.reference} ${record.amountMinor}`);
@@ -377,4 +455,43 @@ async function checkEvents(sql: postgres.Sql, payments: readonly PaymentRow[], a
     else if (count > 1 || events[0]?.type !== expectedType) anomalies.add("final_payment_events_wrong", `${payment.id} ${statusName(payment.status)}: ${events.map((event) => `${event.type} x${event.count}`).join(", ")}`);
   }
   return total;
+}
+
+/**
+ * Every tenant event from when the endpoint existed (types the webhooks consumer takes) has one
+ * delivery to it, DELIVERED, and the receiver saw it (at least once: answers how many more times);
+ * every signature verified; nothing received that the outboxes do not hold.
+ */
+async function checkWebhooks(
+  sql: postgres.Sql,
+  tenantId: string,
+  webhooks: { endpointId: string; since: Date; received: ReadonlyMap<string, number>; badSignatures: number },
+  anomalies: Anomalies,
+): Promise<number> {
+  if (webhooks.badSignatures > 0) anomalies.add("webhook_bad_signature", `${webhooks.badSignatures} deliveries failed verification`, webhooks.badSignatures);
+  const expected = new Set<string>();
+  for (const source of ["router", "wallet", "risk"] as const) {
+    const rows = await sql<{ id: string; event_type: string; subject: string; status: number | null }[]>`
+      select o.id::text as id, o.event_type, o.subject, d.status
+      from ${sql(source)}.outbox o
+      left join edge.webhook_deliveries d on d.endpoint_id = ${webhooks.endpointId} and d.event_id = o.id::text
+      where o.tenant_id = ${tenantId} and o.created_at >= ${webhooks.since}
+        and o.event_type ~ '^(payment|risk|wallet|reconciliation)[.]'`;
+    for (const row of rows) {
+      expected.add(row.id);
+      const what = `${row.event_type} ${row.subject} (${row.id})`;
+      if (row.status === null) anomalies.add("webhook_not_enqueued", what);
+      else if (row.status !== 2) anomalies.add("webhook_not_delivered", `${what}: delivery status ${row.status}`);
+      if (!webhooks.received.has(row.id)) anomalies.add("webhook_not_received", what);
+    }
+  }
+  let redeliveries = 0;
+  for (const [eventId, count] of webhooks.received) {
+    redeliveries += count - 1;
+    if (!expected.has(eventId)) {
+      const [known] = await sql<{ count: number }[]>`select count(*)::int as count from edge.webhook_deliveries where event_id = ${eventId}`;
+      if (!known?.count) anomalies.add("webhook_unknown_event", eventId);
+    }
+  }
+  return redeliveries;
 }

@@ -78,8 +78,16 @@ export function workTopology(namespace: string) {
 
 /** The work queue of gateway payments: one message per payment id; the database is the truth. */
 const WORK_ROUTING_KEY = "payments.gateway";
-/** Redeliveries of one work message before it is parked (the completer still finds the payment). */
+/**
+ * Deliveries of one work message before it is dead-lettered (the completer still finds the
+ * payment). Outages are waited out without handing the message back, so what counts here is a
+ * Router process or a broker connection lost while it held the message. (Changing it changes the
+ * queue's arguments, which RabbitMQ refuses for a queue that exists: it needs a new queue.)
+ */
 const WORK_DELIVERY_LIMIT = 10;
+/** Pauses of a worker whose payment a dependency outage interrupted: full jitter, doubling to the cap. */
+const WORK_RETRY_BASE_MS = 500;
+const WORK_RETRY_MAX_MS = 15_000;
 /** How soon a payment in review is first asked about, and the longest between two asks. */
 const REVIEW_LEASE_MS = 1_000;
 const REVIEW_CHECK_MAX_MS = 60_000;
@@ -323,20 +331,37 @@ export const routerModule: ServiceModule = {
       { queue: workQueue, exchange: workExchange, bindingKeys: [WORK_ROUTING_KEY], concurrency: config.gatewayWorkers, deliveryLimit: WORK_DELIVERY_LIMIT },
       async (message) => {
         const paymentId = Buffer.from(message.body).toString("utf8");
-        let payment = await findById(db, paymentId);
-        if (!payment) {
-          log.warn({ paymentId }, "work message for an unknown payment; dropped");
-          return;
+        // A dependency outage (Wallet, Ledger, the database) is waited out here, the message kept,
+        // with growing pauses: handing it back would count a delivery each time, and a long outage
+        // would dead-letter every payment in flight.
+        let outages = 0;
+        const waitOut = async (interruption: unknown) => {
+          if (stopping.signal.aborted) throw new Error("router is stopping; the message goes back to the queue");
+          outages += 1;
+          if (outages === 1 || outages % 10 === 0) log.warn({ paymentId, err: errorText(interruption), outages }, "gateway payment interrupted; trying again");
+          await pause(backoffMs(outages - 1, WORK_RETRY_BASE_MS, WORK_RETRY_MAX_MS), stopping.signal).catch(() => undefined);
+        };
+        let payment: PaymentRow | undefined;
+        while (!payment) {
+          try {
+            payment = await findById(db, paymentId);
+            if (!payment) {
+              log.warn({ paymentId }, "work message for an unknown payment; dropped");
+              return;
+            }
+          } catch (error) {
+            await waitOut(error);
+          }
         }
         for (;;) {
           const outcome = await processor.drive(payment, "worker", stopping.signal);
           payment = outcome.payment;
           if (stopping.signal.aborted) throw new Error("router is stopping; the message goes back to the queue");
           if (outcome.interruption) {
-            // A dependency (Wallet, database) failed: back to the queue after a pause.
-            await pause(1_000);
-            throw outcome.interruption;
+            await waitOut(outcome.interruption);
+            continue;
           }
+          outages = 0;
           if (outcome.deferMs === undefined) return;
           await pause(outcome.deferMs, stopping.signal);
         }
