@@ -3,8 +3,7 @@
 import { AUDIT_CONSUMER, WEBHOOKS_CONSUMER } from "./edge/events.js";
 import { edgeModule } from "./edge/service.js";
 import { FEEDBACK_CONSUMER } from "./risk/feedback.js";
-import { retryQueueNames } from "./runtime/broker.js";
-import { DEFAULT_RETRY_DELAYS_MS, consumerQueue, eventsExchange } from "./runtime/events.js";
+import { consumerQueues, declareEventConsumers, eventsExchange } from "./runtime/events.js";
 import { ledgerModule } from "./ledger/service.js";
 import { riskModule } from "./risk/service.js";
 import { routerModule, workTopology } from "./router/service.js";
@@ -30,10 +29,14 @@ export interface Mesh {
   close(): Promise<void>;
 }
 
+/** Every event consumer of the mesh, declared before any service publishes (events.ts). */
+export const EVENT_CONSUMERS = [WEBHOOKS_CONSUMER, AUDIT_CONSUMER, FEEDBACK_CONSUMER];
+
 export async function startMesh(config: Config, names: readonly ServiceName[], log: Logger): Promise<Mesh> {
   const backends = await openBackends(config, log);
   const services: RunningService[] = [];
   try {
+    await declareEventConsumers(backends.broker, config.brokerNamespace, EVENT_CONSUMERS);
     for (const name of START_ORDER.filter((candidate) => names.includes(candidate))) {
       services.push(await startService(MODULES[name], backends, config, log));
     }
@@ -61,9 +64,8 @@ export async function startMesh(config: Config, names: readonly ServiceName[], l
  */
 export function meshTopology(namespace: string): { queues: string[]; exchanges: string[] } {
   const work = workTopology(namespace);
-  const consumers = [WEBHOOKS_CONSUMER, AUDIT_CONSUMER, FEEDBACK_CONSUMER].map((name) => consumerQueue(namespace, name));
   return {
-    queues: [...work.queues, ...consumers, ...consumers.flatMap((queue) => retryQueueNames(queue, DEFAULT_RETRY_DELAYS_MS))],
+    queues: [...work.queues, ...EVENT_CONSUMERS.flatMap((consumer) => consumerQueues(namespace, consumer))],
     exchanges: [...work.exchanges, eventsExchange(namespace)],
   };
 }

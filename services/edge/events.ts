@@ -7,16 +7,14 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Envelope } from "../../gen/cowrie/events/v1/events_pb.js";
 import type { Tx } from "../runtime/db.js";
-import { eventOperations, startEventConsumer, type EventConsumer } from "../runtime/events.js";
+import { eventOperations, startEventConsumer, type ConsumerDefinition, type EventConsumer } from "../runtime/events.js";
 import type { ServiceContext } from "../runtime/service.js";
 import { auditEvents, inbox, parked } from "./schema.js";
 import { enqueueWebhookDeliveries } from "./webhooks/module.js";
 
-export const WEBHOOKS_CONSUMER = "edge.webhooks";
-export const AUDIT_CONSUMER = "edge.audit";
-
-/** The events merchants can subscribe to: their own payments and risk decisions. */
-const TENANT_EVENT_TYPES = ["payment.#", "risk.#", "wallet.#", "reconciliation.#"];
+/** The events merchants can subscribe to: their own payments, wallets and risk decisions. */
+export const WEBHOOKS_CONSUMER: ConsumerDefinition = { name: "edge.webhooks", bindingKeys: ["payment.#", "risk.#", "wallet.#", "reconciliation.#"] };
+export const AUDIT_CONSUMER: ConsumerDefinition = { name: "edge.audit", bindingKeys: ["#"] };
 
 export async function startEdgeConsumers(context: ServiceContext): Promise<EventConsumer[]> {
   const common = {
@@ -28,11 +26,10 @@ export async function startEdgeConsumers(context: ServiceContext): Promise<Event
   };
   const webhooks = await startEventConsumer({
     ...common,
-    name: WEBHOOKS_CONSUMER,
-    bindingKeys: TENANT_EVENT_TYPES,
+    ...WEBHOOKS_CONSUMER,
     handle: async (tx, event) => void (await enqueueWebhookDeliveries(tx, event)),
   });
-  const audit = await startEventConsumer({ ...common, name: AUDIT_CONSUMER, bindingKeys: ["#"], handle: recordAudit }).catch(async (error: unknown) => {
+  const audit = await startEventConsumer({ ...common, ...AUDIT_CONSUMER, handle: recordAudit }).catch(async (error: unknown) => {
     await webhooks.close();
     throw error;
   });
@@ -60,6 +57,6 @@ export function edgeEventOperations(context: ServiceContext) {
     tables: { inbox, parked },
     broker: context.broker,
     namespace: context.config.brokerNamespace,
-    consumers: [WEBHOOKS_CONSUMER, AUDIT_CONSUMER],
+    consumers: [WEBHOOKS_CONSUMER.name, AUDIT_CONSUMER.name],
   });
 }

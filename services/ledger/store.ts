@@ -314,50 +314,85 @@ export interface HistoryEntry {
 
 /**
  * Transfers of an account in journal order with the totals after each. A page costs its own size:
- * each side (debit, credit) is read in sequence order through its per-account index, up to the
- * limit, and merged; the totals run on from `before`, the totals after the previous page (which
- * the page token carries). Without them (the first page) they are summed once over the
- * account's entries before the page.
+ * each side (debit, credit) is read in sequence order through its per-account index and merged,
+ * and the totals run on from `before`, the totals after the previous page (which the page token
+ * carries); a first page sums the account's entries before it once.
+ *
+ * Time filters select which entries are returned, never which are counted: every entry in
+ * sequence order moves the totals. Transfers of one batch share a time, and batches from several
+ * Ledger processes can be a few milliseconds out of time order, so reading stops only at an entry
+ * more than TIME_ORDER_SLACK_MS past `toTime`.
  */
 export async function accountHistory(
   db: Db,
   accountId: string,
   options: { fromTime?: Date; toTime?: Date; afterSequence: bigint; before?: Totals; limit: number },
 ): Promise<HistoryEntry[]> {
+  let after = options.afterSequence;
+  let totals = options.before;
+  if (!totals) {
+    // The first page starts at the first entry in the window.
+    const [first] = await entriesAfter(db, accountId, after, 1, options.fromTime);
+    if (!first) return [];
+    after = BigInt(first.sequence as string) - 1n;
+    totals = await totalsBefore(db, accountId, after + 1n);
+  }
+  const running = { ...totals };
+  const fromMs = options.fromTime?.getTime() ?? -Infinity;
+  const toMs = options.toTime?.getTime() ?? Infinity;
+  const entries: HistoryEntry[] = [];
+  for (;;) {
+    const rows = await entriesAfter(db, accountId, after, Math.max(options.limit, 100));
+    for (const row of rows) {
+      const entry = historyEntry(row, accountId, running);
+      after = entry.transfer.sequence;
+      const atMs = entry.transfer.createdAt.getTime();
+      if (atMs >= toMs + TIME_ORDER_SLACK_MS) return entries;
+      if (atMs >= fromMs && atMs < toMs) entries.push(entry);
+      if (entries.length === options.limit) return entries;
+    }
+    if (rows.length < Math.max(options.limit, 100)) return entries;
+  }
+}
+
+/** Entries of batches written by several Ledger processes may be this far out of time order. */
+const TIME_ORDER_SLACK_MS = 60_000;
+
+/** The account's next `limit` entries after `sequence` in journal order, each side through its index. */
+async function entriesAfter(db: Db, accountId: string, sequence: bigint, limit: number, fromTime?: Date): Promise<Record<string, unknown>[]> {
   const side = (column: SQL) => sql`(
     select t.id, t.sequence, t.batch, t.kind, t.debit_account_id, t.credit_account_id, t.amount_minor, t.currency, t.code,
       t.reference, t.metadata, t.linked, t.pending_id, t.timeout_seconds, t.created_at, p.amount_minor as pending_amount_minor
     from ledger.transfers t left join ledger.transfers p on p.id = t.pending_id and t.pending_id <> ''
-    where ${column} = ${accountId} and t.sequence > ${options.afterSequence}
-      ${options.fromTime ? sql`and t.created_at >= ${options.fromTime.toISOString()}::timestamptz` : sql``}
-      ${options.toTime ? sql`and t.created_at < ${options.toTime.toISOString()}::timestamptz` : sql``}
-    order by t.sequence limit ${options.limit})`;
-  const rows = rowsOf<Record<string, unknown>>(await db.execute(sql`
+    where ${column} = ${accountId} and t.sequence > ${sequence}
+      ${fromTime ? sql`and t.created_at >= ${fromTime.toISOString()}::timestamptz` : sql``}
+    order by t.sequence limit ${limit})`;
+  return rowsOf<Record<string, unknown>>(await db.execute(sql`
     select * from (${side(sql.raw("t.debit_account_id"))} union all ${side(sql.raw("t.credit_account_id"))}) h
-    order by h.sequence limit ${options.limit}`));
-  if (rows.length === 0) return [];
-  const totals = { ...(options.before ?? (await totalsBefore(db, accountId, BigInt(rows[0]!.sequence as string)))) };
-  return rows.map((row) => {
-    const transfer: TransferRow = {
-      id: row.id as string,
-      sequence: BigInt(row.sequence as string),
-      batch: BigInt(row.batch as string),
-      kind: Number(row.kind),
-      debitAccountId: row.debit_account_id as string,
-      creditAccountId: row.credit_account_id as string,
-      amountMinor: BigInt(row.amount_minor as string),
-      currency: row.currency as string,
-      code: Number(row.code),
-      reference: row.reference as string,
-      metadata: (typeof row.metadata === "string" ? JSON.parse(row.metadata) : row.metadata) as Record<string, string>,
-      linked: row.linked as boolean,
-      pendingId: row.pending_id as string,
-      timeoutSeconds: Number(row.timeout_seconds),
-      createdAt: new Date(row.created_at as string),
-    };
-    applyDelta(totals, accountId, transfer, row.pending_amount_minor === null ? 0n : BigInt(row.pending_amount_minor as string));
-    return { transfer, balanceAfter: { ...totals } };
-  });
+    order by h.sequence limit ${limit}`));
+}
+
+/** One history entry; moves `running` by the transfer. */
+function historyEntry(row: Record<string, unknown>, accountId: string, running: Totals): HistoryEntry {
+  const transfer: TransferRow = {
+    id: row.id as string,
+    sequence: BigInt(row.sequence as string),
+    batch: BigInt(row.batch as string),
+    kind: Number(row.kind),
+    debitAccountId: row.debit_account_id as string,
+    creditAccountId: row.credit_account_id as string,
+    amountMinor: BigInt(row.amount_minor as string),
+    currency: row.currency as string,
+    code: Number(row.code),
+    reference: row.reference as string,
+    metadata: (typeof row.metadata === "string" ? JSON.parse(row.metadata) : row.metadata) as Record<string, string>,
+    linked: row.linked as boolean,
+    pendingId: row.pending_id as string,
+    timeoutSeconds: Number(row.timeout_seconds),
+    createdAt: new Date(row.created_at as string),
+  };
+  applyDelta(running, accountId, transfer, row.pending_amount_minor === null ? 0n : BigInt(row.pending_amount_minor as string));
+  return { transfer, balanceAfter: { ...running } };
 }
 
 /** What one transfer does to an account's totals: the same rules as deltaSql, in JavaScript. */

@@ -6,21 +6,20 @@
 import { anyUnpack } from "@bufbuild/protobuf/wkt";
 import { PaymentStatusChangedSchema, type Envelope } from "../../gen/cowrie/events/v1/events_pb.js";
 import { PaymentStatus } from "../../gen/cowrie/router/v1/router_pb.js";
-import { startEventConsumer, type EventConsumer } from "../runtime/events.js";
+import { startEventConsumer, type ConsumerDefinition, type EventConsumer } from "../runtime/events.js";
 import type { ServiceContext } from "../runtime/service.js";
 import type { Counters } from "./counters.js";
 import { inbox, parked } from "./schema.js";
 
-export const FEEDBACK_CONSUMER = "risk.feedback";
+export const FEEDBACK_CONSUMER: ConsumerDefinition = { name: "risk.feedback", bindingKeys: ["payment.succeeded", "payment.failed"] };
 
 export function startFeedbackConsumer(context: ServiceContext, counters: Counters): Promise<EventConsumer> {
   return startEventConsumer({
-    name: FEEDBACK_CONSUMER,
+    ...FEEDBACK_CONSUMER,
     namespace: context.config.brokerNamespace,
     broker: context.broker,
     db: context.database.db,
     tables: { inbox, parked },
-    bindingKeys: ["payment.succeeded", "payment.failed"],
     log: context.log,
     handle: (_tx, event) => recordOutcome(counters, event),
   });

@@ -255,7 +255,7 @@ export const riskModule: ServiceModule = {
       tables: { inbox, parked },
       broker: context.broker,
       namespace: config.brokerNamespace,
-      consumers: [FEEDBACK_CONSUMER],
+      consumers: [FEEDBACK_CONSUMER.name],
     });
 
     return {

@@ -127,19 +127,11 @@ export class RiskStore implements TenantSource {
     const reasonsJson = JSON.stringify(verdict.reasons);
     const review = verdict.decision === Decision.REVIEW;
     const { tenantId, paymentId, userId, amountMinor, currency } = payment;
-    // A decision the Router acts on (REVIEW: it holds funds and polls the review; BLOCK) is on
-    // disk before it is answered. A flag-only ALLOW commits asynchronously (set_config is local to
-    // this one-statement transaction): a PostgreSQL crash may lose the last fraction of a second
-    // of such flags, and in return the flag costs no disk flush inside the 5 ms budget.
-    const once = verdict.decision === Decision.ALLOW
-      ? sql`(select set_config('synchronous_commit', 'off', true)) as once`
-      : sql`(select 1) as once`;
     const d = sql.raw("d");
     const result = await this.db.execute(sql`
       with d as (
         insert into risk.decisions (tenant_id, payment_id, user_id, amount_minor, currency, decision, score, reasons, flags)
-        select ${tenantId}, ${paymentId}, ${userId}, ${amountMinor}, ${currency}, ${verdict.decision}, ${verdict.score}, ${reasonsJson}::jsonb, ${flagsJson}::jsonb
-        from ${once}
+        values (${tenantId}, ${paymentId}, ${userId}, ${amountMinor}, ${currency}, ${verdict.decision}, ${verdict.score}, ${reasonsJson}::jsonb, ${flagsJson}::jsonb)
         on conflict (tenant_id, payment_id) do nothing
         returning created_at),
       f as (

@@ -54,9 +54,11 @@ export function differingField(stored: RequestFields, incoming: RequestFields): 
  */
 export async function insertPayment(db: Db, payment: NewPayment, reason: string): Promise<{ row: PaymentRow; created: boolean }> {
   return transact(db, async (tx) => {
+    // A payment that starts in PROCESSING has taken two steps (CREATED, then PROCESSING): version 1,
+    // so that its two events carry different versions.
     const [inserted] = await tx
       .insert(payments)
-      .values(payment)
+      .values({ ...payment, version: payment.status === PaymentStatus.PROCESSING ? 1 : 0 })
       .onConflictDoNothing({ target: [payments.tenantId, payments.idempotencyKey] })
       .returning();
     if (inserted) {
@@ -77,7 +79,7 @@ export async function insertPayment(db: Db, payment: NewPayment, reason: string)
 async function recordCreation(tx: Tx, row: PaymentRow, reason: string): Promise<void> {
   const change = creation(reason);
   const steps = [{ paymentId: row.id, fromStatus: change.from, toStatus: change.to, at: row.createdAt, reason }];
-  const events = [paymentStatusChanged({ ...row, status: change.to }, change.from, reason)];
+  const events = [paymentStatusChanged({ ...row, status: change.to, version: 0 }, change.from, reason)];
   if (row.status === PaymentStatus.PROCESSING) {
     transition({ status: change.to }, PaymentStatus.PROCESSING, MOVING_FUNDS);
     steps.push({ paymentId: row.id, fromStatus: change.to, toStatus: PaymentStatus.PROCESSING, at: row.createdAt, reason: MOVING_FUNDS });

@@ -52,6 +52,11 @@ export interface Broker {
     body: Uint8Array,
     options: { messageId: string; headers?: Record<string, string> },
   ): Promise<void>;
+  /**
+   * Declares a consumer's queue, bindings, delay and dead-letter queues without consuming, exactly
+   * as consume() would: messages published from then on wait in the queue for the consumer.
+   */
+  declare(options: ConsumerOptions): Promise<void>;
   /** Starts a consumer. A handler that resolves acks; one that throws nacks and the message is redelivered until deliveryLimit, then goes to the dead-letter queue `${queue}.dead` (through exchange `${exchange}.dead`). */
   consume(options: ConsumerOptions, handler: (message: BrokerMessage) => Promise<void>): Promise<{ close(): Promise<void> }>;
   /** Messages ready in a queue (not counting those delivered and not yet acknowledged), for metrics. */
@@ -256,6 +261,16 @@ export function createRabbitBroker(url: string, options: RabbitBrokerOptions): B
   return {
     kind: "rabbitmq",
     publish,
+    async declare(consumerOptions) {
+      assertConsumerOptions(consumerOptions);
+      if (closed) throw new Error("broker is closed");
+      const topology = consumerTopology(consumerOptions);
+      await declareDeadLetterQueue(connection, topology);
+      await declareRetryQueues(connection, consumerOptions);
+      for (const exchange of topology.exchanges) await connection.exchangeDeclare(exchangeDeclaration(exchange));
+      await connection.queueDeclare(rabbitQueueDeclaration(topology.queue));
+      for (const binding of topology.bindings) await connection.queueBind(binding);
+    },
     async consume(consumerOptions, handler) {
       assertConsumerOptions(consumerOptions);
       if (closed) throw new Error("broker is closed");
@@ -567,6 +582,17 @@ export function createMemoryBroker(options: BrokerErrorOptions = {}): Broker {
     }
   }
 
+  function declareTopology(topology: ConsumerTopology): MemoryQueue {
+    for (const exchange of topology.exchanges) declareExchange(exchange);
+    if (topology.deadLetterQueue) {
+      declareQueue(topology.deadLetterQueue.queue);
+      bind(topology.deadLetterQueue.binding);
+    }
+    const queue = declareQueue(topology.queue);
+    for (const binding of topology.bindings) bind(binding);
+    return queue;
+  }
+
   /** Exchange "" is the default exchange: straight to the queue the routing key names. */
   function routeToQueue(name: string, message: Omit<StoredMessage, "failedDeliveries">): void {
     const queue = queues.get(name);
@@ -615,17 +641,15 @@ export function createMemoryBroker(options: BrokerErrorOptions = {}): Broker {
       declareExchange(exchange);
       route(exchange, routingKey, message);
     },
+    async declare(consumerOptions) {
+      assertConsumerOptions(consumerOptions);
+      if (closed) throw new Error("broker is closed");
+      declareTopology(consumerTopology(consumerOptions));
+    },
     async consume(consumerOptions, handler) {
       assertConsumerOptions(consumerOptions);
       if (closed) throw new Error("broker is closed");
-      const topology = consumerTopology(consumerOptions);
-      for (const exchange of topology.exchanges) declareExchange(exchange);
-      if (topology.deadLetterQueue) {
-        declareQueue(topology.deadLetterQueue.queue);
-        bind(topology.deadLetterQueue.binding);
-      }
-      const queue = declareQueue(topology.queue);
-      for (const binding of topology.bindings) bind(binding);
+      const queue = declareTopology(consumerTopology(consumerOptions));
       // A delayed retry waits in a timer, then goes back to this queue alone, as a delay queue does.
       const sendBack = async (delayMs: number, message: BrokerMessage) => {
         const retried = { exchange: "", routingKey: message.routingKey, body: message.body, headers: retryHeaders(message, message.attempt + 1), messageId: message.messageId };

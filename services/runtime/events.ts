@@ -21,7 +21,7 @@ import { file_cowrie_ledger_v1_ledger } from "../../gen/cowrie/ledger/v1/ledger_
 import { file_cowrie_router_v1_router } from "../../gen/cowrie/router/v1/router_pb.js";
 import { file_cowrie_wallet_v1_wallet } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import { EventOperationsService, type ParkedEvent } from "../../gen/cowrie/events/v1/operations_pb.js";
-import { retryQueueNames, type Broker, type BrokerMessage } from "./broker.js";
+import { retryQueueNames, type Broker, type BrokerMessage, type ConsumerOptions } from "./broker.js";
 import type { ServiceName } from "./config.js";
 import { rowsOf, type Db, type Tx } from "./db.js";
 import { invalidArgument, notFound } from "./errors.js";
@@ -154,6 +154,14 @@ export function startRelay(options: RelayOptions): Relay {
    * stamped, and the whole batch goes again (consumers deduplicate).
    */
   async function publishBatch(): Promise<number> {
+    // While the broker is away no transaction is opened at all (on the embedded database it would
+    // hold the only connection while publishes wait to time out); the backlog just waits.
+    if (!broker.isReady()) {
+      const [oldest] = await db.select({ createdAt: outbox.createdAt }).from(outbox).where(isNull(outbox.publishedAt)).orderBy(asc(outbox.sequence)).limit(1);
+      outboxLagSeconds.set({ service: source }, oldest ? Math.max(0, (Date.now() - oldest.createdAt.getTime()) / 1000) : 0);
+      if (oldest) throw new Error("the broker is not connected");
+      return 0;
+    }
     return db.transaction(async (tx) => {
       const [lock] = rowsOf<{ locked: boolean }>(await tx.execute(sql`select pg_try_advisory_xact_lock(hashtext(${lockKey})) as locked`));
       if (!lock?.locked) return 0;
@@ -161,16 +169,19 @@ export function startRelay(options: RelayOptions): Relay {
       outboxLagSeconds.set({ service: source }, rows[0] ? Math.max(0, (Date.now() - rows[0].createdAt.getTime()) / 1000) : 0);
       if (rows.length === 0) return 0;
       const rendered = rows.some((row) => row.payload === null) && options.render ? await options.render(tx, rows) : new Map<string, Uint8Array>();
+      const ready = rows.flatMap((row) => {
+        const payload = row.payload ?? rendered.get(row.id);
+        return payload ? [{ row, payload }] : [];
+      });
+      if (ready.length < rows.length) {
+        // Left unstamped, so the lag metric shows it; it blocks nothing else (only the Ledger renders, one event per subject).
+        log.error({ unrendered: rows.filter((row) => !ready.some((item) => item.row === row)).map((row) => row.subject).slice(0, 5) }, "outbox rows without a payload could not be rendered");
+      }
       // One channel publishes in call order: issuing them together keeps the order and pipelines the confirms.
-      await Promise.all(
-        rows.map((row) => {
-          const payload = row.payload ?? rendered.get(row.id);
-          if (!payload) throw new Error(`outbox row ${row.id} (${row.subject}) has no payload and could not be rendered`);
-          return broker.publish(exchange, row.eventType, payload, { messageId: row.id, headers: { "cowrie-source": source } });
-        }),
-      );
-      await tx.execute(sql`update ${outbox} set published_at = now() where ${outbox.id} = any(${`{${rows.map((row) => row.id).join(",")}}`}::uuid[])`);
-      eventsPublished.inc({ service: source }, rows.length);
+      await Promise.all(ready.map(({ row, payload }) => broker.publish(exchange, row.eventType, payload, { messageId: row.id, headers: { "cowrie-source": source } })));
+      if (ready.length === 0) return 0;
+      await tx.execute(sql`update ${outbox} set published_at = now() where ${outbox.id} = any(${`{${ready.map(({ row }) => row.id).join(",")}}`}::uuid[])`);
+      eventsPublished.inc({ service: source }, ready.length);
       return rows.length;
     });
   }
@@ -226,8 +237,10 @@ export function startRelay(options: RelayOptions): Relay {
       if (!stopped) void run();
     },
     async drain() {
-      await running;
-      return pass();
+      // Through run(), so it never overlaps an interval's pass, until a pass finds nothing.
+      let total = 0;
+      for (let published = await run(); published > 0; published = await run()) total += published;
+      return total;
     },
     async stop() {
       stopped = true;
@@ -240,22 +253,26 @@ export function startRelay(options: RelayOptions): Relay {
 // ---------------------------------------------------------------------------------------------
 // Consumers
 
-export interface EventConsumerOptions {
+/** What a consumer is, independent of any process: its topology is declared from this. */
+export interface ConsumerDefinition {
   /** "edge.webhooks": the inbox's consumer name, and the queue `<namespace>.<name>`. */
   name: string;
-  namespace: string;
-  broker: Broker;
-  db: Db;
-  tables: ConsumerTables;
   /** Event types to receive, as topic patterns ("payment.*", "#"). */
   bindingKeys: string[];
-  log: Logger;
-  /** Applies one event inside the transaction that records it in the inbox; `raw` is the envelope as published. */
-  handle(tx: Tx, event: Envelope, raw: Uint8Array): Promise<void>;
   /** Deliveries taken at once (RabbitMQ prefetch); they are applied in batches of up to this many. */
   concurrency?: number;
   /** Delays of the retries before an event is parked. */
   retryDelaysMs?: number[];
+}
+
+export interface EventConsumerOptions extends ConsumerDefinition {
+  namespace: string;
+  broker: Broker;
+  db: Db;
+  tables: ConsumerTables;
+  log: Logger;
+  /** Applies one event inside the transaction that records it in the inbox; `raw` is the envelope as published. */
+  handle(tx: Tx, event: Envelope, raw: Uint8Array): Promise<void>;
 }
 
 export interface EventConsumer {
@@ -341,11 +358,36 @@ class InboxApplier {
   }
 }
 
+function brokerOptions(namespace: string, definition: ConsumerDefinition): ConsumerOptions & { retryDelaysMs: number[] } {
+  return {
+    queue: consumerQueue(namespace, definition.name),
+    exchange: eventsExchange(namespace),
+    bindingKeys: definition.bindingKeys,
+    concurrency: definition.concurrency ?? CONSUMER_CONCURRENCY,
+    deliveryLimit: CONSUMER_DELIVERY_LIMIT,
+    retryDelaysMs: definition.retryDelaysMs ?? DEFAULT_RETRY_DELAYS_MS,
+  };
+}
+
+/**
+ * Declares every consumer's queue and bindings before anything publishes: an event published
+ * while a consumer's queue does not exist yet would be unroutable, and lost to that consumer.
+ * Every process of the mesh does this at start-up, whichever services it runs.
+ */
+export async function declareEventConsumers(broker: Broker, namespace: string, definitions: readonly ConsumerDefinition[]): Promise<void> {
+  for (const definition of definitions) await broker.declare(brokerOptions(namespace, definition));
+}
+
+/** The queues a consumer declares, for tests and benchmarks that clean up after themselves. */
+export function consumerQueues(namespace: string, definition: ConsumerDefinition): string[] {
+  const { queue, retryDelaysMs } = brokerOptions(namespace, definition);
+  return [queue, ...retryQueueNames(queue, retryDelaysMs)];
+}
+
 export async function startEventConsumer(options: EventConsumerOptions): Promise<EventConsumer> {
   const { name, db, tables, log } = options;
-  const queue = consumerQueue(options.namespace, name);
-  const retryDelaysMs = options.retryDelaysMs ?? DEFAULT_RETRY_DELAYS_MS;
-  const concurrency = options.concurrency ?? CONSUMER_CONCURRENCY;
+  const consumerOptions = brokerOptions(options.namespace, options);
+  const { queue, retryDelaysMs, concurrency } = consumerOptions;
   const applier = new InboxApplier(name, db, tables, options.handle, concurrency);
   const { eventsConsumed, eventConsumerLagSeconds } = metrics();
 
@@ -362,7 +404,7 @@ export async function startEventConsumer(options: EventConsumerOptions): Promise
   }
 
   const subscription = await options.broker.consume(
-    { queue, exchange: eventsExchange(options.namespace), bindingKeys: options.bindingKeys, concurrency, deliveryLimit: CONSUMER_DELIVERY_LIMIT, retryDelaysMs },
+    consumerOptions,
     async (message) => {
       let event: Envelope;
       try {
@@ -393,7 +435,7 @@ export async function startEventConsumer(options: EventConsumerOptions): Promise
   return {
     name,
     queue,
-    queues: [queue, ...retryQueueNames(queue, retryDelaysMs)],
+    queues: consumerQueues(options.namespace, options),
     async close() {
       await sampler.stop();
       await subscription.close();

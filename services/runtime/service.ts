@@ -147,18 +147,6 @@ export async function startService(
       createServiceClient(service, { caller: module.name, target, baseUrl: serviceUrl(config, target), config, log }),
   };
   const instance = await module.create(context);
-  const relay =
-    database && module.outbox
-      ? startRelay({
-          source: module.name,
-          db: database.db,
-          outbox: module.outbox.table,
-          render: module.outbox.render,
-          broker: backends.broker,
-          namespace: config.brokerNamespace,
-          log,
-        })
-      : undefined;
   const health = new HealthState(
     module.name,
     module.services.map((service) => service.typeName),
@@ -177,6 +165,18 @@ export async function startService(
     http: instance.http && ((request, response) => instance.http?.(request, response) ?? false),
     health,
   });
+  const relay =
+    database && module.outbox
+      ? startRelay({
+          source: module.name,
+          db: database.db,
+          outbox: module.outbox.table,
+          render: module.outbox.render,
+          broker: backends.broker,
+          namespace: config.brokerNamespace,
+          log,
+        })
+      : undefined;
   return {
     name: module.name,
     port: server.port,
