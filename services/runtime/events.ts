@@ -291,6 +291,14 @@ const CONSUMER_DELIVERY_LIMIT = 50;
 const UNPARKABLE_PAUSE_MS = 1_000;
 const CONSUMER_CONCURRENCY = 32;
 const GAUGE_INTERVAL_MS = 5_000;
+/**
+ * How long a consumer remembers an applied event. Redeliveries come within minutes (a relay's
+ * re-sent batch, RabbitMQ's requeue); thirty days also covers an operator moving messages back
+ * from a dead-letter queue long after.
+ */
+const INBOX_RETENTION_MS = 30 * 24 * 60 * 60 * 1000;
+const INBOX_PRUNE_INTERVAL_MS = 10 * 60 * 1000;
+const INBOX_PRUNE_BATCH = 5_000;
 
 interface Pending {
   event: Envelope;
@@ -432,12 +440,19 @@ export async function startEventConsumer(options: EventConsumerOptions): Promise
     const [row] = await db.select({ count: sql<number>`count(*)::int` }).from(tables.parked).where(and(eq(tables.parked.consumer, name), isNull(tables.parked.replayedAt))).catch(() => []);
     if (row) metrics().parkedEvents.set({ consumer: name }, row.count);
   }, log);
+  const pruner = every(INBOX_PRUNE_INTERVAL_MS, `${name} inbox pruning`, async () => {
+    const before = new Date(Date.now() - INBOX_RETENTION_MS).toISOString();
+    await db.execute(sql`
+      delete from ${tables.inbox} where (${tables.inbox.consumer}, ${tables.inbox.eventId}) in (
+        select ${tables.inbox.consumer}, ${tables.inbox.eventId} from ${tables.inbox}
+        where ${tables.inbox.consumer} = ${name} and ${tables.inbox.processedAt} < ${before}::timestamptz limit ${INBOX_PRUNE_BATCH})`);
+  }, log);
   return {
     name,
     queue,
     queues: consumerQueues(options.namespace, options),
     async close() {
-      await sampler.stop();
+      await Promise.all([sampler.stop(), pruner.stop()]);
       await subscription.close();
     },
   };
