@@ -43,6 +43,8 @@ async function startMeshProcess(env: Record<string, string>): Promise<MeshProces
     cwd: root,
     env: { ...process.env, DATABASE_URL: "", REDIS_URL: "", AMQP_URL: "", ...env },
     stdio: ["ignore", "pipe", "pipe"],
+    // Its own process group, so a test that fails can kill the mesh with the simulator it spawned.
+    detached: true,
   });
   let stdout = "";
   let stderr = "";
@@ -72,6 +74,15 @@ async function startMeshProcess(env: Record<string, string>): Promise<MeshProces
       return exited;
     },
   };
+}
+
+/** SIGKILL to the mesh's whole process group (main.ts and the simulator it spawned), if any is left. */
+function killGroup(mesh: MeshProcess): void {
+  try {
+    process.kill(-(mesh.child.pid as number), "SIGKILL");
+  } catch {
+    // Nothing left.
+  }
 }
 
 function client<T extends DescService>(service: T, port: number, apiKey?: string): Client<T> {
@@ -156,6 +167,7 @@ describe("the mesh on real PostgreSQL, Redis and RabbitMQ", () => {
 
   after(async () => {
     if (mesh && mesh.child.exitCode === null) await mesh.stop();
+    if (mesh) killGroup(mesh);
     await database?.drop();
     if (env?.COWRIE_BROKER_NAMESPACE) await deleteBrokerTopology(meshTopology(env.COWRIE_BROKER_NAMESPACE));
   });
@@ -268,8 +280,9 @@ describe("the mesh on the embedded default (npm start with no configuration)", (
   });
 
   after(async () => {
-    // A failed assertion must not leave a mesh running, which would keep this file from ending.
-    for (const mesh of started) if (mesh.child.exitCode === null) mesh.child.kill("SIGKILL");
+    // A failed assertion must not leave a mesh running (nor the gateway simulator it spawned, which
+    // holds the mesh's output pipes), which would keep this file from ending.
+    for (const mesh of started) killGroup(mesh);
     await rm(dataDir, { recursive: true, force: true });
   });
 
