@@ -13,6 +13,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { CreatePaymentRequestSchema } from "../gen/cowrie/edge/v1/payments_pb.js";
 import { pause } from "../services/runtime/pause.js";
 import type { BenchTenant } from "./support.js";
+import { seededRandom } from "../services/simulator/core.js";
 
 export type OpKind = "internal" | "pay_in" | "payout" | "refund";
 
@@ -59,18 +60,6 @@ const RETRYABLE = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Aborted
 const FINAL = new Set([PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.CANCELED]);
 
 export const statusName = (status: PaymentStatus): string => PaymentStatus[status] ?? String(status);
-
-/** A small seeded PRNG (mulberry32), so that a seed repeats the run's choices. */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export interface WorkloadOptions {
   tenant: BenchTenant;

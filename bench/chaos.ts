@@ -85,7 +85,8 @@ import { SIMULATED_GATEWAYS } from "../services/simulator/core.js";
 import { PrivatePostgres, PrivateRedis, cleanupWorkdir, rabbitProxy, writeState } from "./chaos-backends.js";
 import { Anomalies, FAULT_KINDS, backlog, checkRun, type FaultKind } from "./chaos-checks.js";
 import { startWebhookReceiver, type WebhookReceiver } from "./chaos-webhooks.js";
-import { Workload, seededRandom, type ChaosWallet } from "./chaos-workload.js";
+import { seededRandom } from "../services/simulator/core.js";
+import { Workload, type ChaosWallet } from "./chaos-workload.js";
 import { BenchMesh, MESH_SERVICES, ServiceProcess, benchOptions, countsText, createWallets, round, runGuarded, type MeshServiceName } from "./support.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));

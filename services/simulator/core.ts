@@ -168,7 +168,7 @@ export class SimulatorCore {
     seed?: number,
   ) {
     for (const patch of Object.values(defaults)) validatePatch(patch);
-    this.random = seed === undefined ? Math.random : mulberry32(seed);
+    this.random = seed === undefined ? Math.random : seededRandom(seed);
     this.reset();
   }
 
@@ -453,7 +453,7 @@ function requireNumber(value: unknown, field: string, min: number, max: number, 
 }
 
 /** A small seeded PRNG (mulberry32): the same seed gives the same run. */
-function mulberry32(seed: number): () => number {
+export function seededRandom(seed: number): () => number {
   let state = seed >>> 0;
   return () => {
     state = (state + 0x6d2b79f5) >>> 0;
