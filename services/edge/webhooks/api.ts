@@ -16,6 +16,7 @@ import { limitPageToken, optionalEnum } from "../fields.js";
 import { tenants, webhookDeliveries, webhookEndpoints } from "../schema.js";
 import { deliveryMessages, type WebhookDispatcher } from "./dispatcher.js";
 import { requireEventTypes, requireSchemeForTenant, requireWebhookUrl } from "./filters.js";
+import { pageOf, pagePosition } from "../../runtime/pages.js";
 import { WEBHOOK_ENDPOINTS_MAX, endpointMessage, newEndpointId, newWebhookSecret, type EndpointRow } from "./store.js";
 
 const DESCRIPTION_MAX = 256;
@@ -41,16 +42,8 @@ async function lockedTenant(tx: Tx, tenantId: string): Promise<{ live: boolean }
   return tenant;
 }
 
-function deliveryPageToken(lastId: string): string {
-  return Buffer.from(`d:${lastId}`, "utf8").toString("base64url");
-}
-
-function parseDeliveryPageToken(token: string): string | undefined {
-  if (token === "") return undefined;
-  const decoded = Buffer.from(token, "base64url").toString("utf8");
-  if (!decoded.startsWith("d:whd_")) throw invalidArgument("page_token", "is not a token from a previous response");
-  return decoded.slice(2);
-}
+/** A deliveries page continues after the last delivery id of the previous one (runtime/pages.ts). */
+const DELIVERY_POSITION = /^whd_[0-9a-z]{1,64}$/;
 
 export function webhooksEndpoints(db: Db, dispatcher: WebhookDispatcher): Endpoints<typeof WebhooksService> {
   return {
@@ -173,7 +166,7 @@ export function webhooksEndpoints(db: Db, dispatcher: WebhookDispatcher): Endpoi
       const endpointId = optionalId(request.endpointId, "endpoint_id");
       const status = optionalEnum(request.status, "status", WebhookDeliveryStatus);
       const pageSize = requirePageSize(request.pageSize, 100, DELIVERY_PAGE_DEFAULT);
-      const after = parseDeliveryPageToken(limitPageToken(request.pageToken, "page_token"));
+      const after = pagePosition(limitPageToken(request.pageToken, "page_token"), "d", DELIVERY_POSITION);
       if (endpointId !== "") {
         const [owned] = await db
           .select({ id: webhookEndpoints.id })
@@ -192,12 +185,8 @@ export function webhooksEndpoints(db: Db, dispatcher: WebhookDispatcher): Endpoi
         .where(and(...conditions))
         .orderBy(desc(webhookDeliveries.id))
         .limit(pageSize + 1);
-      const page = rows.slice(0, pageSize);
-      const last = page[page.length - 1];
-      return {
-        deliveries: await deliveryMessages(db, page),
-        nextPageToken: rows.length > pageSize && last ? deliveryPageToken(last.id) : "",
-      };
+      const { page, nextPageToken } = pageOf(rows, pageSize, "d", (last) => last.id);
+      return { deliveries: await deliveryMessages(db, page), nextPageToken };
     }),
 
     redeliverWebhook: mutate((request) => {

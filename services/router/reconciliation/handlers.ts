@@ -28,10 +28,11 @@ import { errorText, type Logger } from "../../runtime/log.js";
 import { metrics } from "../../runtime/metrics.js";
 import { pause } from "../../runtime/pause.js";
 import { every, type Periodic } from "../../runtime/periodic.js";
-import { limitText, requireAmountMinor, requireCurrency, requireEnum, requireId, requirePageSize, requireText } from "../../runtime/validate.js";
+import { requireAmountMinor, requireCurrency, requireEnum, requireId, requirePageSize, requireText } from "../../runtime/validate.js";
 import { loadOperatorToken, requireOperator } from "../../edge/auth.js";
 import type { Connector, GatewayName } from "../gateways/connector.js";
 import { matchRate, ReconciliationRun, RunFailed, type Driver, type RunTally } from "./engine.js";
+import { pageOf, pagePosition } from "../../runtime/pages.js";
 import {
   findFinding,
   findingEvents,
@@ -153,17 +154,9 @@ function requiredTime(value: Timestamp | undefined, field: string): Date {
   return date;
 }
 
-// Page tokens: base64url of a prefix and the last id of the previous page.
-function pageToken(prefix: string, lastId: string): string {
-  return Buffer.from(`${prefix}:${lastId}`, "utf8").toString("base64url");
-}
-
-function readPageToken(token: string, prefix: string, idPrefix: string): string | undefined {
-  if (token === "") return undefined;
-  const decoded = Buffer.from(limitText(token, "page_token", 200), "base64url").toString("utf8");
-  if (!decoded.startsWith(`${prefix}:${idPrefix}`)) throw invalidArgument("page_token", "is not a token from a previous response of this method");
-  return requireId(decoded.slice(prefix.length + 1), "page_token");
-}
+/** Page positions are the last id of the previous page (runtime/pages.ts). */
+const RUN_POSITION = /^rcr_[0-9A-Za-z]{1,64}$/;
+const FINDING_POSITION = /^rcf_[0-9A-Za-z]{1,64}$/;
 
 /** Field by field: jsonb keeps its keys in its own order. */
 function sameCorrection(a: FindingRow["correction"], b: FindingRow["correction"]): boolean {
@@ -336,10 +329,9 @@ export async function createReconciliation(deps: ReconciliationDeps): Promise<Re
         async listReconciliationRuns(request, context) {
           guard(context);
           const pageSize = requirePageSize(request.pageSize, PAGE_SIZE_MAX, PAGE_SIZE_DEFAULT);
-          const before = readPageToken(request.pageToken, "r", "rcr_");
-          const rows = await listRuns(db, before, pageSize + 1);
-          const page = rows.slice(0, pageSize);
-          return { runs: page.map(runMessage), nextPageToken: rows.length > pageSize ? pageToken("r", (page.at(-1) as RunRow).id) : "" };
+          const before = pagePosition(request.pageToken, "r", RUN_POSITION);
+          const { page, nextPageToken } = pageOf(await listRuns(db, before, pageSize + 1), pageSize, "r", (last) => last.id);
+          return { runs: page.map(runMessage), nextPageToken };
         },
 
         async listFindings(request, context) {
@@ -349,10 +341,9 @@ export async function createReconciliation(deps: ReconciliationDeps): Promise<Re
           const minSeverity = request.minSeverity === Severity.UNSPECIFIED ? undefined : (requireEnum(request.minSeverity, "min_severity", Severity) as Severity);
           const paymentId = request.paymentId === "" ? undefined : requireId(request.paymentId, "payment_id");
           const pageSize = requirePageSize(request.pageSize, PAGE_SIZE_MAX, PAGE_SIZE_DEFAULT);
-          const before = readPageToken(request.pageToken, "f", "rcf_");
-          const rows = await listFindings(db, { status, type, minSeverity, paymentId }, before, pageSize + 1);
-          const page = rows.slice(0, pageSize);
-          return { findings: page.map((row) => findingMessage(row)), nextPageToken: rows.length > pageSize ? pageToken("f", (page.at(-1) as FindingRow).id) : "" };
+          const before = pagePosition(request.pageToken, "f", FINDING_POSITION);
+          const { page, nextPageToken } = pageOf(await listFindings(db, { status, type, minSeverity, paymentId }, before, pageSize + 1), pageSize, "f", (last) => last.id);
+          return { findings: page.map((row) => findingMessage(row)), nextPageToken };
         },
 
         async getFinding(request, context) {
