@@ -82,7 +82,11 @@ const ROUTING_KEY_HEADER = "x-cowrie-routing-key";
 
 /** The delay queues of a consumer's retries: one per distinct delay. */
 export function retryQueueNames(queue: string, retryDelaysMs: readonly number[] = []): string[] {
-  return [...new Set(retryDelaysMs)].map((ms) => `${queue}.retry.${ms}`);
+  return [...new Set(retryDelaysMs)].map((ms) => retryQueueName(queue, ms));
+}
+
+function retryQueueName(queue: string, delayMs: number): string {
+  return `${queue}.retry.${delayMs}`;
 }
 
 function attemptOf(headers: Record<string, string>): number {
@@ -265,8 +269,7 @@ export function createRabbitBroker(url: string, options: RabbitBrokerOptions): B
       assertConsumerOptions(consumerOptions);
       if (closed) throw new Error("broker is closed");
       const topology = consumerTopology(consumerOptions);
-      await declareDeadLetterQueue(connection, topology);
-      await declareRetryQueues(connection, consumerOptions);
+      await declareSideQueues(connection, consumerOptions, topology);
       for (const exchange of topology.exchanges) await connection.exchangeDeclare(exchangeDeclaration(exchange));
       await connection.queueDeclare(rabbitQueueDeclaration(topology.queue));
       for (const binding of topology.bindings) await connection.queueBind(binding);
@@ -275,10 +278,9 @@ export function createRabbitBroker(url: string, options: RabbitBrokerOptions): B
       assertConsumerOptions(consumerOptions);
       if (closed) throw new Error("broker is closed");
       const topology = consumerTopology(consumerOptions);
-      await declareDeadLetterQueue(connection, topology);
-      await declareRetryQueues(connection, consumerOptions);
+      await declareSideQueues(connection, consumerOptions, topology);
       const sendBack = (delayMs: number, message: BrokerMessage) =>
-        publish("", `${consumerOptions.queue}.retry.${delayMs}`, message.body, {
+        publish("", retryQueueName(consumerOptions.queue, delayMs), message.body, {
           messageId: message.messageId,
           headers: retryHeaders(message, message.attempt + 1),
         });
@@ -371,14 +373,15 @@ async function declareDeadLetterQueue(connection: Connection, topology: Consumer
 }
 
 /**
- * One quorum queue per delay, holding messages for that long (x-message-ttl), then dead-lettering
- * them at least once through the default exchange back to the consumer's own queue only.
+ * The queues beside a consumer's own: its dead-letter queue, and one quorum queue per retry delay,
+ * holding messages for that long (x-message-ttl), then dead-lettering them at least once through
+ * the default exchange back to the consumer's own queue only.
  */
-async function declareRetryQueues(connection: Connection, options: ConsumerOptions): Promise<void> {
-  for (const [index, name] of retryQueueNames(options.queue, options.retryDelaysMs).entries()) {
-    const ms = [...new Set(options.retryDelaysMs)][index] as number;
+async function declareSideQueues(connection: Connection, options: ConsumerOptions, topology: ConsumerTopology): Promise<void> {
+  await declareDeadLetterQueue(connection, topology);
+  for (const ms of new Set(options.retryDelaysMs)) {
     await connection.queueDeclare({
-      queue: name,
+      queue: retryQueueName(options.queue, ms),
       durable: true,
       exclusive: false,
       autoDelete: false,
@@ -556,12 +559,7 @@ export function createMemoryBroker(options: BrokerErrorOptions = {}): Broker {
     for (const binding of bindingsByExchange.get(exchange) ?? []) {
       if (topicMatches(binding.routingKey, routingKey)) targets.add(binding.queue);
     }
-    for (const name of targets) {
-      const queue = queues.get(name);
-      if (!queue) continue;
-      queue.ready.push({ ...message, headers: { ...message.headers }, failedDeliveries: 0 });
-      schedulePump(queue);
-    }
+    for (const name of targets) routeToQueue(name, message);
   }
 
   function schedulePump(queue: MemoryQueue): void {
