@@ -80,7 +80,7 @@ import { workTopology } from "../services/router/service.js";
 import { pause } from "../services/runtime/pause.js";
 import type { TcpProxy } from "../services/runtime/tcp-proxy.js";
 import { TEST_AMQP_URL, freePorts } from "../services/runtime/testing.js";
-import { simulatorControl, type SimulatedGateway } from "../services/simulator/control.js";
+import { simulatorControl, simulatorGatewayEnv, type SimulatedGateway } from "../services/simulator/control.js";
 import { SIMULATED_GATEWAYS } from "../services/simulator/core.js";
 import { PrivatePostgres, PrivateRedis, cleanupWorkdir, rabbitProxy, writeState } from "./chaos-backends.js";
 import { Anomalies, FAULT_KINDS, backlog, checkRun, type FaultKind } from "./chaos-checks.js";
@@ -303,9 +303,7 @@ async function main(): Promise<never> {
       extraEnv: (portOf) => ({
         REDIS_URL: redis?.url ?? "",
         AMQP_URL: rabbit.url,
-        COWRIE_PAYSTACK_URL: `http://127.0.0.1:${portOf.simulator}/paystack`,
-        COWRIE_FLUTTERWAVE_URL: `http://127.0.0.1:${portOf.simulator}/flutterwave`,
-        COWRIE_STRIPE_URL: `http://127.0.0.1:${portOf.simulator}/stripe`,
+        ...simulatorGatewayEnv(`http://127.0.0.1:${portOf.simulator}`),
         // Unfinished requests and payments are taken over soon (safely even while their first
         // driver still runs), so that the run quiesces within its bound.
         COWRIE_RECOVERY_AFTER_MS: "10000",

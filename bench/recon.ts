@@ -25,7 +25,7 @@ import { paymentIdFloor } from "../services/router/reconciliation/store.js";
 import { meshTopology } from "../services/mesh.js";
 import { newPaymentId } from "../services/router/store.js";
 import { capturingLogger, deleteBrokerTopology, freshDatabase, meshEnvironment, TEST_AMQP_URL, TEST_REDIS_URL, testConfig } from "../services/runtime/testing.js";
-import { simulatorControl, type ImportRecord } from "../services/simulator/control.js";
+import { simulatorControl, simulatorGatewayEnv, type ImportRecord } from "../services/simulator/control.js";
 import { startSimulator } from "../services/simulator/simulator.js";
 import { captureIdFor, clearingAccountId, holdIdFor, transferIdFor } from "../services/wallet/service.js";
 import { round } from "./support.js";
@@ -43,9 +43,7 @@ async function main(): Promise<void> {
     DATABASE_URL: database.url,
     AMQP_URL: TEST_AMQP_URL,
     REDIS_URL: TEST_REDIS_URL,
-    COWRIE_PAYSTACK_URL: `${simulator.url}/paystack`,
-    COWRIE_FLUTTERWAVE_URL: `${simulator.url}/flutterwave`,
-    COWRIE_STRIPE_URL: `${simulator.url}/stripe`,
+    ...simulatorGatewayEnv(simulator.url),
     COWRIE_OPERATOR_TOKEN: TOKEN,
     COWRIE_RECON_INTERVAL_MS: "0",
     COWRIE_COMPLETER_INTERVAL_MS: "600000",

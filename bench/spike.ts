@@ -75,7 +75,7 @@ import { gatewayReference } from "../services/router/gateway-flow.js";
 import { workTopology } from "../services/router/service.js";
 import { pause } from "../services/runtime/pause.js";
 import { TEST_AMQP_URL, freshDatabase } from "../services/runtime/testing.js";
-import { simulatorControl, type RecordView } from "../services/simulator/control.js";
+import { simulatorControl, simulatorGatewayEnv, type RecordView } from "../services/simulator/control.js";
 import { SIMULATED_GATEWAYS } from "../services/simulator/core.js";
 import { clearingAccountId } from "../services/wallet/service.js";
 import type { SpikeChildMessage, SpikeMessage, SpikeResult, SpikeSetupMessage, SustainMessage, SustainResult } from "./spike-load.js";
@@ -264,9 +264,7 @@ async function main(): Promise<never> {
       namespacePrefix: "bench-spike",
       others: ["simulator"],
       extraEnv: (portOf) => ({
-        COWRIE_PAYSTACK_URL: `http://127.0.0.1:${portOf.simulator}/paystack`,
-        COWRIE_FLUTTERWAVE_URL: `http://127.0.0.1:${portOf.simulator}/flutterwave`,
-        COWRIE_STRIPE_URL: `http://127.0.0.1:${portOf.simulator}/stripe`,
+        ...simulatorGatewayEnv(`http://127.0.0.1:${portOf.simulator}`),
         ...(process.env.COWRIE_LOG_LEVEL ? { COWRIE_LOG_LEVEL: process.env.COWRIE_LOG_LEVEL } : {}),
       }),
       progress,

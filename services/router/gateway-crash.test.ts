@@ -13,7 +13,7 @@ import { WalletKind, WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.
 import { startMesh, type Mesh } from "../mesh.js";
 import { meshTopology } from "../mesh.js";
 import { capturingLogger, deleteBrokerTopology, freshDatabase, meshEnvironment, TEST_AMQP_URL, testConfig } from "../runtime/testing.js";
-import { simulatorControl } from "../simulator/control.js";
+import { simulatorControl, simulatorGatewayEnv } from "../simulator/control.js";
 import { startSimulator } from "../simulator/simulator.js";
 
 const root = path.resolve(import.meta.dirname, "../..");
@@ -48,9 +48,7 @@ before(async () => {
   env = await meshEnvironment({
     DATABASE_URL: database.url,
     AMQP_URL: TEST_AMQP_URL,
-    COWRIE_PAYSTACK_URL: `${simulator.url}/paystack`,
-    COWRIE_FLUTTERWAVE_URL: `${simulator.url}/flutterwave`,
-    COWRIE_STRIPE_URL: `${simulator.url}/stripe`,
+    ...simulatorGatewayEnv(simulator.url),
     COWRIE_GATEWAY_TIMEOUT_MS: "1000",
     COWRIE_COMPLETER_INTERVAL_MS: "200",
     COWRIE_RECOVERY_AFTER_MS: "1500",

@@ -15,7 +15,7 @@ import { startMesh, type Mesh } from "../mesh.js";
 import { loadConfig } from "../runtime/config.js";
 import { meshTopology } from "../mesh.js";
 import { capturingLogger, deleteBrokerTopology, freshDatabase, meshEnvironment, TEST_AMQP_URL, TEST_REDIS_URL, testConfig } from "../runtime/testing.js";
-import { simulatorControl, type SimulatorControl } from "../simulator/control.js";
+import { simulatorControl, simulatorGatewayEnv, type SimulatorControl } from "../simulator/control.js";
 import { startSimulator } from "../simulator/simulator.js";
 
 const TENANT = "tenant-gw";
@@ -41,9 +41,7 @@ before(async () => {
     DATABASE_URL: database.url,
     AMQP_URL: TEST_AMQP_URL,
     REDIS_URL: TEST_REDIS_URL,
-    COWRIE_PAYSTACK_URL: `${simulator.url}/paystack`,
-    COWRIE_FLUTTERWAVE_URL: `${simulator.url}/flutterwave`,
-    COWRIE_STRIPE_URL: `${simulator.url}/stripe`,
+    ...simulatorGatewayEnv(simulator.url),
     COWRIE_GATEWAY_TIMEOUT_MS: "400",
     COWRIE_GATEWAY_BREAKER_FAILURES: String(BREAKER_FAILURES),
     COWRIE_GATEWAY_BREAKER_OPEN_MS: String(BREAKER_OPEN_MS),

@@ -3,7 +3,7 @@
 //   await sim.configure("paystack", { outage: "unavailable" });
 //   const charges = await sim.records({ gateway: "paystack", operation: "charge" });
 //   await sim.importRecords([{ gateway: "paystack", operation: "charge", reference, amountMinor: "2500", currency: "NGN", status: "succeeded" }]);
-import type { GatewaySettings, RecordFilter, SettingsPatch, SimulatedGateway } from "./core.js";
+import { SIMULATED_GATEWAYS, type GatewaySettings, type RecordFilter, type SettingsPatch, type SimulatedGateway } from "./core.js";
 import type { RecordView } from "./simulator.js";
 
 export type { GatewaySettings, RecordFilter, RecordView, SettingsPatch, SimulatedGateway };
@@ -35,6 +35,14 @@ export interface ImportRecord {
 
 const CONTROL_TIMEOUT_MS = 5_000;
 const IMPORT_CHUNK = 5_000;
+
+/**
+ * The variables that point the Router's connectors at a simulator serving at `url`
+ * (COWRIE_PAYSTACK_URL and the others). Set, they also keep `services/main.ts` from spawning one.
+ */
+export function simulatorGatewayEnv(url: string): Record<string, string> {
+  return Object.fromEntries(SIMULATED_GATEWAYS.map((gateway) => [`COWRIE_${gateway.toUpperCase()}_URL`, `${url}/${gateway}`]));
+}
 
 export function simulatorControl(url: string): SimulatorControl {
   const base = url.replace(/\/+$/, "");

@@ -19,7 +19,7 @@ import { WalletKind, WalletService } from "../../../gen/cowrie/wallet/v1/wallet_
 import { startMesh, type Mesh } from "../../mesh.js";
 import { metrics } from "../../runtime/metrics.js";
 import { capturingLogger, deleteBrokerTopology, freshDatabase, meshEnvironment, rejection, TEST_AMQP_URL, TEST_REDIS_URL, testConfig } from "../../runtime/testing.js";
-import { simulatorControl, type ImportRecord, type SimulatorControl } from "../../simulator/control.js";
+import { simulatorControl, simulatorGatewayEnv, type ImportRecord, type SimulatorControl } from "../../simulator/control.js";
 import { startSimulator } from "../../simulator/simulator.js";
 import { captureIdFor, clearingAccountId, holdIdFor, transferIdFor } from "../../wallet/service.js";
 import { gatewayReference } from "../gateway-flow.js";
@@ -54,9 +54,7 @@ before(async () => {
     DATABASE_URL: database.url,
     AMQP_URL: TEST_AMQP_URL,
     REDIS_URL: TEST_REDIS_URL,
-    COWRIE_PAYSTACK_URL: `${simulator.url}/paystack`,
-    COWRIE_FLUTTERWAVE_URL: `${simulator.url}/flutterwave`,
-    COWRIE_STRIPE_URL: `${simulator.url}/stripe`,
+    ...simulatorGatewayEnv(simulator.url),
     COWRIE_OPERATOR_TOKEN: TOKEN,
     // Runs only when a test asks; no completer or resolver racing the engine for stuck payments.
     COWRIE_RECON_INTERVAL_MS: "0",
