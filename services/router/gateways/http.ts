@@ -14,6 +14,26 @@ export interface Rule {
 /** Pattern rules, first match wins. */
 export type PatternTable = readonly (readonly [RegExp, Rule])[];
 
+/**
+ * The HTTP statuses that decide on their own, whatever the body says, the same at every gateway
+ * Cowrie connects to; a gateway's codes.ts adds its own. A 500 is retried with the same reference
+ * only because every one of them refuses (or replays) a reused reference, so a resend cannot act
+ * twice.
+ */
+export const COMMON_HTTP_STATUS: Readonly<Record<number, Rule>> = {
+  // A wrong or revoked secret key: configuration, which no retry fixes.
+  401: { code: "authentication_failed", action: "stop" },
+  403: { code: "authentication_failed", action: "stop" },
+  // Refused before processing; Retry-After says when to come back.
+  429: { code: "rate_limited", action: "retry" },
+  500: { code: "gateway_error", action: "retry" },
+  // A proxy lost its upstream, maybe after the gateway acted.
+  502: { code: "gateway_timeout", action: "query_status" },
+  // Down: the request was not taken.
+  503: { code: "gateway_unavailable", action: "failover" },
+  504: { code: "gateway_timeout", action: "query_status" },
+};
+
 function firstMatch(table: PatternTable, ...texts: (string | undefined)[]): Rule | undefined {
   for (const [pattern, rule] of table) if (texts.some((text) => text !== undefined && pattern.test(text))) return rule;
   return undefined;

@@ -3,20 +3,10 @@
 // of a {status: "error"} answer, then data.status (refined for failures by processor_response or
 // complete_message). Statuses are looked up in lower case: charges say "successful", transfers
 // "SUCCESSFUL".
-import type { PatternTable, Rule } from "../http.js";
+import { COMMON_HTTP_STATUS, type PatternTable, type Rule } from "../http.js";
 
-/** Statuses that decide on their own, whatever the body says. */
-export const HTTP_STATUS: Readonly<Record<number, Rule>> = {
-  // A wrong or revoked secret key: configuration, which no retry fixes.
-  401: { code: "authentication_failed", action: "stop" },
-  403: { code: "authentication_failed", action: "stop" },
-  429: { code: "rate_limited", action: "retry" },
-  // Flutterwave refuses a reused tx_ref or transfer reference, so resending cannot act twice.
-  500: { code: "gateway_error", action: "retry" },
-  502: { code: "gateway_timeout", action: "query_status" },
-  503: { code: "gateway_unavailable", action: "failover" },
-  504: { code: "gateway_timeout", action: "query_status" },
-};
+/** Statuses that decide on their own, whatever the body says: the common ones. Flutterwave refuses a reused tx_ref or transfer reference, so the common 500 retry is safe here. */
+export const HTTP_STATUS: Readonly<Record<number, Rule>> = COMMON_HTTP_STATUS;
 
 /** Error answers ({status: "error", message}), matched on the message. */
 export const ERRORS: PatternTable = [

@@ -2,23 +2,10 @@
 // for Paystack. The connector only reads fields and looks them up here, in this order: HTTP status,
 // then the error message of a {status: false} answer, then data.status (refined for failures by
 // gateway_response).
-import type { PatternTable, Rule } from "../http.js";
+import { COMMON_HTTP_STATUS, type PatternTable, type Rule } from "../http.js";
 
-/** Statuses that decide on their own, whatever the body says. */
-export const HTTP_STATUS: Readonly<Record<number, Rule>> = {
-  // A wrong or revoked secret key: configuration, which no retry fixes.
-  401: { code: "authentication_failed", action: "stop" },
-  403: { code: "authentication_failed", action: "stop" },
-  // Refused before processing; Retry-After says when to come back.
-  429: { code: "rate_limited", action: "retry" },
-  // Paystack refuses a reused reference, so resending the same one cannot charge twice.
-  500: { code: "gateway_error", action: "retry" },
-  // A proxy lost its upstream, maybe after Paystack acted.
-  502: { code: "gateway_timeout", action: "query_status" },
-  // Down: the request was not taken.
-  503: { code: "gateway_unavailable", action: "failover" },
-  504: { code: "gateway_timeout", action: "query_status" },
-};
+/** Statuses that decide on their own, whatever the body says: the common ones. Paystack refuses a reused reference, so the common 500 retry is safe here. */
+export const HTTP_STATUS: Readonly<Record<number, Rule>> = COMMON_HTTP_STATUS;
 
 /** Error answers ({status: false, message, code}), matched on code or message. */
 export const ERRORS: PatternTable = [

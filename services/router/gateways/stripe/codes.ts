@@ -2,21 +2,13 @@
 // Stripe. The connector looks them up in this order: HTTP status, then error.type / error.code /
 // error.decline_code, then the object's own status (a PaymentIntent's refined by
 // last_payment_error, a payout's by failure_code).
-import type { Rule } from "../http.js";
+import { COMMON_HTTP_STATUS, type Rule } from "../http.js";
 
-/** Statuses that decide on their own, whatever the body says. */
+/** Statuses that decide on their own, whatever the body says: the common ones (every Stripe POST carries Idempotency-Key = reference, so a 500 retry is safe), and 409. */
 export const HTTP_STATUS: Readonly<Record<number, Rule>> = {
-  // A wrong or revoked secret key: configuration, which no retry fixes.
-  401: { code: "authentication_failed", action: "stop" },
-  403: { code: "authentication_failed", action: "stop" },
+  ...COMMON_HTTP_STATUS,
   // Another request with this Idempotency-Key is still running; retrying replays its answer.
   409: { code: "duplicate_reference", action: "retry" },
-  429: { code: "rate_limited", action: "retry" },
-  // Every POST carries Idempotency-Key = reference: a resend replays or executes once.
-  500: { code: "gateway_error", action: "retry" },
-  502: { code: "gateway_timeout", action: "query_status" },
-  503: { code: "gateway_unavailable", action: "failover" },
-  504: { code: "gateway_timeout", action: "query_status" },
 };
 
 /** error.type of other error answers. */
