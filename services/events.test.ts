@@ -4,8 +4,6 @@
 // failed streak), and the webhooks verify with the helper merchants are given.
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import * as http from "node:http";
-import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import type { DescService } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
@@ -21,6 +19,7 @@ import { meshTopology, startMesh, type Mesh } from "./mesh.js";
 import { SERVICE_NAMES } from "./runtime/config.js";
 import { pause } from "./runtime/pause.js";
 import { startTcpProxy, type TcpProxy } from "./runtime/tcp-proxy.js";
+import { startWebhookReceiver, type WebhookReceiver } from "./edge/test-support.js";
 import { capturingLogger, deleteBrokerTopology, freshDatabase, meshEnvironment, TEST_AMQP_URL, TEST_REDIS_URL, testConfig } from "./runtime/testing.js";
 
 const OPERATOR_TOKEN = `operator-${randomUUID()}`;
@@ -46,22 +45,13 @@ async function until(condition: () => Promise<boolean> | boolean, what: string, 
   }
 }
 
-interface Received {
-  eventId: string;
-  type: string;
-  paymentId: string;
-  verified: boolean;
-}
-
 describe("events on the real backends while RabbitMQ is away", () => {
   let database: Awaited<ReturnType<typeof freshDatabase>>;
   let sql: postgres.Sql;
   let proxy: TcpProxy;
   let mesh: Mesh;
-  let receiver: http.Server;
+  let receiver: WebhookReceiver;
   let namespace = "";
-  const received: Received[] = [];
-  let secret = "";
 
   before(async () => {
     database = await freshDatabase("events_mesh");
@@ -69,18 +59,7 @@ describe("events on the real backends while RabbitMQ is away", () => {
     const amqp = new URL(TEST_AMQP_URL);
     proxy = await startTcpProxy({ host: amqp.hostname, port: Number(amqp.port || 5672) });
     amqp.port = String(proxy.port);
-    receiver = http.createServer((request, response) => {
-      const chunks: Buffer[] = [];
-      request.on("data", (chunk: Buffer) => chunks.push(chunk));
-      request.on("end", () => {
-        const body = Buffer.concat(chunks);
-        const envelope = JSON.parse(body.toString("utf8")) as { id: string; type: string; data: { payment?: { id: string } } };
-        const verified = verifyWebhook({ secret, signatureHeader: request.headers["cowrie-signature"] as string, body }).ok;
-        received.push({ eventId: envelope.id, type: envelope.type, paymentId: envelope.data.payment?.id ?? "", verified });
-        response.writeHead(204).end();
-      });
-    });
-    await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+    receiver = await startWebhookReceiver(() => 204);
     const env = await meshEnvironment({
       DATABASE_URL: database.url,
       REDIS_URL: TEST_REDIS_URL,
@@ -96,7 +75,7 @@ describe("events on the real backends while RabbitMQ is away", () => {
   after(async () => {
     await mesh?.close();
     await proxy?.close();
-    await new Promise((resolve) => receiver?.close(resolve));
+    await receiver?.close();
     await sql?.end();
     await database?.drop();
     if (namespace) await deleteBrokerTopology(meshTopology(namespace));
@@ -112,10 +91,14 @@ describe("events on the real backends while RabbitMQ is away", () => {
     const payments = client(PaymentsService, port("edge"), key);
     const webhooks = client(WebhooksService, port("edge"), key);
     const endpoint = await webhooks.createWebhookEndpoint(
-      { url: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/cowrie`, eventTypes: ["payment.succeeded", "payment.failed"] },
+      { url: receiver.url, eventTypes: ["payment.succeeded", "payment.failed"] },
       { headers: { "idempotency-key": "endpoint-1" } },
     );
-    secret = endpoint.secret;
+    const received = () => receiver.requests.map(({ headers, body }) => {
+      const envelope = JSON.parse(body.toString("utf8")) as { id: string; type: string; data: { payment?: { id: string } } };
+      const verified = verifyWebhook({ secret: endpoint.secret, signatureHeader: headers["cowrie-signature"] as string, body }).ok;
+      return { eventId: envelope.id, type: envelope.type, paymentId: envelope.data.payment?.id ?? "", verified };
+    });
     const customer = (await wallets.createWallet({ ownerId: "ada", currency: "NGN", kind: WalletKind.CUSTOMER }, { headers: { "idempotency-key": "w-1" } })).wallet!;
     const merchant = (await wallets.createWallet({ ownerId: "shop", currency: "NGN", kind: WalletKind.MERCHANT }, { headers: { "idempotency-key": "w-2" } })).wallet!;
     await wallets.fundWallet({ walletId: customer.id, amountMinor: 1_000_000n, currency: "NGN" }, { headers: { "idempotency-key": "fund-1" } });
@@ -173,12 +156,12 @@ describe("events on the real backends while RabbitMQ is away", () => {
     assert.equal(inboxCount?.n, await total());
 
     // The merchant heard of every payment's ending exactly once, signed.
-    await until(() => received.length >= outcomes.length, "a webhook per payment");
+    await until(() => receiver.requests.length >= outcomes.length, "a webhook per payment");
     await pause(500);
-    const endings = received.filter((event) => event.type === "payment.succeeded" || event.type === "payment.failed");
+    const endings = received().filter((event) => event.type === "payment.succeeded" || event.type === "payment.failed");
     assert.equal(endings.length, outcomes.length, "one webhook per payment ending, none twice");
     assert.deepEqual(new Set(endings.map((event) => event.paymentId)), new Set(outcomes.map((payment) => payment.id)));
-    assert.ok(received.every((event) => event.verified), "every webhook verifies");
+    assert.ok(received().every((event) => event.verified), "every webhook verifies");
     const log = await webhooks.listWebhookDeliveries({ eventId: endings[0]!.eventId });
     assert.equal(log.deliveries.length, 1);
     assert.equal(log.deliveries[0]?.attempts.length, 1);

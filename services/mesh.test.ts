@@ -6,8 +6,6 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { spawn, execFile, type ChildProcess } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
-import * as http from "node:http";
-import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -20,6 +18,7 @@ import { PaymentsService, PaymentStatus } from "../gen/cowrie/edge/v1/payments_p
 import { EntryType, WalletKind, WalletsService } from "../gen/cowrie/edge/v1/wallets_pb.js";
 import { LedgerService } from "../gen/cowrie/ledger/v1/ledger_pb.js";
 import { WebhooksService } from "../gen/cowrie/edge/v1/webhooks_pb.js";
+import { startWebhookReceiver } from "./edge/test-support.js";
 import { verifyWebhook } from "./edge/webhooks/signature.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { SERVICE_NAMES, type ServiceName } from "./runtime/config.js";
@@ -293,36 +292,28 @@ describe("the mesh on the embedded default (npm start with no configuration)", (
     process.stdout.write(`# embedded mesh SERVING on all five ports after ${first.startupMs} ms\n`);
     const { apiKey, customer, merchant, payments } = await driveSlice(first, env, "embedded");
     // Events on the embedded default: the outbox through the in-process broker to a merchant webhook.
-    const received: { type: string; reference: string; verified: boolean }[] = [];
-    let secret = "";
-    const receiver = http.createServer((request, response) => {
-      const chunks: Buffer[] = [];
-      request.on("data", (chunk: Buffer) => chunks.push(chunk));
-      request.on("end", () => {
-        const body = Buffer.concat(chunks);
-        const reference = String((JSON.parse(body.toString("utf8")) as { data?: { payment?: { reference?: string } } }).data?.payment?.reference ?? "");
-        received.push({ type: String(request.headers["cowrie-event-type"]), reference, verified: verifyWebhook({ secret, signatureHeader: request.headers["cowrie-signature"] as string, body }).ok });
-        response.writeHead(204).end();
-      });
-    });
-    await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+    const receiver = await startWebhookReceiver(() => 204);
     try {
       const webhooks = client(WebhooksService, first.ports.edge, apiKey);
-      const url = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hooks`;
-      secret = (await webhooks.createWebhookEndpoint({ url, eventTypes: ["payment.succeeded"] }, { headers: { "idempotency-key": "hook" } })).secret;
+      const { secret } = await webhooks.createWebhookEndpoint({ url: receiver.url, eventTypes: ["payment.succeeded"] }, { headers: { "idempotency-key": "hook" } });
       await payments.createPayment(
         { sourceWalletId: customer.id, destinationWalletId: merchant.id, amountMinor: 100n, currency: "NGN", reference: "hooked" },
         { headers: { "idempotency-key": "hooked" }, timeoutMs: 5000 },
       );
+      const received = () => receiver.requests.map(({ headers, body }) => ({
+        type: String(headers["cowrie-event-type"]),
+        reference: String((JSON.parse(body.toString("utf8")) as { data?: { payment?: { reference?: string } } }).data?.payment?.reference ?? ""),
+        verified: verifyWebhook({ secret, signatureHeader: headers["cowrie-signature"] as string, body }).ok,
+      }));
       // Events of the earlier payments may still be on their way when the endpoint appears: only
       // this payment's are counted.
-      const hooked = () => received.filter((event) => event.reference === "hooked");
+      const hooked = () => received().filter((event) => event.reference === "hooked");
       for (let waited = 0; hooked().length === 0 && waited < 100; waited++) await new Promise((resolve) => setTimeout(resolve, 100));
       await new Promise((resolve) => setTimeout(resolve, 300));
       assert.deepEqual(hooked(), [{ type: "payment.succeeded", reference: "hooked", verified: true }]);
-      assert.ok(received.every((event) => event.verified));
+      assert.ok(received().every((event) => event.verified));
     } finally {
-      await new Promise((resolve) => receiver.close(resolve));
+      await receiver.close();
     }
     assert.equal(await first.stop(), 0);
 

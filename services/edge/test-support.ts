@@ -10,6 +10,7 @@ import postgres from "postgres";
 import { AdminService } from "../../gen/cowrie/edge/v1/admin_pb.js";
 import { startMesh } from "../mesh.js";
 import { capturingLogger, freshDatabase, meshEnvironment, startTestService, testConfig, TEST_REDIS_URL } from "../runtime/testing.js";
+import * as http from "node:http";
 import { edgeModule } from "./service.js";
 
 /** Sets `Authorization: Bearer <token>` on every call. */
@@ -124,4 +125,41 @@ export async function startEdgeMesh(label: string, env: Record<string, string> =
       await database.drop();
     },
   };
+}
+
+export interface WebhookRequest {
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+export interface WebhookReceiver {
+  url: string;
+  requests: WebhookRequest[];
+  /** The status to answer the n-th request (1-based) with; may wait first. */
+  answer: (n: number) => number | Promise<number>;
+  close(): Promise<void>;
+}
+
+/** A merchant's webhook endpoint on a free port: records every request and answers as `answer` says. */
+export async function startWebhookReceiver(answer: WebhookReceiver["answer"] = () => 200): Promise<WebhookReceiver> {
+  const requests: WebhookRequest[] = [];
+  const state: WebhookReceiver = { url: "", requests, answer, close: async () => {} };
+  const server = http.createServer((request, response) => {
+    const chunks: Buffer[] = [];
+    request.on("data", (chunk: Buffer) => chunks.push(chunk));
+    request.on("end", () => {
+      requests.push({ headers: request.headers, body: Buffer.concat(chunks) });
+      void Promise.resolve(state.answer(requests.length)).then((status) => {
+        if (status >= 300 && status < 400) response.setHeader("location", "https://elsewhere.example/hook");
+        response.writeHead(status).end("answer body");
+      });
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  state.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks/cowrie`;
+  state.close = async () => {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  };
+  return state;
 }

@@ -314,6 +314,7 @@ interface Pending {
 class InboxApplier {
   private queued: Pending[] = [];
   private running = false;
+  private readonly consumed = metrics().eventsConsumed;
 
   constructor(
     private readonly name: string,
@@ -356,11 +357,11 @@ class InboxApplier {
       for (const item of batch) {
         // A duplicate of an event already applied (or of one earlier in this batch) does nothing.
         if (!fresh.delete(item.event.id)) {
-          metrics().eventsConsumed.inc({ consumer: this.name, result: "duplicate" });
+          this.consumed.inc({ consumer: this.name, result: "duplicate" });
           continue;
         }
         await this.handle(tx, item.event, item.raw);
-        metrics().eventsConsumed.inc({ consumer: this.name, result: "applied" });
+        this.consumed.inc({ consumer: this.name, result: "applied" });
       }
     });
   }

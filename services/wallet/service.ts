@@ -272,9 +272,17 @@ async function withWalletEvent(tx: Tx, type: string, write: Promise<WalletRow[]>
   return rows;
 }
 
+/** The event of a hold entering each status. */
+const HOLD_EVENT_TYPES: Readonly<Record<number, string>> = {
+  [HoldStatus.HELD]: "wallet.hold.placed",
+  [HoldStatus.CAPTURED]: "wallet.hold.captured",
+  [HoldStatus.RELEASED]: "wallet.hold.released",
+  [HoldStatus.EXPIRED]: "wallet.hold.expired",
+};
+
 function holdChanged(row: HoldRow): NewEvent<typeof HoldChangedSchema> {
   return {
-    type: `wallet.hold.${HoldStatus[row.status]!.toLowerCase()}`.replace("wallet.hold.held", "wallet.hold.placed"),
+    type: HOLD_EVENT_TYPES[row.status] ?? `wallet.hold.${row.status}`,
     subject: `hold/${row.id}`,
     tenantId: row.tenantId,
     schema: HoldChangedSchema,

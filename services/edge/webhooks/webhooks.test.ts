@@ -3,8 +3,6 @@
 // transaction), and the public WebhooksService driven with API keys.
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import * as http from "node:http";
-import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { create, toJsonString } from "@bufbuild/protobuf";
 import { anyPack, timestampNow } from "@bufbuild/protobuf/wkt";
@@ -23,7 +21,7 @@ import { PaymentStatus } from "../../../gen/cowrie/router/v1/router_pb.js";
 import { createPostgresDatabase, type Database, type Tx } from "../../runtime/db.js";
 import { capturingLogger, freePorts, freshDatabase, rejection } from "../../runtime/testing.js";
 import { webhookEndpoints } from "../schema.js";
-import { edgeClient, newTenant, snapshotRows, startEdgeAlone } from "../test-support.js";
+import { edgeClient, newTenant, snapshotRows, startEdgeAlone, startWebhookReceiver, type WebhookReceiver, type WebhookRequest } from "../test-support.js";
 import { WebhookDispatcher } from "./dispatcher.js";
 import { verifyWebhook } from "./signature.js";
 import { enqueueWebhookDeliveries, envelopeJson } from "./store.js";
@@ -43,7 +41,7 @@ let dropDatabase: () => Promise<void>;
 let edge: Awaited<ReturnType<typeof startEdgeAlone>>;
 let database: Database;
 let sql: postgres.Sql;
-const receivers: Receiver[] = [];
+const receivers: WebhookReceiver[] = [];
 
 before(async () => {
   const fresh = await freshDatabase("edge_webhooks");
@@ -62,40 +60,9 @@ after(async () => {
   await dropDatabase?.();
 });
 
-interface Received {
-  headers: http.IncomingHttpHeaders;
-  body: Buffer;
-}
-
-interface Receiver {
-  url: string;
-  requests: Received[];
-  /** The status to answer the n-th request (1-based) with; may wait first. */
-  answer: (n: number) => number | Promise<number>;
-  close(): Promise<void>;
-}
-
-/** A merchant's endpoint: records every request and answers as `answer` says. */
-async function receiver(answer: Receiver["answer"] = () => 200): Promise<Receiver> {
-  const requests: Received[] = [];
-  const state: Receiver = { url: "", requests, answer, close: async () => {} };
-  const server = http.createServer((request, response) => {
-    const chunks: Buffer[] = [];
-    request.on("data", (chunk: Buffer) => chunks.push(chunk));
-    request.on("end", () => {
-      requests.push({ headers: request.headers, body: Buffer.concat(chunks) });
-      void Promise.resolve(state.answer(requests.length)).then((status) => {
-        if (status >= 300 && status < 400) response.setHeader("location", "https://elsewhere.example/hook");
-        response.writeHead(status).end("answer body");
-      });
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  state.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks/cowrie`;
-  state.close = async () => {
-    server.closeAllConnections();
-    await new Promise((resolve) => server.close(resolve));
-  };
+/** A merchant's endpoint, closed after the file's tests. */
+async function receiver(answer?: (n: number) => number | Promise<number>): Promise<WebhookReceiver> {
+  const state = await startWebhookReceiver(answer);
   receivers.push(state);
   return state;
 }
@@ -206,7 +173,7 @@ describe("delivery", () => {
     assert.equal(json.data["@type"], "type.googleapis.com/cowrie.events.v1.PaymentStatusChanged");
     assert.equal((json.data.payment as { amountMinor: string }).amountMinor, "2500");
 
-    const last = endpoint.requests[5] as Received;
+    const last = endpoint.requests[5] as WebhookRequest;
     assert.equal(last.headers["content-type"], "application/json");
     assert.equal(last.headers["cowrie-event-id"], event.id);
     assert.equal(last.headers["cowrie-event-type"], "payment.succeeded");
@@ -365,7 +332,7 @@ describe("endpoints and filters", () => {
     const during = paymentEvent(tenantId);
     await enqueue(during);
     await deliveryOf(webhooks, during.id, WebhookDeliveryStatus.DELIVERED);
-    const signed = endpoint.requests.at(-1) as Received;
+    const signed = endpoint.requests.at(-1) as WebhookRequest;
     const header = signed.headers["cowrie-signature"] as string;
     assert.equal(header.split(",").filter((part) => part.startsWith("v1=")).length, 2);
     assert.equal(verifyWebhook({ secret: rotated.secret, signatureHeader: header, body: signed.body }).ok, true);
@@ -377,7 +344,7 @@ describe("endpoints and filters", () => {
     const after = paymentEvent(tenantId);
     await enqueue(after);
     await deliveryOf(webhooks, after.id, WebhookDeliveryStatus.DELIVERED);
-    const latest = endpoint.requests.at(-1) as Received;
+    const latest = endpoint.requests.at(-1) as WebhookRequest;
     const latestHeader = latest.headers["cowrie-signature"] as string;
     assert.equal(verifyWebhook({ secret: abrupt.secret, signatureHeader: latestHeader, body: latest.body }).ok, true);
     assert.equal(verifyWebhook({ secrets: [created.secret, rotated.secret], signatureHeader: latestHeader, body: latest.body }).ok, false);
@@ -443,7 +410,7 @@ describe("endpoints and filters", () => {
     assert.equal(redelivered.attempt?.manual, true);
     assert.equal(redelivered.attempt?.httpStatus, 200);
     assert.deepEqual(redelivered.delivery?.attempts.map((attempt) => attempt.manual), [false, true]);
-    const again = endpoint.requests[1] as Received;
+    const again = endpoint.requests[1] as WebhookRequest;
     assert.equal(again.headers["cowrie-event-id"], event.id);
     assert.equal(again.headers["cowrie-delivery-id"], delivered.id);
     assert.deepEqual(again.body, endpoint.requests[0]?.body);
