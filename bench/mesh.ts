@@ -56,6 +56,7 @@ import { WalletKind } from "../gen/cowrie/edge/v1/wallets_pb.js";
 import { TEST_POSTGRES_URL, freshDatabase } from "../services/runtime/testing.js";
 import { feeAccountId, fundingAccountId } from "../services/wallet/service.js";
 import type { ChildMessage, PhaseMessage, PhaseResult, SetupMessage } from "./mesh-load.js";
+import { runLimited } from "../services/runtime/limits.js";
 import {
   Accounting,
   BASELINE_CLIENTS,
@@ -76,7 +77,6 @@ import {
   rate,
   round,
   runGuarded,
-  runLimited,
 } from "./support.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));

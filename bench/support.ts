@@ -23,6 +23,7 @@ import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../g
 import { deleteRedisKeys } from "../services/risk/test-support.js";
 import { meshTopology } from "../services/mesh.js";
 import { pause } from "../services/runtime/pause.js";
+import { runLimited } from "../services/runtime/limits.js";
 import { TEST_AMQP_URL, TEST_REDIS_URL, deleteBrokerTopology, freePorts, meshEnvironment } from "../services/runtime/testing.js";
 
 export const BASELINE_CLIENTS = 16;
@@ -716,16 +717,6 @@ export class BenchMesh<Other extends string = never> {
   }
 }
 
-/** Runs `work` over `items`, at most `concurrency` at a time. */
-export async function runLimited<T>(items: readonly T[], concurrency: number, work: (item: T, index: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-    while (next < items.length) {
-      const index = next++;
-      await work(items[index] as T, index);
-    }
-  }));
-}
 
 export interface BenchTenant {
   tenantId: string;

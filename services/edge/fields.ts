@@ -18,11 +18,6 @@ export function limitPageToken(value: string, field: string): string {
 }
 
 /** An enum filter: 0 (UNSPECIFIED) means no filter; anything else must be a known value. */
-export function optionalEnum(value: number, field: string, known: object): number {
-  if (value !== 0 && !Object.values(known).includes(value)) throw invalidArgument(field, "must be a known value or unset");
-  return value;
-}
-
 export function requireDifferent(value: string, other: string, field: string, otherField: string): void {
   if (value === other) throw invalidArgument(field, `must differ from ${otherField}`);
 }

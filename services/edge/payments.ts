@@ -9,11 +9,11 @@ import { limitText, optionalId, requireId, requirePageSize } from "../runtime/va
 import { mutate, read, type Endpoints } from "./endpoints.js";
 import {
   limitPageToken,
-  optionalEnum,
   requireNonNegativeMinor,
   requireTimeRange,
 } from "./fields.js";
 import { validatePaymentFields, validatePayer, type CreatedKind } from "../router/instrument.js";
+import { optionalEnum } from "../runtime/validate.js";
 import { publicPayment } from "./mapping.js";
 
 export function paymentsEndpoints(router: Client<typeof RouterService>): Endpoints<typeof PaymentsService> {

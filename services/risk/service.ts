@@ -7,7 +7,7 @@
 import { isIP } from "node:net";
 import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
-import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
   Action,
@@ -31,7 +31,7 @@ import type { Config } from "../runtime/config.js";
 import { failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { errorText } from "../runtime/log.js";
 import type { ServiceModule } from "../runtime/service.js";
-import { limitText, requireAmountMinor, requireCurrency, requireEnum, optionalId, requireId, requirePageSize, requireText } from "../runtime/validate.js";
+import { limitText, requireAmountMinor, requireCurrency, requireEnum, optionalId, optionalTime, requireId, requirePageSize, requireText } from "../runtime/validate.js";
 import { Counters, type Counted } from "./counters.js";
 import { decide, decideWithoutCounters, type FiredRule, type Payment, type Settings } from "./rules.js";
 import { settingsMessage, settingsToJson, effectiveSettings, settingsFromJson, TenantRulesCache, validateSettings, type TenantRules } from "./settings.js";
@@ -40,6 +40,7 @@ import { pageOf, pagePosition } from "../runtime/pages.js";
 import { EventOperationsService } from "../../gen/cowrie/events/v1/operations_pb.js";
 import { eventOperations } from "../runtime/events.js";
 import { FEEDBACK_CONSUMER, startFeedbackConsumer } from "./feedback.js";
+import { withTimeout } from "../runtime/limits.js";
 import { inbox, outbox, parked } from "./schema.js";
 
 const PAGE_SIZE_DEFAULT = 100;
@@ -115,10 +116,6 @@ function blocklistValue(kind: BlocklistKind, value: string): string {
   return requireSubject(value, "value");
 }
 
-function optionalTime(value: Timestamp | undefined): Date | undefined {
-  return value ? timestampDate(value) : undefined;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Messages
 
@@ -170,14 +167,6 @@ function windowsOf(settings: Settings) {
   };
 }
 
-/** Rejects with a timeout error when `promise` has not settled within `timeoutMs`. */
-function within<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 export const riskModule: ServiceModule = {
   name: "risk",
@@ -200,7 +189,7 @@ export const riskModule: ServiceModule = {
     /** The window counts, or why they could not be had. */
     async function countOrExplain(payment: EvaluateInput, settings: Settings): Promise<Counted | { kind: "unavailable"; why: string }> {
       try {
-        return await within(counters.count({ ...payment, windows: windowsOf(settings) }), config.riskRedisTimeoutMs);
+        return await withTimeout(counters.count({ ...payment, windows: windowsOf(settings) }), config.riskRedisTimeoutMs);
       } catch (error) {
         const why = errorText(error);
         if (performance.now() - unavailableLog.lastAtMs >= 1000) {
@@ -337,8 +326,8 @@ export const riskModule: ServiceModule = {
             const position = pagePosition(request.pageToken, "f", /^[1-9][0-9]{0,18}$/);
             const rows = await store.listFlags({
               tenantId, userId, paymentId,
-              from: optionalTime(request.fromTime),
-              to: optionalTime(request.toTime),
+              from: optionalTime(request.fromTime, "from_time"),
+              to: optionalTime(request.toTime, "to_time"),
               beforeId: position === undefined ? undefined : BigInt(position),
             }, pageSize + 1);
             const { page, nextPageToken } = pageOf(rows, pageSize, "f", (last) => String(last.id));

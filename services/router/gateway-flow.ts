@@ -81,7 +81,8 @@ export function paymentIdOfReference(reference: string): string | undefined {
   return match ? `pay_${match[1]}` : undefined;
 }
 
-function operationOf(payment: PaymentRow): Operation {
+/** The gateway operation a gateway payment is. */
+export function operationOf(payment: PaymentRow): Operation {
   if (payment.kind === PaymentKind.PAY_IN) return "charge";
   if (payment.kind === PaymentKind.PAYOUT) return "payout";
   return "refund";

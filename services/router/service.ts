@@ -7,7 +7,7 @@
 import { createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
-import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
   GatewayCallSchema,
@@ -29,7 +29,7 @@ import { pause } from "../runtime/pause.js";
 import { every } from "../runtime/periodic.js";
 import type { AnyRequest, AnyResponse } from "../runtime/server.js";
 import type { ServiceModule } from "../runtime/service.js";
-import { limitText, requireEnum, requireId, requireIdempotencyKey, requirePageSize } from "../runtime/validate.js";
+import { limitText, optionalTime, requireEnum, requireId, requireIdempotencyKey, requirePageSize } from "../runtime/validate.js";
 import { GATEWAY_NAMES, type GatewayName } from "./gateways/connector.js";
 import { createConnectors } from "./gateways/index.js";
 import { LedgerService } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
@@ -42,6 +42,7 @@ import { RiskCheck, defaultUserId } from "./risk.js";
 import { GatewayPool, type Candidate } from "./routing.js";
 import { validatePaymentFields, validatePayer, type CreatedKind } from "./instrument.js";
 import { outbox, type RequestFields } from "./schema.js";
+import { runLimited } from "../runtime/limits.js";
 import {
   claimUnfinished,
   claimDue,
@@ -143,13 +144,6 @@ function validateRefund(request: RefundPaymentRequest) {
   return { tenantId, idempotencyKey, paymentId, requestedMinor: request.amountMinor, reason, fields };
 }
 
-function optionalTime(value: Timestamp | undefined, field: string): Date | undefined {
-  if (!value) return undefined;
-  const date = timestampDate(value);
-  if (Number.isNaN(date.getTime())) throw invalidArgument(field, "is not a valid time");
-  return date;
-}
-
 function validateList(request: ListPaymentsRequest): { filters: ListFilters; pageSize: number } {
   const tenantId = requireId(request.tenantId, "tenant_id");
   const status = request.status === PaymentStatus.UNSPECIFIED ? undefined : (requireEnum(request.status, "status", PaymentStatus) as PaymentStatus);
@@ -208,13 +202,6 @@ function settled(outcome: DriveOutcome): PaymentRow {
 }
 
 
-async function runLimited<T>(items: T[], concurrency: number, work: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const lanes = Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-    while (next < items.length) await work(items[next++] as T);
-  });
-  await Promise.all(lanes);
-}
 
 export const routerModule: ServiceModule = {
   name: "router",
@@ -339,7 +326,7 @@ export const routerModule: ServiceModule = {
           if (stopping.signal.aborted) throw new Error("router is stopping; the message goes back to the queue");
           outages += 1;
           if (outages === 1 || outages % 10 === 0) log.warn({ paymentId, err: errorText(interruption), outages }, "gateway payment interrupted; trying again");
-          await pause(backoffMs(outages - 1, WORK_RETRY_BASE_MS, WORK_RETRY_MAX_MS), stopping.signal).catch(() => undefined);
+          await pause(backoffMs(outages - 1, WORK_RETRY_BASE_MS, WORK_RETRY_MAX_MS), stopping.signal);
         };
         let payment: PaymentRow | undefined;
         while (!payment) {

@@ -11,6 +11,7 @@ import {
   type HealthCheckResponse,
 } from "../../gen/grpc/health/v1/health_pb.js";
 import type { Logger } from "./log.js";
+import { withTimeout } from "./limits.js";
 import { metrics } from "./metrics.js";
 
 export { ServingStatus };
@@ -99,14 +100,6 @@ export class HealthState {
     this.#watchers.add(notify);
     return () => this.#watchers.delete(notify);
   }
-}
-
-function withTimeout<T>(promise: Promise<T>, timeoutMs: number, message: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(message)), timeoutMs);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 function response(status: ServingStatus): HealthCheckResponse {

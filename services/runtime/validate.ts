@@ -1,5 +1,6 @@
 // Field validation shared by every service. Each check throws INVALID_ARGUMENT naming the field,
 // before anything is written.
+import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { invalidArgument } from "./errors.js";
 
 const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,64}$/;
@@ -80,6 +81,26 @@ export function requireIdempotencyKey(value: string | null | undefined, field: s
 }
 
 /** `known` is a generated enum or a map of allowed names to values; 0 (UNSPECIFIED) never passes. */
+/** A time that may be unset; a set one must be a real instant. */
+export function optionalTime(value: Timestamp | undefined, field: string): Date | undefined {
+  if (!value) return undefined;
+  const date = timestampDate(value);
+  if (Number.isNaN(date.getTime())) throw invalidArgument(field, "is not a valid time");
+  return date;
+}
+
+export function requireTime(value: Timestamp | undefined, field: string): Date {
+  const date = optionalTime(value, field);
+  if (!date) throw invalidArgument(field, "is required");
+  return date;
+}
+
+/** An enum filter: 0 (unset) or a known value. */
+export function optionalEnum(value: number, field: string, known: object): number {
+  if (value !== 0 && !Object.values(known).includes(value)) throw invalidArgument(field, "must be a known value or unset");
+  return value;
+}
+
 export function requireEnum(value: number, field: string, known: object): number {
   if (value === 0 || !Object.values(known).includes(value)) throw invalidArgument(field, "must be set to a known value");
   return value;

@@ -12,11 +12,12 @@ import { transact, type Db, type Tx } from "../../runtime/db.js";
 import { failedPrecondition, invalidArgument, notFound } from "../../runtime/errors.js";
 import { limitText, optionalId, requireId, requirePageSize } from "../../runtime/validate.js";
 import { mutate, read, type Endpoints } from "../endpoints.js";
-import { limitPageToken, optionalEnum } from "../fields.js";
+import { limitPageToken } from "../fields.js";
 import { tenants, webhookDeliveries, webhookEndpoints } from "../schema.js";
 import { deliveryMessages, type WebhookDispatcher } from "./dispatcher.js";
 import { requireEventTypes, requireSchemeForTenant, requireWebhookUrl } from "./filters.js";
 import { pageOf, pagePosition } from "../../runtime/pages.js";
+import { optionalEnum } from "../../runtime/validate.js";
 import { WEBHOOK_ENDPOINTS_MAX, endpointMessage, newEndpointId, newWebhookSecret, type EndpointRow } from "./store.js";
 
 const DESCRIPTION_MAX = 256;

@@ -26,7 +26,7 @@ import { errorText, type Logger } from "../../runtime/log.js";
 import { every, type Periodic } from "../../runtime/periodic.js";
 import { WEBHOOK_DELIVERY_STATUS, webhookAttempts, webhookDeliveries, webhookEndpoints } from "../schema.js";
 import { webhookMetrics, type AttemptResult } from "./metrics.js";
-import { signWebhook } from "./signature.js";
+import { SIGNATURE_HEADER, signWebhook } from "./signature.js";
 
 export interface DispatcherOptions {
   db: Db;
@@ -99,7 +99,7 @@ export async function postWebhook(outgoing: Outgoing, timeoutMs: number): Promis
         "cowrie-event-id": outgoing.eventId,
         "cowrie-event-type": outgoing.eventType,
         "cowrie-delivery-id": outgoing.deliveryId,
-        "cowrie-signature": signWebhook(outgoing.secrets, outgoing.body, timestampSeconds),
+        [SIGNATURE_HEADER]: signWebhook(outgoing.secrets, outgoing.body, timestampSeconds),
       },
     });
     const durationMs = elapsed();

@@ -25,8 +25,9 @@ import { errorText, type Logger } from "../../runtime/log.js";
 import { metrics } from "../../runtime/metrics.js";
 import { captureIdFor, clearingAccountId, holdIdFor, transferIdFor } from "../../wallet/service.js";
 import { GATEWAY_NAMES, type Connector, type GatewayName, type GatewayTransaction, type Operation } from "../gateways/connector.js";
-import { gatewayReference, paymentIdOfReference } from "../gateway-flow.js";
+import { gatewayReference, operationOf, paymentIdOfReference } from "../gateway-flow.js";
 import { isGatewayPayment, type PaymentRow } from "../store.js";
+import { runLimited } from "../../runtime/limits.js";
 import {
   addPending,
   autoResolveFinding,
@@ -98,12 +99,6 @@ const RECHECK_MAX = 20_000;
 const LIST_MARGIN_MS = 60_000;
 
 const OPERATIONS: readonly Operation[] = ["charge", "payout", "refund"];
-
-function operationOf(payment: PaymentRow): Operation {
-  if (payment.kind === PaymentKind.PAY_IN) return "charge";
-  if (payment.kind === PaymentKind.PAYOUT) return "payout";
-  return "refund";
-}
 
 /** Payouts and refunds of pay-ins move their money by a Wallet hold that is captured. */
 function movesByHold(payment: Pick<PaymentRow, "kind" | "destinationWalletId">): boolean {
@@ -497,24 +492,19 @@ export class ReconciliationRun {
 
   /** Drives stuck and unknown payments through the Router's own paths; settled ones close their finding. */
   private async autoResolve(items: { row: PaymentRow; findingId: string; driver: "completer" | "resolver" }[]): Promise<void> {
-    let next = 0;
-    const lane = async () => {
-      while (next < items.length) {
-        const { row, findingId, driver } = items[next++] as (typeof items)[number];
-        try {
-          const after = await this.deps.drive(row, driver);
-          const settled = driver === "resolver" ? after.status !== PaymentStatus.OUTCOME_UNKNOWN : FINAL.has(after.status);
-          if (settled && (await autoResolveFinding(this.deps.db, findingId, `${driver} settled it: ${PaymentStatus[after.status]}`, new Date()))) {
-            this.tally.autoResolved++;
-          } else if (!settled) {
-            await noteFinding(this.deps.db, findingId, "auto_resolution_failed", `${driver} left it ${PaymentStatus[after.status]}`, new Date());
-          }
-        } catch (error) {
-          await noteFinding(this.deps.db, findingId, "auto_resolution_failed", `${driver}: ${errorText(error)}`, new Date());
+    await runLimited(items, AUTO_RESOLVE_CONCURRENCY, async ({ row, findingId, driver }) => {
+      try {
+        const after = await this.deps.drive(row, driver);
+        const settled = driver === "resolver" ? after.status !== PaymentStatus.OUTCOME_UNKNOWN : FINAL.has(after.status);
+        if (settled && (await autoResolveFinding(this.deps.db, findingId, `${driver} settled it: ${PaymentStatus[after.status]}`, new Date()))) {
+          this.tally.autoResolved++;
+        } else if (!settled) {
+          await noteFinding(this.deps.db, findingId, "auto_resolution_failed", `${driver} left it ${PaymentStatus[after.status]}`, new Date());
         }
+      } catch (error) {
+        await noteFinding(this.deps.db, findingId, "auto_resolution_failed", `${driver}: ${errorText(error)}`, new Date());
       }
-    };
-    await Promise.all(Array.from({ length: Math.min(AUTO_RESOLVE_CONCURRENCY, items.length) }, lane));
+    });
   }
 
   private async raise(detection: Detection) {

@@ -5,7 +5,7 @@
 // otherwise (poll GetReconciliationRun).
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { CreateTransferResult, LedgerService, TransferKind } from "../../../gen/cowrie/ledger/v1/ledger_pb.js";
 import {
@@ -28,7 +28,7 @@ import { errorText, type Logger } from "../../runtime/log.js";
 import { metrics } from "../../runtime/metrics.js";
 import { pause } from "../../runtime/pause.js";
 import { every, type Periodic } from "../../runtime/periodic.js";
-import { requireAmountMinor, requireCurrency, requireEnum, requireId, requirePageSize, requireText } from "../../runtime/validate.js";
+import { optionalEnum, requireAmountMinor, requireTime, requireCurrency, requireId, requirePageSize, requireText } from "../../runtime/validate.js";
 import { loadOperatorToken, requireOperator } from "../../edge/auth.js";
 import type { Connector, GatewayName } from "../gateways/connector.js";
 import { matchRate, ReconciliationRun, RunFailed, type Driver, type RunTally } from "./engine.js";
@@ -145,13 +145,6 @@ function findingMessage(row: FindingRow, events: FindingEventRow[] = []): Findin
       create(FindingEventSchema, { time: timestampFromDate(event.at), actor: event.actor, action: event.action, note: event.note, transferId: event.transferId }),
     ),
   });
-}
-
-function requiredTime(value: Timestamp | undefined, field: string): Date {
-  if (!value) throw invalidArgument(field, "is required");
-  const date = timestampDate(value);
-  if (Number.isNaN(date.getTime())) throw invalidArgument(field, "is not a valid time");
-  return date;
 }
 
 /** Page positions are the last id of the previous page (runtime/pages.ts). */
@@ -295,8 +288,8 @@ export async function createReconciliation(deps: ReconciliationDeps): Promise<Re
       router.service(ReconciliationService, {
         async runReconciliation(request, context) {
           guard(context);
-          const from = requiredTime(request.from, "from");
-          const to = requiredTime(request.to, "to");
+          const from = requireTime(request.from, "from");
+          const to = requireTime(request.to, "to");
           if (to <= from) throw invalidArgument("to", "must be after from");
           if (to.getTime() - from.getTime() > MANUAL_WINDOW_MAX_MS) throw invalidArgument("to", "must be at most 31 days after from");
           const operator = requireText(request.operator, "operator", OPERATOR_MAX);
@@ -336,9 +329,9 @@ export async function createReconciliation(deps: ReconciliationDeps): Promise<Re
 
         async listFindings(request, context) {
           guard(context);
-          const status = request.status === FindingStatus.UNSPECIFIED ? undefined : (requireEnum(request.status, "status", FindingStatus) as FindingStatus);
-          const type = request.type === FindingType.UNSPECIFIED ? undefined : (requireEnum(request.type, "type", FindingType) as FindingType);
-          const minSeverity = request.minSeverity === Severity.UNSPECIFIED ? undefined : (requireEnum(request.minSeverity, "min_severity", Severity) as Severity);
+          const status = (optionalEnum(request.status, "status", FindingStatus) as FindingStatus) || undefined;
+          const type = (optionalEnum(request.type, "type", FindingType) as FindingType) || undefined;
+          const minSeverity = (optionalEnum(request.minSeverity, "min_severity", Severity) as Severity) || undefined;
           const paymentId = request.paymentId === "" ? undefined : requireId(request.paymentId, "payment_id");
           const pageSize = requirePageSize(request.pageSize, PAGE_SIZE_MAX, PAGE_SIZE_DEFAULT);
           const before = pagePosition(request.pageToken, "f", FINDING_POSITION);
