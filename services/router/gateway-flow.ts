@@ -20,8 +20,8 @@ import type { Db } from "../runtime/db.js";
 import type { Logger } from "../runtime/log.js";
 import { pause } from "../runtime/pause.js";
 import type { GatewayName, GatewayResult, Operation } from "./gateways/connector.js";
-import { REVIEW_FIRST_CHECK_MS, declineCode, releaseQuietly } from "./processor.js";
-import type { RiskCheck } from "./risk.js";
+import { declineCode, releaseQuietly } from "./processor.js";
+import { riskOutcome, type RiskCheck } from "./risk.js";
 import type { GatewayPool, RoutingDecision } from "./routing.js";
 import type { Instrument } from "./schema.js";
 import {
@@ -139,21 +139,16 @@ export class GatewayFlow {
     const excluded = new Map<GatewayName, string>();
     const refundOf = payment.kind === PaymentKind.REFUND ? await findById(this.db, payment.refundedPaymentId ?? "") : undefined;
     if (payment.riskDecision === "" && payment.kind !== PaymentKind.REFUND) {
-      const verdict = await this.risk.evaluate(payment, signal);
-      const fields: OutcomeFields = { riskDecision: verdict.decision, riskScore: verdict.score, riskReasons: verdict.reasons };
-      if (verdict.decision === "block") {
-        return { payment: await this.move(payment, PaymentStatus.FAILED, "risk_blocked", { ...fields, failureCode: "risk_blocked", failureMessage: `blocked by risk rules: ${verdict.reasons.join(", ")}` }) };
-      }
-      if (verdict.decision === "review") {
+      const { fields, stop } = riskOutcome(await this.risk.evaluate(payment, signal));
+      if (stop?.to === PaymentStatus.IN_REVIEW) {
         const gateway = this.route(payment, refundOf, excluded).choice;
         if (holdsMoney(payment) && gateway) {
           const held = await this.hold(payment, gateway);
           if ("failed" in held) return held.failed;
           payment = held.payment;
         }
-        const nextCheckAt = new Date(Date.now() + REVIEW_FIRST_CHECK_MS);
-        return { payment: await this.move(payment, PaymentStatus.IN_REVIEW, `risk review: ${verdict.reasons.join(", ")}`, { ...fields, nextCheckAt, checks: 0 }) };
       }
+      if (stop) return { payment: await this.move(payment, stop.to, stop.reason, stop.fields) };
       payment = await setRisk(this.db, payment, fields);
     }
 

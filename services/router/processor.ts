@@ -13,7 +13,7 @@ import type { Db } from "../runtime/db.js";
 import type { Logger } from "../runtime/log.js";
 import { TRANSFER_CODE, refusalCodeOf } from "../wallet/codes.js";
 import type { GatewayFlow } from "./gateway-flow.js";
-import type { RiskCheck } from "./risk.js";
+import { riskOutcome, type RiskCheck } from "./risk.js";
 import { MOVING_FUNDS, findById, isGatewayPayment, persistTransition, type OutcomeFields, type PaymentRow } from "./store.js";
 
 /** The Wallet idempotency key of a payment's movement: one payment, one key, at most one transfer. */
@@ -52,9 +52,6 @@ export interface DriveOutcome {
   /** Gateway payments: no gateway could take it now; drive it again after this long. */
   deferMs?: number;
 }
-
-/** How soon after a payment enters review the Router first asks Risk about it. */
-export const REVIEW_FIRST_CHECK_MS = 1_000;
 
 /** Time kept back from the Wallet call to record its outcome before the caller's deadline. */
 const RECORDING_RESERVE_MS = 250;
@@ -161,15 +158,12 @@ export class PaymentProcessor {
       return undefined;
     }
     if (payment.riskDecision !== "") return undefined;
-    const verdict = await this.risk.evaluate(payment, signal);
-    const fields: OutcomeFields = { riskDecision: verdict.decision, riskScore: verdict.score, riskReasons: verdict.reasons };
-    if (verdict.decision === "allow") {
+    const { fields, stop } = riskOutcome(await this.risk.evaluate(payment, signal));
+    if (!stop) {
       this.verdicts.set(payment.id, fields);
       return undefined;
     }
-    if (verdict.decision === "block") {
-      return { to: PaymentStatus.FAILED, reason: "risk_blocked", fields: { ...fields, failureCode: "risk_blocked", failureMessage: `blocked by risk rules: ${verdict.reasons.join(", ")}` } };
-    }
+    if (stop.to !== PaymentStatus.IN_REVIEW) return stop;
     try {
       const { hold } = await this.wallet.placeHold({
         tenantId: payment.tenantId,
@@ -180,7 +174,7 @@ export class PaymentProcessor {
         idempotencyKey: `router:${payment.id}:review`,
         reference: payment.reference,
       });
-      return { to: PaymentStatus.IN_REVIEW, reason: `risk review: ${verdict.reasons.join(", ")}`, fields: { ...fields, holdId: hold?.id ?? "", nextCheckAt: new Date(Date.now() + REVIEW_FIRST_CHECK_MS), checks: 0 } };
+      return { ...stop, fields: { ...stop.fields, holdId: hold?.id ?? "" } };
     } catch (error) {
       const refusal = ConnectError.from(error);
       const failureCode = declineCode(refusal);

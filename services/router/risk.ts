@@ -4,10 +4,10 @@
 // Risk itself decides when its Redis is unreachable, and the verdict says RISK_UNAVAILABLE.
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { Decision, RiskService } from "../../gen/cowrie/risk/v1/risk_pb.js";
-import { PaymentKind } from "../../gen/cowrie/router/v1/router_pb.js";
+import { PaymentKind, PaymentStatus } from "../../gen/cowrie/router/v1/router_pb.js";
 import { errorText, type Logger } from "../runtime/log.js";
 import type { Instrument } from "./schema.js";
-import type { PaymentRow } from "./store.js";
+import type { OutcomeFields, PaymentRow } from "./store.js";
 
 export type RiskDecision = "allow" | "review" | "block";
 
@@ -15,6 +15,26 @@ export interface RiskVerdict {
   decision: RiskDecision;
   score: number;
   reasons: string[];
+}
+
+/** How soon after a payment enters review the Router first asks Risk about it. */
+const REVIEW_FIRST_CHECK_MS = 1_000;
+
+/**
+ * What a verdict does to a payment, whichever path moves its money: the fields it writes, and for
+ * a block or a review the transition it makes (a review's hold is the path's own to place).
+ */
+export function riskOutcome(verdict: RiskVerdict, nowMs = Date.now()): { fields: OutcomeFields; stop?: { to: PaymentStatus; reason: string; fields: OutcomeFields } } {
+  const fields: OutcomeFields = { riskDecision: verdict.decision, riskScore: verdict.score, riskReasons: verdict.reasons };
+  const reasons = verdict.reasons.join(", ");
+  switch (verdict.decision) {
+    case "allow":
+      return { fields };
+    case "block":
+      return { fields, stop: { to: PaymentStatus.FAILED, reason: "risk_blocked", fields: { ...fields, failureCode: "risk_blocked", failureMessage: `blocked by risk rules: ${reasons}` } } };
+    case "review":
+      return { fields, stop: { to: PaymentStatus.IN_REVIEW, reason: `risk review: ${reasons}`, fields: { ...fields, nextCheckAt: new Date(nowMs + REVIEW_FIRST_CHECK_MS), checks: 0 } } };
+  }
 }
 
 const DECISIONS: Partial<Record<Decision, RiskDecision>> = {
