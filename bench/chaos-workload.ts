@@ -11,7 +11,7 @@ import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { PaymentKind, PaymentStatus, type CreatePaymentRequest, type Payment } from "../gen/cowrie/edge/v1/payments_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { CreatePaymentRequestSchema } from "../gen/cowrie/edge/v1/payments_pb.js";
-import { pause } from "../services/runtime/pause.js";
+import { backoffMs, pause } from "../services/runtime/pause.js";
 import type { BenchTenant } from "./support.js";
 import { seededRandom } from "../services/simulator/core.js";
 
@@ -182,7 +182,7 @@ export class Workload {
         if (!RETRYABLE.has(connectError.code)) return { error: connectError };
         const code = codeToString(connectError.code);
         op.retried[code] = (op.retried[code] ?? 0) + 1;
-        await pause(Math.min(2000, 100 * 2 ** Math.min(attempt, 5)) * (0.5 + random() / 2));
+        await pause(backoffMs(attempt, 100, 2_000, "equal", random));
       }
     }
   }

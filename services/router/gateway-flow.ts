@@ -18,7 +18,7 @@ import { PaymentKind, PaymentStatus } from "../../gen/cowrie/router/v1/router_pb
 import { EntryType, WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import type { Db } from "../runtime/db.js";
 import type { Logger } from "../runtime/log.js";
-import { pause } from "../runtime/pause.js";
+import { backoffMs, pause } from "../runtime/pause.js";
 import type { GatewayName, GatewayResult, Operation } from "./gateways/connector.js";
 import { declineCode, releaseQuietly } from "./processor.js";
 import { riskOutcome, type RiskCheck } from "./risk.js";
@@ -92,10 +92,6 @@ function holdsMoney(payment: PaymentRow): boolean {
   return payment.kind !== PaymentKind.PAY_IN;
 }
 
-/** Full jitter exponential backoff. */
-export function backoffMs(attempt: number, baseMs: number, capMs: number, random: () => number = Math.random): number {
-  return Math.floor(random() * Math.min(capMs, baseMs * 2 ** attempt));
-}
 
 
 export class GatewayFlow {
@@ -224,7 +220,7 @@ export class GatewayFlow {
     if (flag && !payment.needsReconciliation) {
       this.log.error({ paymentId: payment.id, gateway }, "gateway outcome still unknown past the limit; flagged for reconciliation");
     }
-    const next = new Date(Date.now() + backoffMs(payment.checks + 1, CHECK_BACKOFF_BASE_MS, CHECK_BACKOFF_CAP_MS, () => 0.5 + Math.random() / 2));
+    const next = new Date(Date.now() + backoffMs(payment.checks + 1, CHECK_BACKOFF_BASE_MS, CHECK_BACKOFF_CAP_MS, "equal"));
     await rescheduleCheck(this.db, payment, next, flag);
     return { payment: { ...payment, nextCheckAt: next, needsReconciliation: flag } };
   }

@@ -25,7 +25,7 @@ import { currentCallContext, remainingMs } from "../runtime/call-context.js";
 import type { Db } from "../runtime/db.js";
 import { failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { errorText } from "../runtime/log.js";
-import { pause } from "../runtime/pause.js";
+import { backoffMs, pause } from "../runtime/pause.js";
 import { every } from "../runtime/periodic.js";
 import type { AnyRequest, AnyResponse } from "../runtime/server.js";
 import type { ServiceModule } from "../runtime/service.js";
@@ -35,7 +35,7 @@ import { createConnectors } from "./gateways/index.js";
 import { LedgerService } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import { ReconciliationService } from "../../gen/cowrie/router/v1/reconciliation_pb.js";
 import { createReconciliation } from "./reconciliation/handlers.js";
-import { GatewayFlow, backoffMs, paymentIdOfReference } from "./gateway-flow.js";
+import { GatewayFlow, paymentIdOfReference } from "./gateway-flow.js";
 import { paymentMessage } from "./messages.js";
 import { PaymentProcessor, releaseQuietly, type DriveOutcome, type Driver } from "./processor.js";
 import { RiskCheck, defaultUserId } from "./risk.js";
@@ -307,7 +307,7 @@ export const routerModule: ServiceModule = {
         return;
       }
       // Still pending: ask again later, up to once a minute.
-      const next = new Date(Date.now() + backoffMs(payment.checks, REVIEW_LEASE_MS, REVIEW_CHECK_MAX_MS, () => 1));
+      const next = new Date(Date.now() + backoffMs(payment.checks, REVIEW_LEASE_MS, REVIEW_CHECK_MAX_MS, "none"));
       await rescheduleCheck(db, payment, next, payment.needsReconciliation);
     }
 

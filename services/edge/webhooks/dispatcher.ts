@@ -26,6 +26,7 @@ import { errorText, type Logger } from "../../runtime/log.js";
 import { every, type Periodic } from "../../runtime/periodic.js";
 import { WEBHOOK_DELIVERY_STATUS, webhookAttempts, webhookDeliveries, webhookEndpoints } from "../schema.js";
 import { webhookMetrics, type AttemptResult } from "./metrics.js";
+import { backoffMs } from "../../runtime/pause.js";
 import { SIGNATURE_HEADER, signWebhook } from "./signature.js";
 
 export interface DispatcherOptions {
@@ -54,10 +55,9 @@ const ERROR_LENGTH_MAX = 500;
 
 /** Delay before the next attempt after `attempts` failed ones: exponential, "equal jitter". */
 export function retryDelayMs(attempts: number, baseMs: number, maxMs: number, random = Math.random): number {
-  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(Math.max(attempts - 1, 0), 30));
   // Between half and all of the ceiling: retries of many deliveries spread out, and the delay
   // still grows with every attempt.
-  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+  return backoffMs(attempts - 1, baseMs, maxMs, "equal", random);
 }
 
 export interface AttemptOutcome {
