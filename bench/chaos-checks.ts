@@ -17,7 +17,7 @@
 //             (of its amount, at the gateway the payment names) for a SUCCEEDED payment, none
 //             succeeded or pending for a FAILED one, none for an unknown payment;
 //   journal   Ledger VerifyJournal clean;
-//   events    every outbox row published, in edge.audit_events (once, by its primary key), in
+//   events    every outbox row and Ledger journal batch published, in edge.audit_events (once, by its primary key), in
 //             edge.webhooks' inbox when its type is one the webhooks consumer takes, and every
 //             payment.succeeded/payment.failed in risk.feedback's inbox; one terminal event per
 //             final payment; no parked event;
@@ -25,6 +25,7 @@
 import type postgres from "postgres";
 import { FindingKind, TransferKind, type VerifyJournalResponse } from "../gen/cowrie/ledger/v1/ledger_pb.js";
 import { PaymentKind, PaymentStatus } from "../gen/cowrie/router/v1/router_pb.js";
+import { batchEventId, LEDGER_BATCH_COMMITTED } from "../services/ledger/events.js";
 import { gatewayReference } from "../services/router/gateway-flow.js";
 import type { RecordView } from "../services/simulator/control.js";
 import { SIMULATED_GATEWAYS } from "../services/simulator/core.js";
@@ -107,7 +108,29 @@ interface AccountRow {
 
 const FINAL = new Set<number>([PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.CANCELED]);
 const statusName = (status: number): string => PaymentStatus[status] ?? String(status);
-const EVENT_SOURCES = ["router", "ledger", "wallet", "risk"] as const;
+/** Services that write an outbox table; the Ledger publishes its journal instead (ledgerEvents). */
+const OUTBOX_SOURCES = ["router", "wallet", "risk"] as const;
+
+interface EventRow {
+  id: string;
+  event_type: string;
+  subject: string;
+  published: boolean;
+}
+
+/** Every event a service published or must publish: outbox rows, or the Ledger's journal batches. */
+async function eventsOf(sql: postgres.Sql, source: "ledger" | (typeof OUTBOX_SOURCES)[number]): Promise<EventRow[]> {
+  if (source !== "ledger") {
+    return sql<EventRow[]>`select id::text as id, event_type, subject, published_at is not null as published from ${sql(source)}.outbox`;
+  }
+  const batches = await sql<{ batch: string; hash: Uint8Array; published: boolean }[]>`
+    select b.batch::text as batch, b.hash, b.batch <= c.last_batch as published from ledger.journal_batches b cross join ledger.relay_cursor c`;
+  return batches.map((row) => ({ id: batchEventId(row.hash), event_type: LEDGER_BATCH_COMMITTED, subject: `batch/${row.batch}`, published: row.published }));
+}
+
+async function eventIds(sql: postgres.Sql, query: postgres.PendingQuery<{ id: string }[]>): Promise<Set<string>> {
+  return new Set((await query).map((row) => row.id));
+}
 
 /** Payments, transfers and accounts of the run, read once after quiescence. */
 export async function readPayments(sql: postgres.Sql, tenantId: string): Promise<PaymentRow[]> {
@@ -121,13 +144,11 @@ export async function readPayments(sql: postgres.Sql, tenantId: string): Promise
 export async function backlog(sql: postgres.Sql, tenantId: string): Promise<Record<string, number>> {
   const [payments] = await sql<{ count: number }[]>`select count(*)::int as count from router.payments where tenant_id = ${tenantId} and status not in (4, 5, 6)`;
   const result: Record<string, number> = { payments_not_final: payments?.count ?? 0 };
-  for (const source of EVENT_SOURCES) {
-    const [row] = await sql<{ unpublished: number; unaudited: number }[]>`
-      select count(*) filter (where o.published_at is null)::int as unpublished,
-             count(*) filter (where a.event_id is null)::int as unaudited
-      from ${sql(source)}.outbox o left join edge.audit_events a on a.event_id = o.id::text`;
-    result[`${source}_outbox_unpublished`] = row?.unpublished ?? 0;
-    result[`${source}_events_not_audited`] = row?.unaudited ?? 0;
+  const audited = await eventIds(sql, sql`select event_id as id from edge.audit_events`);
+  for (const source of ["ledger", ...OUTBOX_SOURCES] as const) {
+    const events = await eventsOf(sql, source);
+    result[`${source}_events_unpublished`] = events.filter((event) => !event.published).length;
+    result[`${source}_events_not_audited`] = events.filter((event) => !audited.has(event.id)).length;
   }
   const [feedback] = await sql<{ count: number }[]>`
     select count(*)::int as count from router.outbox o
@@ -416,26 +437,24 @@ function checkGateways(payments: readonly PaymentRow[], records: readonly Record
 
 async function checkEvents(sql: postgres.Sql, payments: readonly PaymentRow[], anomalies: Anomalies): Promise<number> {
   let total = 0;
-  const outboxIds = new Set<string>();
-  for (const source of EVENT_SOURCES) {
-    const rows = await sql<{ id: string; event_type: string; subject: string; published: boolean; audited: boolean; webhooks: boolean; feedback: boolean }[]>`
-      select o.id::text as id, o.event_type, o.subject, o.published_at is not null as published,
-             exists (select 1 from edge.audit_events a where a.event_id = o.id::text) as audited,
-             exists (select 1 from edge.inbox i where i.consumer = 'edge.webhooks' and i.event_id = o.id::text) as webhooks,
-             exists (select 1 from risk.inbox i where i.consumer = 'risk.feedback' and i.event_id = o.id::text) as feedback
-      from ${sql(source)}.outbox o`;
+  const published = new Set<string>();
+  const audited = await eventIds(sql, sql`select event_id as id from edge.audit_events`);
+  const inWebhooks = await eventIds(sql, sql`select event_id as id from edge.inbox where consumer = 'edge.webhooks'`);
+  const inFeedback = await eventIds(sql, sql`select event_id as id from risk.inbox where consumer = 'risk.feedback'`);
+  for (const source of ["ledger", ...OUTBOX_SOURCES] as const) {
+    const rows = await eventsOf(sql, source);
     total += rows.length;
     for (const row of rows) {
-      outboxIds.add(row.id);
+      published.add(row.id);
       const what = `${source} ${row.event_type} ${row.subject} (${row.id})`;
       if (!row.published) anomalies.add("event_unpublished", what);
-      if (!row.audited) anomalies.add("event_not_audited", what);
-      if (/^(payment|risk|wallet|reconciliation)\./.test(row.event_type) && !row.webhooks) anomalies.add("event_not_in_webhooks_inbox", what);
-      if ((row.event_type === "payment.succeeded" || row.event_type === "payment.failed") && !row.feedback) anomalies.add("event_not_in_feedback_inbox", what);
+      if (!audited.has(row.id)) anomalies.add("event_not_audited", what);
+      if (/^(payment|risk|wallet|reconciliation)\./.test(row.event_type) && !inWebhooks.has(row.id)) anomalies.add("event_not_in_webhooks_inbox", what);
+      if ((row.event_type === "payment.succeeded" || row.event_type === "payment.failed") && !inFeedback.has(row.id)) anomalies.add("event_not_in_feedback_inbox", what);
     }
   }
-  const audited = await sql<{ event_id: string; type: string; subject: string }[]>`select event_id, type, subject from edge.audit_events`;
-  for (const row of audited) if (!outboxIds.has(row.event_id)) anomalies.add("audit_event_without_outbox_row", `${row.type} ${row.subject} (${row.event_id})`);
+  const auditRows = await sql<{ event_id: string; type: string; subject: string }[]>`select event_id, type, subject from edge.audit_events`;
+  for (const row of auditRows) if (!published.has(row.event_id)) anomalies.add("audit_event_without_outbox_row", `${row.type} ${row.subject} (${row.event_id})`);
   for (const [schema, consumers] of [["edge", "edge.audit, edge.webhooks"], ["risk", "risk.feedback"]] as const) {
     const parked = await sql<{ consumer: string; event_type: string; reason: string }[]>`select consumer, event_type, reason from ${sql(schema)}.parked_events where replayed_at is null`;
     for (const row of parked) anomalies.add("event_parked", `${row.consumer} (${consumers}) ${row.event_type}: ${row.reason}`);

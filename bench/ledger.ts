@@ -7,8 +7,10 @@
 //   (c) single-transfer RPCs where every transfer credits one hot account
 //
 // Prints a human summary, then as the last line one JSON object with the figures.
-// BENCH_SECONDS (default 8) sets each phase's length; TEST_DATABASE_URL the server.
+// BENCH_SECONDS (default 8) sets each phase's length; TEST_DATABASE_URL the server; BENCH_CPU_PROF=<dir>
+// profiles the Ledger, and `bench/profile-summary.ts <dir> single|batch|hot` says where its time went.
 import { spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -24,6 +26,20 @@ const SINGLE_CLIENTS = 64;
 const BATCH_SIZE = 1_000;
 const BATCH_CLIENTS = 4;
 const FUNDING_MINOR = 1_000_000_000n;
+/** BENCH_CPU_PROF=<dir>: the Ledger runs with --cpu-prof into <dir>/ledger; <dir>/windows.json names each phase's window. */
+const CPU_PROF_DIR = process.env.BENCH_CPU_PROF;
+const windows: Record<string, { startUs: number; endUs: number }> = {};
+const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n);
+
+/** Runs one phase and records its monotonic window for bench/profile-summary.ts. */
+async function phase<T>(name: string, run: () => Promise<T>): Promise<T> {
+  const startUs = monotonicUs();
+  try {
+    return await run();
+  } finally {
+    windows[name] = { startUs, endUs: monotonicUs() };
+  }
+}
 
 type TransferInit = Omit<Partial<Transfer>, "$typeName">;
 
@@ -33,7 +49,7 @@ function percentile(values: number[], fraction: number): number {
 
 async function startLedger(databaseUrl: string): Promise<{ port: number; stop(): Promise<void> }> {
   const [port] = (await freePorts(1)) as [number];
-  const child = spawn(process.execPath, ["--import", "tsx", "services/main.ts", "ledger"], {
+  const child = spawn(process.execPath, [...(CPU_PROF_DIR ? ["--cpu-prof", `--cpu-prof-dir=${path.join(CPU_PROF_DIR, "ledger")}`] : []), "--import", "tsx", "services/main.ts", "ledger"], {
     cwd: root,
     env: { ...process.env, DATABASE_URL: databaseUrl, COWRIE_LEDGER_PORT: String(port), COWRIE_LOG_LEVEL: "warn", COWRIE_DATABASE_POOL_MAX: "8" },
     stdio: ["ignore", "ignore", "inherit"],
@@ -104,11 +120,11 @@ async function main(): Promise<void> {
     const wallets = await setUp(ledger);
 
     process.stdout.write(`(a) single-transfer RPCs, ${SINGLE_CLIENTS} concurrent clients, ${SECONDS} s\n`);
-    const single = await runFor(SECONDS, SINGLE_CLIENTS, () => send(ledger, [randomTransfer(wallets)]));
+    const single = await phase("single", () => runFor(SECONDS, SINGLE_CLIENTS, () => send(ledger, [randomTransfer(wallets)])));
     process.stdout.write(`(b) batches of ${BATCH_SIZE} transfers, ${BATCH_CLIENTS} concurrent clients, ${SECONDS} s\n`);
-    const batched = await runFor(SECONDS, BATCH_CLIENTS, () => send(ledger, Array.from({ length: BATCH_SIZE }, () => randomTransfer(wallets))));
+    const batched = await phase("batch", () => runFor(SECONDS, BATCH_CLIENTS, () => send(ledger, Array.from({ length: BATCH_SIZE }, () => randomTransfer(wallets)))));
     process.stdout.write(`(c) single-transfer RPCs crediting one hot account, ${SINGLE_CLIENTS} concurrent clients, ${SECONDS} s\n`);
-    const hot = await runFor(SECONDS, SINGLE_CLIENTS, () => send(ledger, [randomTransfer(wallets, "bench-hot")]));
+    const hot = await phase("hot", () => runFor(SECONDS, SINGLE_CLIENTS, () => send(ledger, [randomTransfer(wallets, "bench-hot")])));
 
     const verify = await ledger.verifyJournal({}, { timeoutMs: 120_000 });
     const figures = {
@@ -147,6 +163,7 @@ async function main(): Promise<void> {
   } finally {
     await ledgerProcess?.stop();
     await database.drop();
+    if (CPU_PROF_DIR) writeFileSync(path.join(CPU_PROF_DIR, "windows.json"), JSON.stringify(windows, null, 2));
   }
 }
 

@@ -133,25 +133,28 @@ describe("events on the real backends while RabbitMQ is away", () => {
     assert.equal(succeeded.length + failed.length, outcomes.length, "every payment ended while the broker was away");
     assert.ok(failed.length >= 3, `${failed.length} failed payments`);
 
-    // Every committed event of every service published, and recorded once by the audit consumer.
-    const outboxes = ["router", "ledger", "wallet", "risk"];
-    const total = async () => {
-      let sum = 0;
-      for (const schema of outboxes) sum += (await sql`select count(*)::int as n from ${sql(schema)}.outbox`)[0]?.n ?? 0;
-      return sum;
+    // Every committed event of every service published, and recorded once by the audit consumer:
+    // the outbox rows of the Router, Wallet and Risk, and one event per Ledger journal batch.
+    const outboxes = ["router", "wallet", "risk"];
+    const expected = async (): Promise<Record<string, number>> => {
+      const counts: Record<string, number> = {};
+      for (const schema of outboxes) counts[schema] = (await sql`select count(*)::int as n from ${sql(schema)}.outbox`)[0]?.n ?? 0;
+      counts.ledger = (await sql`select count(*)::int as n from ledger.journal_batches`)[0]?.n ?? 0;
+      return counts;
     };
+    const total = async () => Object.values(await expected()).reduce((sum, n) => sum + n, 0);
     await until(async () => {
       for (const schema of outboxes) {
         if (((await sql`select count(*)::int as n from ${sql(schema)}.outbox where published_at is null`)[0]?.n ?? 1) > 0) return false;
       }
+      const [ledger] = await sql`select (select last_batch from ledger.relay_cursor) = (select last_batch from ledger.journal_head) as done`;
+      if (!ledger?.done) return false;
       return ((await sql`select count(*)::int as n from edge.audit_events`)[0]?.n ?? 0) === (await total());
     }, "the backlog to be published and audited");
     const audited = await sql`select source, count(*)::int as n from edge.audit_events group by source order by source`;
     const bySource = Object.fromEntries(audited.map((row) => [row.source, row.n]));
-    for (const schema of outboxes) {
-      const [row] = await sql`select count(*)::int as n from ${sql(schema)}.outbox`;
-      assert.equal(bySource[schema], row?.n, `${schema}: audited once per outbox row`);
-    }
+    const counts = await expected();
+    for (const schema of [...outboxes, "ledger"]) assert.equal(bySource[schema], counts[schema], `${schema}: audited once per event`);
     const [inboxCount] = await sql`select count(*)::int as n from edge.inbox where consumer = 'edge.audit'`;
     assert.equal(inboxCount?.n, await total());
 

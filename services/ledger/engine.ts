@@ -323,7 +323,7 @@ export function assertConserved(before: ReadonlyMap<string, AccountState>, after
   const drift = new Map<string, bigint>();
   for (const [id, next] of after) {
     const previous = before.get(id);
-    if (!previous) throw new Error(`ledger invariant: account ${id} changed without being locked`);
+    if (!previous) throw new Error(`ledger invariant: account ${id} changed without being read for the batch`);
     const debits = next.debitsPosted - previous.debitsPosted + next.debitsPending - previous.debitsPending;
     const credits = next.creditsPosted - previous.creditsPosted + next.creditsPending - previous.creditsPending;
     drift.set(next.currency, (drift.get(next.currency) ?? 0n) + debits - credits);

@@ -3,7 +3,6 @@
 // constraints are the second line of defence behind the write path's own checks.
 import { sql } from "drizzle-orm";
 import { bigint, boolean, check, customType, index, integer, jsonb, pgSchema, smallint, text, timestamp } from "drizzle-orm/pg-core";
-import { eventTables } from "../runtime/event-tables.js";
 
 export const ledger = pgSchema("ledger");
 
@@ -127,9 +126,10 @@ export const journalHead = ledger.table("journal_head", {
 });
 
 /**
- * Transfer events, written in the same transaction as the transfers (runtime/event-tables.ts).
- * Their payload is null: the relay renders each from the committed transfer its subject names
- * ("transfer/<id>"), which keeps Protobuf encoding out of the journal's write path, where it cost
- * more than the database work.
+ * How far the relay has published the journal (events.ts): the last batch the broker confirmed.
+ * The journal is the Ledger's outbox; the write path writes no event rows of its own.
  */
-export const { outbox } = eventTables(ledger);
+export const relayCursor = ledger.table("relay_cursor", {
+  id: smallint("id").primaryKey(),
+  lastBatch: bigint("last_batch", { mode: "bigint" }).notNull(),
+});

@@ -3,11 +3,7 @@
 // through the same write path, so expiry is journaled like any other transfer.
 import { createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
-import { create, toBinary } from "@bufbuild/protobuf";
-import { inArray } from "drizzle-orm";
-import { EnvelopeSchema, LedgerTransferCreatedSchema } from "../../gen/cowrie/events/v1/events_pb.js";
-import { envelopeOf, type NewEvent, type OutboxRow } from "../runtime/events.js";
-import { outbox, transfers as transfersTable } from "./schema.js";
+import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import {
   AccountCode,
@@ -25,7 +21,7 @@ import {
 } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import { currentCallContext } from "../runtime/call-context.js";
 import { invalidArgument, notFound } from "../runtime/errors.js";
-import type { Db, Tx } from "../runtime/db.js";
+import type { Db } from "../runtime/db.js";
 import { every } from "../runtime/periodic.js";
 import type { ServiceModule } from "../runtime/service.js";
 import {
@@ -40,6 +36,7 @@ import {
   PENDING_TIMEOUT_SECONDS_MAX,
 } from "../runtime/validate.js";
 import { resolvesPending, type TransferInput } from "./engine.js";
+import { journalFeed } from "./events.js";
 import { GroupCommitter } from "./group-commit.js";
 import {
   accountHistory,
@@ -183,27 +180,6 @@ function transferMessage(row: TransferRow | (Omit<TransferRow, "kind"> & { kind:
   return create(TransferSchema, { ...row, createdAt: timestampFromDate(row.createdAt) });
 }
 
-/**
- * The Ledger's outbox rows carry no payload (store.ts keeps encoding out of the journal's write
- * path): the relay renders each from the committed transfer its subject names.
- */
-async function renderTransferEvents(tx: Tx, rows: OutboxRow[]): Promise<Map<string, Uint8Array>> {
-  const byTransfer = new Map(rows.filter((row) => row.subject.startsWith("transfer/")).map((row) => [row.subject.slice("transfer/".length), row]));
-  const transfers = byTransfer.size === 0 ? [] : await tx.select().from(transfersTable).where(inArray(transfersTable.id, [...byTransfer.keys()]));
-  const rendered = new Map<string, Uint8Array>();
-  for (const transfer of transfers) {
-    const row = byTransfer.get(transfer.id) as OutboxRow;
-    const event: NewEvent = {
-      type: row.eventType,
-      subject: row.subject,
-      schema: LedgerTransferCreatedSchema,
-      data: create(LedgerTransferCreatedSchema, { transfer: transferMessage(transfer), sequence: transfer.sequence }),
-    };
-    rendered.set(row.id, toBinary(EnvelopeSchema, envelopeOf(row.id, "ledger", row.createdAt, event)));
-  }
-  return rendered;
-}
-
 async function requireAccountExists(db: Db, id: string): Promise<void> {
   if ((await lookupAccounts(db, [id])).length === 0) throw notFound(`account ${id}`);
 }
@@ -243,7 +219,7 @@ export const ledgerModule: ServiceModule = {
   services: [LedgerService],
   uses: { database: true },
   migrationsFolder: fileURLToPath(new URL("./migrations", import.meta.url)),
-  outbox: { table: outbox, render: renderTransferEvents },
+  eventFeed: journalFeed,
   create({ database, log }) {
     const db = database.db;
     const committer = new GroupCommitter((batch) => commitTransfers(db, batch), GROUP_TRANSFERS_MAX);

@@ -1,8 +1,9 @@
 // The Ledger's reads and writes in PostgreSQL. A group of transfer batches is one transaction:
 // lock the journal head (so batches and sequences are consecutive even with several Ledger
-// processes), read what is stored under the ids and the pending transfers they resolve, lock
-// every account involved in id order, plan with the pure engine, and append transfers, refusals,
-// pending states, balance totals, the hash-chained batch record and outbox rows together.
+// processes), read what is stored under the ids, the pending transfers they resolve and every
+// account involved, plan with the pure engine, and append transfers, refusals, pending states,
+// balance totals and the hash-chained batch record together (the relay publishes the journal
+// itself: events.ts).
 import { and, asc, eq, inArray, sql, type SQL } from "drizzle-orm";
 import { CloseAccountResult, CreateAccountResult, TransferKind, type CreateTransferResult } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import { rowsOf, transact, type Db, type Tx } from "../runtime/db.js";
@@ -18,10 +19,7 @@ import {
   type TransferInput,
 } from "./engine.js";
 import { batchHash, type JournalRow } from "./journal.js";
-import { accounts, journalHead, pendingTransfers, transferFailures, transfers } from "./schema.js";
-
-/** The type (and routing key) of the event each committed transfer writes to the outbox. */
-export const LEDGER_TRANSFER_CREATED = "ledger.transfer.created";
+import { accounts, pendingTransfers, transfers } from "./schema.js";
 
 export type AccountRow = typeof accounts.$inferSelect;
 export type NewAccount = typeof accounts.$inferInsert;
@@ -60,6 +58,8 @@ export function createAccounts(db: Db, batch: NewAccount[]): Promise<{ result: C
 
 export function closeAccounts(db: Db, ids: string[]): Promise<CloseAccountResult[]> {
   return transact(db, async (tx) => {
+    // The journal head's lock, as every commit takes it: a close never interleaves with one.
+    await tx.execute(HEAD_LOCK);
     const locked = await tx.select().from(accounts).where(inArray(accounts.id, ids)).orderBy(asc(accounts.id)).for("update");
     const byId = new Map(locked.map((row) => [row.id, row]));
     const results = ids.map((id) => {
@@ -86,49 +86,113 @@ export function lookupTransfers(db: Db, ids: string[]): Promise<TransferRow[]> {
 
 // ---------------------------------------------------------------------------------------------
 // The write path
+//
+// Every commit holds the journal head's row lock from its first statement to its end, so commits
+// (of any number of Ledger processes) follow one another, and so do closeAccounts, which takes the
+// same lock. Under READ COMMITTED each later statement of the transaction reads what the previous
+// holder committed, so the accounts need no row locks of their own: nothing else writes them.
+// A commit is four round trips whatever its size: BEGIN; the head lock with every read pipelined
+// behind it; every write pipelined; COMMIT.
 
-function toState(row: AccountRow): AccountState {
+const HEAD_LOCK = sql`select last_batch, last_sequence, last_hash from ledger.journal_head where id = 1 for update`;
+
+interface Head {
+  lastBatch: bigint;
+  lastSequence: bigint;
+  lastHash: Uint8Array;
+}
+
+const TRANSFER_COLUMNS = sql.raw(
+  "t.id, t.kind, t.debit_account_id, t.credit_account_id, t.amount_minor, t.currency, t.code, t.reference, t.metadata, t.linked, t.pending_id, t.timeout_seconds",
+);
+
+/** A journal or refusal row read by raw SQL: the same shape on postgres.js and on PGlite. */
+function transferOf(row: Record<string, unknown>): TransferInput {
   return {
-    id: row.id,
-    currency: row.currency,
-    debitsMustNotExceedCredits: row.debitsMustNotExceedCredits,
-    creditsMustNotExceedDebits: row.creditsMustNotExceedDebits,
-    closed: row.closed,
-    debitsPosted: row.debitsPosted,
-    creditsPosted: row.creditsPosted,
-    debitsPending: row.debitsPending,
-    creditsPending: row.creditsPending,
+    id: row.id as string,
+    kind: Number(row.kind) as TransferKind,
+    debitAccountId: row.debit_account_id as string,
+    creditAccountId: row.credit_account_id as string,
+    amountMinor: BigInt(row.amount_minor as bigint),
+    currency: row.currency as string,
+    code: Number(row.code),
+    reference: row.reference as string,
+    metadata: (typeof row.metadata === "string" ? JSON.parse(row.metadata) : row.metadata) as Record<string, string>,
+    linked: row.linked as boolean,
+    pendingId: row.pending_id as string,
+    timeoutSeconds: Number(row.timeout_seconds),
   };
 }
 
-async function readStored(tx: Tx, ids: string[]): Promise<Map<string, StoredOutcome>> {
-  const [committed, refused] = await Promise.all([
-    tx.select().from(transfers).where(isAnyOf(transfers.id, ids)),
-    tx.select().from(transferFailures).where(isAnyOf(transferFailures.id, ids)),
-  ]);
-  const stored = new Map<string, StoredOutcome>();
-  for (const row of committed) stored.set(row.id, { kind: "created", transfer: row as TransferInput, sequence: row.sequence });
-  for (const row of refused) stored.set(row.id, { kind: "failed", transfer: row as TransferInput, result: row.result as CreateTransferResult });
-  return stored;
+function accountStateOf(row: Record<string, unknown>): AccountState {
+  return {
+    id: row.id as string,
+    currency: row.currency as string,
+    debitsMustNotExceedCredits: row.debits_must_not_exceed_credits as boolean,
+    creditsMustNotExceedDebits: row.credits_must_not_exceed_debits as boolean,
+    closed: row.closed as boolean,
+    debitsPosted: BigInt(row.debits_posted as bigint),
+    creditsPosted: BigInt(row.credits_posted as bigint),
+    debitsPending: BigInt(row.debits_pending as bigint),
+    creditsPending: BigInt(row.credits_pending as bigint),
+  };
 }
 
-async function readPendings(tx: Tx, ids: string[]): Promise<Map<string, PendingState>> {
-  if (ids.length === 0) return new Map();
-  const rows = await tx
-    .select({ transfer: transfers, status: pendingTransfers.status, expiresAt: pendingTransfers.expiresAt })
-    .from(transfers)
-    .leftJoin(pendingTransfers, eq(pendingTransfers.id, transfers.id))
-    .where(isAnyOf(transfers.id, ids));
-  return new Map(
-    rows.map((row) => [
-      row.transfer.id,
-      {
-        transfer: row.transfer as TransferInput,
-        status: row.transfer.kind === TransferKind.PENDING ? ((row.status ?? undefined) as PendingStatus | undefined) : undefined,
-        expiresAtMs: row.expiresAt?.getTime(),
-      },
-    ]),
-  );
+/**
+ * Locks the journal head, then reads what the batch needs, all in one round trip: what is stored
+ * under its ids, the pending transfers it resolves, and every account it or they touch.
+ */
+async function readForCommit(tx: Tx, batch: readonly TransferInput[]) {
+  const ids = arrayLiteral(batch.map((transfer) => transfer.id));
+  const pendingIds = [...new Set(batch.filter((t) => resolvesPending(t.kind)).map((t) => t.pendingId))];
+  const accountIds = new Set<string>();
+  for (const transfer of batch) accountIds.add(transfer.debitAccountId).add(transfer.creditAccountId);
+  accountIds.delete("");
+  const pendingList = arrayLiteral(pendingIds);
+  const pendingAccounts =
+    pendingIds.length === 0
+      ? sql``
+      : sql` || array(select unnest(array[t.debit_account_id, t.credit_account_id]) from ledger.transfers t where t.id = any(${pendingList}::text[]))`;
+  const [head, committed, refused, pendingRows, accountRows] = await Promise.all([
+    tx.execute(HEAD_LOCK),
+    tx.execute(sql`select ${TRANSFER_COLUMNS}, t.sequence from ledger.transfers t where t.id = any(${ids}::text[])`),
+    tx.execute(sql`select ${TRANSFER_COLUMNS}, t.result from ledger.transfer_failures t where t.id = any(${ids}::text[])`),
+    pendingIds.length === 0
+      ? []
+      : tx.execute(sql`
+          select ${TRANSFER_COLUMNS}, p.status, (extract(epoch from p.expires_at) * 1000)::int8 as expires_ms
+          from ledger.transfers t left join ledger.pending_transfers p on p.id = t.id
+          where t.id = any(${pendingList}::text[])`),
+    tx.execute(sql`
+      select id, currency, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
+        debits_posted, credits_posted, debits_pending, credits_pending
+      from ledger.accounts where id = any(${arrayLiteral([...accountIds])}::text[]${pendingAccounts})`),
+  ]);
+  const [headRow] = rowsOf<Record<string, unknown>>(head);
+  if (!headRow) throw new Error("ledger invariant: journal head row is missing");
+  const stored = new Map<string, StoredOutcome>();
+  for (const row of rowsOf<Record<string, unknown>>(committed)) {
+    stored.set(row.id as string, { kind: "created", transfer: transferOf(row), sequence: BigInt(row.sequence as bigint) });
+  }
+  for (const row of rowsOf<Record<string, unknown>>(refused)) {
+    stored.set(row.id as string, { kind: "failed", transfer: transferOf(row), result: Number(row.result) as CreateTransferResult });
+  }
+  const pendings = new Map<string, PendingState>();
+  for (const row of rowsOf<Record<string, unknown>>(pendingRows)) {
+    const transfer = transferOf(row);
+    pendings.set(transfer.id, {
+      transfer,
+      status: transfer.kind === TransferKind.PENDING && row.status !== null ? (Number(row.status) as PendingStatus) : undefined,
+      expiresAtMs: row.expires_ms === null || row.expires_ms === undefined ? undefined : Number(row.expires_ms),
+    });
+  }
+  const accountStates = new Map(rowsOf<Record<string, unknown>>(accountRows).map((row) => [row.id as string, accountStateOf(row)]));
+  const headState: Head = {
+    lastBatch: BigInt(headRow.last_batch as bigint),
+    lastSequence: BigInt(headRow.last_sequence as bigint),
+    lastHash: headRow.last_hash as Uint8Array,
+  };
+  return { head: headState, stored, pendings, accounts: accountStates };
 }
 
 /** A PostgreSQL array literal, passed as one text parameter: one round trip for any batch size. */
@@ -142,20 +206,12 @@ function arrayLiteral(values: readonly (string | bigint | number | boolean | nul
   return `{${items.join(",")}}`;
 }
 
-/** `column = any(array)` with the ids as one parameter: no statement with thousands of parameters. */
-function isAnyOf(target: SQL.Aliased | SQL | import("drizzle-orm/pg-core").PgColumn, ids: readonly string[]): SQL {
-  return sql`${target} = any(${arrayLiteral(ids)}::text[])`;
-}
-
 function column<T>(rows: readonly T[], pick: (row: T) => string | bigint | number | boolean | null, type: string): SQL {
   return sql`${arrayLiteral(rows.map(pick))}::${sql.raw(type)}[]`;
 }
 
-/**
- * Appends the journal rows, their outbox events and the hash-chained batch record. The three
- * statements are issued together and pipelined on the transaction's connection.
- */
-function appendJournal(tx: Tx, rows: JournalRow[], head: { lastBatch: bigint; lastHash: Uint8Array }): Promise<unknown>[] {
+/** The journal rows, and the hash-chained batch record with the new head. */
+function journalStatements(rows: JournalRow[], head: Head): SQL[] {
   if (rows.length === 0) return [];
   const batch = head.lastBatch + 1n;
   const hash = batchHash(head.lastHash, rows);
@@ -163,31 +219,30 @@ function appendJournal(tx: Tx, rows: JournalRow[], head: { lastBatch: bigint; la
   const first = rows[0] as JournalRow;
   const last = rows[rows.length - 1] as JournalRow;
   return [
-    tx.execute(sql`
+    sql`
       insert into ledger.transfers (id, sequence, batch, kind, debit_account_id, credit_account_id, amount_minor, currency, code, reference, metadata, linked, pending_id, timeout_seconds, created_at)
       select *, ${first.createdAt.toISOString()}::timestamptz from unnest(
         ${column(rows, (r) => r.id, "text")}, ${column(rows, (r) => r.sequence, "int8")}, ${column(rows, () => batch, "int8")},
         ${column(rows, (r) => r.kind, "int2")}, ${column(rows, (r) => r.debitAccountId, "text")}, ${column(rows, (r) => r.creditAccountId, "text")},
         ${column(rows, (r) => r.amountMinor, "int8")}, ${column(rows, (r) => r.currency, "text")}, ${column(rows, (r) => r.code, "int4")},
         ${column(rows, (r) => r.reference, "text")}, ${column(rows, (r) => JSON.stringify(r.metadata), "jsonb")}, ${column(rows, (r) => r.linked, "bool")},
-        ${column(rows, (r) => r.pendingId, "text")}, ${column(rows, (r) => r.timeoutSeconds, "int4")})`),
-    tx.execute(sql`
-      insert into ledger.outbox (id, event_type, subject)
-      select gen_random_uuid(), ${LEDGER_TRANSFER_CREATED}, 'transfer/' || id from unnest(${column(rows, (r) => r.id, "text")}) as t(id)`),
-    tx.execute(sql`
+        ${column(rows, (r) => r.pendingId, "text")}, ${column(rows, (r) => r.timeoutSeconds, "int4")})`,
+    sql`
       with recorded as (
         insert into ledger.journal_batches (batch, first_sequence, last_sequence, previous_hash, hash, created_at)
         values (${batch}, ${first.sequence}, ${last.sequence}, decode(${Buffer.from(head.lastHash).toString("hex")}, 'hex'), decode(${hashHex}, 'hex'), ${first.createdAt.toISOString()}::timestamptz)
       )
-      update ledger.journal_head set last_batch = ${batch}, last_sequence = ${last.sequence}, last_hash = decode(${hashHex}, 'hex') where id = 1`),
+      update ledger.journal_head set last_batch = ${batch}, last_sequence = ${last.sequence}, last_hash = decode(${hashHex}, 'hex') where id = 1`,
   ];
 }
 
-async function writePendingChanges(tx: Tx, changes: Map<string, PendingState>, resolvedBy: Map<string, string>): Promise<void> {
+/** Pending transfers created by the batch, and those it resolved (upserted: one may be both). */
+function pendingStatements(changes: Map<string, PendingState>, resolvedBy: Map<string, string>): SQL[] {
   const created = [...changes.values()].filter((pending) => pending.status === PendingStatus.PENDING);
   const resolved = [...changes.values()].filter((pending) => pending.status !== PendingStatus.PENDING);
+  const statements: SQL[] = [];
   if (created.length > 0) {
-    await tx.execute(sql`
+    statements.push(sql`
       insert into ledger.pending_transfers (id, status, expires_at)
       select id, ${PendingStatus.PENDING}, case when expires_ms is null then null else to_timestamp(expires_ms / 1000.0) end
       from unnest(${column(created, (p) => p.transfer.id, "text")}, ${column(created, (p) => p.expiresAtMs ?? null, "int8")}) as p(id, expires_ms)
@@ -195,7 +250,7 @@ async function writePendingChanges(tx: Tx, changes: Map<string, PendingState>, r
   }
   if (resolved.length > 0) {
     // A pending transfer created and resolved in the same group has no row yet: upsert.
-    await tx.execute(sql`
+    statements.push(sql`
       insert into ledger.pending_transfers (id, status, expires_at, resolved_by)
       select id, status, case when expires_ms is null then null else to_timestamp(expires_ms / 1000.0) end, resolved_by
       from unnest(${column(resolved, (p) => p.transfer.id, "text")}, ${column(resolved, (p) => p.status as number, "int2")},
@@ -203,32 +258,33 @@ async function writePendingChanges(tx: Tx, changes: Map<string, PendingState>, r
         as p(id, status, expires_ms, resolved_by)
       on conflict (id) do update set status = excluded.status, resolved_by = excluded.resolved_by`);
   }
+  return statements;
 }
 
-async function writeFailures(tx: Tx, failed: { transfer: TransferInput; result: CreateTransferResult }[]): Promise<void> {
-  if (failed.length === 0) return;
+function failureStatements(failed: { transfer: TransferInput; result: CreateTransferResult }[]): SQL[] {
+  if (failed.length === 0) return [];
   const rows = failed.map(({ transfer, result }) => ({ ...transfer, result }));
-  await tx.execute(sql`
+  return [sql`
     insert into ledger.transfer_failures (id, result, kind, debit_account_id, credit_account_id, amount_minor, currency, code, reference, metadata, linked, pending_id, timeout_seconds)
     select * from unnest(
       ${column(rows, (r) => r.id, "text")}, ${column(rows, (r) => r.result, "int4")}, ${column(rows, (r) => r.kind, "int2")},
       ${column(rows, (r) => r.debitAccountId, "text")}, ${column(rows, (r) => r.creditAccountId, "text")}, ${column(rows, (r) => r.amountMinor, "int8")},
       ${column(rows, (r) => r.currency, "text")}, ${column(rows, (r) => r.code, "int4")}, ${column(rows, (r) => r.reference, "text")},
       ${column(rows, (r) => JSON.stringify(r.metadata), "jsonb")}, ${column(rows, (r) => r.linked, "bool")}, ${column(rows, (r) => r.pendingId, "text")},
-      ${column(rows, (r) => r.timeoutSeconds, "int4")})`);
+      ${column(rows, (r) => r.timeoutSeconds, "int4")})`];
 }
 
-async function writeBalances(tx: Tx, changed: Map<string, AccountState>): Promise<void> {
-  if (changed.size === 0) return;
+function balanceStatements(changed: Map<string, AccountState>): SQL[] {
+  if (changed.size === 0) return [];
   const rows = [...changed.values()];
-  await tx.execute(sql`
+  return [sql`
     update ledger.accounts as a set
       debits_posted = v.debits_posted, credits_posted = v.credits_posted,
       debits_pending = v.debits_pending, credits_pending = v.credits_pending
     from unnest(${column(rows, (r) => r.id, "text")}, ${column(rows, (r) => r.debitsPosted, "int8")}, ${column(rows, (r) => r.creditsPosted, "int8")},
       ${column(rows, (r) => r.debitsPending, "int8")}, ${column(rows, (r) => r.creditsPending, "int8")})
       as v(id, debits_posted, credits_posted, debits_pending, credits_pending)
-    where a.id = v.id`);
+    where a.id = v.id`];
 }
 
 /**
@@ -237,34 +293,25 @@ async function writeBalances(tx: Tx, changed: Map<string, AccountState>): Promis
  */
 export async function commitTransfers(db: Db, batch: TransferInput[], nowMs = Date.now()): Promise<ItemOutcome[]> {
   return db.transaction(async (tx) => {
-    const [headRow] = await tx.select().from(journalHead).where(eq(journalHead.id, 1)).for("update");
-    if (!headRow) throw new Error("ledger invariant: journal head row is missing");
-    const ids = batch.map((transfer) => transfer.id);
-    const pendingIds = [...new Set(batch.filter((t) => resolvesPending(t.kind)).map((t) => t.pendingId))];
-    const [stored, pendings] = await Promise.all([readStored(tx, ids), readPendings(tx, pendingIds)]);
-    const accountIds = new Set<string>();
-    for (const transfer of batch) accountIds.add(transfer.debitAccountId).add(transfer.creditAccountId);
-    for (const pending of pendings.values()) accountIds.add(pending.transfer.debitAccountId).add(pending.transfer.creditAccountId);
-    accountIds.delete("");
-    const locked = await tx
-      .select()
-      .from(accounts)
-      .where(isAnyOf(accounts.id, [...accountIds]))
-      .orderBy(asc(accounts.id))
-      .for("update");
-    const plan = planTransfers(batch, new Map(locked.map((row) => [row.id, toState(row)])), pendings, stored, nowMs);
+    const { head, stored, pendings, accounts: accountStates } = await readForCommit(tx, batch);
+    const plan = planTransfers(batch, accountStates, pendings, stored, nowMs);
     const createdAt = new Date(nowMs);
     const rows: JournalRow[] = plan.created.map((transfer, index) => ({
       ...transfer,
-      sequence: headRow.lastSequence + BigInt(index + 1),
-      batch: headRow.lastBatch + 1n,
+      sequence: head.lastSequence + BigInt(index + 1),
+      batch: head.lastBatch + 1n,
       createdAt,
     }));
     const resolvedBy = new Map(plan.created.filter((t) => resolvesPending(t.kind)).map((t) => [t.pendingId, t.id]));
-    // Two waves: pending states reference the journal rows, so those must be in first. Within a
-    // wave the statements are pipelined on the transaction's connection.
-    await Promise.all(appendJournal(tx, rows, headRow));
-    await Promise.all([writePendingChanges(tx, plan.pendingChanges, resolvedBy), writeFailures(tx, plan.failed), writeBalances(tx, plan.changed)]);
+    // One pipelined wave. Statements run in the order given, so the journal rows are in before
+    // the pending states that reference them.
+    const writes = [
+      ...journalStatements(rows, head),
+      ...pendingStatements(plan.pendingChanges, resolvedBy),
+      ...failureStatements(plan.failed),
+      ...balanceStatements(plan.changed),
+    ];
+    await Promise.all(writes.map((statement) => tx.execute(statement)));
     const sequences = new Map(rows.map((row) => [row.id, row.sequence]));
     return plan.outcomes.map((outcome, index) => {
       const sequence = sequences.get((batch[index] as TransferInput).id);

@@ -38,7 +38,7 @@ import { settingsMessage, settingsToJson, effectiveSettings, settingsFromJson, T
 import { RiskStore, type EvaluatedPayment, type FlagRow, type ReviewEventRow, type ReviewRow, type StoredDecision } from "./store.js";
 import { pageOf, pagePosition } from "../runtime/pages.js";
 import { EventOperationsService } from "../../gen/cowrie/events/v1/operations_pb.js";
-import { eventOperations } from "../runtime/events.js";
+import { eventOperations, outboxFeed } from "../runtime/events.js";
 import { FEEDBACK_CONSUMER, startFeedbackConsumer } from "./feedback.js";
 import { withTimeout } from "../runtime/limits.js";
 import { inbox, outbox, parked } from "./schema.js";
@@ -175,7 +175,7 @@ export const riskModule: ServiceModule = {
   // SERVING; without PostgreSQL it cannot record what it decides.
   uses: { database: true },
   migrationsFolder: fileURLToPath(new URL("./migrations", import.meta.url)),
-  outbox: { table: outbox },
+  eventFeed: outboxFeed(outbox),
   async create(context) {
     const { database, cache, config, log } = context;
     const store = new RiskStore(database.db);

@@ -43,6 +43,7 @@ import { GatewayPool, type Candidate } from "./routing.js";
 import { validatePaymentFields, validatePayer, type CreatedKind } from "./instrument.js";
 import { outbox, type RequestFields } from "./schema.js";
 import { runLimited } from "../runtime/limits.js";
+import { outboxFeed } from "../runtime/events.js";
 import {
   claimUnfinished,
   claimDue,
@@ -208,7 +209,7 @@ export const routerModule: ServiceModule = {
   services: [RouterService, ReconciliationService],
   uses: { database: true, broker: true },
   migrationsFolder: fileURLToPath(new URL("./migrations", import.meta.url)),
-  outbox: { table: outbox },
+  eventFeed: outboxFeed(outbox),
   async create({ database, client, config, log, broker }) {
     const db: Db = database.db;
     const wallets = client(WalletService, "wallet");

@@ -15,7 +15,7 @@ import { EventOperationsService } from "../../gen/cowrie/events/v1/operations_pb
 import { inbox, outbox, parked } from "../risk/schema.js";
 import { createRabbitBroker, type Broker } from "./broker.js";
 import { createPostgresDatabase, type Database } from "./db.js";
-import { appendEvents, consumerQueue, eventOperations, eventsExchange, startEventConsumer, startRelay, type EventConsumer, type NewEvent } from "./events.js";
+import { appendEvents, consumerQueue, eventOperations, eventsExchange, outboxFeed, startEventConsumer, startRelay, type EventConsumer, type NewEvent } from "./events.js";
 import { createLogger } from "./log.js";
 import { startTcpProxy } from "./tcp-proxy.js";
 import { deleteBrokerTopology, freshDatabase, TEST_AMQP_URL } from "./testing.js";
@@ -119,7 +119,7 @@ describe("events: outbox, relay and consumers on PostgreSQL and RabbitMQ", () =>
         return broker.publish(exchange, routingKey, body, options);
       },
     };
-    const relay = startRelay({ source: "risk", db: database.db, outbox, broker: flaky, namespace, log, intervalMs: 50 });
+    const relay = startRelay({ source: "risk", db: database.db, feed: outboxFeed(outbox), broker: flaky, namespace, log, intervalMs: 50 });
     await until(() => new Set(applied.map((e) => e.id)).size === 300, "300 applications");
     await relay.drain();
     await pause(300); // anything duplicated would have arrived by now
@@ -151,7 +151,7 @@ describe("events: outbox, relay and consumers on PostgreSQL and RabbitMQ", () =>
     consumers.push({ name: "order-watch", queue: consumerQueue(namespace, "order-watch"), queues: [consumerQueue(namespace, "order-watch")], close: () => watcher.close() });
     // Four writers interleave transactions on five subjects.
     await Promise.all([0, 1, 2, 3].map((writer) => appendInTransactions(100, 5, (i) => `payment/s${(i + writer) % 5}`)));
-    const relay = startRelay({ source: "risk", db: database.db, outbox, broker, namespace, log, batchSize: 64, intervalMs: 20 });
+    const relay = startRelay({ source: "risk", db: database.db, feed: outboxFeed(outbox), broker, namespace, log, batchSize: 64, intervalMs: 20 });
     await until(() => order.length === 400, "400 events on the wire");
     await relay.stop();
     const rows = (await database.db.execute(sql`select id::text as id, sequence::int8 as sequence from risk.outbox`)) as unknown as { id: string; sequence: string }[];
@@ -175,7 +175,7 @@ describe("events: outbox, relay and consumers on PostgreSQL and RabbitMQ", () =>
     await new Promise((resolve) => child.once("exit", resolve));
     const stamped = (await database.db.execute(sql`select count(*)::int as n from risk.outbox where published_at is not null`)) as unknown as { n: number }[];
     assert.ok((stamped[0]?.n ?? 0) < 3_000, "killed before it finished");
-    const relay = startRelay({ source: "risk", db: database.db, outbox, broker, namespace, log, intervalMs: 20 });
+    const relay = startRelay({ source: "risk", db: database.db, feed: outboxFeed(outbox), broker, namespace, log, intervalMs: 20 });
     await until(() => applied.length === 3_000, "all 3,000 applied", 30_000);
     await relay.drain();
     await pause(300);
@@ -191,7 +191,7 @@ describe("events: outbox, relay and consumers on PostgreSQL and RabbitMQ", () =>
     const other = await sink("park-other", { namespace, name: "test.other" });
     await appendInTransactions(1, 1, () => "payment/poison");
     await appendInTransactions(5, 5, (i) => `payment/fine${i}`);
-    const relay = startRelay({ source: "risk", db: database.db, outbox, broker, namespace, log, intervalMs: 20 });
+    const relay = startRelay({ source: "risk", db: database.db, feed: outboxFeed(outbox), broker, namespace, log, intervalMs: 20 });
     const operations = createClient(EventOperationsService, createRouterTransport((router) =>
       router.service(EventOperationsService, eventOperations({ db: database.db, tables: { inbox, parked }, broker, namespace, consumers: ["test.sink"] }))));
     await until(async () => (await operations.listParkedEvents({})).events.length === 1, "the poison event to be parked");
@@ -221,7 +221,7 @@ describe("events: outbox, relay and consumers on PostgreSQL and RabbitMQ", () =>
     const proxy = await startTcpProxy({ host: url.hostname, port: Number(url.port || 5672) });
     url.port = String(proxy.port);
     const relayBroker = createRabbitBroker(url.toString(), { connectionName: "events-test-relay" });
-    const relay = startRelay({ source: "risk", db: database.db, outbox, broker: relayBroker, namespace, log, intervalMs: 50 });
+    const relay = startRelay({ source: "risk", db: database.db, feed: outboxFeed(outbox), broker: relayBroker, namespace, log, intervalMs: 50 });
     try {
       await appendInTransactions(50, 10, (i) => `payment/o${i}`);
       await until(() => applied.length === 50, "the first 50");

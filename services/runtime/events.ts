@@ -104,39 +104,86 @@ export async function appendEvents(tx: Tx, outbox: OutboxTable, source: ServiceN
 // ---------------------------------------------------------------------------------------------
 // Relay
 
+/** An event ready to publish: its id, type (the routing key) and encoded Envelope. */
+export interface FeedEvent {
+  readonly id: string;
+  readonly type: string;
+  readonly payload: Uint8Array;
+  /** When the change it describes committed (for the lag metric). */
+  readonly committedAt: Date;
+}
+
+/**
+ * Where a relay reads what it publishes, in commit order: a service's outbox table
+ * (outboxFeed), or a log the service keeps anyway (the Ledger publishes its journal).
+ */
+export interface EventFeed<E extends FeedEvent = FeedEvent> {
+  /** The next unpublished events, at most `limit`; in the relay's transaction, under its lock. */
+  next(tx: Tx, limit: number): Promise<E[]>;
+  /** Records that these were published, in the same transaction, once the broker confirmed them all. */
+  markPublished(tx: Tx, events: readonly E[]): Promise<void>;
+  /** When the oldest unpublished event committed; undefined when there is none. */
+  oldestUnpublishedAt(db: Db): Promise<Date | undefined>;
+  /** Removes what was published long enough ago, a bounded amount per call. */
+  prune?(db: Db): Promise<void>;
+}
+
+const OUTBOX_RETENTION_MS = 24 * 60 * 60 * 1000;
+const PRUNE_BATCH = 5_000;
+
+/** The feed of an outbox table (appendEvents): rows are stamped when published and deleted after a day. */
+export function outboxFeed(outbox: OutboxTable, retentionMs = OUTBOX_RETENTION_MS): EventFeed {
+  return {
+    async next(tx, limit) {
+      const rows = await tx.select().from(outbox).where(isNull(outbox.publishedAt)).orderBy(asc(outbox.sequence)).limit(limit);
+      return rows.map((row) => {
+        if (!row.payload) throw new Error(`outbox row ${row.id} has no payload`);
+        return { id: row.id, type: row.eventType, payload: row.payload, committedAt: row.createdAt };
+      });
+    },
+    async markPublished(tx, events) {
+      await tx.execute(sql`update ${outbox} set published_at = now() where ${outbox.id} = any(${`{${events.map((event) => event.id).join(",")}}`}::uuid[])`);
+    },
+    async oldestUnpublishedAt(db) {
+      const [oldest] = await db.select({ createdAt: outbox.createdAt }).from(outbox).where(isNull(outbox.publishedAt)).orderBy(asc(outbox.sequence)).limit(1);
+      return oldest?.createdAt;
+    },
+    async prune(db) {
+      const before = new Date(Date.now() - retentionMs).toISOString();
+      await db.execute(sql`
+        delete from ${outbox} where ${outbox.id} in (
+          select ${outbox.id} from ${outbox} where ${outbox.publishedAt} < ${before}::timestamptz limit ${PRUNE_BATCH})`);
+    },
+  };
+}
+
 export interface RelayOptions {
   source: ServiceName;
   db: Db;
-  outbox: OutboxTable;
+  feed: EventFeed;
   broker: Broker;
   namespace: string;
   log: Logger;
-  /** Envelopes for rows stored without a payload (the Ledger's), keyed by row id; reads through the relay's transaction. */
-  render?: (tx: Tx, rows: OutboxRow[]) => Promise<Map<string, Uint8Array>>;
-  /** Rows per publish batch (one transaction, one round of confirms). */
+  /** Events per publish batch (one transaction, one round of confirms). */
   batchSize?: number;
-  /** How often the outbox is looked at when nothing kicked the relay. */
+  /** How often the feed is looked at when nothing kicked the relay. */
   intervalMs?: number;
-  /** Published rows are deleted after this long. */
-  retentionMs?: number;
 }
 
 export interface Relay {
   /** Something was committed: publish now rather than at the next interval. */
   kick(): void;
-  /** Publishes everything unpublished now; resolves with how many rows went out. */
+  /** Publishes everything unpublished now; resolves with how many events went out. */
   drain(): Promise<number>;
   stop(): Promise<void>;
 }
 
 const RELAY_BATCH_SIZE = 500;
 const RELAY_INTERVAL_MS = 250;
-const RELAY_RETENTION_MS = 24 * 60 * 60 * 1000;
 const PRUNE_EVERY_MS = 60_000;
-const PRUNE_BATCH = 5_000;
 
 export function startRelay(options: RelayOptions): Relay {
-  const { source, db, outbox, broker, log } = options;
+  const { source, db, feed, broker, log } = options;
   const batchSize = options.batchSize ?? RELAY_BATCH_SIZE;
   const exchange = eventsExchange(options.namespace);
   const lockKey = `cowrie.outbox.${source}`;
@@ -147,52 +194,43 @@ export function startRelay(options: RelayOptions): Relay {
   let lastPruneMs = Date.now();
   let lastFailureLogMs = -Infinity;
 
+  const recordLag = (oldest: Date | undefined): void => {
+    outboxLagSeconds.set({ service: source }, oldest ? Math.max(0, (Date.now() - oldest.getTime()) / 1000) : 0);
+  };
+
   /**
    * One batch in one transaction: only the holder of the transaction's advisory lock publishes
-   * (so relays in several processes never interleave one subject's events), in sequence order,
-   * and stamps the rows only once every publish was confirmed. A failure rolls back: nothing is
-   * stamped, and the whole batch goes again (consumers deduplicate).
+   * (so relays in several processes never interleave one subject's events), in commit order,
+   * and marks the events published only once every publish was confirmed. A failure rolls back:
+   * nothing is marked, and the whole batch goes again (consumers deduplicate).
    */
   async function publishBatch(): Promise<number> {
     // While the broker is away no transaction is opened at all (on the embedded database it would
     // hold the only connection while publishes wait to time out); the backlog just waits.
     if (!broker.isReady()) {
-      const [oldest] = await db.select({ createdAt: outbox.createdAt }).from(outbox).where(isNull(outbox.publishedAt)).orderBy(asc(outbox.sequence)).limit(1);
-      outboxLagSeconds.set({ service: source }, oldest ? Math.max(0, (Date.now() - oldest.createdAt.getTime()) / 1000) : 0);
+      const oldest = await feed.oldestUnpublishedAt(db);
+      recordLag(oldest);
       if (oldest) throw new Error("the broker is not connected");
       return 0;
     }
     return db.transaction(async (tx) => {
       const [lock] = rowsOf<{ locked: boolean }>(await tx.execute(sql`select pg_try_advisory_xact_lock(hashtext(${lockKey})) as locked`));
       if (!lock?.locked) return 0;
-      const rows = await tx.select().from(outbox).where(isNull(outbox.publishedAt)).orderBy(asc(outbox.sequence)).limit(batchSize);
-      outboxLagSeconds.set({ service: source }, rows[0] ? Math.max(0, (Date.now() - rows[0].createdAt.getTime()) / 1000) : 0);
-      if (rows.length === 0) return 0;
-      const rendered = rows.some((row) => row.payload === null) && options.render ? await options.render(tx, rows) : new Map<string, Uint8Array>();
-      const ready = rows.flatMap((row) => {
-        const payload = row.payload ?? rendered.get(row.id);
-        return payload ? [{ row, payload }] : [];
-      });
-      if (ready.length < rows.length) {
-        // Left unstamped, so the lag metric shows it; it blocks nothing else (only the Ledger renders, one event per subject).
-        log.error({ unrendered: rows.filter((row) => !ready.some((item) => item.row === row)).map((row) => row.subject).slice(0, 5) }, "outbox rows without a payload could not be rendered");
-      }
+      const events = await feed.next(tx, batchSize);
+      recordLag(events[0]?.committedAt);
+      if (events.length === 0) return 0;
       // One channel publishes in call order: issuing them together keeps the order and pipelines the confirms.
-      await Promise.all(ready.map(({ row, payload }) => broker.publish(exchange, row.eventType, payload, { messageId: row.id, headers: { "cowrie-source": source } })));
-      if (ready.length === 0) return 0;
-      await tx.execute(sql`update ${outbox} set published_at = now() where ${outbox.id} = any(${`{${ready.map(({ row }) => row.id).join(",")}}`}::uuid[])`);
-      eventsPublished.inc({ service: source }, ready.length);
-      return rows.length;
+      await Promise.all(events.map((event) => broker.publish(exchange, event.type, event.payload, { messageId: event.id, headers: { "cowrie-source": source } })));
+      await feed.markPublished(tx, events);
+      eventsPublished.inc({ service: source }, events.length);
+      return events.length;
     });
   }
 
   async function prune(): Promise<void> {
-    if (Date.now() - lastPruneMs < PRUNE_EVERY_MS) return;
+    if (!feed.prune || Date.now() - lastPruneMs < PRUNE_EVERY_MS) return;
     lastPruneMs = Date.now();
-    const before = new Date(Date.now() - (options.retentionMs ?? RELAY_RETENTION_MS)).toISOString();
-    await db.execute(sql`
-      delete from ${outbox} where ${outbox.id} in (
-        select ${outbox.id} from ${outbox} where ${outbox.publishedAt} < ${before}::timestamptz limit ${PRUNE_BATCH})`);
+    await feed.prune(db);
   }
 
   async function pass(): Promise<number> {

@@ -8,8 +8,8 @@ import { createMemoryBroker, createRabbitBroker, type Broker } from "./broker.js
 import { createMemoryCache, createRedisCache, type Cache } from "./cache.js";
 import { createServiceClient } from "./client.js";
 import { servicePort, serviceUrl, type Config, type ServiceName } from "./config.js";
-import { createPostgresDatabase, openEmbeddedDatabase, type Database, type Tx } from "./db.js";
-import { startRelay, type OutboxRow, type OutboxTable } from "./events.js";
+import { createPostgresDatabase, openEmbeddedDatabase, type Database } from "./db.js";
+import { startRelay, type EventFeed } from "./events.js";
 import { HealthState, type DependencyCheck } from "./health.js";
 import type { Logger } from "./log.js";
 import { startServer, type AnyRequest, type AnyResponse } from "./server.js";
@@ -43,15 +43,11 @@ export interface ServiceModule {
   /** Folder of drizzle-kit migrations, applied at start-up. */
   readonly migrationsFolder?: string;
   /**
-   * The service's outbox (events.ts): the runtime runs its relay beside the server. It publishes
-   * whatever the broker's state; the broker is not part of the service's health, since the outbox
-   * keeps events while RabbitMQ is away.
+   * What the service publishes (events.ts): usually its outbox table (`outboxFeed(outbox)`). The
+   * runtime runs a relay for it beside the server, whatever the broker's state; the broker is not
+   * part of the service's health, since the feed keeps events while RabbitMQ is away.
    */
-  readonly outbox?: {
-    table: OutboxTable;
-    /** Renders rows stored without a payload (the Ledger's), in the relay's transaction. */
-    render?(tx: Tx, rows: OutboxRow[]): Promise<Map<string, Uint8Array>>;
-  };
+  readonly eventFeed?: EventFeed;
   create(context: ServiceContext): Promise<ServiceInstance> | ServiceInstance;
 }
 
@@ -166,12 +162,11 @@ export async function startService(
     health,
   });
   const relay =
-    database && module.outbox
+    database && module.eventFeed
       ? startRelay({
           source: module.name,
           db: database.db,
-          outbox: module.outbox.table,
-          render: module.outbox.render,
+          feed: module.eventFeed,
           broker: backends.broker,
           namespace: config.brokerNamespace,
           log,

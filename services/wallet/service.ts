@@ -39,7 +39,7 @@ import {
 } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import { expireTransferId } from "../ledger/service.js";
 import { transact, type Tx } from "../runtime/db.js";
-import { appendEvents, type NewEvent } from "../runtime/events.js";
+import { appendEvents, outboxFeed, type NewEvent } from "../runtime/events.js";
 import { HoldChangedSchema, WalletChangedSchema } from "../../gen/cowrie/events/v1/events_pb.js";
 import { invalidArgument, notFound } from "../runtime/errors.js";
 import type { ServiceModule } from "../runtime/service.js";
@@ -377,7 +377,7 @@ export const walletModule: ServiceModule = {
   services: [WalletService],
   uses: { database: true },
   migrationsFolder: fileURLToPath(new URL("./migrations", import.meta.url)),
-  outbox: { table: outbox },
+  eventFeed: outboxFeed(outbox),
   create({ database, client, log }) {
     const db = database.db;
     const ledger: Ledger = client(LedgerService, "ledger");

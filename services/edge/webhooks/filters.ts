@@ -6,7 +6,7 @@ export const EVENT_TYPES_MAX = 32;
 const EVENT_TYPE_LENGTH_MAX = 128;
 const URL_LENGTH_MAX = 2048;
 
-// Event types are dotted lower-case words: "payment.succeeded", "ledger.transfer.created".
+// Event types are dotted lower-case words: "payment.succeeded", "ledger.batch.committed".
 const EVENT_TYPE = /^[a-z0-9_]+(\.[a-z0-9_]+)*$/;
 
 /** Refuses anything that is not an exact type, "prefix.*" or "*"; drops repeats, keeps order. */

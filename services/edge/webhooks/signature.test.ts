@@ -62,7 +62,7 @@ describe("event type filters", () => {
     assert.equal(matchesEventType(["payment.*"], "payment.failed"), true);
     assert.equal(matchesEventType(["payment.*"], "payments.failed"), false);
     assert.equal(matchesEventType(["payment.*"], "payment"), false);
-    assert.equal(matchesEventType(["risk.*", "ledger.transfer.created"], "ledger.transfer.created"), true);
+    assert.equal(matchesEventType(["risk.*", "ledger.batch.committed"], "ledger.batch.committed"), true);
     assert.equal(matchesEventType(["*"], "anything.at.all"), true);
   });
 

@@ -286,7 +286,7 @@ describe("endpoints and filters", () => {
       (await webhooks.createWebhookEndpoint({ url: `${sink.url}?${eventTypes.join("&")}`, eventTypes, disabled }, keyed())).endpoint?.id ?? "";
     const exact = await make(["payment.succeeded"]);
     const prefix = await make(["payment.*"]);
-    const ledger = await make(["ledger.transfer.created"]);
+    const ledger = await make(["ledger.batch.committed"]);
     const everything = await make(["*"]);
     const disabled = await make(["*"], true);
 
@@ -294,7 +294,7 @@ describe("endpoints and filters", () => {
       ["payment.succeeded", [exact, prefix, everything]],
       ["payment.failed", [prefix, everything]],
       ["risk.flagged", [everything]],
-      ["ledger.transfer.created", [ledger, everything]],
+      ["ledger.batch.committed", [ledger, everything]],
     ];
     for (const [type, expected] of cases) {
       const event = paymentEvent(tenantId, type);
@@ -303,7 +303,7 @@ describe("endpoints and filters", () => {
       assert.deepEqual(rows.map((row) => row.endpoint_id), [...expected].sort(), type);
     }
     // Platform events (no tenant) go to no merchant.
-    assert.equal(await enqueue(paymentEvent("", "ledger.transfer.created")), 0);
+    assert.equal(await enqueue(paymentEvent("", "ledger.batch.committed")), 0);
     // The disabled endpoint received nothing at all.
     const [none] = await sql`select count(*)::int as n from edge.webhook_deliveries where endpoint_id = ${disabled}`;
     assert.equal(none?.n, 0);

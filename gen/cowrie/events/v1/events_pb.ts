@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cowrie/events/v1/events.proto.
  */
 export const file_cowrie_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jb3dyaWUvZXZlbnRzL3YxL2V2ZW50cy5wcm90bxIQY293cmllLmV2ZW50cy52MSKmAQoIRW52ZWxvcGUSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSDwoHc3ViamVjdBgEIAEoCRIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0ZW5hbnRfaWQYBiABKAkSIgoEZGF0YRgHIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkiVwoVTGVkZ2VyVHJhbnNmZXJDcmVhdGVkEiwKCHRyYW5zZmVyGAEgASgLMhouY293cmllLmxlZGdlci52MS5UcmFuc2ZlchIQCghzZXF1ZW5jZRgCIAEoAyKdAQoUUGF5bWVudFN0YXR1c0NoYW5nZWQSKgoHcGF5bWVudBgBIAEoCzIZLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudBI4Cg9wcmV2aW91c19zdGF0dXMYAiABKA4yHy5jb3dyaWUucm91dGVyLnYxLlBheW1lbnRTdGF0dXMSDgoGcmVhc29uGAMgASgJEg8KB3ZlcnNpb24YBCABKAMiOQoNV2FsbGV0Q2hhbmdlZBIoCgZ3YWxsZXQYASABKAsyGC5jb3dyaWUud2FsbGV0LnYxLldhbGxldCIzCgtIb2xkQ2hhbmdlZBIkCgRob2xkGAEgASgLMhYuY293cmllLndhbGxldC52MS5Ib2xkIpkBCglSaXNrRXZlbnQSEgoKcGF5bWVudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhAKCGRlY2lzaW9uGAMgASgJEg0KBXNjb3JlGAQgASgNEg8KB3JlYXNvbnMYBSADKAkSEgoKcmVzb2x1dGlvbhgGIAEoCRITCgtyZXNvbHZlZF9ieRgHIAEoCRIMCgRub3RlGAggASgJIusBChtSZWNvbmNpbGlhdGlvbkZpbmRpbmdSYWlzZWQSEgoKZmluZGluZ19pZBgBIAEoCRIUCgxmaW5kaW5nX3R5cGUYAiABKAkSEAoIc2V2ZXJpdHkYAyABKAkSDwoHc3ViamVjdBgEIAEoCRISCgpwYXltZW50X2lkGAUgASgJEg8KB2dhdGV3YXkYBiABKAkSHgoWZ2F0ZXdheV90cmFuc2FjdGlvbl9pZBgHIAEoCRIaChJsZWRnZXJfdHJhbnNmZXJfaWQYCCABKAkSDgoGZGV0YWlsGAkgASgJEg4KBnJ1bl9pZBgKIAEoCWIGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_timestamp, file_cowrie_ledger_v1_ledger, file_cowrie_router_v1_router, file_cowrie_wallet_v1_wallet]);
+  fileDesc("Ch1jb3dyaWUvZXZlbnRzL3YxL2V2ZW50cy5wcm90bxIQY293cmllLmV2ZW50cy52MSKmAQoIRW52ZWxvcGUSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSDwoHc3ViamVjdBgEIAEoCRIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0ZW5hbnRfaWQYBiABKAkSIgoEZGF0YRgHIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkikQEKFExlZGdlckJhdGNoQ29tbWl0dGVkEg0KBWJhdGNoGAEgASgDEhYKDmZpcnN0X3NlcXVlbmNlGAIgASgDEhUKDWxhc3Rfc2VxdWVuY2UYAyABKAMSDAoEaGFzaBgEIAEoDBItCgl0cmFuc2ZlcnMYBSADKAsyGi5jb3dyaWUubGVkZ2VyLnYxLlRyYW5zZmVyIp0BChRQYXltZW50U3RhdHVzQ2hhbmdlZBIqCgdwYXltZW50GAEgASgLMhkuY293cmllLnJvdXRlci52MS5QYXltZW50EjgKD3ByZXZpb3VzX3N0YXR1cxgCIAEoDjIfLmNvd3JpZS5yb3V0ZXIudjEuUGF5bWVudFN0YXR1cxIOCgZyZWFzb24YAyABKAkSDwoHdmVyc2lvbhgEIAEoAyI5Cg1XYWxsZXRDaGFuZ2VkEigKBndhbGxldBgBIAEoCzIYLmNvd3JpZS53YWxsZXQudjEuV2FsbGV0IjMKC0hvbGRDaGFuZ2VkEiQKBGhvbGQYASABKAsyFi5jb3dyaWUud2FsbGV0LnYxLkhvbGQimQEKCVJpc2tFdmVudBISCgpwYXltZW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEAoIZGVjaXNpb24YAyABKAkSDQoFc2NvcmUYBCABKA0SDwoHcmVhc29ucxgFIAMoCRISCgpyZXNvbHV0aW9uGAYgASgJEhMKC3Jlc29sdmVkX2J5GAcgASgJEgwKBG5vdGUYCCABKAki6wEKG1JlY29uY2lsaWF0aW9uRmluZGluZ1JhaXNlZBISCgpmaW5kaW5nX2lkGAEgASgJEhQKDGZpbmRpbmdfdHlwZRgCIAEoCRIQCghzZXZlcml0eRgDIAEoCRIPCgdzdWJqZWN0GAQgASgJEhIKCnBheW1lbnRfaWQYBSABKAkSDwoHZ2F0ZXdheRgGIAEoCRIeChZnYXRld2F5X3RyYW5zYWN0aW9uX2lkGAcgASgJEhoKEmxlZGdlcl90cmFuc2Zlcl9pZBgIIAEoCRIOCgZkZXRhaWwYCSABKAkSDgoGcnVuX2lkGAogASgJYgZwcm90bzM", [file_google_protobuf_any, file_google_protobuf_timestamp, file_cowrie_ledger_v1_ledger, file_cowrie_router_v1_router, file_cowrie_wallet_v1_wallet]);
 
 /**
  * Envelope wraps every event Cowrie publishes to RabbitMQ (binary) and to merchant webhooks
@@ -37,7 +37,7 @@ export type Envelope = Message<"cowrie.events.v1.Envelope"> & {
 
   /**
    * Event type, which is also the RabbitMQ routing key: "payment.succeeded",
-   * "payment.failed", "ledger.transfer.created", "risk.flagged" and so on (see README).
+   * "payment.failed", "ledger.batch.committed", "risk.flagged" and so on (see README).
    *
    * @generated from field: string type = 2;
    */
@@ -51,7 +51,7 @@ export type Envelope = Message<"cowrie.events.v1.Envelope"> & {
   source: string;
 
   /**
-   * The aggregate the event is about, for example "payment/pay_…" or "transfer/tr_123".
+   * The aggregate the event is about, for example "payment/pay_…" or "batch/42".
    *
    * @generated from field: string subject = 4;
    */
@@ -63,7 +63,7 @@ export type Envelope = Message<"cowrie.events.v1.Envelope"> & {
   time?: Timestamp | undefined;
 
   /**
-   * The tenant the event belongs to, empty for platform events (ledger transfers).
+   * The tenant the event belongs to, empty for platform events (ledger batches).
    *
    * @generated from field: string tenant_id = 6;
    */
@@ -85,31 +85,54 @@ export const EnvelopeSchema: GenMessage<Envelope> = /*@__PURE__*/
   messageDesc(file_cowrie_events_v1_events, 0);
 
 /**
- * A transfer was committed to the journal. Type "ledger.transfer.created".
+ * A batch of transfers was committed to the journal. Type "ledger.batch.committed", subject
+ * "batch/<batch>". The Ledger publishes its journal itself, batch by batch in journal order, so
+ * one event carries every transfer one commit made (at most the Ledger's group size, 8,000).
+ * The event id is derived from the batch's hash: it is the same on every publication.
  *
- * @generated from message cowrie.events.v1.LedgerTransferCreated
+ * @generated from message cowrie.events.v1.LedgerBatchCommitted
  */
-export type LedgerTransferCreated = Message<"cowrie.events.v1.LedgerTransferCreated"> & {
+export type LedgerBatchCommitted = Message<"cowrie.events.v1.LedgerBatchCommitted"> & {
   /**
-   * As LedgerService.GetTransfer returns it.
+   * The journal batch number: 1, 2, 3... without gaps.
    *
-   * @generated from field: cowrie.ledger.v1.Transfer transfer = 1;
+   * @generated from field: int64 batch = 1;
    */
-  transfer?: Transfer | undefined;
+  batch: bigint;
 
   /**
-   * Journal position.
+   * The journal positions of the first and last transfer in the batch.
    *
-   * @generated from field: int64 sequence = 2;
+   * @generated from field: int64 first_sequence = 2;
    */
-  sequence: bigint;
+  firstSequence: bigint;
+
+  /**
+   * @generated from field: int64 last_sequence = 3;
+   */
+  lastSequence: bigint;
+
+  /**
+   * SHA-256 of the previous batch's hash and this batch's transfers (the tamper-evident chain;
+   * VerifyJournal recomputes it).
+   *
+   * @generated from field: bytes hash = 4;
+   */
+  hash: Uint8Array;
+
+  /**
+   * The batch's transfers in journal order, as LedgerService.LookupTransfers returns them.
+   *
+   * @generated from field: repeated cowrie.ledger.v1.Transfer transfers = 5;
+   */
+  transfers: Transfer[];
 };
 
 /**
- * Describes the message cowrie.events.v1.LedgerTransferCreated.
- * Use `create(LedgerTransferCreatedSchema)` to create a new message.
+ * Describes the message cowrie.events.v1.LedgerBatchCommitted.
+ * Use `create(LedgerBatchCommittedSchema)` to create a new message.
  */
-export const LedgerTransferCreatedSchema: GenMessage<LedgerTransferCreated> = /*@__PURE__*/
+export const LedgerBatchCommittedSchema: GenMessage<LedgerBatchCommitted> = /*@__PURE__*/
   messageDesc(file_cowrie_events_v1_events, 1);
 
 /**
@@ -164,7 +187,7 @@ export const PaymentStatusChangedSchema: GenMessage<PaymentStatusChanged> = /*@_
 export type WalletChanged = Message<"cowrie.events.v1.WalletChanged"> & {
   /**
    * The wallet after the change. Balances are not part of the event (they move with every
-   * payment; the ledger.transfer.created and payment events carry those): read GetWallet.
+   * payment; the ledger.batch.committed and payment events carry those): read GetWallet.
    *
    * @generated from field: cowrie.wallet.v1.Wallet wallet = 1;
    */
