@@ -5,9 +5,8 @@
 //    envelope's bytes exactly as published.
 // EventOperationsService (behind the operator token) lists and replays what either parked.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import type { Envelope } from "../../gen/cowrie/events/v1/events_pb.js";
 import type { Tx } from "../runtime/db.js";
-import { eventOperations, startEventConsumer, type ConsumerDefinition, type EventConsumer } from "../runtime/events.js";
+import { eventOperations, startEventConsumer, type ConsumedEvent, type ConsumerDefinition, type EventConsumer } from "../runtime/events.js";
 import type { ServiceContext } from "../runtime/service.js";
 import { auditEvents, inbox, parked } from "./schema.js";
 import { enqueueWebhookDeliveries } from "./webhooks/module.js";
@@ -27,7 +26,7 @@ export async function startEdgeConsumers(context: ServiceContext): Promise<Event
   const webhooks = await startEventConsumer({
     ...common,
     ...WEBHOOKS_CONSUMER,
-    handle: async (tx, event) => void (await enqueueWebhookDeliveries(tx, event)),
+    handle: async (tx, events) => void (await enqueueWebhookDeliveries(tx, events.map((item) => item.event))),
   });
   const audit = await startEventConsumer({ ...common, ...AUDIT_CONSUMER, handle: recordAudit }).catch(async (error: unknown) => {
     await webhooks.close();
@@ -36,10 +35,10 @@ export async function startEdgeConsumers(context: ServiceContext): Promise<Event
   return [webhooks, audit];
 }
 
-async function recordAudit(tx: Tx, event: Envelope, raw: Uint8Array): Promise<void> {
+async function recordAudit(tx: Tx, events: readonly ConsumedEvent[]): Promise<void> {
   await tx
     .insert(auditEvents)
-    .values({
+    .values(events.map(({ event, raw }) => ({
       eventId: event.id,
       type: event.type,
       source: event.source,
@@ -47,7 +46,7 @@ async function recordAudit(tx: Tx, event: Envelope, raw: Uint8Array): Promise<vo
       tenantId: event.tenantId,
       occurredAt: event.time ? timestampDate(event.time) : new Date(),
       envelope: raw,
-    })
+    })))
     .onConflictDoNothing();
 }
 

@@ -21,7 +21,9 @@ export function startFeedbackConsumer(context: ServiceContext, counters: Counter
     db: context.database.db,
     tables: { inbox, parked },
     log: context.log,
-    handle: (_tx, event) => recordOutcome(counters, event),
+    handle: async (_tx, events) => {
+      for (const { event } of events) await recordOutcome(counters, event);
+    },
   });
 }
 

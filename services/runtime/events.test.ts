@@ -74,9 +74,9 @@ describe("events: outbox, relay and consumers on PostgreSQL and RabbitMQ", () =>
       bindingKeys: ["risk.#"],
       log,
       retryDelaysMs: options.retryDelaysMs ?? [50],
-      handle: async (_tx, envelope) => {
-        if (options.fail?.(envelope)) throw new Error(`refusing ${envelope.subject}`);
-        applied.push(envelope);
+      handle: async (_tx, events) => {
+        for (const { event } of events) if (options.fail?.(event)) throw new Error(`refusing ${event.subject}`);
+        applied.push(...events.map(({ event }) => event));
       },
     });
     consumers.push(consumer);

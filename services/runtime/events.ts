@@ -303,14 +303,24 @@ export interface ConsumerDefinition {
   retryDelaysMs?: number[];
 }
 
+/** A delivered event, decoded, with its envelope's bytes as published. */
+export interface ConsumedEvent {
+  readonly event: Envelope;
+  readonly raw: Uint8Array;
+}
+
 export interface EventConsumerOptions extends ConsumerDefinition {
   namespace: string;
   broker: Broker;
   db: Db;
   tables: ConsumerTables;
   log: Logger;
-  /** Applies one event inside the transaction that records it in the inbox; `raw` is the envelope as published. */
-  handle(tx: Tx, event: Envelope, raw: Uint8Array): Promise<void>;
+  /**
+   * Applies events inside the transaction that records them in the inbox: the new events of the
+   * deliveries that arrived together, in delivery order, so that a consumer writes a batch with
+   * one statement; a single event when its batch failed and each is tried alone.
+   */
+  handle(tx: Tx, events: readonly ConsumedEvent[]): Promise<void>;
 }
 
 export interface EventConsumer {
@@ -392,15 +402,12 @@ class InboxApplier {
       const fresh = new Set(
         (await tx.insert(inbox).values(batch.map((item) => ({ consumer: this.name, eventId: item.event.id }))).onConflictDoNothing().returning({ id: inbox.eventId })).map((row) => row.id),
       );
-      for (const item of batch) {
-        // A duplicate of an event already applied (or of one earlier in this batch) does nothing.
-        if (!fresh.delete(item.event.id)) {
-          this.consumed.inc({ consumer: this.name, result: "duplicate" });
-          continue;
-        }
-        await this.handle(tx, item.event, item.raw);
-        this.consumed.inc({ consumer: this.name, result: "applied" });
-      }
+      // A duplicate of an event already applied (or of one earlier in this batch) does nothing.
+      const applying = batch.filter((item) => fresh.delete(item.event.id));
+      if (applying.length < batch.length) this.consumed.inc({ consumer: this.name, result: "duplicate" }, batch.length - applying.length);
+      if (applying.length === 0) return;
+      await this.handle(tx, applying);
+      this.consumed.inc({ consumer: this.name, result: "applied" }, applying.length);
     });
   }
 }

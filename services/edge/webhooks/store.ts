@@ -7,7 +7,7 @@
 import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { and, eq, isNull } from "drizzle-orm";
+import { and, eq, inArray, isNull } from "drizzle-orm";
 import { WebhookEndpointSchema, type WebhookEndpoint } from "../../../gen/cowrie/edge/v1/webhooks_pb.js";
 import type { Envelope } from "../../../gen/cowrie/events/v1/events_pb.js";
 import type { Tx } from "../../runtime/db.js";
@@ -40,24 +40,26 @@ export function newWebhookSecret(): string {
 }
 
 /**
- * One pending delivery, due now, per enabled endpoint of the event's tenant whose filter matches
- * its type. Platform events (no tenant) go to nobody. Returns how many deliveries it added (0
- * when this event was enqueued before). Call it inside the transaction that records the event as
+ * One pending delivery, due now, per enabled endpoint of each event's tenant whose filter matches
+ * its type. Platform events (no tenant) go to nobody. One query reads the endpoints of every
+ * tenant in the batch and one statement adds the deliveries. Returns how many deliveries it added
+ * (none for an event enqueued before). Call it inside the transaction that records the events as
  * processed.
  */
-export async function enqueueWebhookDeliveries(tx: Tx, envelope: Envelope): Promise<number> {
-  if (envelope.tenantId === "") return 0;
+export async function enqueueWebhookDeliveries(tx: Tx, envelopes: readonly Envelope[]): Promise<number> {
+  const tenantIds = [...new Set(envelopes.map((envelope) => envelope.tenantId).filter((tenantId) => tenantId !== ""))];
+  if (tenantIds.length === 0) return 0;
   const endpoints = await tx
-    .select({ id: webhookEndpoints.id, eventTypes: webhookEndpoints.eventTypes })
+    .select({ id: webhookEndpoints.id, tenantId: webhookEndpoints.tenantId, eventTypes: webhookEndpoints.eventTypes })
     .from(webhookEndpoints)
-    .where(and(eq(webhookEndpoints.tenantId, envelope.tenantId), eq(webhookEndpoints.enabled, true), isNull(webhookEndpoints.deletedAt)));
-  const matching = endpoints.filter((endpoint) => matchesEventType(endpoint.eventTypes, envelope.type));
-  if (matching.length === 0) return 0;
-  const body = Buffer.from(envelopeJson(envelope), "utf8");
+    .where(and(inArray(webhookEndpoints.tenantId, tenantIds), eq(webhookEndpoints.enabled, true), isNull(webhookEndpoints.deletedAt)));
+  if (endpoints.length === 0) return 0;
   const now = new Date();
-  const inserted = await tx
-    .insert(webhookDeliveries)
-    .values(matching.map((endpoint) => ({
+  const deliveries = envelopes.flatMap((envelope) => {
+    const matching = endpoints.filter((endpoint) => endpoint.tenantId === envelope.tenantId && matchesEventType(endpoint.eventTypes, envelope.type));
+    if (matching.length === 0) return [];
+    const body = Buffer.from(envelopeJson(envelope), "utf8");
+    return matching.map((endpoint) => ({
       id: newDeliveryId(),
       endpointId: endpoint.id,
       tenantId: envelope.tenantId,
@@ -65,9 +67,10 @@ export async function enqueueWebhookDeliveries(tx: Tx, envelope: Envelope): Prom
       eventType: envelope.type,
       body,
       nextAttemptAt: now,
-    })))
-    .onConflictDoNothing()
-    .returning({ id: webhookDeliveries.id });
+    }));
+  });
+  if (deliveries.length === 0) return 0;
+  const inserted = await tx.insert(webhookDeliveries).values(deliveries).onConflictDoNothing().returning({ id: webhookDeliveries.id });
   return inserted.length;
 }
 

@@ -97,7 +97,7 @@ function paymentEvent(tenantId: string, type = "payment.succeeded"): Envelope {
 /** What the event consumer does: enqueue inside its transaction. */
 async function enqueue(envelope: Envelope, alsoInTx?: (tx: Tx) => Promise<unknown>): Promise<number> {
   return database.db.transaction(async (tx) => {
-    const added = await enqueueWebhookDeliveries(tx, envelope);
+    const added = await enqueueWebhookDeliveries(tx, [envelope]);
     await alsoInTx?.(tx);
     return added;
   });
@@ -310,6 +310,26 @@ describe("endpoints and filters", () => {
     await waitFor("every delivery sent", async () => (sink.requests.length >= 8 ? true : undefined));
     await new Promise((resolve) => setTimeout(resolve, 100));
     assert.equal(sink.requests.length, 8);
+  });
+
+  it("a batch of events from several tenants is enqueued at once, each to its own tenant's endpoints; a repeat adds nothing", async () => {
+    const first = await tenant("batch shop one");
+    const second = await tenant("batch shop two");
+    const sink = await receiver(() => 200);
+    const one = (await first.webhooks.createWebhookEndpoint({ url: `${sink.url}?one`, eventTypes: ["payment.*"] }, keyed())).endpoint?.id ?? "";
+    const two = (await second.webhooks.createWebhookEndpoint({ url: `${sink.url}?two`, eventTypes: ["payment.failed"] }, keyed())).endpoint?.id ?? "";
+    const events = [
+      paymentEvent(first.tenantId, "payment.succeeded"),
+      paymentEvent(second.tenantId, "payment.succeeded"),
+      paymentEvent(second.tenantId, "payment.failed"),
+      paymentEvent("", "ledger.batch.committed"),
+    ];
+    const batch = (list: Envelope[]) => database.db.transaction((tx) => enqueueWebhookDeliveries(tx, list));
+    assert.equal(await batch(events), 2);
+    const rows = await sql`select endpoint_id, event_id from edge.webhook_deliveries where event_id in ${sql(events.map((event) => event.id))}`;
+    const pairs = rows.map((row) => `${row.endpoint_id} ${row.event_id}`).sort();
+    assert.deepEqual(pairs, [`${one} ${events[0]!.id}`, `${two} ${events[2]!.id}`].sort());
+    assert.equal(await batch(events), 0, "the same events again add nothing");
   });
 
   it("the secret is shown once: Get and List never return it; a rotation signs with both during its grace", async () => {
