@@ -149,14 +149,11 @@ export class PaymentProcessor {
   /**
    * Risk's verdict, asked once per payment before its money moves: a block fails it, a review
    * holds its money and parks it IN_REVIEW. Undefined: go ahead and move the money (an allowed
-   * payment, or one an operator approved, whose review hold is released first). The verdict is
-   * written with the payment's next transition.
+   * payment, or one an operator approved). The verdict is written with the payment's next
+   * transition.
    */
   private async riskStep(payment: PaymentRow, signal: AbortSignal | undefined): Promise<Outcome | undefined> {
-    if (payment.riskDecision === "review") {
-      if (payment.holdId !== "") await releaseQuietly(this.wallet, payment.tenantId, payment.holdId);
-      return undefined;
-    }
+    // An approved review goes on: its hold pays the transfer (moveFunds).
     if (payment.riskDecision !== "") return undefined;
     const { fields, stop } = riskOutcome(await this.risk.evaluate(payment, signal));
     if (!stop) {
@@ -209,6 +206,9 @@ export class PaymentProcessor {
           // Ledger transfer codes, so statements tell payments and refunds from plain transfers.
           code: payment.kind === PaymentKind.REFUND ? TRANSFER_CODE.refund : TRANSFER_CODE.payment,
           omitWallets: true,
+          // An approved review: the money held during the review pays the payment, released and
+          // moved in one Ledger commit, so nothing can spend it in between.
+          releaseHoldId: payment.riskDecision === "review" ? payment.holdId : "",
         },
         { timeoutMs, signal },
       );

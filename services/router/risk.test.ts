@@ -8,7 +8,10 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Action, BlocklistKind, RiskService } from "../../gen/cowrie/risk/v1/risk_pb.js";
 import { PaymentKind, PaymentStatus, RouterService, type Payment } from "../../gen/cowrie/router/v1/router_pb.js";
-import { WalletKind, WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
+import { sql } from "drizzle-orm";
+import { HoldStatus, WalletKind, WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
+import { rowsOf } from "../runtime/db.js";
+import { releaseIdFor } from "../wallet/service.js";
 import { startMesh, type Mesh } from "../mesh.js";
 import { capturingLogger, freshDatabase, meshEnvironment, TEST_REDIS_URL, testConfig } from "../runtime/testing.js";
 
@@ -40,14 +43,14 @@ after(async () => {
 let counter = 0;
 const unique = (prefix: string) => `${prefix}-${process.pid}-${Date.now()}-${++counter}`;
 
-async function tenantWithWallets(fundMinor: bigint) {
+async function tenantWithWallets(fundMinor: bigint, payerDailyOutflowMinor = 0n) {
   const tenantId = unique("tenant");
-  const open = async (ownerId: string) => {
-    const { wallet } = await wallets.createWallet({ tenantId, ownerId, currency: "NGN", kind: WalletKind.CUSTOMER });
+  const open = async (ownerId: string, dailyOutflowMinor = 0n) => {
+    const { wallet } = await wallets.createWallet({ tenantId, ownerId, currency: "NGN", kind: WalletKind.CUSTOMER, limits: { dailyOutflowMinor } });
     assert.ok(wallet);
     return wallet.id;
   };
-  const payer = await open("payer");
+  const payer = await open("payer", payerDailyOutflowMinor);
   const shop = await open("shop");
   await wallets.fundWallet({ tenantId, walletId: payer, amountMinor: fundMinor, currency: "NGN", idempotencyKey: unique("fund") });
   return { tenantId, payer, shop };
@@ -85,8 +88,9 @@ describe("Risk inline on every payment", () => {
     assert.ok(flags.some((flag) => flag.paymentId === payments[4]?.id && flag.rule === "VELOCITY"));
   });
 
-  it("holds the money of a payment sent to review until an operator approves it, then pays", async () => {
-    const { tenantId, payer, shop } = await tenantWithWallets(10_000n);
+  it("holds the money of a payment sent to review until an operator approves it, then pays it with that very money", async () => {
+    // A daily limit with room for the payment once: the approval spends the hold's admission.
+    const { tenantId, payer, shop } = await tenantWithWallets(10_000n, 10_000n);
     await risk.updateRiskSettings({ tenantId, settings: { largeAmount: { rule: { action: Action.REVIEW } }, currencies: { NGN: { largeAmountMinor: 5_000n } } } });
     const payment = await pay(tenantId, payer, shop, 6_000n);
     assert.equal(payment.status, PaymentStatus.IN_REVIEW);
@@ -98,6 +102,12 @@ describe("Risk inline on every payment", () => {
     assert.match(done.history.map((change) => change.reason).join(" | "), /review approved by olu: known customer/);
     assert.equal(await available(tenantId, payer), 4_000n);
     assert.equal(await available(tenantId, shop), 6_000n);
+    // The hold was released and the payment made in one Ledger commit: no moment when the held
+    // money was free for another spend.
+    assert.equal((await wallets.getHold({ tenantId, holdId: done.holdId })).hold?.status, HoldStatus.RELEASED);
+    const batches = rowsOf(await mesh.backends.database("ledger").db.execute(sql`
+      select distinct batch from ledger.transfers where id = ${releaseIdFor(done.holdId)} or id = ${done.transferId}`));
+    assert.equal(batches.length, 1);
   });
 
   it("releases the money of a payment declined in review, and fails it", async () => {

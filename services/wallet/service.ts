@@ -47,6 +47,7 @@ import {
   INT64_MAX,
   limitText,
   minorUnitExponent,
+  optionalId,
   requireAmountMinor,
   requireCurrency,
   requireEnum,
@@ -371,6 +372,12 @@ function ledgerRefusal(result: CreateTransferResult, field: string, transfer: Tr
 }
 
 const SETTLED = new Set([CreateTransferResult.CREATED, CreateTransferResult.EXISTS]);
+/** Ledger refusals of a hold's release that mean the hold was resolved some other way. */
+const HOLD_GONE = new Set([
+  CreateTransferResult.PENDING_TRANSFER_ALREADY_POSTED,
+  CreateTransferResult.PENDING_TRANSFER_ALREADY_VOIDED,
+  CreateTransferResult.PENDING_TRANSFER_EXPIRED,
+]);
 
 export const walletModule: ServiceModule = {
   name: "wallet",
@@ -790,14 +797,31 @@ export const walletModule: ServiceModule = {
             if (!CALLER_TRANSFER_CODES.has(code)) {
               throw invalidArgument("code", `must be 0 or one of ${[...CALLER_TRANSFER_CODES].join(", ")} (transfer, payment, refund)`);
             }
+            const releaseHoldId = optionalId(request.releaseHoldId, "release_hold_id");
             const source = await requireWallet(tenantId, sourceId);
             const destination = await requireWallet(tenantId, destinationId);
             const transferId = transferIdFor(tenantId, key);
             const feeTransferId = feeMinor > 0n ? feeTransferIdFor(transferId) : "";
-
-            const reservedHere = await admit(source, destination, currency, transferId, amountMinor);
             const metadata = { tenant_id: tenantId };
-            const legs: TransferInit[] = [{
+            const legs: TransferInit[] = [];
+            let reservedHere = false;
+            let held: HoldRow | undefined;
+            if (releaseHoldId === "") {
+              reservedHere = await admit(source, destination, currency, transferId, amountMinor);
+            } else {
+              // The hold was admitted when it was placed; its release and the transfer form one
+              // linked chain, committed together or not at all.
+              held = await syncHold(await requireHold(tenantId, releaseHoldId));
+              if (held.walletId !== source.id) throw invalidArgument("release_hold_id", `hold ${releaseHoldId} is on another wallet than source_wallet_id`);
+              if (held.amountMinor !== amountMinor || held.currency !== currency) {
+                throw invalidArgument("release_hold_id", `hold ${releaseHoldId} holds ${held.amountMinor} ${held.currency}, not amount_minor ${amountMinor} ${currency}`);
+              }
+              requireCurrencyOf(destination, currency, "destination");
+              // A hold no longer HELD pays nothing more; only the transfer that released it goes on (its retry replays).
+              if (held.status !== HoldStatus.HELD && (await ledger.lookupTransfers({ ids: [transferId] })).transfers.length === 0) throw holdNotHeld(held);
+              legs.push({ id: releaseIdFor(held.id), kind: TransferKind.VOID_PENDING, pendingId: held.id, amountMinor, metadata, linked: true });
+            }
+            legs.push({
               id: transferId,
               kind: TransferKind.POSTED,
               debitAccountId: source.id,
@@ -808,7 +832,7 @@ export const walletModule: ServiceModule = {
               reference,
               metadata,
               linked: feeMinor > 0n,
-            }];
+            });
             if (feeMinor > 0n) {
               legs.push({
                 id: feeTransferId,
@@ -823,7 +847,11 @@ export const walletModule: ServiceModule = {
               });
             }
             const outcome = await submit(legs);
-            if (outcome.status === "refused") await settleRefusedOutflow(transferId, outcome, reservedHere);
+            if (outcome.status === "refused") {
+              if (!held) await settleRefusedOutflow(transferId, outcome, reservedHere);
+              throw held && HOLD_GONE.has(outcome.result) ? holdNotHeld(await syncHold(held)) : outcome.error;
+            }
+            if (held) await resolveHold(held, { status: HoldStatus.RELEASED });
             const replayed = outcome.status === "exists";
             if (request.omitWallets) return { transferId, feeTransferId, replayed };
             const [sourceWallet, destinationWallet] = await withBalances([source, destination]);

@@ -24,7 +24,8 @@ import {
 import { startMesh, type Mesh } from "../mesh.js";
 import { capturingLogger, freshDatabase, meshEnvironment, rejection, testConfig } from "../runtime/testing.js";
 import { TRANSFER_CODE } from "./codes.js";
-import { feeAccountId, feeTransferIdFor, fundingAccountId, holdIdFor, transferIdFor } from "./service.js";
+import { rowsOf } from "../runtime/db.js";
+import { feeAccountId, feeTransferIdFor, fundingAccountId, holdIdFor, releaseIdFor, transferIdFor } from "./service.js";
 
 let database: Awaited<ReturnType<typeof freshDatabase>>;
 let mesh: Mesh;
@@ -505,6 +506,44 @@ describe("holds", () => {
     await invalid(placeHold(tenantId, source.id, source.id, 1n), "destination_wallet_id");
     await invalid(wallet.captureHold({ tenantId, holdId: hold.id, amountMinor: -1n }), "amount_minor");
     await invalid(wallet.getHold({ tenantId, holdId: "" }), "hold_id");
+  });
+
+  it("a transfer paid by a hold releases it and moves the money in one Ledger commit, within the hold's own admission", async () => {
+    const tenantId = unique("t");
+    // The daily limit has room for the hold once, not for the hold and the transfer counted twice.
+    const source = await funded(tenantId, 10_000n, { daily: 10_000n });
+    const merchant = await newWallet(tenantId, { kind: WalletKind.MERCHANT });
+    const hold = (await placeHold(tenantId, source.id, merchant.id, 6_000n)).hold;
+    assert.ok(hold);
+    const pay = (fields: { key?: string; amountMinor?: bigint; source?: string } = {}) =>
+      wallet.transferFunds({
+        tenantId, sourceWalletId: fields.source ?? source.id, destinationWalletId: merchant.id, amountMinor: fields.amountMinor ?? 6_000n, currency: "NGN",
+        idempotencyKey: fields.key ?? "approved-1", feeMinor: 60n, releaseHoldId: hold.id,
+      });
+    const other = await funded(tenantId, 10_000n);
+    await invalid(pay({ source: other.id, key: unique("wrong-wallet") }), "release_hold_id");
+    await invalid(pay({ amountMinor: 5_000n, key: unique("wrong-amount") }), "release_hold_id");
+    await notFound(wallet.transferFunds({ tenantId, sourceWalletId: source.id, destinationWalletId: merchant.id, amountMinor: 6_000n, currency: "NGN", idempotencyKey: unique("k"), releaseHoldId: "hld_unknown" }));
+
+    // The rest of the balance and of the day's allowance is spent meanwhile; the held money is not.
+    await transfer(tenantId, source.id, other.id, 4_000n);
+    await refused(transfer(tenantId, source.id, other.id, 1n), "limit_exceeded");
+    const paid = await pay();
+    assert.equal(paid.replayed, false);
+    assert.equal((await wallet.getHold({ tenantId, holdId: hold.id })).hold?.status, HoldStatus.RELEASED);
+    const found = await get(tenantId, source.id);
+    assert.deepEqual([found.postedBalanceMinor, found.pendingDebitsMinor, found.availableBalanceMinor, found.outflowTodayMinor], [0n, 0n, 0n, 10_000n]);
+    assert.equal((await get(tenantId, merchant.id)).postedBalanceMinor, 5_940n);
+    const { transfers } = await ledger.lookupTransfers({ ids: [releaseIdFor(hold.id), paid.transferId, paid.feeTransferId] });
+    assert.equal(transfers.length, 3);
+    const batches = rowsOf(await mesh.backends.database("ledger").db.execute(sql`
+      select distinct batch from ledger.transfers where id = any(${`{${transfers.map((item) => `"${item.id}"`).join(",")}}`}::text[])`));
+    assert.equal(batches.length, 1, "the release and both legs committed together");
+
+    // A retry replays; the hold cannot pay a second transfer.
+    assert.equal((await pay()).replayed, true);
+    await refused(pay({ key: "approved-2" }), "hold_not_held");
+    assert.equal((await get(tenantId, source.id)).postedBalanceMinor, 0n);
   });
 
   it("expires a hold whose timeout passed: EXPIRED, the money available again, no capture", async () => {
