@@ -41,7 +41,7 @@ export function createPostgresDatabase(url: string, options: { poolMax: number; 
     connection: { application_name: options.applicationName },
     onnotice: () => {},
   });
-  const db = drizzlePostgres({ client }) as unknown as Db;
+  const db = drizzlePostgres({ client: preparing(client) }) as unknown as Db;
   return {
     kind: "postgres",
     db,
@@ -66,6 +66,48 @@ export function createPostgresDatabase(url: string, options: { poolMax: number; 
       await client.end({ timeout: 5 });
     },
   };
+}
+
+/** Distinct statement texts a process prepares at most, and the most parameters one may have. */
+const PREPARED_TEXTS_MAX = 1_000;
+const PREPARED_PARAMETERS_MAX = 64;
+const preparedTexts = new Set<string>();
+
+/**
+ * drizzle asks postgres.js for an unnamed statement unless a query was given a name, and
+ * postgres.js sends a parameterised unnamed statement in two round trips (Parse and Describe,
+ * wait for the parameter types, then Bind and Execute), which PostgreSQL parses and plans every
+ * time. Prepared, a statement that ran before on the connection is one round trip and no parse.
+ * Bounded, since the server keeps each prepared statement for the connection's life: texts with
+ * many parameters (batch inserts, long IN lists) and texts past the first PREPARED_TEXTS_MAX
+ * distinct ones stay unnamed.
+ */
+function preparing<T extends postgres.Sql | postgres.TransactionSql>(client: T): T {
+  return new Proxy(client, {
+    get(target, property, receiver) {
+      const value: unknown = Reflect.get(target, property, receiver);
+      if (typeof value !== "function") return value;
+      if (property === "unsafe") {
+        return (query: string, parameters?: unknown[], options?: postgres.UnsafeQueryOptions) =>
+          value.call(target, query, parameters, { ...options, prepare: preparable(query, parameters?.length ?? 0) });
+      }
+      if (property === "begin" || property === "savepoint") {
+        return (...args: unknown[]) => {
+          const body = args.pop() as (tx: postgres.TransactionSql) => unknown;
+          return value.call(target, ...args, (tx: postgres.TransactionSql) => body(preparing(tx)));
+        };
+      }
+      return value;
+    },
+  });
+}
+
+function preparable(query: string, parameterCount: number): boolean {
+  if (parameterCount > PREPARED_PARAMETERS_MAX) return false;
+  if (preparedTexts.has(query)) return true;
+  if (preparedTexts.size >= PREPARED_TEXTS_MAX) return false;
+  preparedTexts.add(query);
+  return true;
 }
 
 /**
