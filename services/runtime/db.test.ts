@@ -1,10 +1,12 @@
 // The postgres.js database every service uses, against the real PostgreSQL: drizzle's queries
 // run as prepared statements (one round trip once the connection has seen the text), within
-// bounds.
+// bounds; and a connection cut while it starts fails its query without taking the process down.
 import assert from "node:assert/strict";
+import * as net from "node:net";
 import { after, before, describe, it } from "node:test";
 import { sql } from "drizzle-orm";
 import { createPostgresDatabase, rowsOf, type Database } from "./db.js";
+import { pause } from "./pause.js";
 import { freshDatabase } from "./testing.js";
 
 let fresh: Awaited<ReturnType<typeof freshDatabase>>;
@@ -48,3 +50,90 @@ describe("postgres.js through drizzle", () => {
     assert.deepEqual(await preparedWith("marker-c"), []);
   });
 });
+
+describe("connections cut while they start", () => {
+  it("fail what was asked on them, never crash the process, and the pool connects again", async () => {
+    // Each new connection first reads the server's array types. postgres.js 3.4.9 unpatched
+    // (patches/postgres+3.4.9.patch) rejects a promise nobody handles when the connection dies
+    // during that read, and the process ends. A proxy cuts the first connections just then.
+    const target = new URL(fresh.url);
+    const proxy = await cutAfterStartup({ host: target.hostname, port: Number(target.port || 5432) }, 3);
+    const url = new URL(fresh.url);
+    url.host = `127.0.0.1:${proxy.port}`;
+    const cut = createPostgresDatabase(url.toString(), { poolMax: 1, applicationName: "db-test-cut" });
+    const escaped: unknown[] = [];
+    const record = (error: unknown) => escaped.push(error);
+    process.on("unhandledRejection", record);
+    process.on("uncaughtException", record);
+    try {
+      let failures = 0;
+      let answer: number | undefined;
+      const giveUpAt = Date.now() + 15_000;
+      while (answer === undefined && Date.now() < giveUpAt) {
+        try {
+          answer = rowsOf<{ n: number }>(await cut.db.execute(sql`select ${7}::int as n`))[0]?.n;
+        } catch {
+          failures++;
+        }
+      }
+      await pause(100);
+      assert.deepEqual(escaped.map(String), []);
+      assert.equal(proxy.cuts(), 3);
+      assert.ok(failures >= 1, "the queries on cut connections failed");
+      assert.equal(answer, 7);
+    } finally {
+      process.off("unhandledRejection", record);
+      process.off("uncaughtException", record);
+      await cut.close();
+      await proxy.close();
+    }
+  });
+});
+
+/**
+ * A TCP proxy to PostgreSQL that cuts each of the first `count` connections as soon as the client
+ * sends something after the server's first ReadyForQuery (the end of the start-up), with a reset.
+ */
+async function cutAfterStartup(target: { host: string; port: number }, count: number) {
+  let cuts = 0;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(target.port, target.host);
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on("error", () => socket.destroy());
+      socket.on("close", () => sockets.delete(socket));
+    }
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+    let started = false;
+    let pending = Buffer.alloc(0);
+    upstream.on("data", (data: Buffer) => {
+      // Server messages: a type byte and a 4-byte length that counts itself.
+      pending = Buffer.concat([pending, data]);
+      while (!started && pending.length >= 5 && pending.length >= 1 + pending.readUInt32BE(1)) {
+        started = pending[0] === 0x5a; // 'Z'
+        pending = pending.subarray(1 + pending.readUInt32BE(1));
+      }
+      client.write(data);
+    });
+    client.on("data", (data: Buffer) => {
+      if (started && cuts < count) {
+        cuts++;
+        client.resetAndDestroy(); // ECONNRESET at the client, as when the server's host goes away
+        upstream.destroy();
+        return;
+      }
+      upstream.write(data);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    cuts: () => cuts,
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}

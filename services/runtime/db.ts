@@ -13,6 +13,7 @@ import { drizzle as drizzlePostgres } from "drizzle-orm/postgres-js";
 import { migrate as migratePostgres } from "drizzle-orm/postgres-js/migrator";
 import postgres from "postgres";
 import { currentCallContext } from "./call-context.js";
+import { backoffMs } from "./pause.js";
 
 /** The drizzle database a service uses, the same type on postgres.js and on PGlite. */
 export type Db = PgDatabase<PgQueryResultHKT>;
@@ -40,6 +41,8 @@ export function createPostgresDatabase(url: string, options: { poolMax: number; 
     max_lifetime: 30 * 60,
     connection: { application_name: options.applicationName },
     onnotice: () => {},
+    // After a restart of PostgreSQL the pool is back within 2 s of it (postgres.js waits up to 20 s).
+    backoff: (attempt) => backoffMs(attempt, 50, 2_000, "equal") / 1000,
   });
   const db = drizzlePostgres({ client: preparing(client) }) as unknown as Db;
   return {
