@@ -372,12 +372,6 @@ function ledgerRefusal(result: CreateTransferResult, field: string, transfer: Tr
 }
 
 const SETTLED = new Set([CreateTransferResult.CREATED, CreateTransferResult.EXISTS]);
-/** Ledger refusals of a hold's release that mean the hold was resolved some other way. */
-const HOLD_GONE = new Set([
-  CreateTransferResult.PENDING_TRANSFER_ALREADY_POSTED,
-  CreateTransferResult.PENDING_TRANSFER_ALREADY_VOIDED,
-  CreateTransferResult.PENDING_TRANSFER_EXPIRED,
-]);
 
 export const walletModule: ServiceModule = {
   name: "wallet",
@@ -848,8 +842,10 @@ export const walletModule: ServiceModule = {
             }
             const outcome = await submit(legs);
             if (outcome.status === "refused") {
-              if (!held) await settleRefusedOutflow(transferId, outcome, reservedHere);
-              throw held && HOLD_GONE.has(outcome.result) ? holdNotHeld(await syncHold(held)) : outcome.error;
+              if (!held) return settleRefusedOutflow(transferId, outcome, reservedHere);
+              // As in releaseHold: a hold resolved some other way meanwhile is named as such.
+              const synced = await syncHold(held);
+              throw synced.status === HoldStatus.HELD ? outcome.error : holdNotHeld(synced);
             }
             if (held) await resolveHold(held, { status: HoldStatus.RELEASED });
             const replayed = outcome.status === "exists";

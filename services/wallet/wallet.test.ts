@@ -537,7 +537,7 @@ describe("holds", () => {
     const { transfers } = await ledger.lookupTransfers({ ids: [releaseIdFor(hold.id), paid.transferId, paid.feeTransferId] });
     assert.equal(transfers.length, 3);
     const batches = rowsOf(await mesh.backends.database("ledger").db.execute(sql`
-      select distinct batch from ledger.transfers where id = any(${`{${transfers.map((item) => `"${item.id}"`).join(",")}}`}::text[])`));
+      select distinct batch from ledger.transfers where id in (${sql.join(transfers.map((item) => sql`${item.id}`), sql`, `)})`));
     assert.equal(batches.length, 1, "the release and both legs committed together");
 
     // A retry replays; the hold cannot pay a second transfer.
