@@ -153,8 +153,9 @@ export class PaymentProcessor {
    * transition.
    */
   private async riskStep(payment: PaymentRow, signal: AbortSignal | undefined): Promise<Outcome | undefined> {
-    // An approved review goes on: its hold pays the transfer (moveFunds).
-    if (payment.riskDecision !== "") return undefined;
+    // An approved review goes on: its hold pays the transfer (moveFunds). A refund gives back
+    // money its payment took and is not evaluated, as on the gateway path (gateway-flow.ts).
+    if (payment.riskDecision !== "" || payment.kind === PaymentKind.REFUND) return undefined;
     const { fields, stop } = riskOutcome(await this.risk.evaluate(payment, signal));
     if (!stop) {
       this.verdicts.set(payment.id, fields);

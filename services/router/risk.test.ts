@@ -122,6 +122,17 @@ describe("Risk inline on every payment", () => {
     assert.equal(await available(tenantId, shop), 0n);
   });
 
+  it("does not evaluate a refund, which gives back money a payment took, and keeps no verdict on it", async () => {
+    const { tenantId, payer, shop } = await tenantWithWallets(10_000n);
+    const payment = await pay(tenantId, payer, shop, 2_000n);
+    const { refund } = await router.refundPayment({ tenantId, idempotencyKey: unique("refund"), paymentId: payment.id, amountMinor: 500n, reason: "returned" }, { timeoutMs: 10_000 });
+    assert.equal(refund?.status, PaymentStatus.SUCCEEDED);
+    // Evaluating it would have sent Risk a refund without a user, refused, and applied the
+    // fallback verdict (RISK_UNAVAILABLE; with COWRIE_RISK_WHEN_UNAVAILABLE=block, a failed refund).
+    assert.deepEqual({ decision: refund?.risk?.decision, reasons: refund?.risk?.reasons }, { decision: "", reasons: [] });
+    assert.equal(await available(tenantId, payer), 8_500n);
+  });
+
   it("fails a blocklisted user's payment before any money moves", async () => {
     const { tenantId, payer, shop } = await tenantWithWallets(10_000n);
     await risk.updateRiskSettings({ tenantId, settings: { blocklist: { rule: { action: Action.BLOCK } } } });
