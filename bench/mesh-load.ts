@@ -10,14 +10,19 @@
 //   retry    the same request under the key of an earlier successful payment; must come back
 //            replayed, with that payment's id and status (anything else is an error);
 //   refund   PaymentsService.RefundPayment of a quarter of what an earlier payment paid the
-//            merchant, once per payment, with a fresh key; must come back SUCCEEDED.
+//            merchant, once per payment, with a fresh key; must come back SUCCEEDED;
+//   pay_in   a PAY_IN to a merchant through the gateway simulator (a payment method it charges);
+//            must be accepted (not FAILED); the Router finishes it in the background, and the
+//            parent checks how every accepted one ended once the load has stopped;
+//   payout   a PAYOUT from a customer to a bank account through the gateway simulator; must be
+//            accepted like a pay-in (its money is held meanwhile).
 // Every call goes through the generated Connect clients over HTTP/2 (binary) with a deadline.
 // The child also keeps the money it saw move (fees, merchant credits, refunds) across phases so
 // the parent can compare it with the Ledger at the end. Nothing here loops without an end: every
 // phase is bounded by the clock and every call by its deadline.
 import { performance } from "node:perf_hooks";
 import { pathToFileURL } from "node:url";
-import { PaymentStatus } from "../gen/cowrie/edge/v1/payments_pb.js";
+import { PaymentKind, PaymentStatus, type CreatePaymentResponse } from "../gen/cowrie/edge/v1/payments_pb.js";
 import { BenchCheck, EdgePayments, describeFailure, openLoop, sendToParent, serveLoad, summarize, type LatencySummary } from "./support.js";
 
 export interface SetupMessage {
@@ -35,6 +40,12 @@ export interface SetupMessage {
   retryShare: number;
   /** Share of operations that refund part of an earlier payment (0..1). */
   refundShare: number;
+  /** Share of operations that are gateway pay-ins to a merchant (0..1). */
+  payInShare: number;
+  /** Share of operations that are gateway payouts from a customer (0..1). */
+  payoutShare: number;
+  /** Country of the pay-ins' payers and the payouts' bank accounts. */
+  country: string;
   /** Makes idempotency keys unique to this run. */
   runTag: string;
 }
@@ -78,12 +89,17 @@ export interface PhaseResult {
   /** Retries that came back replayed with the right payment. */
   replaysChecked: number;
   refunds: number;
+  /** Gateway pay-ins and payouts accepted (their outcome comes later). */
+  payIns: number;
+  payouts: number;
   /** Failures by code: Connect codes ("deadline_exceeded"...) or this bench's own checks. */
   errors: Record<string, number>;
   firstErrors: string[];
   payment: LatencySummary;
   retry: LatencySummary;
   refund: LatencySummary;
+  payIn: LatencySummary;
+  payout: LatencySummary;
   /** open: calls not sent because maxInFlight were still running. */
   shed: number;
   /** open: the most calls in flight at once. */
@@ -91,6 +107,8 @@ export interface PhaseResult {
   /** CPU time (user + system) the child spent inside the window, in microseconds. */
   clientCpuUs: number;
   money: MoneySeen;
+  /** Ids of every gateway payment accepted since setup (all phases and warm-ups). */
+  accepted: { payIns: string[]; payouts: string[] };
 }
 
 export type ChildMessage =
@@ -100,7 +118,8 @@ export type ChildMessage =
   | { type: "setup-done" }
   | { type: "fatal"; message: string };
 
-type Kind = "payment" | "retry" | "refund";
+type Kind = "payment" | "retry" | "refund" | "pay_in" | "payout";
+const KINDS: readonly Kind[] = ["payment", "retry", "refund", "pay_in", "payout"];
 
 interface Paid {
   key: string;
@@ -116,20 +135,19 @@ interface Paid {
 const HISTORY_MAX = 4096;
 
 class Recorder {
-  readonly latencies: Record<Kind, number[]> = { payment: [], retry: [], refund: [] };
+  readonly latencies: Record<Kind, number[]> = { payment: [], retry: [], refund: [], pay_in: [], payout: [] };
   readonly errors: Record<string, number> = {};
   readonly firstErrors: string[] = [];
   operations = 0;
-  payments = 0;
-  replaysChecked = 0;
-  refunds = 0;
+
+  /** Completed operations of `kind`. */
+  count(kind: Kind): number {
+    return this.latencies[kind].length;
+  }
 
   ok(kind: Kind, latencyMs: number): void {
     this.operations++;
     this.latencies[kind].push(latencyMs);
-    if (kind === "payment") this.payments++;
-    else if (kind === "retry") this.replaysChecked++;
-    else this.refunds++;
   }
 
   error(code: string, detail: string): void {
@@ -159,6 +177,7 @@ class Load {
   private toMerchants = 0n;
   private refunded = 0n;
   private unknown = 0;
+  private readonly accepted = { payIns: [] as string[], payouts: [] as string[] };
 
   constructor(private readonly setup: SetupMessage) {
     this.edge = new EdgePayments(setup.edgeUrl, setup.connections);
@@ -172,6 +191,10 @@ class Load {
     return { feesMinor: String(this.fees), toMerchantsMinor: String(this.toMerchants), refundedMinor: String(this.refunded), unknownOutcomes: this.unknown };
   }
 
+  acceptedGatewayPayments(): PhaseResult["accepted"] {
+    return { payIns: [...this.accepted.payIns], payouts: [...this.accepted.payouts] };
+  }
+
   private headers(key: string): Record<string, string> {
     return { authorization: `Bearer ${this.setup.apiKey}`, "idempotency-key": key };
   }
@@ -181,9 +204,12 @@ class Load {
   }
 
   private choose(): Kind {
+    const { retryShare, refundShare, payInShare, payoutShare } = this.setup;
     const draw = Math.random();
-    if (draw < this.setup.retryShare && this.history.length > 0) return "retry";
-    if (draw < this.setup.retryShare + this.setup.refundShare && this.refundable.length > 0) return "refund";
+    if (draw < retryShare) return this.history.length > 0 ? "retry" : "payment";
+    if (draw < retryShare + refundShare) return this.refundable.length > 0 ? "refund" : "payment";
+    if (draw < retryShare + refundShare + payInShare) return "pay_in";
+    if (draw < retryShare + refundShare + payInShare + payoutShare) return "payout";
     return "payment";
   }
 
@@ -193,7 +219,8 @@ class Load {
     try {
       if (kind === "payment") await this.pay();
       else if (kind === "retry") await this.retry();
-      else await this.refund();
+      else if (kind === "refund") await this.refund();
+      else await this.gatewayPayment(kind);
       recorder?.ok(kind, performance.now() - dueAt);
     } catch (error) {
       const { code, detail, outcomeUnknown } = describeFailure(error);
@@ -251,6 +278,29 @@ class Load {
       },
       { timeoutMs: this.setup.timeoutMs, headers: this.headers(request.key) },
     );
+  }
+
+  /**
+   * A pay-in to a merchant or a payout from a customer through the gateway simulator, with a fresh
+   * key (sent as the reference too, so the parent can see that each key made one payment). The
+   * Edge answers once the payment is recorded and its work queued; how it ended is checked later.
+   */
+  private async gatewayPayment(kind: "pay_in" | "payout"): Promise<void> {
+    const seq = ++this.seq;
+    const key = `${this.setup.runTag}-${kind}-${seq}`;
+    const amountMinor = 1_000n + BigInt(Math.floor(Math.random() * 99_000));
+    const common = { amountMinor, currency: this.setup.currency, country: this.setup.country, reference: key };
+    const request = kind === "pay_in"
+      ? { ...common, kind: PaymentKind.PAY_IN, destinationWalletId: this.pick(this.setup.merchants), paymentMethod: `AUTH_bench_${seq}`, customerEmail: `payer-${seq}@example.com` }
+      : { ...common, kind: PaymentKind.PAYOUT, sourceWalletId: this.pick(this.setup.customers), bankAccount: { bankCode: "058", accountNumber: "0123456789", accountName: "Bench Payee" } };
+    const response: CreatePaymentResponse = await this.edge.client().createPayment(request, { timeoutMs: this.setup.timeoutMs, headers: this.headers(key) });
+    const payment = response.payment;
+    if (!payment) throw new BenchCheck("no_payment", `${kind} ${key}: CreatePayment answered without a payment`);
+    if (response.replayed) throw new BenchCheck("unexpected_replay", `fresh key ${key} came back replayed`);
+    if (payment.status === PaymentStatus.FAILED || payment.status === PaymentStatus.CANCELED) {
+      throw new BenchCheck(`${kind}_status_${PaymentStatus[payment.status]}${payment.failureCode ? `_${payment.failureCode}` : ""}`, `${payment.id}: ${payment.failureMessage}`);
+    }
+    (kind === "pay_in" ? this.accepted.payIns : this.accepted.payouts).push(payment.id);
   }
 
   private async refund(): Promise<void> {
@@ -322,10 +372,7 @@ async function runOpen(load: Load, message: PhaseMessage): Promise<PhaseResult> 
 
 function merge(into: Recorder, from: Recorder): void {
   into.operations += from.operations;
-  into.payments += from.payments;
-  into.replaysChecked += from.replaysChecked;
-  into.refunds += from.refunds;
-  for (const kind of ["payment", "retry", "refund"] as const) into.latencies[kind].push(...from.latencies[kind]);
+  for (const kind of KINDS) into.latencies[kind].push(...from.latencies[kind]);
   for (const [code, count] of Object.entries(from.errors)) into.errors[code] = (into.errors[code] ?? 0) + count;
   for (const line of from.firstErrors) if (into.firstErrors.length < 5) into.firstErrors.push(line);
 }
@@ -376,18 +423,23 @@ function result(
     mode: message.mode,
     windowSeconds: window.windowSeconds,
     operations: recorder.operations,
-    payments: recorder.payments,
-    replaysChecked: recorder.replaysChecked,
-    refunds: recorder.refunds,
+    payments: recorder.count("payment"),
+    replaysChecked: recorder.count("retry"),
+    refunds: recorder.count("refund"),
+    payIns: recorder.count("pay_in"),
+    payouts: recorder.count("payout"),
     errors: recorder.errors,
     firstErrors: recorder.firstErrors,
     payment: summarize(recorder.latencies.payment),
     retry: summarize(recorder.latencies.retry),
     refund: summarize(recorder.latencies.refund),
+    payIn: summarize(recorder.latencies.pay_in),
+    payout: summarize(recorder.latencies.payout),
     shed,
     maxInFlightSeen,
     clientCpuUs: window.clientCpuUs,
     money: load.money(),
+    accepted: load.acceptedGatewayPayments(),
   };
 }
 

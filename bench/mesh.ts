@@ -2,7 +2,8 @@
 //
 // Every service runs as its own process against the real PostgreSQL, Redis and RabbitMQ, started
 // exactly as production starts it (`node --import tsx services/main.ts <service>`, one fresh
-// database, free ports, COWRIE_LOG_LEVEL=warn, a rate limit high enough not to cap the run).
+// database, free ports, COWRIE_LOG_LEVEL=warn, a rate limit high enough not to cap the run), with
+// the gateway simulator as its own process (every gateway answers after a log-normal latency).
 // Setup (not measured): a tenant and API key through AdminService, customer and merchant wallets
 // through the public WalletsService, every customer funded generously. The load comes from a
 // separate process (bench/mesh-load.ts) through the generated Connect clients, HTTP/2, binary,
@@ -11,18 +12,27 @@
 //              ceiling of this machine, measured first, in the same run, as bench/ledger.ts does);
 //   closed     `concurrency` workers, each with one call in flight: CreatePayment customer ->
 //              merchant with a 1% fee and a fresh Idempotency-Key, plus a share of retries that
-//              reuse an earlier key (must come back replayed with the same payment) and a share of
-//              partial refunds of earlier payments; a warm-up, then the measured window;
+//              reuse an earlier key (must come back replayed with the same payment), a share of
+//              partial refunds of earlier payments, and shares of gateway pay-ins (to merchants)
+//              and payouts (from customers to a bank account) through the simulator, which the
+//              Edge accepts and the Router finishes in the background; a warm-up, then the
+//              measured window;
 //   open       the same mix started on a fixed schedule at 70% of the closed-loop throughput
 //              (latency counted from when each call was due), a short warm-up, then a window.
-// At the end: Ledger VerifyJournal must have no findings, and customers + merchants + the
-// tenant's fee account must hold exactly what was funded (and what the load saw move).
-// Reported: payments/s (SUCCEEDED, not replays), CreatePayment latency p50/p95/p99/max, errors by
+// At the end, once every accepted pay-in and payout has ended (bounded by --drain-timeout): each is
+// in router.payments exactly once (one payment per key), none is left unfinished, the simulator
+// charged exactly the SUCCEEDED pay-ins and paid out exactly the SUCCEEDED payouts, once each;
+// Ledger VerifyJournal has no findings; customers + merchants + the tenant's fee account + the
+// gateways' clearing accounts hold exactly what was funded, the clearing accounts exactly the
+// SUCCEEDED payouts minus pay-ins, nothing is left pending, and the merchants and the fee account
+// hold what the load saw move.
+// Reported: payments/s (internal payments SUCCEEDED, not replays: what issue 9's target counts),
+// CreatePayment latency p50/p95/p99/max, accepted pay-ins and payouts and how they ended, errors by
 // code, replays checked, CPU and peak RSS of every service process (and, for the measured window,
 // CPU per call of each service and of its PostgreSQL backends), the ratio to the baseline and
 // issue 9's targets: internal payments >= 25% of the baseline commits/s, and p99 <= 50 ms at 70%
-// of that rate. Targets missed do not fail the run; a crash, a setup failure, journal findings or
-// money not conserved do (exit code 1). Every process is stopped with SIGTERM, the database
+// of that rate. Targets missed do not fail the run; a crash, a setup failure, journal findings,
+// money not conserved, or a gateway payment lost, doubled or unfinished do (exit code 1). Every process is stopped with SIGTERM, the database
 // dropped and the run's queues (a broker namespace of its own) deleted at the end, also on
 // failure or Ctrl-C.
 //
@@ -35,6 +45,12 @@
 //   --concurrency N      BENCH_CONCURRENCY       closed-loop workers (32)
 //   --retry-share X      BENCH_RETRY_SHARE       share of calls that retry an earlier key (0.05)
 //   --refund-share X     BENCH_REFUND_SHARE      share of calls that refund part of a payment (0.05)
+//   --payin-share X      BENCH_PAYIN_SHARE       share of calls that are gateway pay-ins (0.1)
+//   --payout-share X     BENCH_PAYOUT_SHARE      share of calls that are gateway payouts (0.05)
+//                        (--payin-share 0 --payout-share 0: internal payments only, as before)
+//   --gateway-median-ms N BENCH_GATEWAY_MEDIAN_MS simulated gateway latency, median (30)
+//   --gateway-p99-ms N   BENCH_GATEWAY_P99_MS    simulated gateway latency, 99th percentile (150)
+//   --drain-timeout N    BENCH_DRAIN_TIMEOUT_SECONDS longest wait for the gateway payments to end (90)
 //   --open-duration N    BENCH_OPEN_SECONDS      open-loop window, seconds; 0 skips the phase (10)
 //   --open-fraction X    BENCH_OPEN_FRACTION     open-loop rate as a fraction of closed-loop (0.7)
 //   --baseline-duration N BENCH_BASELINE_SECONDS postgres.js baseline, seconds (5)
@@ -53,8 +69,12 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { WalletKind } from "../gen/cowrie/edge/v1/wallets_pb.js";
+import { PaymentKind, PaymentStatus } from "../gen/cowrie/router/v1/router_pb.js";
+import { pause } from "../services/runtime/pause.js";
 import { TEST_POSTGRES_URL, freshDatabase } from "../services/runtime/testing.js";
-import { feeAccountId, fundingAccountId } from "../services/wallet/service.js";
+import { simulatorControl, simulatorGatewayEnv, type SimulatorControl } from "../services/simulator/control.js";
+import { SIMULATED_GATEWAYS } from "../services/simulator/core.js";
+import { clearingAccountId, feeAccountId, fundingAccountId } from "../services/wallet/service.js";
 import type { ChildMessage, PhaseMessage, PhaseResult, SetupMessage } from "./mesh-load.js";
 import { runLimited } from "../services/runtime/limits.js";
 import {
@@ -73,6 +93,7 @@ import {
   ms,
   postedMinor,
   processCpuSeconds,
+  recordsByPayment,
   processMemoryMb,
   rate,
   round,
@@ -85,7 +106,8 @@ const NAME = "bench";
 
 // The header of this file is the manual; --help prints the short form.
 const option = benchOptions(NAME, "usage: npm run bench -- [--duration 20] [--warmup 3] [--concurrency 32] [--retry-share 0.05]\n" +
-  "  [--refund-share 0.05] [--open-duration 10] [--open-fraction 0.7] [--baseline-duration 5]\n" +
+  "  [--refund-share 0.05] [--payin-share 0.1] [--payout-share 0.05] [--gateway-median-ms 30]\n" +
+  "  [--gateway-p99-ms 150] [--drain-timeout 90] [--open-duration 10] [--open-fraction 0.7] [--baseline-duration 5]\n" +
   "  [--customers 200] [--merchants 20] [--connections 1] [--timeout-ms 10000]\n" +
   "  (or BENCH_* environment variables; BENCH_CPU_PROF=<dir> profiles the services; see bench/mesh.ts)\n");
 const SECONDS = option("duration", "BENCH_SECONDS", 20, 1, 600);
@@ -93,6 +115,11 @@ const WARMUP_SECONDS = option("warmup", "BENCH_WARMUP_SECONDS", 3, 0, 120);
 const CONCURRENCY = Math.floor(option("concurrency", "BENCH_CONCURRENCY", 32, 1, 4096));
 const RETRY_SHARE = option("retry-share", "BENCH_RETRY_SHARE", 0.05, 0, 0.5);
 const REFUND_SHARE = option("refund-share", "BENCH_REFUND_SHARE", 0.05, 0, 0.5);
+const PAYIN_SHARE = option("payin-share", "BENCH_PAYIN_SHARE", 0.1, 0, 0.5);
+const PAYOUT_SHARE = option("payout-share", "BENCH_PAYOUT_SHARE", 0.05, 0, 0.5);
+const GATEWAY_MEDIAN_MS = option("gateway-median-ms", "BENCH_GATEWAY_MEDIAN_MS", 30, 0, 10_000);
+const GATEWAY_P99_MS = option("gateway-p99-ms", "BENCH_GATEWAY_P99_MS", 150, 0, 30_000);
+const DRAIN_TIMEOUT_SECONDS = option("drain-timeout", "BENCH_DRAIN_TIMEOUT_SECONDS", 90, 1, 1_800);
 const OPEN_SECONDS = option("open-duration", "BENCH_OPEN_SECONDS", 10, 0, 600);
 const OPEN_WARMUP_SECONDS = 1;
 const OPEN_FRACTION = option("open-fraction", "BENCH_OPEN_FRACTION", 0.7, 0.01, 2);
@@ -104,6 +131,10 @@ const TIMEOUT_MS = Math.floor(option("timeout-ms", "BENCH_TIMEOUT_MS", 10_000, 1
 const CPU_PROF_DIR = process.env.BENCH_CPU_PROF ? path.resolve(process.env.BENCH_CPU_PROF) : undefined;
 
 const CURRENCY = "NGN";
+const COUNTRY = "NG";
+/** Statuses a payment does not leave. */
+const FINAL = [PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.CANCELED];
+const DRAIN_POLL_MS = 250;
 const FUND_MINOR = 1_000_000_000_000n; // per customer: far more than the run can spend
 const SETUP_CONCURRENCY = 16;
 const START_TIMEOUT_MS = 60_000;
@@ -114,8 +145,14 @@ const OPEN_MAX_IN_FLIGHT = 2048;
 const TARGET_RATIO = 0.25;
 const TARGET_P99_MS = 50;
 
-if (RETRY_SHARE + REFUND_SHARE >= 1) {
-  console.error(`${NAME}: --retry-share + --refund-share must be below 1`);
+/** Share of the calls that are fresh internal payments: what is left after the other kinds. */
+const PAYMENT_SHARE = 1 - RETRY_SHARE - REFUND_SHARE - PAYIN_SHARE - PAYOUT_SHARE;
+if (PAYMENT_SHARE <= 0) {
+  console.error(`${NAME}: --retry-share + --refund-share + --payin-share + --payout-share must be below 1`);
+  process.exit(2);
+}
+if (GATEWAY_P99_MS < GATEWAY_MEDIAN_MS) {
+  console.error(`${NAME}: --gateway-p99-ms must be at least --gateway-median-ms`);
   process.exit(2);
 }
 
@@ -145,17 +182,19 @@ const pad = (text: string, width: number): string => text.padEnd(width);
 
 async function main(): Promise<never> {
   const runStartedMs = performance.now();
-  let mesh: BenchMesh | undefined;
+  let mesh: BenchMesh<"simulator"> | undefined;
   let load: Load | undefined;
   let database: Awaited<ReturnType<typeof freshDatabase>> | undefined;
   let monitor: postgres.Sql | undefined;
+  let routerSql: postgres.Sql | undefined;
   // Whatever goes wrong, the processes this run started stop, its database and queues go.
-  const watchdogMs = (BASELINE_SECONDS + WARMUP_SECONDS + SECONDS + OPEN_WARMUP_SECONDS + OPEN_SECONDS) * 1000 + 4 * TIMEOUT_MS + 240_000;
+  const watchdogMs = (BASELINE_SECONDS + WARMUP_SECONDS + SECONDS + OPEN_WARMUP_SECONDS + OPEN_SECONDS + DRAIN_TIMEOUT_SECONDS) * 1000 + 4 * TIMEOUT_MS + 240_000;
   return runGuarded(NAME, watchdogMs, async (timedOut) => {
     ServiceProcess.tearingDown = true;
     await load?.stop(5000).catch(() => undefined);
     await mesh?.stop(timedOut);
     await monitor?.end({ timeout: 5 }).catch(() => undefined);
+    await routerSql?.end({ timeout: 5 }).catch(() => undefined);
     await database?.drop().catch((error: unknown) => progress(`could not drop the database: ${String(error)}`));
   }, async (cleanup) => {
     database = await freshDatabase("bench_mesh");
@@ -172,11 +211,24 @@ async function main(): Promise<never> {
     progress(`baseline: ${baselineRate} commits/s`);
 
     mesh = await BenchMesh.create({
-      root: ROOT, databaseUrl: database.url, namespacePrefix: "bench-mesh", others: [], progress, cpuProfDir: CPU_PROF_DIR, startTimeoutMs: START_TIMEOUT_MS, stopGraceMs: STOP_GRACE_MS,
+      root: ROOT,
+      databaseUrl: database.url,
+      namespacePrefix: "bench-mesh",
+      others: ["simulator"],
+      extraEnv: (portOf) => simulatorGatewayEnv(`http://127.0.0.1:${portOf.simulator}`),
+      progress,
+      cpuProfDir: CPU_PROF_DIR,
+      startTimeoutMs: START_TIMEOUT_MS,
+      stopGraceMs: STOP_GRACE_MS,
     });
-    progress(`starting ${MESH_SERVICES.join(", ")} (one process each)`);
-    const startupSeconds = await mesh.start();
+    progress(`starting ${MESH_SERVICES.join(", ")} and the gateway simulator (one process each)`);
+    const simulator = mesh.spawn("simulator", ["services/simulator/main.ts"]);
+    const control = simulatorControl(mesh.url("simulator"));
+    const startupSeconds = await mesh.start([simulator.ready(async () => Object.keys(await control.gateways()).length > 0)]);
     progress(`all SERVING in ${startupSeconds.toFixed(1)} s`);
+    for (const gateway of SIMULATED_GATEWAYS) {
+      await control.configure(gateway, { latencyMs: { median: GATEWAY_MEDIAN_MS, p99: GATEWAY_P99_MS } });
+    }
 
     // Setup through the public API (not measured).
     const tenant = await mesh.tenant();
@@ -196,7 +248,7 @@ async function main(): Promise<never> {
     await loadReady;
     const runTag = `bench-${process.pid}-${Date.now().toString(36)}`;
     load.send({
-      type: "setup", edgeUrl: mesh.url("edge"), apiKey: tenant.apiKey, currency: CURRENCY, customers, merchants, connections: CONNECTIONS, timeoutMs: TIMEOUT_MS, retryShare: RETRY_SHARE, refundShare: REFUND_SHARE, runTag,
+      type: "setup", edgeUrl: mesh.url("edge"), apiKey: tenant.apiKey, currency: CURRENCY, customers, merchants, connections: CONNECTIONS, timeoutMs: TIMEOUT_MS, retryShare: RETRY_SHARE, refundShare: REFUND_SHARE, payInShare: PAYIN_SHARE, payoutShare: PAYOUT_SHARE, country: COUNTRY, runTag,
     });
     await load.next("setup-done", undefined, 10_000);
 
@@ -213,9 +265,9 @@ async function main(): Promise<never> {
     progress(`closed loop: ${paymentsPerSecond.toFixed(0)} payments/s, p99 ${ms(closed.result.payment.p99Ms)} ms`);
 
     // Open loop at a fraction of the measured payment rate; the same mix rides on top, so the
-    // calls per second are that rate divided by the share of fresh payments.
+    // calls per second are that rate divided by the share of fresh internal payments.
     const openPaymentRate = paymentsPerSecond * OPEN_FRACTION;
-    const openCallRate = openPaymentRate / (1 - RETRY_SHARE - REFUND_SHARE);
+    const openCallRate = openPaymentRate / PAYMENT_SHARE;
     let open: Awaited<ReturnType<typeof runPhase>> | undefined;
     if (OPEN_SECONDS > 0 && openCallRate > 0) {
       progress(`open loop: ${openPaymentRate.toFixed(0)} payments/s (${openCallRate.toFixed(0)} calls/s), ${OPEN_WARMUP_SECONDS} s warm-up + ${OPEN_SECONDS} s`);
@@ -228,26 +280,40 @@ async function main(): Promise<never> {
       writeFileSync(path.join(CPU_PROF_DIR, "windows.json"), JSON.stringify({ closed: closed.window, ...(open ? { open: open.window } : {}), payments: closed.result.payments, calls: closed.result.operations }, null, 2));
     }
 
-    // Conservation: the journal verifies, and the wallets plus the fee account hold what was funded.
+    // The pay-ins and payouts accepted during the load end in the background: wait for them all.
+    const last = (open ?? closed).result;
+    routerSql = postgres(database.url, { max: 1, onnotice: () => {}, connection: { application_name: "cowrie-bench-monitor", statement_timeout: 5_000 } });
+    progress(`waiting for ${last.accepted.payIns.length} pay-ins and ${last.accepted.payouts.length} payouts to end (at most ${DRAIN_TIMEOUT_SECONDS} s)`);
+    const drainSeconds = await gatewayPaymentsEnded(routerSql, tenant.tenantId, DRAIN_TIMEOUT_SECONDS * 1000);
+    const gateway = await checkGatewayPayments(routerSql, control, tenant.tenantId, last.accepted);
+
+    // Conservation: the journal verifies, and the wallets, the fee account and the gateways'
+    // clearing accounts hold what was funded.
     progress("verifying the journal and the balances");
     const feeAccount = feeAccountId(tenant.tenantId, CURRENCY);
     const fundingAccount = fundingAccountId(CURRENCY);
-    const ids = [...customers, ...merchants, feeAccount, fundingAccount];
+    const clearingIds = SIMULATED_GATEWAYS.map((name) => clearingAccountId(name, CURRENCY));
+    const ids = [...customers, ...merchants, feeAccount, fundingAccount, ...clearingIds];
     const { verify, accounts } = await mesh.auditLedger(ids);
-    const missing = ids.filter((id) => id !== feeAccount && !accounts.has(id));
+    const optional = new Set([feeAccount, ...clearingIds]);
+    const missing = ids.filter((id) => !optional.has(id) && !accounts.has(id));
     const balance = (id: string): bigint => postedMinor(accounts.get(id));
     const pendingTotal = ids.reduce((sum, id) => sum + (accounts.get(id)?.debitsPending ?? 0n) + (accounts.get(id)?.creditsPending ?? 0n), 0n);
     const customersMinor = customers.reduce((sum, id) => sum + balance(id), 0n);
     const merchantsMinor = merchants.reduce((sum, id) => sum + balance(id), 0n);
     const feesMinor = balance(feeAccount);
-    const sumMinor = customersMinor + merchantsMinor + feesMinor;
+    // Credits minus debits: payouts paid into clearing, pay-ins collected out of it.
+    const clearingMinor = clearingIds.reduce((sum, id) => sum + balance(id), 0n);
+    const sumMinor = customersMinor + merchantsMinor + feesMinor + clearingMinor;
     const fundingOut = -balance(fundingAccount);
-    const conserved = missing.length === 0 && sumMinor === fundedMinor && fundingOut === fundedMinor && pendingTotal === 0n;
-    // What the load process saw move must be exactly what the Ledger holds, when no outcome was unknown.
-    const seen = (open ?? closed).result.money;
+    const clearingOk = clearingMinor === gateway.payouts.succeededMinor - gateway.payIns.succeededMinor;
+    const conserved = missing.length === 0 && sumMinor === fundedMinor && fundingOut === fundedMinor && pendingTotal === 0n && clearingOk;
+    // What the load process saw move (and the pay-ins that succeeded) must be exactly what the
+    // Ledger holds, when no outcome was unknown.
+    const seen = last.money;
     const clientViewOk = seen.unknownOutcomes > 0
       ? null
-      : feesMinor === BigInt(seen.feesMinor) && merchantsMinor === BigInt(seen.toMerchantsMinor) - BigInt(seen.refundedMinor);
+      : feesMinor === BigInt(seen.feesMinor) && merchantsMinor === BigInt(seen.toMerchantsMinor) - BigInt(seen.refundedMinor) + gateway.payIns.succeededMinor;
 
     // Per-process figures, read before the processes stop.
     const perService = Object.fromEntries([...mesh.services].map(([name, service]) =>
@@ -279,12 +345,14 @@ async function main(): Promise<never> {
     const lines = [
       "",
       `mesh bench: internal payments through the public Edge; ${CONCURRENCY} workers, ${SECONDS} s after ${WARMUP_SECONDS} s warm-up; ` +
-        `retries ${RETRY_SHARE * 100}%, refunds ${REFUND_SHARE * 100}%; ${CUSTOMERS} customers -> ${MERCHANTS} merchants; ${CONNECTIONS} HTTP/2 connection(s)`,
+        `retries ${RETRY_SHARE * 100}%, refunds ${REFUND_SHARE * 100}%, gateway pay-ins ${PAYIN_SHARE * 100}% and payouts ${PAYOUT_SHARE * 100}% ` +
+        `(gateways median ${GATEWAY_MEDIAN_MS} ms, p99 ${GATEWAY_P99_MS} ms); ${CUSTOMERS} customers -> ${MERCHANTS} merchants; ${CONNECTIONS} HTTP/2 connection(s)`,
       `baseline (postgres.js one-row inserts, ${BASELINE_CLIENTS} clients)  ${String(baselineRate).padStart(7)} commits/s`,
-      `closed loop                                        ${paymentsPerSecond.toFixed(0).padStart(7)} payments/s  (${callsPerSecond.toFixed(0)} calls/s incl. retries and refunds)`,
+      `closed loop                                        ${paymentsPerSecond.toFixed(0).padStart(7)} payments/s  (${callsPerSecond.toFixed(0)} calls/s incl. retries, refunds and gateway payments)`,
       `  CreatePayment latency  p50 ${ms(c.payment.p50Ms)}  p95 ${ms(c.payment.p95Ms)}  p99 ${ms(c.payment.p99Ms)}  max ${ms(c.payment.maxMs)} ms  (${c.payment.count} payments)`,
       `  retries  ${c.replaysChecked} replays checked (same payment id, replayed=true), p50 ${ms(c.retry.p50Ms)} p99 ${ms(c.retry.p99Ms)} ms`,
       `  refunds  ${c.refunds} partial refunds SUCCEEDED, p50 ${ms(c.refund.p50Ms)} p99 ${ms(c.refund.p99Ms)} ms`,
+      `  gateway  ${c.payIns} pay-ins accepted, p50 ${ms(c.payIn.p50Ms)} p99 ${ms(c.payIn.p99Ms)} ms; ${c.payouts} payouts accepted, p50 ${ms(c.payout.p50Ms)} p99 ${ms(c.payout.p99Ms)} ms`,
       `  errors   ${countsText(errors)}`,
       ...c.firstErrors.map((line) => `    e.g. ${line}`),
       open
@@ -299,14 +367,19 @@ async function main(): Promise<never> {
         : []),
       `issue 9 targets: payments/s >= ${TARGET_RATIO * 100}% of baseline: ${(ratio * 100).toFixed(1)}% ${throughputMet ? "MET" : "NOT MET"}; ` +
         `p99 <= ${TARGET_P99_MS} ms at ${(OPEN_FRACTION * 100).toFixed(0)}% load: ${open ? `${ms(open.result.payment.p99Ms)} ms ${latencyMet ? "MET" : "NOT MET"}` : "not measured"}`,
-      `CPU in the closed-loop window (${closed.usage.seconds.toFixed(1)} s; 2 cores = 200%), per call = per completed CreatePayment/RefundPayment:`,
+      `CPU in the closed-loop window (${closed.usage.seconds.toFixed(1)} s; 2 cores = 200%), per call = per completed call of any kind:`,
       ...usageRows.map(([label, cpu]) => `  ${pad(label, 34)} ${((cpu / closed.usage.seconds) * 100).toFixed(0).padStart(4)}%  ${((cpu * 1000) / callsInWindow).toFixed(2).padStart(7)} ms/call`),
       `  ${pad("machine, everything else", 34)} ${otherCpu === undefined ? " n/a" : `${((otherCpu / closed.usage.seconds) * 100).toFixed(0).padStart(4)}%`}${otherCpu !== undefined && otherCpu / closed.usage.seconds > 0.15 ? "  WARNING: something else was busy; figures disturbed" : ""}`,
       `  database transactions ≈ ${(closed.usage.xacts / callsInWindow).toFixed(1)} per call (pg_stat_database, approximate)`,
       `processes (whole run): ${MESH_SERVICES.map((name) => `${name} ${perService[name].cpu_s} s CPU / ${perService[name].peak_rss_mb} MB peak RSS`).join("; ")}; ` +
         `load generator ${loadPeakMb} MB; services SERVING ${startupSeconds.toFixed(1)} s after spawn`,
+      `gateway payments (whole run): pay-ins ${gateway.payIns.accepted} accepted, ended ${countsText(gateway.payIns.ended)}; ` +
+        `payouts ${gateway.payouts.accepted} accepted, ended ${countsText(gateway.payouts.ended)}; ` +
+        `${drainSeconds === null ? `NOT all ended within ${DRAIN_TIMEOUT_SECONDS} s` : `all ended ${drainSeconds.toFixed(1)} s after the load`}`,
+      `  lost ${gateway.lost}, doubled ${gateway.doubled}, unfinished ${gateway.unfinished}, gateway records not matching their payment ${gateway.mismatched}; ` +
+        `clearing accounts ${clearingMinor} = payouts ${gateway.payouts.succeededMinor} - pay-ins ${gateway.payIns.succeededMinor}: ${clearingOk ? "yes" : "NO"}`,
       journalLine(verify),
-      `money: customers ${customersMinor} + merchants ${merchantsMinor} + fees ${feesMinor} = ${sumMinor}; funded ${fundedMinor}; ` +
+      `money: customers ${customersMinor} + merchants ${merchantsMinor} + fees ${feesMinor} + clearing ${clearingMinor} = ${sumMinor}; funded ${fundedMinor}; ` +
         `${conserved ? "conserved" : "NOT CONSERVED"}${missing.length > 0 ? ` (${missing.length} accounts missing)` : ""}${pendingTotal !== 0n ? ` (pending ${pendingTotal})` : ""}; ` +
         `matches what the load saw: ${clientViewOk === null ? `unknown (${seen.unknownOutcomes} calls with unknown outcome)` : clientViewOk ? "yes" : "NO"}`,
       `run took ${((performance.now() - runStartedMs) / 1000).toFixed(0)} s`,
@@ -321,6 +394,8 @@ async function main(): Promise<never> {
       concurrency: CONCURRENCY,
       retry_share: RETRY_SHARE,
       refund_share: REFUND_SHARE,
+      pay_in_share: PAYIN_SHARE,
+      payout_share: PAYOUT_SHARE,
       customers: CUSTOMERS,
       merchants: MERCHANTS,
       connections: CONNECTIONS,
@@ -336,6 +411,10 @@ async function main(): Promise<never> {
       replay_p99_ms: round(c.retry.p99Ms),
       refunds: c.refunds,
       refund_p99_ms: round(c.refund.p99Ms),
+      pay_ins_accepted: c.payIns,
+      pay_in_p99_ms: round(c.payIn.p99Ms),
+      payouts_accepted: c.payouts,
+      payout_p99_ms: round(c.payout.p99Ms),
       baseline_commits_per_s: baselineRate,
       ratio_to_baseline: round(ratio, 3),
       open_loop_rate_per_s: round(openPaymentRate, 1),
@@ -364,15 +443,98 @@ async function main(): Promise<never> {
         customers_minor: String(customersMinor),
         merchants_minor: String(merchantsMinor),
         fees_minor: String(feesMinor),
+        clearing_minor: String(clearingMinor),
         ok: conserved,
         matches_load_view: clientViewOk,
+      },
+      gateway: {
+        gateway_latency_ms: { median: GATEWAY_MEDIAN_MS, p99: GATEWAY_P99_MS },
+        pay_ins: { accepted: gateway.payIns.accepted, ended: gateway.payIns.ended, succeeded_minor: String(gateway.payIns.succeededMinor) },
+        payouts: { accepted: gateway.payouts.accepted, ended: gateway.payouts.ended, succeeded_minor: String(gateway.payouts.succeededMinor) },
+        ended_after_s: drainSeconds === null ? null : round(drainSeconds, 1),
+        lost: gateway.lost,
+        doubled: gateway.doubled,
+        unfinished: gateway.unfinished,
+        mismatched: gateway.mismatched,
       },
       startup_s: round(startupSeconds, 1),
       run_s: round((performance.now() - runStartedMs) / 1000, 1),
     };
-    if (verify.findings.length > 0 || !conserved || clientViewOk === false) process.exitCode = 1;
+    const gatewayOk = drainSeconds !== null && gateway.lost + gateway.doubled + gateway.unfinished + gateway.mismatched === 0;
+    if (verify.findings.length > 0 || !conserved || clientViewOk === false || !gatewayOk) process.exitCode = 1;
     process.stdout.write(`${JSON.stringify(figures)}\n`);
   });
+}
+
+/** Waits until none of the tenant's pay-ins and payouts is left unfinished; the seconds it took, or null past `timeoutMs`. */
+async function gatewayPaymentsEnded(sql: postgres.Sql, tenantId: string, timeoutMs: number): Promise<number | null> {
+  const startedMs = performance.now();
+  for (;;) {
+    const [row] = await sql<{ open: number }[]>`
+      select count(*)::int as open from router.payments
+      where tenant_id = ${tenantId} and kind = any(${GATEWAY_KINDS}) and status <> all(${FINAL})`;
+    if (row?.open === 0) return (performance.now() - startedMs) / 1000;
+    if (performance.now() - startedMs > timeoutMs) return null;
+    await pause(DRAIN_POLL_MS);
+  }
+}
+
+const GATEWAY_KINDS = [PaymentKind.PAY_IN, PaymentKind.PAYOUT];
+
+interface GatewayKindCheck {
+  /** Accepted by the Edge during the load (warm-ups included). */
+  accepted: number;
+  /** The tenant's payments of the kind by how they ended ("FAILED:gateway_declined"...). */
+  ended: Record<string, number>;
+  succeededMinor: bigint;
+}
+
+interface GatewayCheck {
+  payIns: GatewayKindCheck;
+  payouts: GatewayKindCheck;
+  /** Accepted, but not in router.payments. */
+  lost: number;
+  /** More than one payment for one key, more than one succeeded gateway record for one payment, or a succeeded record of no payment. */
+  doubled: number;
+  /** Not SUCCEEDED, FAILED or CANCELED. */
+  unfinished: number;
+  /** A SUCCEEDED payment without exactly one succeeded gateway record of its amount, or another with one. */
+  mismatched: number;
+}
+
+/** How the tenant's pay-ins and payouts ended, against what the load saw accepted and what the simulator did. */
+async function checkGatewayPayments(sql: postgres.Sql, control: SimulatorControl, tenantId: string, accepted: PhaseResult["accepted"]): Promise<GatewayCheck> {
+  const rows = await sql<{ id: string; kind: number; status: number; amount_minor: string; failure_code: string; reference: string }[]>`
+    select id, kind, status, amount_minor::text, failure_code, reference from router.payments
+    where tenant_id = ${tenantId} and kind = any(${GATEWAY_KINDS})`;
+  const known = new Set(rows.map((row) => row.id));
+  const check: GatewayCheck = {
+    payIns: { accepted: accepted.payIns.length, ended: {}, succeededMinor: 0n },
+    payouts: { accepted: accepted.payouts.length, ended: {}, succeededMinor: 0n },
+    lost: [...accepted.payIns, ...accepted.payouts].filter((id) => !known.has(id)).length,
+    // The load sends each key as the payment's reference too.
+    doubled: rows.length - new Set(rows.map((row) => row.reference)).size,
+    unfinished: rows.filter((row) => !FINAL.includes(row.status)).length,
+    mismatched: 0,
+  };
+  for (const [kind, operation, into] of [[PaymentKind.PAY_IN, "charge", check.payIns], [PaymentKind.PAYOUT, "payout", check.payouts]] as const) {
+    const ofKind = rows.filter((row) => row.kind === kind);
+    const records = recordsByPayment(await control.records({ operation }), ofKind.map((row) => row.id));
+    check.doubled += records.orphans;
+    for (const row of ofKind) {
+      const label = (PaymentStatus[row.status] ?? String(row.status)) + (row.failure_code ? `:${row.failure_code}` : "");
+      into.ended[label] = (into.ended[label] ?? 0) + 1;
+      const succeeded = (records.byPayment.get(row.id) ?? []).filter((record) => record.status === "succeeded");
+      if (succeeded.length > 1) check.doubled++;
+      if (row.status === PaymentStatus.SUCCEEDED) {
+        into.succeededMinor += BigInt(row.amount_minor);
+        if (succeeded.length !== 1 || succeeded[0]?.amountMinor !== row.amount_minor) check.mismatched++;
+      } else if (succeeded.length > 0) {
+        check.mismatched++;
+      }
+    }
+  }
+  return check;
 }
 
 await main();

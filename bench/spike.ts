@@ -71,11 +71,10 @@ import postgres from "postgres";
 import { Connection } from "rabbitmq-client";
 import { WalletKind } from "../gen/cowrie/edge/v1/wallets_pb.js";
 import { PaymentStatus } from "../gen/cowrie/router/v1/router_pb.js";
-import { gatewayReference } from "../services/router/gateway-flow.js";
 import { workTopology } from "../services/router/service.js";
 import { pause } from "../services/runtime/pause.js";
 import { TEST_AMQP_URL, freshDatabase } from "../services/runtime/testing.js";
-import { simulatorControl, simulatorGatewayEnv, type RecordView } from "../services/simulator/control.js";
+import { simulatorControl, simulatorGatewayEnv } from "../services/simulator/control.js";
 import { SIMULATED_GATEWAYS } from "../services/simulator/core.js";
 import { clearingAccountId } from "../services/wallet/service.js";
 import type { SpikeChildMessage, SpikeMessage, SpikeResult, SpikeSetupMessage, SustainMessage, SustainResult } from "./spike-load.js";
@@ -92,6 +91,7 @@ import {
   journalLine,
   ms,
   postedMinor,
+  recordsByPayment,
   round,
   runGuarded,
 } from "./support.js";
@@ -376,7 +376,7 @@ async function main(): Promise<never> {
     const succeededMinor = succeededRows.reduce((sum, row) => sum + BigInt(row.amount_minor), 0n);
 
     const charges = await control.records({ operation: "charge" });
-    const charged = chargesByPayment(charges, rows.map((row) => row.id));
+    const charged = recordsByPayment(charges, rows.map((row) => row.id));
     const doubleCharged = [...charged.byPayment.values()].filter((list) => list.filter((record) => record.status === "succeeded").length > 1).length;
     const succeededUncharged = succeededRows.filter((row) => (charged.byPayment.get(row.id) ?? []).filter((record) => record.status === "succeeded").length !== 1).length;
     const chargeAmountMismatch = succeededRows.filter((row) => (charged.byPayment.get(row.id) ?? []).some((record) => record.status === "succeeded" && record.amountMinor !== row.amount_minor)).length;
@@ -514,23 +514,6 @@ async function edgeReachesRouter(probe: () => Promise<unknown>): Promise<number>
     await pause(500);
   }
   return failures;
-}
-
-/** The simulator's charge records by the payment they belong to, and how many belong to none. */
-function chargesByPayment(charges: readonly RecordView[], paymentIds: readonly string[]): { byPayment: Map<string, RecordView[]>; orphans: number } {
-  const paymentOf = new Map<string, string>();
-  for (const id of paymentIds) for (const gateway of SIMULATED_GATEWAYS) paymentOf.set(gatewayReference(id, gateway), id);
-  const byPayment = new Map<string, RecordView[]>();
-  let orphans = 0;
-  for (const record of charges) {
-    const id = paymentOf.get(record.reference);
-    if (id === undefined) {
-      if (record.status === "succeeded") orphans++;
-      continue;
-    }
-    byPayment.set(id, [...(byPayment.get(id) ?? []), record]);
-  }
-  return { byPayment, orphans };
 }
 
 await main();

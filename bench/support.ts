@@ -22,6 +22,9 @@ import { FindingKind, LedgerService, type Account, type VerifyJournalResponse } 
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { deleteRedisKeys } from "../services/risk/test-support.js";
 import { meshTopology } from "../services/mesh.js";
+import { gatewayReference } from "../services/router/gateway-flow.js";
+import type { RecordView } from "../services/simulator/control.js";
+import { SIMULATED_GATEWAYS } from "../services/simulator/core.js";
 import { pause } from "../services/runtime/pause.js";
 import { runLimited } from "../services/runtime/limits.js";
 import { TEST_AMQP_URL, TEST_REDIS_URL, deleteBrokerTopology, freePorts, meshEnvironment } from "../services/runtime/testing.js";
@@ -937,4 +940,24 @@ export const countsText = (byCode: Record<string, number>): string =>
 export function journalLine(verify: VerifyJournalResponse): string {
   return `journal: ${verify.findings.length} findings over ${verify.transfersChecked} transfers` +
     (verify.findings.length > 0 ? ` (${verify.findings.slice(0, 3).map((finding) => `${FindingKind[finding.kind]}: ${finding.detail}`).join("; ")})` : "");
+}
+
+/**
+ * The simulator's records (charges or payouts) by the payment they belong to (matched by the
+ * gateway reference the Router sends), and how many succeeded records belong to no payment.
+ */
+export function recordsByPayment(records: readonly RecordView[], paymentIds: readonly string[]): { byPayment: Map<string, RecordView[]>; orphans: number } {
+  const paymentOf = new Map<string, string>();
+  for (const id of paymentIds) for (const gateway of SIMULATED_GATEWAYS) paymentOf.set(gatewayReference(id, gateway), id);
+  const byPayment = new Map<string, RecordView[]>();
+  let orphans = 0;
+  for (const record of records) {
+    const id = paymentOf.get(record.reference);
+    if (id === undefined) {
+      if (record.status === "succeeded") orphans++;
+      continue;
+    }
+    byPayment.set(id, [...(byPayment.get(id) ?? []), record]);
+  }
+  return { byPayment, orphans };
 }
