@@ -32,9 +32,9 @@
 // CPU per call of each service and of its PostgreSQL backends), the ratio to the baseline and
 // issue 9's targets: internal payments >= 25% of the baseline commits/s, and p99 <= 50 ms at 70%
 // of that rate. Targets missed do not fail the run; a crash, a setup failure, journal findings,
-// money not conserved, or a gateway payment lost, doubled or unfinished do (exit code 1). Every process is stopped with SIGTERM, the database
-// dropped and the run's queues (a broker namespace of its own) deleted at the end, also on
-// failure or Ctrl-C.
+// money not conserved, or a gateway payment lost, doubled, unfinished or unlike the simulator's
+// record do (exit code 1). Every process is stopped with SIGTERM, the database dropped and the
+// run's queues (a broker namespace of its own) deleted at the end, also on failure or Ctrl-C.
 //
 // Human summary lines on stdout, then as the LAST line one JSON object. Progress and the
 // services' warnings go to stderr.
