@@ -25,7 +25,7 @@ import {
   type GetPaymentResponse,
 } from "../../gen/cowrie/router/v1/router_pb.js";
 import { currentCallContext, remainingMs } from "./call-context.js";
-import { createServiceClient } from "./client.js";
+import { InFlightLimit, createServiceClient } from "./client.js";
 import type { Config } from "./config.js";
 import { HealthState } from "./health.js";
 import { metrics } from "./metrics.js";
@@ -90,6 +90,29 @@ interface Seen {
   remainingMs: number | undefined;
   timeoutHeader: Record<string, string | null>;
 }
+
+describe("InFlightLimit", () => {
+  it("runs at most its limit at once, hands a freed slot to the first in line, and lets a waiting call leave without running", async () => {
+    const limit = new InFlightLimit(1);
+    const ran: string[] = [];
+    let release = (): void => {};
+    const first = limit.run(() => AbortSignal.timeout(5000), () => new Promise<void>((resolve) => {
+      ran.push("first");
+      release = resolve;
+    }));
+    const leaving = new AbortController();
+    const second = limit.run(() => leaving.signal, async () => void ran.push("second"));
+    const third = limit.run(() => AbortSignal.timeout(5000), async () => void ran.push("third"));
+    leaving.abort(new Error("caller gone"));
+    await assert.rejects(second, /caller gone/);
+    assert.deepEqual(ran, ["first"]);
+    release();
+    await Promise.all([first, third]);
+    assert.deepEqual(ran, ["first", "third"]);
+    // Every slot came back: a new call runs at once.
+    await limit.run(() => AbortSignal.abort(new Error("would have waited")), async () => void ran.push("fourth"));
+  });
+});
 
 describe("createServiceClient()", () => {
   const HOP_MARGIN_MS = 50;
@@ -246,6 +269,31 @@ describe("createServiceClient()", () => {
     }
     assert.equal(seenAtB.length, 10, "every call reached B");
     assert.equal(await breakerState("router-a", "risk-b-business"), 0, "the breaker stays closed");
+  });
+
+  it("keeps its connection when a burst of calls is given up: past the in-flight limit, calls wait off the wire", async () => {
+    // Unbounded, the 1,500 calls given up would reset 1,500 HTTP/2 streams; nghttp2 under B takes
+    // a burst of 1,000 resets for the Rapid Reset attack and closes the connection, and every
+    // other call on it (the patient ones here) fails INTERNAL, "Session closed with error code 2".
+    answerB = async () => {
+      await sleep(300);
+      return allow();
+    };
+    await riskFromA.evaluate({ paymentId: "pay_warm" });
+    const patient = Array.from({ length: 50 }, (_, index) =>
+      riskFromA.evaluate({ paymentId: `pay_patient${index}` }).then(() => "ok", (error: unknown) => Code[ConnectError.from(error).code]),
+    );
+    const givingUp = new AbortController();
+    const abandoned = Array.from({ length: 1500 }, (_, index) =>
+      riskFromA.evaluate({ paymentId: `pay_abandoned${index}` }, { signal: givingUp.signal }).catch((error: unknown) => ConnectError.from(error).code),
+    );
+    await sleep(100);
+    givingUp.abort();
+    const abandonedCodes = new Set(await Promise.all(abandoned));
+    assert.deepEqual([...abandonedCodes].map((code) => Code[code as Code]), ["Canceled"]);
+    assert.deepEqual((await Promise.all(patient)).filter((outcome) => outcome !== "ok"), []);
+    // Only the calls that held one of the 256 slots reached B.
+    assert.ok(seenAtB.length <= 1 + 256, `${seenAtB.length} calls reached B`);
   });
 
   it("opens the breaker after consecutive transport failures, fails fast, and closes once the target answers", async () => {

@@ -1,7 +1,13 @@
 // Clients for calling other Cowrie services. Each process keeps one HTTP/2 transport per target
 // (with keepalive pings) and each calling service one circuit breaker per target. Every call
 // carries the request id and what is left of the caller's deadline minus a margin, capped per
-// hop, so no downstream call outlives its caller.
+// hop, so no downstream call outlives its caller. At most COWRIE_CLIENT_MAX_IN_FLIGHT calls per
+// target are on the wire at once; the rest wait their turn off the wire. A call given up on the
+// wire (its deadline passed, its caller went away) resets its HTTP/2 stream, and nghttp2, under
+// every Node server, closes a connection after a burst of 1,000 resets (its Rapid Reset
+// protection; Node 20 cannot raise that limit), failing every other call on it. Under overload
+// the unbounded client gave up on thousands of calls at once; a call given up while it waits
+// resets nothing.
 import { randomUUID } from "node:crypto";
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type CallOptions, type Client, type Transport } from "@connectrpc/connect";
@@ -15,6 +21,7 @@ import { metrics } from "./metrics.js";
 import { REQUEST_ID_HEADER } from "./server.js";
 
 const transports = new Map<string, Transport>();
+const inFlightLimits = new Map<string, InFlightLimit>();
 
 /**
  * The process-wide transport for a base URL. Cowrie's internal hops speak the Connect protocol
@@ -35,6 +42,57 @@ export function sharedTransport(baseUrl: string): Transport {
     transports.set(baseUrl, transport);
   }
   return transport;
+}
+
+/**
+ * At most `limit` calls at once; the others wait in arrival order. A waiting call whose signal
+ * (made only when it has to wait) aborts leaves the line at once, having sent nothing.
+ */
+export class InFlightLimit {
+  #active = 0;
+  readonly #waiting = new Set<() => void>();
+
+  constructor(readonly limit: number) {}
+
+  async run<T>(waitSignal: () => AbortSignal, work: () => Promise<T>): Promise<T> {
+    if (this.#active < this.limit) this.#active++;
+    else await this.#turn(waitSignal());
+    try {
+      return await work();
+    } finally {
+      // The slot goes straight to the first waiting call, if any.
+      const next = this.#waiting.values().next();
+      if (next.done) this.#active--;
+      else next.value();
+    }
+  }
+
+  #turn(signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted();
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => {
+        this.#waiting.delete(take);
+        reject(signal.reason);
+      };
+      const take = (): void => {
+        this.#waiting.delete(take);
+        signal.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      this.#waiting.add(take);
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+}
+
+/** The process-wide in-flight limit of a base URL's transport. */
+function sharedInFlightLimit(baseUrl: string, limit: number): InFlightLimit {
+  let shared = inFlightLimits.get(baseUrl);
+  if (!shared) {
+    shared = new InFlightLimit(limit);
+    inFlightLimits.set(baseUrl, shared);
+  }
+  return shared;
 }
 
 /**
@@ -84,9 +142,14 @@ function withoutTransportMetadata(error: unknown): unknown {
   return new ConnectError(error.rawMessage, error.code, undefined, details, error);
 }
 
-/** A client for one target service whose unary methods carry deadline, request id and breaker. */
+function waitedTooLong(target: string, limit: number, timeoutMs: number): ConnectError {
+  return new ConnectError(`${limit} calls to ${target} were in flight for the whole ${timeoutMs} ms deadline; this one was not sent`, Code.DeadlineExceeded);
+}
+
+/** A client for one target service whose unary methods carry deadline, request id, in-flight limit and breaker. */
 export function createServiceClient<T extends DescService>(service: T, options: ClientOptions): Client<T> {
   const inner = createClient(service, sharedTransport(options.baseUrl)) as Record<string, (...args: never[]) => unknown>;
+  const inFlight = sharedInFlightLimit(options.baseUrl, options.config.clientMaxInFlight);
   const breaker = createBreaker(options);
   const counter = metrics().clientRequests;
   const client: Record<string, unknown> = {};
@@ -108,10 +171,17 @@ export function createServiceClient<T extends DescService>(service: T, options: 
         }
         const headers = new Headers(callOptions.headers);
         headers.set(REQUEST_ID_HEADER, context?.requestId ?? randomUUID());
-        const signals = [context?.signal, callOptions.signal].filter((signal) => signal !== undefined);
-        return await breaker.execute(() =>
-          call(request, { ...callOptions, timeoutMs, headers, signal: AbortSignal.any(signals) }),
-        );
+        const signal = AbortSignal.any([context?.signal, callOptions.signal].filter((given) => given !== undefined));
+        const startedAt = performance.now();
+        return await inFlight.run(() => AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]), () => {
+          const leftMs = Math.floor(timeoutMs - (performance.now() - startedAt));
+          if (leftMs <= 0) throw waitedTooLong(options.target, inFlight.limit, timeoutMs);
+          return breaker.execute(() => call(request, { ...callOptions, timeoutMs: leftMs, headers, signal }));
+        }).catch((error: unknown) => {
+          // Given up while waiting for a turn: nothing reached the target.
+          if (error instanceof DOMException) throw error.name === "TimeoutError" ? waitedTooLong(options.target, inFlight.limit, timeoutMs) : ConnectError.from(error);
+          throw error;
+        });
       } catch (error) {
         const mapped = error instanceof BrokenCircuitError
           ? new ConnectError(`${options.target} is unavailable: circuit breaker open, failing fast`, Code.Unavailable)

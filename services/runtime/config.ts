@@ -131,6 +131,8 @@ export const VARIABLES = {
     "Budget kept back by a caller on each outbound call, to answer its own caller in time."),
   hopTimeoutMaxMs: variable("COWRIE_HOP_TIMEOUT_MAX_MS", "5000", integer(1, 300_000),
     "Longest deadline any single outbound call may carry."),
+  clientMaxInFlight: variable("COWRIE_CLIENT_MAX_IN_FLIGHT", "256", integer(1, 100_000),
+    "Most calls a process has on the wire to one target at once; the rest wait off the wire, within their deadlines."),
   breakerFailures: variable("COWRIE_BREAKER_FAILURES", "5", integer(1, 1000),
     "Consecutive transport failures or deadline expiries that open a circuit breaker."),
   breakerHalfOpenAfterMs: variable("COWRIE_BREAKER_HALF_OPEN_AFTER_MS", "5000",
