@@ -6,8 +6,7 @@
 // wire (its deadline passed, its caller went away) resets its HTTP/2 stream, and nghttp2, under
 // every Node server, closes a connection after a burst of 1,000 resets (its Rapid Reset
 // protection; Node 20 cannot raise that limit), failing every other call on it. Under overload
-// the unbounded client gave up on thousands of calls at once; a call given up while it waits
-// resets nothing.
+// thousands of calls can be given up at once; one given up while it waits resets nothing.
 import { randomUUID } from "node:crypto";
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type CallOptions, type Client, type Transport } from "@connectrpc/connect";
