@@ -296,6 +296,38 @@ describe("createServiceClient()", () => {
     assert.ok(seenAtB.length <= 1 + 256, `${seenAtB.length} calls reached B`);
   });
 
+  it("answers UNAVAILABLE, outcome unknown, for calls on a connection the target closed under them", async () => {
+    // The same burst with the limit raised past it (and a connection of its own: the base URL
+    // differs by its trailing slash): B's nghttp2 closes the connection, which connect-node
+    // reports as INTERNAL.
+    answerB = async () => {
+      await sleep(300);
+      return allow();
+    };
+    const unbounded = createServiceClient(RiskService, {
+      caller: "router-a",
+      target: "risk-b-unbounded",
+      baseUrl: `${b.baseUrl}/`,
+      config: testConfig({ ...baseEnv, COWRIE_CLIENT_MAX_IN_FLIGHT: "5000" }),
+      log: logsA.log,
+    });
+    await unbounded.evaluate({ paymentId: "pay_warm" });
+    const patient = Array.from({ length: 50 }, (_, index) =>
+      unbounded.evaluate({ paymentId: `pay_patient${index}` }).then(() => undefined, (error: unknown) => ConnectError.from(error)),
+    );
+    const givingUp = new AbortController();
+    const abandoned = Array.from({ length: 1500 }, (_, index) =>
+      unbounded.evaluate({ paymentId: `pay_abandoned${index}` }, { signal: givingUp.signal }).catch(() => undefined),
+    );
+    await sleep(100);
+    givingUp.abort();
+    await Promise.all(abandoned);
+    const failures = (await Promise.all(patient)).filter((error) => error !== undefined);
+    assert.ok(failures.length > 0, "the connection survived: nghttp2's reset limit was not reached");
+    assert.deepEqual([...new Set(failures.map((error) => Code[error.code]))], ["Unavailable"]);
+    assert.match(failures[0]!.rawMessage, /connection to risk-b-unbounded was closed during the call.*outcome is unknown/);
+  });
+
   it("opens the breaker after consecutive transport failures, fails fast, and closes once the target answers", async () => {
     const [port] = (await freePorts(1)) as [number];
     const baseUrl = `http://127.0.0.1:${port}`;

@@ -141,6 +141,24 @@ function withoutTransportMetadata(error: unknown): unknown {
   return new ConnectError(error.rawMessage, error.code, undefined, details, error);
 }
 
+/**
+ * A call whose HTTP/2 connection was closed under it (GOAWAY with an error code: connect-node
+ * says INTERNAL) is UNAVAILABLE: the target may or may not have acted on it, and a retry with
+ * the same idempotency key is the answer. It counts against the target's breaker.
+ */
+function connectionLost(target: string, error: unknown): unknown {
+  if (!(error instanceof ConnectError) || error.code !== Code.Internal || !causedBy(error, "ERR_HTTP2_SESSION_ERROR")) return error;
+  return new ConnectError(`the connection to ${target} was closed during the call (${error.rawMessage}); its outcome is unknown`, Code.Unavailable, undefined, undefined, error);
+}
+
+/** Whether a Node error with `code` is in the error's cause chain. */
+function causedBy(error: Error, code: string): boolean {
+  for (let cause: unknown = error.cause, depth = 0; cause instanceof Error && depth < 5; cause = cause.cause, depth++) {
+    if ((cause as NodeJS.ErrnoException).code === code) return true;
+  }
+  return false;
+}
+
 function waitedTooLong(target: string, limit: number, timeoutMs: number): ConnectError {
   return new ConnectError(`${limit} calls to ${target} were in flight for the whole ${timeoutMs} ms deadline; this one was not sent`, Code.DeadlineExceeded);
 }
@@ -175,7 +193,11 @@ export function createServiceClient<T extends DescService>(service: T, options: 
         return await inFlight.run(() => AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]), () => {
           const leftMs = Math.floor(timeoutMs - (performance.now() - startedAt));
           if (leftMs <= 0) throw waitedTooLong(options.target, inFlight.limit, timeoutMs);
-          return breaker.execute(() => call(request, { ...callOptions, timeoutMs: leftMs, headers, signal }));
+          return breaker.execute(() =>
+            call(request, { ...callOptions, timeoutMs: leftMs, headers, signal }).catch((error: unknown) => {
+              throw connectionLost(options.target, error);
+            }),
+          );
         }).catch((error: unknown) => {
           // Given up while waiting for a turn: nothing reached the target.
           if (error instanceof DOMException) throw error.name === "TimeoutError" ? waitedTooLong(options.target, inFlight.limit, timeoutMs) : ConnectError.from(error);
