@@ -1,5 +1,6 @@
 // The contracts are the product's public face: they must lint, the committed generated code
-// must be exactly what the protos generate, and the configuration must read the same everywhere.
+// must be exactly what the protos generate, the committed migrations exactly what the schemas
+// say, and the configuration must read the same everywhere.
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { cp, mkdtemp, readFile, readdir, rm, symlink } from "node:fs/promises";
@@ -8,6 +9,7 @@ import * as path from "node:path";
 import { describe, it } from "node:test";
 import { promisify } from "node:util";
 import { VARIABLES } from "../services/runtime/config.js";
+import { DRIZZLE_KIT, servicesWithSchemas } from "./db-generate.js";
 
 const root = path.resolve(import.meta.dirname, "..");
 const buf = path.join(root, "node_modules/.bin/buf");
@@ -69,4 +71,23 @@ describe("configuration", () => {
     const readme = await readFile(path.join(root, "README.md"), "utf8");
     for (const name of names) assert.match(readme, new RegExp(`\\| \`${name}\` \\|`), `README.md lacks ${name}`);
   });
+});
+
+describe("database schemas", () => {
+  for (const service of servicesWithSchemas()) {
+    it(`${service}: the committed migrations are what schema.ts says (drizzle-kit has nothing to generate)`, async () => {
+      const committed = path.join(root, "services", service, "migrations");
+      const scratch = await mkdtemp(path.join(tmpdir(), `cowrie-${service}-migrations-`));
+      try {
+        await cp(committed, scratch, { recursive: true });
+        // drizzle-kit takes --out as relative (it prefixes "./"), and exits 0 even when it fails.
+        const { stdout } = await run(DRIZZLE_KIT, ["generate", "--dialect", "postgresql", "--schema", `services/${service}/schema.ts`, "--out", path.relative(root, scratch)], { cwd: root });
+        const hint = `schema.ts and migrations/ differ: npm run db:generate -- ${service} --name <what_changed>`;
+        assert.match(stdout, /No schema changes, nothing to migrate/, `${hint}\n${stdout}`);
+        assert.deepEqual(await filesUnder(scratch), await filesUnder(committed), hint);
+      } finally {
+        await rm(scratch, { recursive: true, force: true });
+      }
+    });
+  }
 });
