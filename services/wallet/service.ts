@@ -42,6 +42,7 @@ import { transact, type Tx } from "../runtime/db.js";
 import { appendEvents, outboxFeed, type NewEvent } from "../runtime/events.js";
 import { HoldChangedSchema, WalletChangedSchema } from "../../gen/cowrie/events/v1/events_pb.js";
 import { invalidArgument, notFound } from "../runtime/errors.js";
+import { pageOf, pagePosition } from "../runtime/pages.js";
 import type { ServiceModule } from "../runtime/service.js";
 import {
   INT64_MAX,
@@ -169,18 +170,6 @@ function requireLimits(limits: WalletLimits | undefined, field: string): { perTr
   };
 }
 
-
-/** ListWallets page tokens name the last wallet returned; opaque to clients. */
-function listPageToken(walletId: string): string {
-  return Buffer.from(`w:${walletId}`, "utf8").toString("base64url");
-}
-
-function afterWalletId(token: string): string | undefined {
-  if (token === "") return undefined;
-  const decoded = Buffer.from(token, "base64url").toString("utf8");
-  if (!/^w:[A-Za-z0-9_.:-]{1,64}$/.test(decoded)) throw invalidArgument("page_token", "is not a token this service issued");
-  return decoded.slice(2);
-}
 
 /** Which of two requests for the same hold key differ, by proto field name. */
 function differingHoldField(row: HoldRow, request: Pick<HoldRow, "walletId" | "destinationWalletId" | "amountMinor" | "currency" | "reference" | "timeoutSeconds">): string | undefined {
@@ -645,7 +634,8 @@ export const walletModule: ServiceModule = {
             const tenantId = requireId(request.tenantId, "tenant_id");
             const ownerId = limitText(request.ownerId, "owner_id", 128);
             const pageSize = requirePageSize(request.pageSize, LIST_PAGE_SIZE_MAX, LIST_PAGE_SIZE_DEFAULT);
-            const afterId = afterWalletId(request.pageToken);
+            // ListWallets page tokens name the last wallet returned.
+            const afterId = pagePosition(request.pageToken, "w", /^[A-Za-z0-9_.:-]{1,64}$/);
             const conditions: SQL[] = [eq(wallets.tenantId, tenantId)];
             if (ownerId !== "") conditions.push(eq(wallets.ownerId, ownerId));
             if (afterId !== undefined) {
@@ -660,12 +650,8 @@ export const walletModule: ServiceModule = {
               .where(and(...conditions))
               .orderBy(desc(wallets.createdAt), desc(wallets.id))
               .limit(pageSize + 1);
-            const page = rows.slice(0, pageSize);
-            const last = page[page.length - 1];
-            return {
-              wallets: await withBalances(page),
-              nextPageToken: rows.length > pageSize && last ? listPageToken(last.id) : "",
-            };
+            const { page, nextPageToken } = pageOf(rows, pageSize, "w", (last) => last.id);
+            return { wallets: await withBalances(page), nextPageToken };
           },
 
           async freezeWallet(request) {
