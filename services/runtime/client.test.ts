@@ -93,7 +93,8 @@ interface Seen {
 
 describe("InFlightLimit", () => {
   it("runs at most its limit at once, hands a freed slot to the first in line, and lets a waiting call leave without running", async () => {
-    const limit = new InFlightLimit(1);
+    const waitingSeen: number[] = [];
+    const limit = new InFlightLimit(1, (waiting) => waitingSeen.push(waiting));
     const ran: string[] = [];
     let release = (): void => {};
     const first = limit.run(() => AbortSignal.timeout(5000), () => new Promise<void>((resolve) => {
@@ -109,6 +110,7 @@ describe("InFlightLimit", () => {
     release();
     await Promise.all([first, third]);
     assert.deepEqual(ran, ["first", "third"]);
+    assert.deepEqual(waitingSeen, [1, 2, 1, 0], "two joined the line, one left it, one took the freed slot");
     // Every slot came back: a new call runs at once.
     await limit.run(() => AbortSignal.abort(new Error("would have waited")), async () => void ran.push("fourth"));
   });

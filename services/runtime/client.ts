@@ -51,7 +51,11 @@ export class InFlightLimit {
   #active = 0;
   readonly #waiting = new Set<() => void>();
 
-  constructor(readonly limit: number) {}
+  /** `waitingChanged` hears the number of waiting calls whenever it changes. */
+  constructor(
+    readonly limit: number,
+    private readonly waitingChanged: (waiting: number) => void = () => {},
+  ) {}
 
   async run<T>(waitSignal: () => AbortSignal, work: () => Promise<T>): Promise<T> {
     if (this.#active < this.limit) this.#active++;
@@ -69,26 +73,32 @@ export class InFlightLimit {
   #turn(signal: AbortSignal): Promise<void> {
     signal.throwIfAborted();
     return new Promise((resolve, reject) => {
-      const onAbort = (): void => {
+      const leave = (): void => {
         this.#waiting.delete(take);
+        this.waitingChanged(this.#waiting.size);
+      };
+      const onAbort = (): void => {
+        leave();
         reject(signal.reason);
       };
       const take = (): void => {
-        this.#waiting.delete(take);
+        leave();
         signal.removeEventListener("abort", onAbort);
         resolve();
       };
       this.#waiting.add(take);
+      this.waitingChanged(this.#waiting.size);
       signal.addEventListener("abort", onAbort, { once: true });
     });
   }
 }
 
 /** The process-wide in-flight limit of a base URL's transport. */
-function sharedInFlightLimit(baseUrl: string, limit: number): InFlightLimit {
+function sharedInFlightLimit(baseUrl: string, limit: number, target: string): InFlightLimit {
   let shared = inFlightLimits.get(baseUrl);
   if (!shared) {
-    shared = new InFlightLimit(limit);
+    const gauge = metrics().clientWaitingCalls;
+    shared = new InFlightLimit(limit, (waiting) => gauge.set({ target }, waiting));
     inFlightLimits.set(baseUrl, shared);
   }
   return shared;
@@ -166,7 +176,7 @@ function waitedTooLong(target: string, limit: number, timeoutMs: number): Connec
 /** A client for one target service whose unary methods carry deadline, request id, in-flight limit and breaker. */
 export function createServiceClient<T extends DescService>(service: T, options: ClientOptions): Client<T> {
   const inner = createClient(service, sharedTransport(options.baseUrl)) as Record<string, (...args: never[]) => unknown>;
-  const inFlight = sharedInFlightLimit(options.baseUrl, options.config.clientMaxInFlight);
+  const inFlight = sharedInFlightLimit(options.baseUrl, options.config.clientMaxInFlight, options.target);
   const breaker = createBreaker(options);
   const counter = metrics().clientRequests;
   const client: Record<string, unknown> = {};

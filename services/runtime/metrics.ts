@@ -8,6 +8,7 @@ export interface Metrics {
   readonly rpcRequests: Counter<"service" | "method" | "code">;
   readonly rpcDurationSeconds: Histogram<"service" | "method" | "code">;
   readonly clientRequests: Counter<"service" | "target" | "method" | "code">;
+  readonly clientWaitingCalls: Gauge<"target">;
   readonly breakerState: Gauge<"service" | "target">;
   readonly healthStatus: Gauge<"service">;
   readonly gatewayCalls: Counter<"gateway" | "operation" | "code">;
@@ -54,6 +55,12 @@ export function metrics(): Metrics {
       name: "cowrie_client_requests_total",
       help: "Outbound RPCs, by calling service, target service, method and status code.",
       labelNames: ["service", "target", "method", "code"],
+      registers: [registry],
+    }),
+    clientWaitingCalls: new Gauge({
+      name: "cowrie_client_waiting_calls",
+      help: "Outbound calls waiting off the wire for one of COWRIE_CLIENT_MAX_IN_FLIGHT slots, by target service.",
+      labelNames: ["target"],
       registers: [registry],
     }),
     breakerState: new Gauge({
