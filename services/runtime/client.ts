@@ -201,7 +201,8 @@ export function createServiceClient<T extends DescService>(service: T, options: 
         const signal = AbortSignal.any([context?.signal, callOptions.signal].filter((given) => given !== undefined));
         const startedAt = performance.now();
         return await inFlight.run(() => AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]), () => {
-          const leftMs = Math.floor(timeoutMs - (performance.now() - startedAt));
+          const waitedMs = performance.now() - startedAt;
+          const leftMs = waitedMs < 1 ? timeoutMs : Math.floor(timeoutMs - waitedMs);
           if (leftMs <= 0) throw waitedTooLong(options.target, inFlight.limit, timeoutMs);
           return breaker.execute(() =>
             call(request, { ...callOptions, timeoutMs: leftMs, headers, signal }).catch((error: unknown) => {
