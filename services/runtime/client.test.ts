@@ -278,7 +278,7 @@ describe("createServiceClient()", () => {
     // a burst of 1,000 resets for the Rapid Reset attack and closes the connection, and every
     // other call on it (the patient ones here) fails INTERNAL, "Session closed with error code 2".
     answerB = async () => {
-      await sleep(300);
+      await sleep(1000);
       return allow();
     };
     await riskFromA.evaluate({ paymentId: "pay_warm" });
@@ -303,7 +303,7 @@ describe("createServiceClient()", () => {
     // differs by its trailing slash): B's nghttp2 closes the connection, which connect-node
     // reports as INTERNAL.
     answerB = async () => {
-      await sleep(300);
+      await sleep(1000);
       return allow();
     };
     const unbounded = createServiceClient(RiskService, {
