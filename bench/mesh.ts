@@ -81,6 +81,7 @@ import {
   Accounting,
   BASELINE_CLIENTS,
   BenchMesh,
+  FINAL_STATUSES,
   LoadProcess,
   MESH_SERVICES,
   ServiceProcess,
@@ -97,6 +98,7 @@ import {
   processMemoryMb,
   rate,
   round,
+  statusLabel,
   runGuarded,
 } from "./support.js";
 
@@ -132,8 +134,6 @@ const CPU_PROF_DIR = process.env.BENCH_CPU_PROF ? path.resolve(process.env.BENCH
 
 const CURRENCY = "NGN";
 const COUNTRY = "NG";
-/** Statuses a payment does not leave. */
-const FINAL = [PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.CANCELED];
 const DRAIN_POLL_MS = 250;
 const FUND_MINOR = 1_000_000_000_000n; // per customer: far more than the run can spend
 const SETUP_CONCURRENCY = 16;
@@ -472,7 +472,7 @@ async function gatewayPaymentsEnded(sql: postgres.Sql, tenantId: string, timeout
   for (;;) {
     const [row] = await sql<{ open: number }[]>`
       select count(*)::int as open from router.payments
-      where tenant_id = ${tenantId} and kind = any(${GATEWAY_KINDS}) and status <> all(${FINAL})`;
+      where tenant_id = ${tenantId} and kind = any(${GATEWAY_KINDS}) and status <> all(${FINAL_STATUSES})`;
     if (row?.open === 0) return (performance.now() - startedMs) / 1000;
     if (performance.now() - startedMs > timeoutMs) return null;
     await pause(DRAIN_POLL_MS);
@@ -514,7 +514,7 @@ async function checkGatewayPayments(sql: postgres.Sql, control: SimulatorControl
     lost: [...accepted.payIns, ...accepted.payouts].filter((id) => !known.has(id)).length,
     // The load sends each key as the payment's reference too.
     doubled: rows.length - new Set(rows.map((row) => row.reference)).size,
-    unfinished: rows.filter((row) => !FINAL.includes(row.status)).length,
+    unfinished: rows.filter((row) => !FINAL_STATUSES.includes(row.status)).length,
     mismatched: 0,
   };
   for (const [kind, operation, into] of [[PaymentKind.PAY_IN, "charge", check.payIns], [PaymentKind.PAYOUT, "payout", check.payouts]] as const) {
@@ -522,7 +522,7 @@ async function checkGatewayPayments(sql: postgres.Sql, control: SimulatorControl
     const records = recordsByPayment(await control.records({ operation }), ofKind.map((row) => row.id));
     check.doubled += records.orphans;
     for (const row of ofKind) {
-      const label = (PaymentStatus[row.status] ?? String(row.status)) + (row.failure_code ? `:${row.failure_code}` : "");
+      const label = statusLabel(row.status, row.failure_code);
       into.ended[label] = (into.ended[label] ?? 0) + 1;
       const succeeded = (records.byPayment.get(row.id) ?? []).filter((record) => record.status === "succeeded");
       if (succeeded.length > 1) check.doubled++;

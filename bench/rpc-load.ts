@@ -72,7 +72,7 @@ const REQUEST = create(HealthCheckRequestSchema, { service: "" });
 
 function connectClient(kind: "connect" | "connect-grpc", port: number, timeoutMs: number): BenchClient {
   const baseUrl = `http://127.0.0.1:${port}`;
-  // Same HTTP/2 settings as services/runtime/client.ts sharedTransport(); the session manager is
+  // Same HTTP/2 settings as services/runtime/client.ts sharedTarget(); the session manager is
   // ours so that the connection can be closed when the case ends.
   const sessionManager = new Http2SessionManager(baseUrl, {
     pingIntervalMs: 10_000,

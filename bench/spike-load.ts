@@ -22,7 +22,7 @@ import { pathToFileURL } from "node:url";
 import postgres from "postgres";
 import { PaymentKind, PaymentStatus, type CreatePaymentResponse } from "../gen/cowrie/edge/v1/payments_pb.js";
 import { PaymentStatus as RouterPaymentStatus } from "../gen/cowrie/router/v1/router_pb.js";
-import { BenchCheck, EdgePayments, describeFailure, openLoop, sendToParent, serveLoad, summarize, type LatencySummary } from "./support.js";
+import { BenchCheck, EdgePayments, FINAL_STATUSES, describeFailure, openLoop, sendToParent, serveLoad, summarize, type LatencySummary } from "./support.js";
 
 export interface SpikeSetupMessage {
   type: "setup";
@@ -134,7 +134,6 @@ interface PayIn {
 }
 
 const FIRST_ERRORS_MAX = 8;
-const FINAL = [RouterPaymentStatus.SUCCEEDED, RouterPaymentStatus.FAILED, RouterPaymentStatus.CANCELED];
 /** How often the sustain phase asks which of its payments are final. */
 const FINAL_POLL_INTERVAL_MS = 50;
 /** Longest a sustain worker waits for its payment to be final before it goes on. */
@@ -192,7 +191,7 @@ class FinalWatcher {
     try {
       const rows = await this.sql<{ id: string; status: number }[]>`
         select id, status from router.payments
-        where id = any(${[...this.waiting.keys()]}) and status = any(${FINAL})`;
+        where id = any(${[...this.waiting.keys()]}) and status = any(${FINAL_STATUSES})`;
       for (const row of rows) this.settle(row.id, row.status);
     } catch {
       // A failed poll is retried on the next tick; each wait is bounded by its own timeout.

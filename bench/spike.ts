@@ -81,6 +81,7 @@ import type { SpikeChildMessage, SpikeMessage, SpikeResult, SpikeSetupMessage, S
 import {
   Accounting,
   BenchMesh,
+  FINAL_STATUSES,
   LoadProcess,
   MESH_SERVICES,
   ServiceProcess,
@@ -93,6 +94,7 @@ import {
   postedMinor,
   recordsByPayment,
   round,
+  statusLabel,
   runGuarded,
 } from "./support.js";
 
@@ -140,7 +142,6 @@ const SETTLE_TIMEOUT_MS = 30_000;
 const SPIKE_MAX_IN_FLIGHT = 8192;
 
 /** Final payment statuses; every other one (CREATED, PROCESSING, OUTCOME_UNKNOWN...) is backlog. */
-const FINAL = [PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.CANCELED];
 
 const progress = (line: string): void => {
   process.stderr.write(`${NAME}: ${line}\n`);
@@ -213,7 +214,7 @@ class BacklogMonitor {
   private async sample(): Promise<BacklogSample> {
     const [[counts], queued] = await Promise.all([
       this.sql<{ backlog: number; final: number }[]>`
-        select count(*) filter (where status <> all(${FINAL}))::int as backlog, count(*) filter (where status = any(${FINAL}))::int as final
+        select count(*) filter (where status <> all(${FINAL_STATUSES}))::int as backlog, count(*) filter (where status = any(${FINAL_STATUSES}))::int as final
         from router.payments`,
       Promise.race([
         this.amqp.queueDeclare({ queue: this.workQueue, passive: true }).then((ok) => ok.messageCount, () => -1),
@@ -357,20 +358,19 @@ async function main(): Promise<never> {
       select id, status, amount_minor::text, failure_code, reference from router.payments where tenant_id = ${tenant.tenantId}`;
     const rowById = new Map(rows.map((row) => [row.id, row]));
     const acceptedIds = new Set(accepted.map((payment) => payment.id));
-    const statusOf = (status: number): string => PaymentStatus[status] ?? String(status);
     const acceptedEnded: Record<string, number> = {};
     for (const payment of accepted) {
       const row = rowById.get(payment.id);
-      const label = row ? statusOf(row.status) + (row.failure_code ? `:${row.failure_code}` : "") : "MISSING";
+      const label = row ? statusLabel(row.status, row.failure_code) : "MISSING";
       acceptedEnded[label] = (acceptedEnded[label] ?? 0) + 1;
     }
     const acceptedSucceeded = acceptedEnded.SUCCEEDED ?? 0;
     const lost = accepted.length - acceptedSucceeded;
-    const unfinished = rows.filter((row) => !FINAL.includes(row.status)).length;
+    const unfinished = rows.filter((row) => !FINAL_STATUSES.includes(row.status)).length;
     const amountMismatch = accepted.filter((payment) => rowById.has(payment.id) && rowById.get(payment.id)?.amount_minor !== payment.amountMinor).length;
     // Payments recorded although their call failed (the outcome was unknown to the client).
     const unacknowledged: Record<string, number> = {};
-    for (const row of rows) if (!acceptedIds.has(row.id)) unacknowledged[statusOf(row.status)] = (unacknowledged[statusOf(row.status)] ?? 0) + 1;
+    for (const row of rows) if (!acceptedIds.has(row.id)) unacknowledged[statusLabel(row.status)] = (unacknowledged[statusLabel(row.status)] ?? 0) + 1;
     const unacknowledgedCount = Object.values(unacknowledged).reduce((sum, count) => sum + count, 0);
     const succeededRows = rows.filter((row) => row.status === PaymentStatus.SUCCEEDED);
     const succeededMinor = succeededRows.reduce((sum, row) => sum + BigInt(row.amount_minor), 0n);

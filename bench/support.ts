@@ -21,6 +21,7 @@ import { WalletsService, type WalletKind } from "../gen/cowrie/edge/v1/wallets_p
 import { FindingKind, LedgerService, type Account, type VerifyJournalResponse } from "../gen/cowrie/ledger/v1/ledger_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { deleteRedisKeys } from "../services/risk/test-support.js";
+import { PaymentStatus as RouterPaymentStatus } from "../gen/cowrie/router/v1/router_pb.js";
 import { meshTopology } from "../services/mesh.js";
 import { gatewayReference } from "../services/router/gateway-flow.js";
 import type { RecordView } from "../services/simulator/control.js";
@@ -940,6 +941,14 @@ export const countsText = (byCode: Record<string, number>): string =>
 export function journalLine(verify: VerifyJournalResponse): string {
   return `journal: ${verify.findings.length} findings over ${verify.transfersChecked} transfers` +
     (verify.findings.length > 0 ? ` (${verify.findings.slice(0, 3).map((finding) => `${FindingKind[finding.kind]}: ${finding.detail}`).join("; ")})` : "");
+}
+
+/** Statuses a payment of router.payments does not leave. */
+export const FINAL_STATUSES = [RouterPaymentStatus.SUCCEEDED, RouterPaymentStatus.FAILED, RouterPaymentStatus.CANCELED];
+
+/** How a router.payments row stands, for reports: "SUCCEEDED", "FAILED:gateway_declined". */
+export function statusLabel(status: number, failureCode = ""): string {
+  return (RouterPaymentStatus[status] ?? String(status)) + (failureCode ? `:${failureCode}` : "");
 }
 
 /**

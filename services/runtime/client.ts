@@ -19,28 +19,38 @@ import type { Logger } from "./log.js";
 import { metrics } from "./metrics.js";
 import { REQUEST_ID_HEADER } from "./server.js";
 
-const transports = new Map<string, Transport>();
-const inFlightLimits = new Map<string, InFlightLimit>();
+/** A process's connection to one base URL, and the limit on the calls it has on the wire. */
+interface Target {
+  readonly transport: Transport;
+  readonly inFlight: InFlightLimit;
+}
+
+const targets = new Map<string, Target>();
 
 /**
- * The process-wide transport for a base URL. Cowrie's internal hops speak the Connect protocol
- * with binary Protobuf over HTTP/2: on these machines a connect-node server handles about twice
- * as many Connect calls per second as gRPC calls (see NOTES.md and `npm run bench:rpc`).
+ * The process-wide transport for a base URL, with its in-flight limit (set by the first client of
+ * the URL). Cowrie's internal hops speak the Connect protocol with binary Protobuf over HTTP/2: on
+ * these machines a connect-node server handles about twice as many Connect calls per second as
+ * gRPC calls (see NOTES.md and `npm run bench:rpc`).
  */
-export function sharedTransport(baseUrl: string): Transport {
-  let transport = transports.get(baseUrl);
-  if (!transport) {
-    transport = createConnectTransport({
-      baseUrl,
-      httpVersion: "2",
-      useBinaryFormat: true,
-      pingIntervalMs: 10_000,
-      pingTimeoutMs: 5_000,
-      idleConnectionTimeoutMs: 60_000,
-    });
-    transports.set(baseUrl, transport);
+function sharedTarget(options: ClientOptions): Target {
+  let target = targets.get(options.baseUrl);
+  if (!target) {
+    const gauge = metrics().clientWaitingCalls;
+    target = {
+      transport: createConnectTransport({
+        baseUrl: options.baseUrl,
+        httpVersion: "2",
+        useBinaryFormat: true,
+        pingIntervalMs: 10_000,
+        pingTimeoutMs: 5_000,
+        idleConnectionTimeoutMs: 60_000,
+      }),
+      inFlight: new InFlightLimit(options.config.clientMaxInFlight, (waiting) => gauge.set({ target: options.target }, waiting)),
+    };
+    targets.set(options.baseUrl, target);
   }
-  return transport;
+  return target;
 }
 
 /**
@@ -91,17 +101,6 @@ export class InFlightLimit {
       signal.addEventListener("abort", onAbort, { once: true });
     });
   }
-}
-
-/** The process-wide in-flight limit of a base URL's transport. */
-function sharedInFlightLimit(baseUrl: string, limit: number, target: string): InFlightLimit {
-  let shared = inFlightLimits.get(baseUrl);
-  if (!shared) {
-    const gauge = metrics().clientWaitingCalls;
-    shared = new InFlightLimit(limit, (waiting) => gauge.set({ target }, waiting));
-    inFlightLimits.set(baseUrl, shared);
-  }
-  return shared;
 }
 
 /**
@@ -175,8 +174,8 @@ function waitedTooLong(target: string, limit: number, timeoutMs: number): Connec
 
 /** A client for one target service whose unary methods carry deadline, request id, in-flight limit and breaker. */
 export function createServiceClient<T extends DescService>(service: T, options: ClientOptions): Client<T> {
-  const inner = createClient(service, sharedTransport(options.baseUrl)) as Record<string, (...args: never[]) => unknown>;
-  const inFlight = sharedInFlightLimit(options.baseUrl, options.config.clientMaxInFlight, options.target);
+  const { transport, inFlight } = sharedTarget(options);
+  const inner = createClient(service, transport) as Record<string, (...args: never[]) => unknown>;
   const breaker = createBreaker(options);
   const counter = metrics().clientRequests;
   const client: Record<string, unknown> = {};
