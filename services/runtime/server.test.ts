@@ -594,4 +594,25 @@ describe("RunningServer.close()", () => {
     assert.equal(afterClose.code, Code.Unavailable);
     assert.equal(target.health.status, ServingStatus.NOT_SERVING);
   });
+  it("aborts a call still running when the grace period is over, with UNAVAILABLE naming the shutdown", async () => {
+    let seen: unknown;
+    let handlerReached: () => void = () => {};
+    const reached = new Promise<void>((resolve) => (handlerReached = resolve));
+    const stubborn = await startTestServer("router-stubborn-test", async () => {
+      const signal = currentCallContext()?.signal as AbortSignal;
+      handlerReached();
+      await new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
+      seen = signal.reason;
+      throw signal.reason;
+    }, { COWRIE_SHUTDOWN_GRACE_MS: "200" });
+    const call = rejection(createClient(RouterService, stubborn.grpc()).getPayment({ tenantId: "ten_1", paymentId: "pay_stubborn" }, { timeoutMs: 5000 }));
+    await within(reached, 2000, "the call reaching the handler");
+    await within(stubborn.server.close(), 2000, "close()");
+    await stubborn.close();
+    assert.ok(seen instanceof ConnectError, `the handler's signal was aborted with ${String(seen)}`);
+    assert.equal(seen.code, Code.Unavailable);
+    assert.match(seen.message, /router-stubborn-test is shutting down/);
+    assert.equal((await call).code, Code.Unavailable);
+    assert.ok(stubborn.logLines().some((line) => line.msg === "grace period over; closing with calls in flight" && line.inFlight === 1));
+  });
 });

@@ -5,7 +5,6 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
-import { setMaxListeners } from "node:events";
 import { randomUUID } from "node:crypto";
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, cors, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
@@ -66,7 +65,7 @@ export function clientTimeoutMs(header: Headers): number | undefined {
  * context, cuts it off at the deadline, maps stray errors to deliberate codes, and writes the
  * one log line and the metrics of the call.
  */
-function callInterceptor(name: string, config: Config, log: Logger, inFlight: { count: number }): Interceptor {
+function callInterceptor(name: string, config: Config, log: Logger, inFlight: Set<AbortController>): Interceptor {
   const { rpcRequests, rpcDurationSeconds } = metrics();
   return (next) => async (request) => {
     const startedAtMs = Date.now();
@@ -88,9 +87,9 @@ function callInterceptor(name: string, config: Config, log: Logger, inFlight: { 
     });
     const method = request.method.name;
     let code = "ok";
-    if (!request.stream) inFlight.count++;
+    if (!request.stream) inFlight.add(controller);
     try {
-      const context = { requestId, deadlineAtMs: startedAtMs + budgetMs, signal: controller.signal };
+      const context = { requestId, deadlineAtMs: startedAtMs + budgetMs, receivedAtMs: startedAtMs, signal: controller.signal };
       const work = runInCallContext(context, () => next(request));
       // Streams (health Watch, reflection) live longer than any deadline: only unary calls race it.
       const response = request.stream ? await work : await Promise.race([work, deadline]);
@@ -107,7 +106,7 @@ function callInterceptor(name: string, config: Config, log: Logger, inFlight: { 
     } finally {
       clearTimeout(timer);
       request.signal.removeEventListener("abort", onCallerGone);
-      if (!request.stream) inFlight.count--;
+      inFlight.delete(controller);
       const durationMs = Math.round((performance.now() - startedAt) * 100) / 100;
       const labels = { service: name, method, code };
       rpcRequests.inc(labels);
@@ -128,10 +127,11 @@ export type AnyResponse = http.ServerResponse | http2.Http2ServerResponse;
 
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const { name, config, log, health } = options;
-  const inFlight = { count: 0 };
-  const shutdown = new AbortController();
-  // connect-node links every in-flight call to this signal: one listener per call, by design.
-  setMaxListeners(0, shutdown.signal);
+  // The unary calls in flight, each by its own abort controller: close() waits for them, then
+  // aborts those still running. Not connect-node's shutdownSignal: that links every call to one
+  // shared AbortSignal, and adding or removing a listener walks all of them (O(n) each), which
+  // cost the Edge 8% of its CPU with 3,000 calls in flight during a spike.
+  const inFlight = new Set<AbortController>();
   const rpcHandler = connectNodeAdapter({
     routes: (router) => {
       options.routes(router);
@@ -139,7 +139,6 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       registerReflection(router, options.services);
     },
     interceptors: [callInterceptor(name, config, log, inFlight)],
-    shutdownSignal: shutdown.signal,
   });
 
   const handle = (request: AnyRequest, response: AnyResponse): void => {
@@ -197,9 +196,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       health.shutdown();
       listener.close();
       const graceEndsAtMs = Date.now() + config.shutdownGraceMs;
-      while (inFlight.count > 0 && Date.now() < graceEndsAtMs) await pause(20);
-      if (inFlight.count > 0) log.warn({ inFlight: inFlight.count }, "grace period over; closing with calls in flight");
-      shutdown.abort();
+      while (inFlight.size > 0 && Date.now() < graceEndsAtMs) await pause(20);
+      if (inFlight.size > 0) log.warn({ inFlight: inFlight.size }, "grace period over; closing with calls in flight");
+      const stopping = new ConnectError(`${name} is shutting down`, Code.Unavailable);
+      for (const controller of inFlight) controller.abort(stopping);
       for (const session of sessions) session.close();
       h1.closeIdleConnections();
       await pause(50);
