@@ -7,6 +7,8 @@ export interface CallContext {
   readonly requestId: string;
   /** Epoch milliseconds by which the caller needs an answer. */
   readonly deadlineAtMs: number;
+  /** Epoch milliseconds at which the request arrived, for a call served by this process. */
+  readonly receivedAtMs?: number;
   /** Aborted when the deadline passes or the caller goes away. */
   readonly signal: AbortSignal;
 }

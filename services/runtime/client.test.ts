@@ -368,6 +368,40 @@ describe("createServiceClient()", () => {
     }
   });
 
+  it("does not open the breaker for calls that waited in line until little time was left, but does for fresh calls that expire", async () => {
+    // One slot: "hold" keeps it 500 ms, so "late" (800 ms) goes out with about 300 ms, less than
+    // half its time, and expires at the slow target. Under overload such expiries are the queue's
+    // doing; counted, they would open the breaker and fail every call waiting behind them.
+    const reached: string[] = [];
+    const slow = await startOn<EvaluateRequest, EvaluateResponse>("risk-slow", RiskService, async (request) => {
+      reached.push(request.paymentId);
+      await sleep(request.paymentId.startsWith("pay_hold") ? 500 : 2000);
+      return allow();
+    }, { config: configB, log: logsB.log });
+    try {
+      const config = testConfig({ ...baseEnv, COWRIE_CLIENT_MAX_IN_FLIGHT: "1", COWRIE_BREAKER_FAILURES: "2", COWRIE_BREAKER_HALF_OPEN_AFTER_MS: "60000" });
+      const risk = createServiceClient(RiskService, { caller: "router-a", target: "risk-slow", baseUrl: slow.baseUrl, config, log: logsA.log });
+      await risk.evaluate({ paymentId: "pay_hold_connect" });
+      for (let round = 0; round < 3; round++) {
+        const hold = risk.evaluate({ paymentId: `pay_hold${round}` }, { timeoutMs: 5000 });
+        const late = rejection(risk.evaluate({ paymentId: `pay_late${round}` }, { timeoutMs: 800 }));
+        await hold;
+        assert.equal((await late).code, Code.DeadlineExceeded, `round ${round}`);
+      }
+      assert.deepEqual(reached.filter((id) => id.startsWith("pay_late")), ["pay_late0", "pay_late1", "pay_late2"], "the late calls went out");
+      assert.equal(await breakerState("router-a", "risk-slow"), 0, "three expiries in a row, and the breaker stayed closed");
+
+      for (let i = 0; i < 2; i++) {
+        const fresh = await rejection(risk.evaluate({ paymentId: `pay_fresh${i}` }, { timeoutMs: 200 }));
+        assert.equal(fresh.code, Code.DeadlineExceeded);
+      }
+      assert.equal(await breakerState("router-a", "risk-slow"), 1, "two fresh expiries opened it");
+      assert.match((await rejection(risk.evaluate({ paymentId: "pay_after" }))).rawMessage, /circuit breaker open/);
+    } finally {
+      await slow.server.close();
+    }
+  });
+
   it("serves a grpc-js client that uses only the generated protobuf-es code", async () => {
     answerB = async (request) => allow([`seen:${request.paymentId}`]);
     const RouterClient = grpc.makeGenericClientConstructor(grpcServiceDefinition(RouterService), "RouterService");

@@ -103,13 +103,17 @@ export class InFlightLimit {
   }
 }
 
+/** Deadline expiries of calls that were sent with too little of their time left: see below. */
+const expiredInLine = new WeakSet<ConnectError>();
+
 /**
  * Failures that say the target is unhealthy: it could not be reached, or did not answer within
  * the deadline. Business outcomes (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND...) prove the
- * target is working and never count.
+ * target is working and never count, and neither does the expiry of a call that waited in this
+ * process until less than half of its time was left (expiredInLine).
  */
-export function isTargetFailure(error: unknown): boolean {
-  if (!(error instanceof ConnectError)) return false;
+function isTargetFailure(error: unknown): boolean {
+  if (!(error instanceof ConnectError) || expiredInLine.has(error)) return false;
   return error.code === Code.Unavailable || error.code === Code.DeadlineExceeded || error.code === Code.Unknown;
 }
 
@@ -188,8 +192,12 @@ export function createServiceClient<T extends DescService>(service: T, options: 
     client[method.localName] = async (request: unknown, callOptions: CallOptions = {}) => {
       const context = currentCallContext();
       // A caller may ask for less time than the budget allows, never for more.
-      const budgetMs = outboundTimeoutMs(context ? remainingMs(context) : undefined, options.config);
-      const timeoutMs = callOptions.timeoutMs && callOptions.timeoutMs > 0 ? Math.min(budgetMs, callOptions.timeoutMs) : budgetMs;
+      const askedMs = callOptions.timeoutMs && callOptions.timeoutMs > 0 ? callOptions.timeoutMs : Infinity;
+      const timeoutMs = Math.min(outboundTimeoutMs(context ? remainingMs(context) : undefined, options.config), askedMs);
+      // What the call would have carried had it been sent the moment its request arrived here.
+      const fullMs = context?.receivedAtMs === undefined
+        ? timeoutMs
+        : Math.min(outboundTimeoutMs(context.deadlineAtMs - context.receivedAtMs, options.config), askedMs);
       let code = "ok";
       try {
         if (timeoutMs <= 0) {
@@ -203,9 +211,15 @@ export function createServiceClient<T extends DescService>(service: T, options: 
           const waitedMs = performance.now() - startedAt;
           const leftMs = waitedMs < 1 ? timeoutMs : Math.floor(timeoutMs - waitedMs);
           if (leftMs <= 0) throw waitedTooLong(options.target, inFlight.limit, timeoutMs);
+          // A call that waited here (for a database connection, for a slot) until less than half
+          // of its time was left says little about the target when it expires: under overload
+          // such expiries would open the breaker and fail every call waiting behind them at once.
+          const sentInTime = leftMs * 2 >= fullMs;
           return breaker.execute(() =>
             call(request, { ...callOptions, timeoutMs: leftMs, headers, signal }).catch((error: unknown) => {
-              throw connectionLost(options.target, error);
+              const failure = connectionLost(options.target, error);
+              if (!sentInTime && failure instanceof ConnectError && failure.code === Code.DeadlineExceeded) expiredInLine.add(failure);
+              throw failure;
             }),
           );
         }).catch((error: unknown) => {
