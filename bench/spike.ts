@@ -61,9 +61,12 @@
 //   COWRIE_GATEWAY_WORKERS, COWRIE_GATEWAY_CONCURRENCY, COWRIE_GATEWAY_RATE_PER_SECOND... reach the Router.
 //   BENCH_LOG_DIR=<dir>  also write every process's whole output to <dir>/<name>.log (only warnings
 //                        and errors unless COWRIE_LOG_LEVEL is set; a few are relayed to stderr anyway).
+//   BENCH_CPU_PROF=<dir> start every service with --cpu-prof into <dir>/<service>/ and write <dir>/windows.json
+//                        ("spike" and "drain", monotonic µs); `bench/profile-summary.ts <dir> spike` reads them.
 //   TEST_DATABASE_URL, TEST_REDIS_URL, TEST_AMQP_URL  the servers (defaults: the local ones).
 // Defaults take about two minutes: the backlog of a 10x spike takes about nine spike-lengths to
 // drain at the sustainable rate.
+import { writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
@@ -121,6 +124,8 @@ const MERCHANTS = Math.floor(option("merchants", "BENCH_MERCHANTS", 10, 1, 990))
 const CONNECTIONS = Math.floor(option("connections", "BENCH_CONNECTIONS", 8, 1, 64));
 const TIMEOUT_MS = Math.floor(option("timeout-ms", "BENCH_TIMEOUT_MS", 10_000, 100, 60_000));
 const LOG_DIR = process.env.BENCH_LOG_DIR ? path.resolve(process.env.BENCH_LOG_DIR) : undefined;
+const CPU_PROF_DIR = process.env.BENCH_CPU_PROF ? path.resolve(process.env.BENCH_CPU_PROF) : undefined;
+const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n);
 
 if (GATEWAY_P99_MS < GATEWAY_MEDIAN_MS) {
   console.error(`${NAME}: --gateway-p99-ms must be at least --gateway-median-ms`);
@@ -270,6 +275,7 @@ async function main(): Promise<never> {
       }),
       progress,
       logDir: LOG_DIR,
+      cpuProfDir: CPU_PROF_DIR,
       startTimeoutMs: START_TIMEOUT_MS,
       stopGraceMs: STOP_GRACE_MS,
     });
@@ -327,9 +333,11 @@ async function main(): Promise<never> {
     const accounting = new Accounting(monitorSql, databaseName, () => pidLabels);
     const cpuAtStart = await accounting.sample();
     const spikeStart = await backlog.after(performance.now());
+    const spikeStartUs = monotonicUs();
     load.send(spikeMessage);
     await spikeEnded;
     const spikeEndMs = performance.now();
+    const spikeEndUs = monotonicUs();
     let spike: SpikeResult | undefined;
     void spikeResulted.then((result) => (spike = result as SpikeResult), () => undefined);
     const atSpikeEnd = await backlog.after(spikeEndMs);
@@ -340,6 +348,10 @@ async function main(): Promise<never> {
     const spikeResult = (await spikeResulted) as SpikeResult;
     await backlog.stop();
     const cpu = accounting.delta(cpuAtStart, await accounting.sample());
+    if (CPU_PROF_DIR) {
+      const windows = { spike: { startUs: spikeStartUs, endUs: spikeEndUs }, drain: { startUs: spikeEndUs, endUs: monotonicUs() } };
+      writeFileSync(path.join(CPU_PROF_DIR, "windows.json"), JSON.stringify(windows, null, 2));
+    }
     const drainSeconds = drainedSample ? (drainedSample.atMs - spikeEndMs) / 1000 : null;
     const window = backlog.samples.filter((sample) => sample.atMs >= spikeStart.atMs);
     const peak = window.reduce((best, sample) => (sample.backlog > best.backlog ? sample : best), spikeStart);
