@@ -29,7 +29,7 @@ import {
 } from "../../gen/cowrie/risk/v1/risk_pb.js";
 import type { Config } from "../runtime/config.js";
 import { failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
-import { errorText } from "../runtime/log.js";
+import { errorText, sampledLog } from "../runtime/log.js";
 import type { ServiceModule } from "../runtime/service.js";
 import { limitText, requireAmountMinor, requireCurrency, requireEnum, optionalId, optionalTime, requireId, requirePageSize, requireText } from "../runtime/validate.js";
 import { Counters, type Counted } from "./counters.js";
@@ -184,7 +184,7 @@ export const riskModule: ServiceModule = {
       log.warn({ tenantId, err: errorText(error) }, "risk settings could not be read; using the last ones"));
     const fallback = FALLBACK_ACTIONS[config.riskWhenUnavailable];
     // While Redis is away every evaluation falls back: one warning a second, with a count.
-    const unavailableLog = { lastAtMs: -Infinity, suppressed: 0 };
+    const unavailableLog = sampledLog();
 
     /** The window counts, or why they could not be had. */
     async function countOrExplain(payment: EvaluateInput, settings: Settings): Promise<Counted | { kind: "unavailable"; why: string }> {
@@ -192,13 +192,8 @@ export const riskModule: ServiceModule = {
         return await withTimeout(counters.count({ ...payment, windows: windowsOf(settings) }), config.riskRedisTimeoutMs);
       } catch (error) {
         const why = errorText(error);
-        if (performance.now() - unavailableLog.lastAtMs >= 1000) {
-          log.warn({ err: why, fallbacksNotLogged: unavailableLog.suppressed, whenUnavailable: config.riskWhenUnavailable }, "risk counters unavailable; applying COWRIE_RISK_WHEN_UNAVAILABLE");
-          unavailableLog.lastAtMs = performance.now();
-          unavailableLog.suppressed = 0;
-        } else {
-          unavailableLog.suppressed++;
-        }
+        unavailableLog("counters", (notLogged) =>
+          log.warn({ err: why, notLogged, whenUnavailable: config.riskWhenUnavailable }, "risk counters unavailable; applying COWRIE_RISK_WHEN_UNAVAILABLE"));
         return { kind: "unavailable", why: `Redis unavailable (${why})` };
       }
     }

@@ -5,7 +5,7 @@
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { Decision, RiskService } from "../../gen/cowrie/risk/v1/risk_pb.js";
 import { PaymentKind, PaymentStatus } from "../../gen/cowrie/router/v1/router_pb.js";
-import { errorText, type Logger } from "../runtime/log.js";
+import { errorText, sampledLog, type Logger } from "../runtime/log.js";
 import type { Instrument } from "./schema.js";
 import type { OutcomeFields, PaymentRow } from "./store.js";
 
@@ -62,6 +62,9 @@ export function defaultUserId(kind: PaymentKind, sourceWalletId: string, custome
 }
 
 export class RiskCheck {
+  /** While Risk is away every payment falls back: one warning a second, with a count. */
+  readonly #fallbackLog = sampledLog();
+
   constructor(
     private readonly risk: Client<typeof RiskService>,
     private readonly options: RiskCheckOptions,
@@ -88,7 +91,8 @@ export class RiskCheck {
       if (!decision) throw new ConnectError(`risk answered decision ${answer.decision}`, Code.Internal);
       return { decision, score: answer.score, reasons: answer.reasons };
     } catch (error) {
-      this.log.warn({ paymentId: payment.id, err: errorText(error) }, `risk could not evaluate the payment; applying COWRIE_RISK_WHEN_UNAVAILABLE=${this.options.whenUnavailable}`);
+      this.#fallbackLog("evaluate", (notLogged) =>
+        this.log.warn({ paymentId: payment.id, err: errorText(error), notLogged }, `risk could not evaluate the payment; applying COWRIE_RISK_WHEN_UNAVAILABLE=${this.options.whenUnavailable}`));
       return { decision: this.options.whenUnavailable, score: 0, reasons: ["RISK_UNAVAILABLE"] };
     }
   }

@@ -366,6 +366,26 @@ describe("startServer()", () => {
     const logged = target.logLines().filter((line) => line.msg === "rpc failed");
     assert.ok(logged.some((line) => JSON.stringify(line.err).includes("hunter2")), "the hidden message is logged");
   });
+
+  it("logs repeated UNAVAILABLE at most once a second per method, counting the lines left out", async () => {
+    const refusing = await startTestServer("router-refusing-test", async () => {
+      throw Object.assign(new Error("connect ECONNREFUSED 10.9.9.9:5432"), { code: "ECONNREFUSED" });
+    });
+    try {
+      const client = createClient(RouterService, refusing.grpc());
+      const refuse = async (count: number): Promise<void> => {
+        for (let i = 0; i < count; i++) assert.equal((await rejection(client.getPayment({ tenantId: "ten_1", paymentId: `pay_${i}` }))).code, Code.Unavailable);
+      };
+      await refuse(20);
+      await sleep(1100);
+      await refuse(1);
+      const failed = refusing.logLines().filter((line) => line.msg === "rpc failed");
+      assert.deepEqual(failed.map((line) => line.notLogged), [0, 19]);
+      assert.equal(refusing.rpcLines().filter((line) => line.code === "unavailable").length, 21, "every call keeps its rpc line");
+    } finally {
+      await refusing.close();
+    }
+  });
 });
 
 describe("registerReflection()", () => {

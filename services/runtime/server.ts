@@ -14,7 +14,7 @@ import { runInCallContext, serverBudgetMs } from "./call-context.js";
 import type { Config } from "./config.js";
 import { toConnectError } from "./errors.js";
 import { HealthState, registerHealth } from "./health.js";
-import type { Logger } from "./log.js";
+import { sampledLog, type Logger } from "./log.js";
 import { metrics } from "./metrics.js";
 import { pause } from "./pause.js";
 import { reflectedServices, registerReflection } from "./reflection.js";
@@ -67,6 +67,9 @@ export function clientTimeoutMs(header: Headers): number | undefined {
  */
 function callInterceptor(name: string, config: Config, log: Logger, inFlight: Set<AbortController>): Interceptor {
   const { rpcRequests, rpcDurationSeconds } = metrics();
+  // UNAVAILABLE repeats on every call while a dependency is away (a breaker open fails hundreds a
+  // second): one line a second per method, with a count; every call still has its "rpc" line.
+  const unavailableLog = sampledLog();
   return (next) => async (request) => {
     const startedAtMs = Date.now();
     // The handling time from the monotonic clock: Date.now() counts whole milliseconds, too coarse
@@ -98,8 +101,9 @@ function callInterceptor(name: string, config: Config, log: Logger, inFlight: Se
     } catch (error) {
       const mapped = toConnectError(error);
       code = codeToString(mapped.code);
-      if (mapped.code === Code.Internal || mapped.code === Code.Unavailable) {
-        log.error({ err: error, requestId, method }, "rpc failed");
+      if (mapped.code === Code.Internal) log.error({ err: error, requestId, method }, "rpc failed");
+      if (mapped.code === Code.Unavailable) {
+        unavailableLog(method, (notLogged) => log.error({ err: error, requestId, method, notLogged }, "rpc failed"));
       }
       mapped.metadata.set(REQUEST_ID_HEADER, requestId);
       throw mapped;
