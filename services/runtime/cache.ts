@@ -220,6 +220,8 @@ export function createRedisCache(url: string, options: RedisCacheOptions): Cache
     connectTimeout: CONNECT_TIMEOUT_MS,
     retryStrategy: reconnectDelayMs,
     enableReadyCheck: true,
+    // Measured off (2026-12-07): on, bench:spike accepted 869 and 1,574 calls against 2,873 and
+    // 2,372 off, with UNAVAILABLE and INTERNAL errors; bench:risk handled fewer calls within 5 ms.
     enableAutoPipelining: false,
   });
   // An 'error' event without a listener would crash the process on every reconnect attempt.
