@@ -350,6 +350,7 @@ describe("createServiceClient()", () => {
     const fast = await rejection(risk.evaluate({ paymentId: "pay_fast" }));
     assert.equal(fast.code, Code.Unavailable);
     assert.match(fast.rawMessage, /circuit breaker open/);
+    assert.equal(fast.metadata.get("retry-after"), "1", "it says when the next probe goes through, in whole seconds");
     assert.ok(Date.now() - startedAt < 50, "an open breaker fails fast");
     assert.equal(await breakerState("router-a", "risk-down"), 1, "the gauge shows open");
 

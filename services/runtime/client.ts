@@ -181,6 +181,9 @@ export function createServiceClient<T extends DescService>(service: T, options: 
   const { transport, inFlight } = sharedTarget(options);
   const inner = createClient(service, transport) as Record<string, (...args: never[]) => unknown>;
   const breaker = createBreaker(options);
+  // When the open breaker lets its next probe through: what a caller failed fast should wait.
+  let probeAtMs = 0;
+  breaker.onBreak(() => (probeAtMs = Date.now() + options.config.breakerHalfOpenAfterMs));
   const counter = metrics().clientRequests;
   const client: Record<string, unknown> = {};
   for (const method of service.methods) {
@@ -229,7 +232,10 @@ export function createServiceClient<T extends DescService>(service: T, options: 
         });
       } catch (error) {
         const mapped = error instanceof BrokenCircuitError
-          ? new ConnectError(`${options.target} is unavailable: circuit breaker open, failing fast`, Code.Unavailable)
+          ? new ConnectError(`${options.target} is unavailable: circuit breaker open, failing fast`, Code.Unavailable, {
+            // Error metadata goes out as response headers (Connect) or trailers (gRPC).
+            "retry-after": String(Math.max(1, Math.ceil((probeAtMs - Date.now()) / 1000))),
+          })
           : withoutTransportMetadata(error);
         code = mapped instanceof ConnectError ? codeToString(mapped.code) : "unknown";
         throw mapped;
