@@ -16,7 +16,11 @@ import { validatePaymentFields, validatePayer, type CreatedKind } from "../route
 import { optionalEnum } from "../runtime/validate.js";
 import { publicPayment } from "./mapping.js";
 
-export function paymentsEndpoints(router: Client<typeof RouterService>): Endpoints<typeof PaymentsService> {
+/**
+ * `waiting` reaches the same Router for payments created with wait_for_outcome, which can last
+ * their whole deadline: in a lane of their own they cannot take the slots of every other call.
+ */
+export function paymentsEndpoints(router: Client<typeof RouterService>, waiting: Client<typeof RouterService>): Endpoints<typeof PaymentsService> {
   return {
     createPayment: mutate((request) => {
       const kind = optionalEnum(request.kind, "kind", PaymentKind) || PaymentKind.INTERNAL;
@@ -26,7 +30,7 @@ export function paymentsEndpoints(router: Client<typeof RouterService>): Endpoin
       // Checked here too, so bad input never takes an idempotency key; the Router fills defaults.
       validatePayer(request, "");
       return async ({ tenantId, downstreamKey }) => {
-        const response = await router.createPayment({
+        const response = await (request.waitForOutcome ? waiting : router).createPayment({
           tenantId,
           idempotencyKey: downstreamKey,
           kind: kind as number as InternalPaymentKind,

@@ -9,6 +9,7 @@ import postgres from "postgres";
 import { PaymentKind, PaymentsService, PaymentStatus } from "../../gen/cowrie/edge/v1/payments_pb.js";
 import { EntryType, HoldStatus, WalletKind, WalletsService, WalletStatus, type Wallet } from "../../gen/cowrie/edge/v1/wallets_pb.js";
 import { RefusalSchema } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
+import { metrics } from "../runtime/metrics.js";
 import { rejection } from "../runtime/testing.js";
 import { edgeClient, newTenant, snapshotRows, startEdgeMesh } from "./test-support.js";
 
@@ -219,6 +220,24 @@ describe("gateway payments through the public API", () => {
       assert.equal(error.code, Code.InvalidArgument, error.message);
       assert.ok(error.rawMessage.startsWith(`${field}:`), error.rawMessage);
     }
+  });
+});
+
+describe("payments waited for", () => {
+  it("reach the Router in a lane of their own (wait_for_outcome), beside the calls that do not wait", async () => {
+    const a = await tenantClients("tenant-waiting");
+    const payer = await newWallet(a.wallets, "payer", 10_000n);
+    const payee = await newWallet(a.wallets, "payee");
+    const sent = async (target: string): Promise<number> => {
+      const values = (await metrics().clientRequests.get()).values;
+      return values.find((value) => value.labels.service === "edge" && value.labels.target === target && value.labels.method === "CreatePayment")?.value ?? 0;
+    };
+    const [lane, plain] = [await sent("router/waiting"), await sent("router")];
+    const request = { sourceWalletId: payer.id, destinationWalletId: payee.id, amountMinor: 100n, currency: "USD" };
+    const waited = await a.payments.createPayment({ ...request, waitForOutcome: true }, keyed());
+    assert.equal(waited.payment?.status, PaymentStatus.SUCCEEDED);
+    await a.payments.createPayment(request, keyed());
+    assert.deepEqual([await sent("router/waiting") - lane, await sent("router") - plain], [1, 1]);
   });
 });
 

@@ -58,7 +58,7 @@ export const edgeModule: ServiceModule = {
       }
     };
     const wallets = publicService(WalletsService, guards, walletsEndpoints(client(WalletService, "wallet"), requireSandbox));
-    const payments = publicService(PaymentsService, guards, paymentsEndpoints(client(RouterService, "router")));
+    const payments = publicService(PaymentsService, guards, paymentsEndpoints(client(RouterService, "router"), client(RouterService, "router", "waiting")));
     const admin = operatorService(AdminService, operatorToken, adminImpl({ db, config, apiKeys }));
     const webhooks = createWebhooks({ db, config, log, guards });
     const eventOps = operatorService(EventOperationsService, operatorToken, edgeEventOperations(context));

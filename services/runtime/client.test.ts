@@ -403,6 +403,34 @@ describe("createServiceClient()", () => {
     }
   });
 
+  it("keeps calls of another lane off the target's slots: long waits cannot hold up short calls", async () => {
+    // One slot per lane. The waiting lane's slot is held by a call the target keeps for a second;
+    // a second waiting call queues behind it, while a call of the default lane goes straight through.
+    const target = await startOn<EvaluateRequest, EvaluateResponse>("risk-lanes", RiskService, async (request) => {
+      if (request.paymentId.startsWith("pay_long")) await sleep(1000);
+      return allow();
+    }, { config: configB, log: logsB.log });
+    try {
+      const config = testConfig({ ...baseEnv, COWRIE_CLIENT_MAX_IN_FLIGHT: "1" });
+      const lanes = { caller: "router-a", target: "risk-lanes", baseUrl: target.baseUrl, config, log: logsA.log };
+      const short = createServiceClient(RiskService, lanes);
+      const waiting = createServiceClient(RiskService, { ...lanes, lane: "waiting" });
+      const long = waiting.evaluate({ paymentId: "pay_long1" });
+      const queued = waiting.evaluate({ paymentId: "pay_long2" });
+      await sleep(100);
+      const waitingGauge = (await metrics().clientWaitingCalls.get()).values;
+      assert.equal(waitingGauge.find((value) => value.labels.target === "risk-lanes/waiting")?.value, 1, "the second long call waits for its lane's slot");
+      const startedAt = Date.now();
+      await short.evaluate({ paymentId: "pay_short" });
+      assert.ok(Date.now() - startedAt < 500, `the short call took ${Date.now() - startedAt} ms: it waited behind the long ones`);
+      await Promise.all([long, queued]);
+      const requests = (await metrics().clientRequests.get()).values.filter((value) => String(value.labels.target).startsWith("risk-lanes"));
+      assert.deepEqual(requests.map((value) => [value.labels.target, value.value]).sort(), [["risk-lanes", 1], ["risk-lanes/waiting", 2]]);
+    } finally {
+      await target.server.close();
+    }
+  });
+
   it("serves a grpc-js client that uses only the generated protobuf-es code", async () => {
     answerB = async (request) => allow([`seen:${request.paymentId}`]);
     const RouterClient = grpc.makeGenericClientConstructor(grpcServiceDefinition(RouterService), "RouterService");

@@ -34,7 +34,8 @@ const targets = new Map<string, Target>();
  * gRPC calls (see NOTES.md and `npm run bench:rpc`).
  */
 function sharedTarget(options: ClientOptions): Target {
-  let target = targets.get(options.baseUrl);
+  const key = options.lane ? `${options.baseUrl} ${options.lane}` : options.baseUrl;
+  let target = targets.get(key);
   if (!target) {
     const gauge = metrics().clientWaitingCalls;
     target = {
@@ -46,9 +47,9 @@ function sharedTarget(options: ClientOptions): Target {
         pingTimeoutMs: 5_000,
         idleConnectionTimeoutMs: 60_000,
       }),
-      inFlight: new InFlightLimit(options.config.clientMaxInFlight, (waiting) => gauge.set({ target: options.target }, waiting)),
+      inFlight: new InFlightLimit(options.config.clientMaxInFlight, (waiting) => gauge.set({ target: metricTarget(options) }, waiting)),
     };
-    targets.set(options.baseUrl, target);
+    targets.set(key, target);
   }
   return target;
 }
@@ -122,9 +123,19 @@ export interface ClientOptions {
   caller: string;
   /** The target service's short name ("ledger"). */
   target: string;
+  /**
+   * Calls that may last their whole deadline (a payment waited for) go in a lane of their own: a
+   * connection, an in-flight limit and a breaker apart from the target's other calls, so that
+   * they cannot take every slot. Metrics name it "<target>/<lane>".
+   */
+  lane?: string;
   baseUrl: string;
   config: Config;
   log: Logger;
+}
+
+function metricTarget(options: ClientOptions): string {
+  return options.lane ? `${options.target}/${options.lane}` : options.target;
 }
 
 export function createBreaker(options: ClientOptions): CircuitBreakerPolicy {
@@ -133,11 +144,11 @@ export function createBreaker(options: ClientOptions): CircuitBreakerPolicy {
     breaker: new ConsecutiveBreaker(options.config.breakerFailures),
   });
   const gauge = metrics().breakerState;
-  const labels = { service: options.caller, target: options.target };
+  const labels = { service: options.caller, target: metricTarget(options) };
   gauge.set(labels, breaker.state);
   breaker.onStateChange((state) => {
     gauge.set(labels, state);
-    options.log.warn({ target: options.target, breakerState: state }, "circuit breaker changed state");
+    options.log.warn({ target: metricTarget(options), breakerState: state }, "circuit breaker changed state");
   });
   return breaker;
 }
@@ -240,7 +251,7 @@ export function createServiceClient<T extends DescService>(service: T, options: 
         code = mapped instanceof ConnectError ? codeToString(mapped.code) : "unknown";
         throw mapped;
       } finally {
-        counter.inc({ service: options.caller, target: options.target, method: method.name, code });
+        counter.inc({ service: options.caller, target: metricTarget(options), method: method.name, code });
       }
     };
   }

@@ -22,8 +22,8 @@ export interface ServiceContext {
   readonly database: Database;
   readonly cache: Cache;
   readonly broker: Broker;
-  /** A client for another Cowrie service, with deadline propagation and a circuit breaker. */
-  client<T extends DescService>(service: T, target: Exclude<ServiceName, "edge">): Client<T>;
+  /** A client for another Cowrie service, with deadline propagation and a circuit breaker (lane: see ClientOptions). */
+  client<T extends DescService>(service: T, target: Exclude<ServiceName, "edge">, lane?: string): Client<T>;
 }
 
 export interface ServiceInstance {
@@ -139,8 +139,8 @@ export async function startService(
     },
     cache: backends.cache,
     broker: backends.broker,
-    client: (service, target) =>
-      createServiceClient(service, { caller: module.name, target, baseUrl: serviceUrl(config, target), config, log }),
+    client: (service, target, lane) =>
+      createServiceClient(service, { caller: module.name, target, lane, baseUrl: serviceUrl(config, target), config, log }),
   };
   const instance = await module.create(context);
   const health = new HealthState(
