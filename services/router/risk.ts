@@ -61,6 +61,9 @@ export function defaultUserId(kind: PaymentKind, sourceWalletId: string, custome
   return kind === PaymentKind.PAY_IN ? customerEmail : sourceWalletId;
 }
 
+/** Risk away, slow or shedding load: the fallback's everyday case, logged once a second. */
+const UNAVAILABLE_CODES: ReadonlySet<Code> = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted, Code.Aborted, Code.Canceled]);
+
 export class RiskCheck {
   /** While Risk is away every payment falls back: one warning a second, with a count. */
   readonly #fallbackLog = sampledLog();
@@ -91,8 +94,15 @@ export class RiskCheck {
       if (!decision) throw new ConnectError(`risk answered decision ${answer.decision}`, Code.Internal);
       return { decision, score: answer.score, reasons: answer.reasons };
     } catch (error) {
-      this.#fallbackLog("evaluate", (notLogged) =>
-        this.log.warn({ paymentId: payment.id, err: errorText(error), notLogged }, `risk could not evaluate the payment; applying COWRIE_RISK_WHEN_UNAVAILABLE=${this.options.whenUnavailable}`));
+      const code = ConnectError.from(error).code;
+      const message = `risk could not evaluate the payment; applying COWRIE_RISK_WHEN_UNAVAILABLE=${this.options.whenUnavailable}`;
+      if (UNAVAILABLE_CODES.has(code)) {
+        this.#fallbackLog("evaluate", (notLogged) => this.log.warn({ paymentId: payment.id, err: errorText(error), notLogged }, message));
+      } else {
+        // Risk refused what the Router sent, or failed on it: a bug to fix (refunds once were
+        // one), not an outage to ride out. Every one is logged.
+        this.log.error({ paymentId: payment.id, err: errorText(error), code: Code[code] }, message);
+      }
       return { decision: this.options.whenUnavailable, score: 0, reasons: ["RISK_UNAVAILABLE"] };
     }
   }
