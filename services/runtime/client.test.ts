@@ -426,6 +426,12 @@ describe("createServiceClient()", () => {
       await Promise.all([long, queued]);
       const requests = (await metrics().clientRequests.get()).values.filter((value) => String(value.labels.target).startsWith("risk-lanes"));
       assert.deepEqual(requests.map((value) => [value.labels.target, value.value]).sort(), [["risk-lanes", 1], ["risk-lanes/waiting", 2]]);
+      // The queued call's wait is in the slot-wait histogram; calls that found a slot are not.
+      const waits = (await metrics().clientSlotWaitSeconds.get()).values.filter((value) => String(value.labels.target).startsWith("risk-lanes"));
+      const count = waits.find((value) => value.metricName === "cowrie_client_slot_wait_seconds_count");
+      const sum = waits.find((value) => value.metricName === "cowrie_client_slot_wait_seconds_sum");
+      assert.deepEqual([count?.labels.target, count?.value], ["risk-lanes/waiting", 1]);
+      assert.ok((sum?.value ?? 0) > 0.5, `the queued call waited ${sum?.value} s for the held slot`);
     } finally {
       await target.server.close();
     }

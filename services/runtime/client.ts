@@ -195,7 +195,8 @@ export function createServiceClient<T extends DescService>(service: T, options: 
   // When the open breaker lets its next probe through: what a caller failed fast should wait.
   let probeAtMs = 0;
   breaker.onBreak(() => (probeAtMs = Date.now() + options.config.breakerHalfOpenAfterMs));
-  const counter = metrics().clientRequests;
+  const { clientRequests: counter, clientSlotWaitSeconds: slotWait } = metrics();
+  const waited = (startedAt: number): void => slotWait.observe({ target: metricTarget(options) }, (performance.now() - startedAt) / 1000);
   const client: Record<string, unknown> = {};
   for (const method of service.methods) {
     const call = inner[method.localName] as (request: unknown, options: CallOptions) => Promise<unknown>;
@@ -223,6 +224,7 @@ export function createServiceClient<T extends DescService>(service: T, options: 
         const startedAt = performance.now();
         return await inFlight.run(() => AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]), () => {
           const waitedMs = performance.now() - startedAt;
+          if (waitedMs >= 1) waited(startedAt);
           const leftMs = waitedMs < 1 ? timeoutMs : Math.floor(timeoutMs - waitedMs);
           if (leftMs <= 0) throw waitedTooLong(options.target, inFlight.limit, timeoutMs);
           // A call that waited here (for a database connection, for a slot) until less than half
@@ -238,8 +240,9 @@ export function createServiceClient<T extends DescService>(service: T, options: 
           );
         }).catch((error: unknown) => {
           // Given up while waiting for a turn: nothing reached the target.
-          if (error instanceof DOMException) throw error.name === "TimeoutError" ? waitedTooLong(options.target, inFlight.limit, timeoutMs) : ConnectError.from(error);
-          throw error;
+          if (!(error instanceof DOMException)) throw error;
+          waited(startedAt);
+          throw error.name === "TimeoutError" ? waitedTooLong(options.target, inFlight.limit, timeoutMs) : ConnectError.from(error);
         });
       } catch (error) {
         const mapped = error instanceof BrokenCircuitError

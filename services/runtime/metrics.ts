@@ -9,6 +9,7 @@ export interface Metrics {
   readonly rpcDurationSeconds: Histogram<"service" | "method" | "code">;
   readonly clientRequests: Counter<"service" | "target" | "method" | "code">;
   readonly clientWaitingCalls: Gauge<"target">;
+  readonly clientSlotWaitSeconds: Histogram<"target">;
   readonly breakerState: Gauge<"service" | "target">;
   readonly healthStatus: Gauge<"service">;
   readonly gatewayCalls: Counter<"gateway" | "operation" | "code">;
@@ -61,6 +62,13 @@ export function metrics(): Metrics {
       name: "cowrie_client_waiting_calls",
       help: "Outbound calls waiting off the wire for one of COWRIE_CLIENT_MAX_IN_FLIGHT slots, by target service.",
       labelNames: ["target"],
+      registers: [registry],
+    }),
+    clientSlotWaitSeconds: new Histogram({
+      name: "cowrie_client_slot_wait_seconds",
+      help: "How long outbound calls that found every in-flight slot taken waited for one (until sent or given up), by target service.",
+      labelNames: ["target"],
+      buckets: [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [registry],
     }),
     breakerState: new Gauge({
