@@ -9,7 +9,7 @@ import { AccountCode, CreateAccountResult, LedgerService } from "../../gen/cowri
 import { ServingStatus } from "../runtime/health.js";
 import type { RunningService } from "../runtime/service.js";
 import { startTcpProxy, type TcpProxy } from "../runtime/tcp-proxy.js";
-import { freshDatabase, startTestService, TEST_POSTGRES_URL } from "../runtime/testing.js";
+import { freePorts, freshDatabase, startTestService, TEST_POSTGRES_URL } from "../runtime/testing.js";
 import { ledgerModule } from "./service.js";
 
 let database: Awaited<ReturnType<typeof freshDatabase>>;
@@ -82,5 +82,51 @@ describe("Ledger when PostgreSQL goes away", () => {
     assert.equal(created.results[0]?.result, CreateAccountResult.CREATED);
     const { accounts } = await ledger.lookupAccounts({ ids: ["before-outage", "during-outage", "while-hanging", "after-outage"] });
     assert.deepEqual(accounts.map((found) => found.id).sort(), ["after-outage", "before-outage"]);
+  });
+});
+
+describe("Ledger started while PostgreSQL cannot be reached", () => {
+  const postgres = new URL(TEST_POSTGRES_URL);
+  const upstream = { host: postgres.hostname, port: Number(postgres.port || 5432) };
+  const via = (port: number): string => {
+    const url = new URL(database.url);
+    url.host = `127.0.0.1:${port}`;
+    return url.toString();
+  };
+
+  it("waits for the database, retrying, then starts and serves", async () => {
+    // Nothing listens on the port at first (ECONNREFUSED); the proxy to PostgreSQL opens on it a second later.
+    const [port] = (await freePorts(1)) as [number];
+    const startedAtMs = Date.now();
+    const starting = startTestService(ledgerModule, { DATABASE_URL: via(port), COWRIE_STARTUP_WAIT_MS: "30000" });
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const late = await startTcpProxy(upstream, port);
+    try {
+      const started = await starting;
+      try {
+        assert.ok(Date.now() - startedAtMs >= 1000, "it started only once the database answered");
+        const client = createClient(LedgerService, createConnectTransport({ baseUrl: started.baseUrl, httpVersion: "2" }));
+        assert.equal((await client.createAccounts(account("after-late-start"))).results[0]?.result, CreateAccountResult.CREATED);
+      } finally {
+        await started.close();
+      }
+    } finally {
+      await late.close();
+    }
+  });
+
+  it("gives up once COWRIE_STARTUP_WAIT_MS has passed, naming it", async () => {
+    // A proxy that accepts and closes every connection: postgres.js's pool keeps retrying, so
+    // the attempt hangs rather than fails, and the wait's end cuts it off.
+    const refusing = await startTcpProxy(upstream);
+    refusing.setMode("refuse");
+    try {
+      const startedAtMs = Date.now();
+      await assert.rejects(startTestService(ledgerModule, { DATABASE_URL: via(refusing.port), COWRIE_STARTUP_WAIT_MS: "500" }), /PostgreSQL did not answer within COWRIE_STARTUP_WAIT_MS \(500 ms\)/);
+      // 500 ms of waiting, then up to 5 s for the pool to close around the attempt still hanging.
+      assert.ok(Date.now() - startedAtMs < 8000, `gave up after ${Date.now() - startedAtMs} ms`);
+    } finally {
+      await refusing.close();
+    }
   });
 });

@@ -11,7 +11,10 @@ import { servicePort, serviceUrl, type Config, type ServiceName } from "./config
 import { createPostgresDatabase, openEmbeddedDatabase, type Database } from "./db.js";
 import { startRelay, type EventFeed } from "./events.js";
 import { HealthState, type DependencyCheck } from "./health.js";
-import type { Logger } from "./log.js";
+import { isBackendUnavailable } from "./errors.js";
+import { errorText, type Logger } from "./log.js";
+import { withTimeout } from "./limits.js";
+import { backoffMs, pause } from "./pause.js";
 import { startServer, type AnyRequest, type AnyResponse } from "./server.js";
 
 export interface ServiceContext {
@@ -120,6 +123,26 @@ export interface RunningService {
   close(): Promise<void>;
 }
 
+/**
+ * Runs `work`, and again with growing pauses while its backend cannot be reached, for at most
+ * `waitMs`: a service started while PostgreSQL restarts (or before it is up) waits for it instead
+ * of exiting. Any other error, or the wait running out, is thrown. An attempt that hangs (a
+ * connection accepted and closed keeps postgres.js's pool retrying) is cut off at the end of it.
+ */
+async function whenReachable<T>(work: () => Promise<T>, backend: string, waitMs: number, log: Logger): Promise<T> {
+  const startedAtMs = Date.now();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const leftMs = Math.max(1, waitMs - (Date.now() - startedAtMs));
+      return await withTimeout(work(), leftMs, `${backend} did not answer within COWRIE_STARTUP_WAIT_MS (${waitMs} ms)`);
+    } catch (error) {
+      if (!isBackendUnavailable(error) || Date.now() - startedAtMs >= waitMs) throw error;
+      if (attempt % 10 === 0) log.warn({ backend, err: errorText(error), waitedMs: Date.now() - startedAtMs, waitMs }, "cannot reach a backend at start; waiting for it");
+      await pause(backoffMs(attempt, 100, 2_000, "equal"));
+    }
+  }
+}
+
 export async function startService(
   module: ServiceModule,
   backends: Backends,
@@ -128,7 +151,10 @@ export async function startService(
 ): Promise<RunningService> {
   const log = rootLog.child({ service: module.name });
   const database = module.uses.database ? backends.database(module.name) : undefined;
-  if (database && module.migrationsFolder) await database.migrate(module.name, module.migrationsFolder);
+  if (database && module.migrationsFolder) {
+    const { migrationsFolder } = module;
+    await whenReachable(() => database.migrate(module.name, migrationsFolder), "PostgreSQL", config.startupWaitMs, log);
+  }
   const context: ServiceContext = {
     name: module.name,
     config,
