@@ -38,6 +38,7 @@ function sharedTarget(options: ClientOptions): Target {
   let target = targets.get(key);
   if (!target) {
     const gauge = metrics().clientWaitingCalls;
+    const labels = { target: metricTarget(options) };
     target = {
       transport: createConnectTransport({
         baseUrl: options.baseUrl,
@@ -47,7 +48,7 @@ function sharedTarget(options: ClientOptions): Target {
         pingTimeoutMs: 5_000,
         idleConnectionTimeoutMs: 60_000,
       }),
-      inFlight: new InFlightLimit(options.config.clientMaxInFlight, (waiting) => gauge.set({ target: metricTarget(options) }, waiting)),
+      inFlight: new InFlightLimit(options.config.clientMaxInFlight, (waiting) => gauge.set(labels, waiting)),
     };
     targets.set(key, target);
   }
@@ -138,17 +139,17 @@ function metricTarget(options: ClientOptions): string {
   return options.lane ? `${options.target}/${options.lane}` : options.target;
 }
 
-export function createBreaker(options: ClientOptions): CircuitBreakerPolicy {
+function createBreaker(options: ClientOptions, target: string): CircuitBreakerPolicy {
   const breaker = circuitBreaker(handleWhen(isTargetFailure), {
     halfOpenAfter: options.config.breakerHalfOpenAfterMs,
     breaker: new ConsecutiveBreaker(options.config.breakerFailures),
   });
   const gauge = metrics().breakerState;
-  const labels = { service: options.caller, target: metricTarget(options) };
+  const labels = { service: options.caller, target };
   gauge.set(labels, breaker.state);
   breaker.onStateChange((state) => {
     gauge.set(labels, state);
-    options.log.warn({ target: metricTarget(options), breakerState: state }, "circuit breaker changed state");
+    options.log.warn({ target, breakerState: state }, "circuit breaker changed state");
   });
   return breaker;
 }
@@ -191,12 +192,14 @@ function waitedTooLong(target: string, limit: number, timeoutMs: number): Connec
 export function createServiceClient<T extends DescService>(service: T, options: ClientOptions): Client<T> {
   const { transport, inFlight } = sharedTarget(options);
   const inner = createClient(service, transport) as Record<string, (...args: never[]) => unknown>;
-  const breaker = createBreaker(options);
+  // The target as metrics and logs name it, once per client rather than once per call.
+  const label = metricTarget(options);
+  const breaker = createBreaker(options, label);
   // When the open breaker lets its next probe through: what a caller failed fast should wait.
   let probeAtMs = 0;
   breaker.onBreak(() => (probeAtMs = Date.now() + options.config.breakerHalfOpenAfterMs));
   const { clientRequests: counter, clientSlotWaitSeconds: slotWait } = metrics();
-  const waited = (startedAt: number): void => slotWait.observe({ target: metricTarget(options) }, (performance.now() - startedAt) / 1000);
+  const waited = (startedAt: number): void => slotWait.observe({ target: label }, (performance.now() - startedAt) / 1000);
   const client: Record<string, unknown> = {};
   for (const method of service.methods) {
     const call = inner[method.localName] as (request: unknown, options: CallOptions) => Promise<unknown>;
@@ -254,7 +257,7 @@ export function createServiceClient<T extends DescService>(service: T, options: 
         code = mapped instanceof ConnectError ? codeToString(mapped.code) : "unknown";
         throw mapped;
       } finally {
-        counter.inc({ service: options.caller, target: metricTarget(options), method: method.name, code });
+        counter.inc({ service: options.caller, target: label, method: method.name, code });
       }
     };
   }
