@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Connection } from "rabbitmq-client";
 import { Code, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import {
@@ -23,7 +24,9 @@ import {
   type EvaluateResponse,
 } from "../../gen/cowrie/risk/v1/risk_pb.js";
 import { startTcpProxy, type TcpProxy } from "../runtime/tcp-proxy.js";
-import { freshDatabase, rejection, startTestService, TEST_REDIS_URL } from "../runtime/testing.js";
+import { consumerQueues, eventsExchange } from "../runtime/events.js";
+import { deleteBrokerTopology, freePorts, freshDatabase, rejection, startTestService, TEST_AMQP_URL, TEST_REDIS_URL } from "../runtime/testing.js";
+import { FEEDBACK_CONSUMER } from "./feedback.js";
 import { riskModule } from "./service.js";
 import { deleteRedisKeys } from "./test-support.js";
 
@@ -436,5 +439,52 @@ describe("when Redis is cut off", () => {
     const heldAgain = await evaluate(reviewing, tenantId, { paymentId: held, userId: "kim", amountMinor: 4_343n });
     assert.deepEqual([heldAgain.decision, heldAgain.reasons, heldAgain.replayed], [Decision.REVIEW, ["RISK_UNAVAILABLE"], true]);
     assert.equal((await evaluate(allowing, tenantId, { paymentId, userId: "jo", amountMinor: 4_242n })).decision, Decision.ALLOW);
+  });
+});
+
+describe("when RabbitMQ is away at start", () => {
+  const rabbit = new URL(TEST_AMQP_URL);
+  const upstream = { host: rabbit.hostname, port: Number(rabbit.port || 5672) };
+  const namespace = `test-risk-late-${RUN}`;
+  const via = (port: number) => Object.assign(new URL(TEST_AMQP_URL), { host: `127.0.0.1:${port}` }).toString();
+
+  after(async () => {
+    await deleteBrokerTopology({ queues: consumerQueues(namespace, FEEDBACK_CONSUMER), exchanges: [eventsExchange(namespace)] });
+  });
+
+  it("waits for it (COWRIE_STARTUP_WAIT_MS) and starts its event consumer once it is there", async () => {
+    // Nothing listens on the port at first (ECONNREFUSED); the proxy to RabbitMQ opens on it later
+    // than rabbitmq-client's own 5 s wait for a channel, which used to end the start.
+    const [port] = (await freePorts(1)) as [number];
+    const startedAtMs = Date.now();
+    const starting = startTestService(riskModule, { DATABASE_URL: database.url, AMQP_URL: via(port), COWRIE_BROKER_NAMESPACE: namespace, COWRIE_STARTUP_WAIT_MS: "30000" });
+    await new Promise((resolve) => setTimeout(resolve, 6000));
+    const late = await startTcpProxy(upstream, port);
+    try {
+      const service = await starting;
+      started.push(service);
+      assert.ok(Date.now() - startedAtMs >= 6000, "it started only once RabbitMQ answered");
+      assert.deepEqual((await evaluate(clientOf(service.baseUrl), newTenant(), { userId: "ann" })).reasons, []);
+      const connection = new Connection({ url: TEST_AMQP_URL, connectionName: `cowrie-test-${RUN}` });
+      try {
+        const [queue] = consumerQueues(namespace, FEEDBACK_CONSUMER) as [string];
+        assert.equal((await connection.queueDeclare({ queue, passive: true })).consumerCount, 1, "the feedback consumer is attached");
+      } finally {
+        await connection.close();
+      }
+      await service.close();
+    } finally {
+      await late.close();
+    }
+  });
+
+  it("gives up once COWRIE_STARTUP_WAIT_MS has passed, naming it", async () => {
+    const [port] = (await freePorts(1)) as [number];
+    const startedAtMs = Date.now();
+    await assert.rejects(
+      startTestService(riskModule, { DATABASE_URL: database.url, AMQP_URL: via(port), COWRIE_BROKER_NAMESPACE: namespace, COWRIE_STARTUP_WAIT_MS: "500" }),
+      /RabbitMQ could not be reached within COWRIE_STARTUP_WAIT_MS \(500 ms\)/,
+    );
+    assert.ok(Date.now() - startedAtMs < 5000, `gave up after ${Date.now() - startedAtMs} ms`);
   });
 });

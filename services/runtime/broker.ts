@@ -205,6 +205,13 @@ async function withRetries(
 export interface RabbitBrokerOptions extends BrokerErrorOptions {
   /** Shown in the RabbitMQ management UI, to tell services' connections apart. */
   connectionName: string;
+  /**
+   * How long declare() and consume() wait for RabbitMQ while it cannot be reached, and the setting
+   * that says so (for the error). Services pass COWRIE_STARTUP_WAIT_MS: their consumers start in
+   * create(), so a service started before RabbitMQ waits for it instead of exiting. Default:
+   * RABBIT_ACQUIRE_TIMEOUT_MS, as for publishing.
+   */
+  connectWait?: { ms: number; setting: string };
 }
 
 const RABBIT_CONNECTION_TIMEOUT_MS = 5_000;
@@ -234,7 +241,20 @@ export function createRabbitBroker(url: string, options: RabbitBrokerOptions): B
   const publisher = connection.createPublisher({ confirm: true, maxAttempts: RABBIT_PUBLISH_MAX_ATTEMPTS });
   const exchanges = createExchangeDeclarer(connection);
   const consumers = new Set<Consumer>();
+  const connectWait = options.connectWait ?? { ms: RABBIT_ACQUIRE_TIMEOUT_MS, setting: "the acquire timeout" };
   let closed = false;
+
+  /** Declarations go on only once connected; rabbitmq-client alone gives up after its acquire timeout. */
+  const connected = async () => {
+    if (closed) throw new Error("broker is closed");
+    if (connection.ready) return;
+    try {
+      // true: a wait that runs out must not close the connection, which keeps retrying.
+      await connection.onConnect(connectWait.ms, true);
+    } catch (error) {
+      throw new Error(`RabbitMQ could not be reached within ${connectWait.setting} (${connectWait.ms} ms)`, { cause: error });
+    }
+  };
 
   const publish: Broker["publish"] = async (exchange, routingKey, body, { messageId, headers = {} }) => {
     if (closed) throw new Error("broker is closed");
@@ -267,7 +287,7 @@ export function createRabbitBroker(url: string, options: RabbitBrokerOptions): B
     publish,
     async declare(consumerOptions) {
       assertConsumerOptions(consumerOptions);
-      if (closed) throw new Error("broker is closed");
+      await connected();
       const topology = consumerTopology(consumerOptions);
       await declareSideQueues(connection, consumerOptions, topology);
       for (const exchange of topology.exchanges) await connection.exchangeDeclare(exchangeDeclaration(exchange));
@@ -276,7 +296,7 @@ export function createRabbitBroker(url: string, options: RabbitBrokerOptions): B
     },
     async consume(consumerOptions, handler) {
       assertConsumerOptions(consumerOptions);
-      if (closed) throw new Error("broker is closed");
+      await connected();
       const topology = consumerTopology(consumerOptions);
       await declareSideQueues(connection, consumerOptions, topology);
       const sendBack = (delayMs: number, message: BrokerMessage) =>

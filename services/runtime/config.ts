@@ -140,7 +140,7 @@ export const VARIABLES = {
   shutdownGraceMs: variable("COWRIE_SHUTDOWN_GRACE_MS", "10000", integer(0, 600_000),
     "How long shutdown waits for in-flight calls before closing connections."),
   startupWaitMs: variable("COWRIE_STARTUP_WAIT_MS", "60000", integer(0, 600_000),
-    "How long a service that starts while PostgreSQL cannot be reached waits for it, retrying, before it exits."),
+    "How long a service that starts while PostgreSQL or RabbitMQ cannot be reached waits for it, retrying, before it exits."),
   databasePoolMax: variable("COWRIE_DATABASE_POOL_MAX", "8", integer(1, 200),
     "PostgreSQL connections per service process."),
   healthIntervalMs: variable("COWRIE_HEALTH_INTERVAL_MS", "2000", integer(100, 600_000),

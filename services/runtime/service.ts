@@ -71,7 +71,7 @@ export async function openBackends(config: Config, log: Logger): Promise<Backend
     ? createRedisCache(config.redisUrl, { keyPrefix: "cowrie:", commandTimeoutMs: 1000, onError: onError("redis") })
     : createMemoryCache();
   const broker = config.amqpUrl
-    ? createRabbitBroker(config.amqpUrl, { connectionName: `cowrie-${process.pid}`, onError: onError("rabbitmq") })
+    ? createRabbitBroker(config.amqpUrl, { connectionName: `cowrie-${process.pid}`, connectWait: { ms: config.startupWaitMs, setting: "COWRIE_STARTUP_WAIT_MS" }, onError: onError("rabbitmq") })
     : createMemoryBroker({ onError: onError("memory-broker") });
   const embedded = config.databaseUrl ? undefined : await openEmbeddedDatabase(config.dataDir);
   const pools = new Map<ServiceName, Database>();
