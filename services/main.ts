@@ -65,7 +65,8 @@ async function main(): Promise<void> {
     `cowrie: ${mesh.services.length} service(s) up in ${Date.now() - startedAtMs} ms on ${describeBackends(config)}\n` +
       `${lines.join("\n")}\n` +
       (simulator ? `  gateway simulator http://${config.host}:${config.simulatorPort} (Paystack, Flutterwave, Stripe; scripted through /_sim)\n` : "") +
-      `cowrie: try  npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://${config.host}:${config.edgePort}\n`,
+      // The Edge when it runs here, else the first service started: a port that answers.
+      `cowrie: try  npx buf curl --protocol grpc --http2-prior-knowledge --list-services http://${config.host}:${(mesh.services.find((service) => service.name === "edge") ?? mesh.services[0])?.port}\n`,
   );
 
   const stop = (signal: string): void => {
