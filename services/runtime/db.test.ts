@@ -137,3 +137,22 @@ async function cutAfterStartup(target: { host: string; port: number }, count: nu
     },
   };
 }
+
+describe("drizzle's is(), patched (patches/drizzle-orm+0.45.4.patch)", () => {
+  it("answers as upstream's does: subclasses match, unrelated entities and plain values do not (and a null-prototype value is none, where upstream throws)", async () => {
+    const { Column, SQL, Table, View, is } = await import("drizzle-orm");
+    const { PgColumn, PgTable, pgTable, text } = await import("drizzle-orm/pg-core");
+    const table = pgTable("is_probe", { id: text("id") });
+    const fragment = sql`select 1`;
+    assert.deepEqual(
+      [is(table, Table), is(table, PgTable), is(table.id, Column), is(table.id, PgColumn), is(fragment, SQL)],
+      [true, true, true, true, true],
+    );
+    assert.deepEqual(
+      [is(table, Column), is(table.id, Table), is(fragment, Table), is(table, View), is({}, SQL), is(Object.create(null), SQL), is("x", SQL), is(null, SQL)],
+      [false, false, false, false, false, false, false, false],
+    );
+    class NotAnEntity {}
+    assert.throws(() => is(table, NotAnEntity), /doesn't look like a Drizzle entity/);
+  });
+});
