@@ -153,6 +153,6 @@ describe("drizzle's is(), patched (patches/drizzle-orm+0.45.4.patch)", () => {
       [false, false, false, false, false, false, false, false],
     );
     class NotAnEntity {}
-    assert.throws(() => is(table, NotAnEntity), /doesn't look like a Drizzle entity/);
+    assert.throws(() => is(table, NotAnEntity as unknown as typeof Table), /doesn't look like a Drizzle entity/);
   });
 });
