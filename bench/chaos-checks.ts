@@ -43,6 +43,7 @@ export const FAULT_KINDS = [
   "postgres:restart",
   "redis:restart",
   "rabbitmq:drop",
+  "rabbitmq:outage",
   "gateway:outage",
 ] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];

@@ -11,7 +11,7 @@
 // connections the nemesis cuts. The five services and the gateway simulator are processes of their
 // own (bench/support.ts BenchMesh), on free ports. This process supervises them: a service that
 // exits unexpectedly (for example the postgres.js crash when PostgreSQL restarts, NOTES.md) is
-// restarted and counted.
+// restarted, and counted as an anomaly (process_crashed): every fault is one to ride out.
 //
 // The clients (bench/chaos-workload.ts): `clients` loops, each making internal payments with a fee,
 // partial refunds of payments they saw succeed, PAY_INs and PAYOUTs (NGN through Paystack and Flutterwave, USD through Flutterwave and Stripe;
@@ -27,6 +27,9 @@
 //   postgres:restart   `pg_ctl stop -m immediate` of the run's cluster, a few seconds down, start;
 //   redis:restart      SHUTDOWN NOSAVE of the run's Redis, a few seconds down, start (empty);
 //   rabbitmq:drop      every connection through the proxy cut, new ones refused for a few seconds;
+//   rabbitmq:outage    the same for 8 to 11 seconds (past rabbitmq-client's 5 s wait for a channel),
+//                      and a second in, SIGKILL of the Router, the Edge or Risk in turn: restarted
+//                      while RabbitMQ is away, its consumers must wait for it (COWRIE_STARTUP_WAIT_MS);
 //   gateway:outage     one gateway of the simulator down (503 at once, or hanging) for a few seconds.
 //
 // Then: clients stop starting operations and finish theirs; the run waits until every payment is
@@ -137,7 +140,7 @@ const progress = (line: string): void => {
 };
 
 // ---------------------------------------------------------------------------------------------
-// The supervisor: every service that exits without being told to is restarted and counted.
+// The supervisor: every service that exits without being told to is restarted and counted (an anomaly).
 
 interface Crash {
   service: string;
@@ -396,6 +399,9 @@ async function main(): Promise<never> {
       return copy;
     };
     let gatewayTurn = 0;
+    /** The services whose consumers start with them, restarted in turn during a RabbitMQ outage. */
+    const consuming = ["router", "edge", "risk"] as const;
+    let outageTurn = 0;
     /** Each injects its fault and says what it did; undefined: it could not (not counted). */
     const injectors: Record<FaultKind, () => Promise<string | undefined>> = {
       "kill:ledger": async () => ((await supervisor?.kill("ledger")) ? "SIGKILL, restarted" : undefined),
@@ -432,6 +438,17 @@ async function main(): Promise<never> {
         await pause(seconds * 1000);
         proxy?.setMode("up");
         return `connections cut, refused for ${seconds} s`;
+      },
+      "rabbitmq:outage": async () => {
+        const seconds = 8 + Math.floor(random() * 4);
+        const service = consuming[outageTurn++ % consuming.length] as (typeof consuming)[number];
+        proxy?.setMode("refuse");
+        proxy?.cutAll();
+        await pause(1000);
+        const restarted = await supervisor?.kill(service);
+        await pause((seconds - 1) * 1000);
+        proxy?.setMode("up");
+        return `connections cut, refused for ${seconds} s; ${service} ${restarted ? "SIGKILLed 1 s in and restarted while RabbitMQ was away" : "not running, so not restarted"}`;
       },
       "gateway:outage": async () => {
         const gateway = SIMULATED_GATEWAYS[gatewayTurn % SIMULATED_GATEWAYS.length] as SimulatedGateway;
@@ -518,6 +535,8 @@ async function main(): Promise<never> {
     progress(`reconciliation: ${reconciliation}`);
 
     const crashes = supervisor.crashes;
+    // A service must ride out every fault (waiting for a backend, failing calls UNAVAILABLE), not exit.
+    for (const crash of crashes) anomalies.add("process_crashed", `${crash.service} at ${crash.atS} s (${crash.signal ?? `code ${crash.code}`}): ${crash.cause}`);
     const restartsTotal = Object.values(supervisor.restarts.nemesis).reduce((sum, count) => sum + count, 0) + supervisor.crashRestarts;
     if (anomalies.total > 0) keepLogs = true;
     progress("stopping the processes and the private servers, deleting the queues");
