@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
-import { and, desc, eq, ne, sql, type SQL } from "drizzle-orm";
+import { and, desc, eq, inArray, ne, sql, type SQL } from "drizzle-orm";
 import {
   AccountCode,
   CloseAccountResult,
@@ -386,6 +386,20 @@ export const walletModule: ServiceModule = {
       const row = await findWallet(tenantId, walletId);
       if (!row) throw notFound(`wallet ${walletId}`);
       return row;
+    }
+
+    /**
+     * The wallets of a transfer or hold within the tenant, in one query, in the order asked; the
+     * first one missing is NOT_FOUND, as requireWallet would have said checking them in turn.
+     */
+    async function requireWalletsOf(tenantId: string, walletIds: readonly string[]): Promise<WalletRow[]> {
+      const rows = await db.select().from(wallets).where(and(eq(wallets.tenantId, tenantId), inArray(wallets.id, [...walletIds])));
+      const byId = new Map(rows.map((row) => [row.id, row]));
+      return walletIds.map((walletId) => {
+        const row = byId.get(walletId);
+        if (!row) throw notFound(`wallet ${walletId}`);
+        return row;
+      });
     }
 
     async function findHold(tenantId: string, holdId: string): Promise<HoldRow | undefined> {
@@ -778,8 +792,7 @@ export const walletModule: ServiceModule = {
               throw invalidArgument("code", `must be 0 or one of ${[...CALLER_TRANSFER_CODES].join(", ")} (transfer, payment, refund)`);
             }
             const releaseHoldId = optionalId(request.releaseHoldId, "release_hold_id");
-            const source = await requireWallet(tenantId, sourceId);
-            const destination = await requireWallet(tenantId, destinationId);
+            const [source, destination] = (await requireWalletsOf(tenantId, [sourceId, destinationId])) as [WalletRow, WalletRow];
             const transferId = transferIdFor(tenantId, key);
             const feeTransferId = feeMinor > 0n ? feeTransferIdFor(transferId) : "";
             const metadata = { tenant_id: tenantId };
@@ -888,8 +901,7 @@ export const walletModule: ServiceModule = {
             }
             const timeoutSeconds = request.timeoutSeconds === 0 ? HOLD_TIMEOUT_DEFAULT_SECONDS : request.timeoutSeconds;
             const reference = limitText(request.reference, "reference", 128);
-            const source = await requireWallet(tenantId, sourceId);
-            const destination = destinationId ? await requireWallet(tenantId, destinationId) : undefined;
+            const [source, destination] = (await requireWalletsOf(tenantId, destinationId ? [sourceId, destinationId] : [sourceId])) as [WalletRow, WalletRow?];
             const creditAccountId = destination?.id ?? (await ensureClearingAccount(gateway as string, currency));
             const holdId = holdIdFor(tenantId, key);
             const asked = { walletId: sourceId, destinationWalletId: creditAccountId, amountMinor, currency, reference, timeoutSeconds };

@@ -213,8 +213,11 @@ describe("CreateWallet, GetWallet, ListWallets", () => {
     assert.ok(hold);
     await notFound(wallet.getWallet({ tenantId: intruder, walletId: source.id }));
     await notFound(wallet.fundWallet({ tenantId: intruder, walletId: source.id, amountMinor: 1n, currency: "NGN", idempotencyKey: "k" }));
+    // Both wallets are read in one query; the one named is the other tenant's.
+    assert.match((await rejection(transfer(intruder, source.id, theirs.id, 1n))).rawMessage, new RegExp(`wallet ${source.id} not found`));
+    assert.match((await rejection(transfer(intruder, theirs.id, source.id, 1n))).rawMessage, new RegExp(`wallet ${source.id} not found`));
     await notFound(transfer(intruder, source.id, theirs.id, 1n));
-    await notFound(transfer(intruder, theirs.id, source.id, 1n));
+    await notFound(placeHold(intruder, theirs.id, source.id, 1n));
     await notFound(wallet.freezeWallet({ tenantId: intruder, walletId: source.id }));
     await notFound(wallet.closeWallet({ tenantId: intruder, walletId: destination.id }));
     await notFound(wallet.setWalletLimits({ tenantId: intruder, walletId: source.id, limits: {} }));
