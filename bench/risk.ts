@@ -11,7 +11,9 @@
 // warm-up: the most evaluations per second, (3) open loops at BENCH_OPEN_SHARE (0.6) and
 // BENCH_LIGHT_SHARE (0.3) of that rate for BENCH_SECONDS each: latency under load, measured from
 // each call's scheduled start, and the service's own handling time from its
-// cowrie_rpc_duration_seconds histogram (the budget: p99 at the service ≤ 5 ms). The closed loop
+// cowrie_rpc_duration_seconds histogram (the budget: p99 at the service ≤ 5 ms), and apart by the
+// way Risk decided from cowrie_risk_evaluation_seconds: clean (no write) or flagged (the decision
+// committed to PostgreSQL before the answer). The closed loop
 // is bounded by the one load process (a connect-node client costs about as much CPU per call as
 // the server): the bare server's figure in the same run shows that ceiling. The human summary goes to stdout, then as the last line one JSON object.
 // BENCH_CPU_PROF=<dir> writes a CPU profile of the Risk process there.
@@ -278,9 +280,9 @@ async function startRisk(databaseUrl: string, port: number): Promise<ServiceProc
   return risk;
 }
 
-/** Evaluate's handling-time histogram (successful calls) from the service's /metrics: bucket upper bound in s → count. */
-async function evaluateHistogram(port: number): Promise<Map<number, number>> {
-  const text = await new Promise<string>((resolve, reject) => {
+/** The service's /metrics text. */
+async function metricsText(port: number): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
     const client = http2.connect(`http://127.0.0.1:${port}`);
     client.on("error", reject);
     const request = client.request({ ":method": "GET", ":path": "/metrics" });
@@ -294,9 +296,13 @@ async function evaluateHistogram(port: number): Promise<Map<number, number>> {
     request.on("error", reject);
     request.end();
   });
+}
+
+/** One histogram's buckets from /metrics text (bucket upper bound in s → count), over the series whose labels include all of `labels`. */
+function histogramIn(text: string, name: string, labels: readonly string[]): Map<number, number> {
   const buckets = new Map<number, number>();
   for (const line of text.split("\n")) {
-    if (!line.startsWith("cowrie_rpc_duration_seconds_bucket{") || !line.includes('method="Evaluate"') || !line.includes('code="ok"')) continue;
+    if (!line.startsWith(`${name}_bucket{`) || !labels.every((label) => line.includes(label))) continue;
     const le = /le="([^"]+)"/.exec(line)?.[1];
     if (le === undefined) continue;
     buckets.set(le === "+Inf" ? Infinity : Number(le), Number(line.slice(line.lastIndexOf(" ") + 1)));
@@ -304,14 +310,44 @@ async function evaluateHistogram(port: number): Promise<Map<number, number>> {
   return buckets;
 }
 
+/** Evaluate's handling time at the service: all successful calls (the RPC histogram), and by the way Risk decided. */
+const EVALUATE_SERIES = {
+  all: ["cowrie_rpc_duration_seconds", ['method="Evaluate"', 'code="ok"']],
+  clean: ["cowrie_risk_evaluation_seconds", ['path="clean"']],
+  flagged: ["cowrie_risk_evaluation_seconds", ['path="flagged"']],
+} as const;
+type EvaluateSeries = keyof typeof EVALUATE_SERIES;
+
+async function evaluateHistograms(port: number): Promise<Record<EvaluateSeries, Map<number, number>>> {
+  const text = await metricsText(port);
+  const entries = Object.entries(EVALUATE_SERIES).map(([series, [name, labels]]) => [series, histogramIn(text, name, labels)]);
+  return Object.fromEntries(entries) as Record<EvaluateSeries, Map<number, number>>;
+}
+
 /** From two cumulative histograms: the share of calls within `seconds`, and the bucket holding the 99th percentile. */
-function histogramBetween(before: Map<number, number>, after: Map<number, number>, seconds: number): { withinShare: number; p99AtMostMs: number } {
+function histogramBetween(before: Map<number, number>, after: Map<number, number>, seconds: number): { calls: number; withinShare: number; p99AtMostMs: number } {
   const bounds = [...after.keys()].sort((a, b) => a - b);
   const delta = (bound: number) => (after.get(bound) ?? 0) - (before.get(bound) ?? 0);
   const total = delta(Infinity);
-  if (total === 0) return { withinShare: 0, p99AtMostMs: 0 };
+  if (total === 0) return { calls: 0, withinShare: 0, p99AtMostMs: 0 };
   const p99Bound = bounds.find((bound) => delta(bound) >= total * 0.99) ?? Infinity;
-  return { withinShare: delta(seconds) / total, p99AtMostMs: p99Bound * 1000 };
+  return { calls: total, withinShare: delta(seconds) / total, p99AtMostMs: p99Bound * 1000 };
+}
+
+type PathFigures = { calls: number; within_5ms_share: number; p99_at_most_ms: number };
+
+/** The clean and the flagged evaluations of a window, apart: a flagged one waits for a PostgreSQL commit. */
+function byPath(before: Record<EvaluateSeries, Map<number, number>>, after: Record<EvaluateSeries, Map<number, number>>): Record<"clean" | "flagged", PathFigures> {
+  const figures = (series: "clean" | "flagged"): PathFigures => {
+    const { calls, withinShare, p99AtMostMs } = histogramBetween(before[series], after[series], 0.005);
+    return { calls, within_5ms_share: round(withinShare, 4), p99_at_most_ms: p99AtMostMs };
+  };
+  return { clean: figures("clean"), flagged: figures("flagged") };
+}
+
+function pathLine(paths: Record<"clean" | "flagged", PathFigures>): string {
+  const one = (name: string, path: PathFigures) => `${name} ${path.calls} calls, ${round(path.within_5ms_share * 100, 2)}% within 5 ms, p99 ≤ ${path.p99_at_most_ms} ms`;
+  return `  by path: ${one("clean", paths.clean)}; ${one("flagged (a PostgreSQL commit)", paths.flagged)}`;
 }
 
 async function main(): Promise<void> {
@@ -345,11 +381,12 @@ async function main(): Promise<void> {
     const openLoop = async (share: number) => {
       const rate = Math.max(1, Math.round(closed.perSecond * share));
       say(`open loop: Evaluate at ${rate}/s (${share} of the closed loop), ${SECONDS} s measured`);
-      const before = await evaluateHistogram(riskPort);
+      const before = await evaluateHistograms(riskPort);
       const result = await run("evaluate", riskPort, { ratePerSecond: rate, warmupSeconds: 1 });
-      return { rate, result, atService: histogramBetween(before, await evaluateHistogram(riskPort), 0.005) };
+      const after = await evaluateHistograms(riskPort);
+      return { rate, result, atService: histogramBetween(before.all, after.all, 0.005), paths: byPath(before, after) };
     };
-    const { rate: openRate, result: open, atService } = await openLoop(OPEN_SHARE);
+    const { rate: openRate, result: open, atService, paths } = await openLoop(OPEN_SHARE);
     const light = await openLoop(LIGHT_SHARE);
 
     const evaluations = closed.ok;
@@ -367,11 +404,13 @@ async function main(): Promise<void> {
       max_ms: round(open.maxMs),
       service_within_5ms_share: round(atService.withinShare, 4),
       service_p99_at_most_ms: atService.p99AtMostMs,
+      service_by_path: paths,
       light_rate_per_s: light.rate,
       light_p50_ms: round(light.result.p50Ms),
       light_p99_ms: round(light.result.p99Ms),
       light_service_within_5ms_share: round(light.atService.withinShare, 4),
       light_service_p99_at_most_ms: light.atService.p99AtMostMs,
+      light_service_by_path: light.paths,
       risk_cpu_ms_per_evaluation: evaluations > 0 ? round(((cpuAfter - cpuBefore) * 1000) / (evaluations * (1 + WARMUP_SECONDS / SECONDS)), 3) : 0,
       flagged_share: round((closed.flagged + open.flagged + light.result.flagged) / Math.max(1, closed.ok + open.ok + light.result.ok), 3),
       unavailable: closed.unavailable + open.unavailable + light.result.unavailable,
@@ -392,8 +431,10 @@ async function main(): Promise<void> {
       `closed loop Evaluate                     ${String(figures.evaluations_per_s).padStart(7)}/s  p50 ${figures.closed_p50_ms} ms  p99 ${figures.closed_p99_ms} ms  (${figures.evaluations_vs_bare_rpc}× the bare RPC server)`,
       `open loop Evaluate at ${String(openRate).padStart(5)}/s          client p50 ${figures.p50_ms} ms  p99 ${figures.p99_ms} ms  max ${figures.max_ms} ms`,
       `  at the service: ${round(figures.service_within_5ms_share * 100, 2)}% handled within 5 ms, p99 ≤ ${figures.service_p99_at_most_ms} ms (budget: p99 ≤ 5 ms)`,
+      pathLine(figures.service_by_path),
       `open loop Evaluate at ${String(light.rate).padStart(5)}/s          client p50 ${figures.light_p50_ms} ms  p99 ${figures.light_p99_ms} ms`,
       `  at the service: ${round(figures.light_service_within_5ms_share * 100, 2)}% handled within 5 ms, p99 ≤ ${figures.light_service_p99_at_most_ms} ms (budget: p99 ≤ 5 ms)`,
+      pathLine(figures.light_service_by_path),
       `Risk CPU ${figures.risk_cpu_ms_per_evaluation} ms per evaluation; ${round(figures.flagged_share * 100, 1)}% flagged; ${figures.unavailable} RISK_UNAVAILABLE fallbacks; ${figures.retries} retries, ${figures.retries_not_replayed} not replayed; ${figures.errors} errors`,
       "",
     ].join("\n"));

@@ -30,6 +30,7 @@ import {
 import type { Config } from "../runtime/config.js";
 import { failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { errorText, sampledLog } from "../runtime/log.js";
+import { metrics } from "../runtime/metrics.js";
 import type { ServiceModule } from "../runtime/service.js";
 import { limitText, requireAmountMinor, requireCurrency, requireEnum, optionalId, optionalTime, requireId, requirePageSize, requireText } from "../runtime/validate.js";
 import { Counters, type Counted } from "./counters.js";
@@ -159,6 +160,9 @@ function blocklistMessage(row: { kind: number; value: string; reason: string; cr
   return create(BlocklistEntrySchema, { kind: row.kind, value: row.value, reason: row.reason, createdAt: timestampFromDate(row.createdAt) });
 }
 
+/** How an evaluation was decided: the label of cowrie_risk_evaluation_seconds. */
+type EvaluationPath = "clean" | "flagged" | "replayed" | "fallback";
+
 function windowsOf(settings: Settings) {
   return {
     velocityMs: settings.velocity.windowSeconds * 1000,
@@ -183,6 +187,7 @@ export const riskModule: ServiceModule = {
     const tenants = new TenantRulesCache(store, config.riskSettingsCacheMs, (tenantId, error) =>
       log.warn({ tenantId, err: errorText(error) }, "risk settings could not be read; using the last ones"));
     const fallback = FALLBACK_ACTIONS[config.riskWhenUnavailable];
+    const evaluationSeconds = metrics().riskEvaluationSeconds;
     // While Redis is away every evaluation falls back: one warning a second, with a count.
     const unavailableLog = sampledLog();
 
@@ -204,13 +209,14 @@ export const riskModule: ServiceModule = {
       return evaluateResponse(payment, stored, replayed || !inserted);
     }
 
-    async function evaluate(payment: EvaluateInput, rules: TenantRules): Promise<EvaluateResponse> {
+    /** The answer, and which way it was reached (cowrie_risk_evaluation_seconds{path}). */
+    async function evaluate(payment: EvaluateInput, rules: TenantRules): Promise<{ response: EvaluateResponse; path: EvaluationPath }> {
       const counted = await countOrExplain(payment, rules.settings);
       if (counted.kind === "unavailable") {
         // PostgreSQL is the idempotency record while Redis is away.
         const earlier = await store.findDecision(payment.tenantId, payment.paymentId);
-        if (earlier) return evaluateResponse(payment, earlier, true);
-        return recorded(payment, decideWithoutCounters(payment, rules.settings, rules.blocklist, fallback, counted.why), false);
+        if (earlier) return { response: evaluateResponse(payment, earlier, true), path: "fallback" };
+        return { response: await recorded(payment, decideWithoutCounters(payment, rules.settings, rules.blocklist, fallback, counted.why), false), path: "fallback" };
       }
       const replayed = counted.kind === "replayed";
       if (replayed) requireSamePayment(payment, counted.earlier);
@@ -218,13 +224,13 @@ export const riskModule: ServiceModule = {
       // away, which a clean evaluation must not contradict unless the fallback was ALLOW too.
       if (replayed || fallback !== Action.FLAG) {
         const earlier = await store.findDecision(payment.tenantId, payment.paymentId);
-        if (earlier) return evaluateResponse(payment, earlier, true);
+        if (earlier) return { response: evaluateResponse(payment, earlier, true), path: "replayed" };
       }
       // A clean first decision is not stored: the retry decides again from the same snapshot,
       // which gives the same clean ALLOW unless the tenant's settings changed in between.
       const verdict = decide(payment, counted.observation, rules.settings, rules.blocklist);
-      if (verdict.flags.length === 0) return create(EvaluateResponseSchema, { decision: Decision.ALLOW, score: 0, replayed });
-      return recorded(payment, verdict, replayed);
+      if (verdict.flags.length === 0) return { response: create(EvaluateResponseSchema, { decision: Decision.ALLOW, score: 0, replayed }), path: replayed ? "replayed" : "clean" };
+      return { response: await recorded(payment, verdict, replayed), path: "flagged" };
     }
 
     async function requireReview(tenantId: string, paymentId: string) {
@@ -248,8 +254,11 @@ export const riskModule: ServiceModule = {
         router.service(EventOperationsService, operations);
         router.service(RiskService, {
           async evaluate(request) {
+            const startedAt = performance.now();
             const payment = validateEvaluate(request);
-            return evaluate(payment, await tenants.get(payment.tenantId));
+            const { response, path } = await evaluate(payment, await tenants.get(payment.tenantId));
+            evaluationSeconds.observe({ path }, (performance.now() - startedAt) / 1000);
+            return response;
           },
 
           async recordPaymentOutcome(request) {

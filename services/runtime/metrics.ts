@@ -10,6 +10,7 @@ export interface Metrics {
   readonly clientRequests: Counter<"service" | "target" | "method" | "code">;
   readonly clientWaitingCalls: Gauge<"target">;
   readonly clientSlotWaitSeconds: Histogram<"target">;
+  readonly riskEvaluationSeconds: Histogram<"path">;
   readonly breakerState: Gauge<"service" | "target">;
   readonly healthStatus: Gauge<"service">;
   readonly gatewayCalls: Counter<"gateway" | "operation" | "code">;
@@ -62,6 +63,13 @@ export function metrics(): Metrics {
       name: "cowrie_client_waiting_calls",
       help: "Outbound calls waiting off the wire for one of COWRIE_CLIENT_MAX_IN_FLIGHT slots, by target service.",
       labelNames: ["target"],
+      registers: [registry],
+    }),
+    riskEvaluationSeconds: new Histogram({
+      name: "cowrie_risk_evaluation_seconds",
+      help: "Time Risk took to decide an Evaluate, by path: clean (counted, nothing fired: no write), flagged (a rule fired: the decision committed to PostgreSQL first), replayed (an earlier decision read back), fallback (Redis unavailable).",
+      labelNames: ["path"],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
       registers: [registry],
     }),
     clientSlotWaitSeconds: new Histogram({
