@@ -8,10 +8,10 @@
 import { createHash } from "node:crypto";
 import { and, asc, desc, eq, gte, inArray, isNull, lt, or, sql, type SQL } from "drizzle-orm";
 import { PaymentKind, PaymentStatus } from "../../gen/cowrie/router/v1/router_pb.js";
-import { transact, type Db, type Tx } from "../runtime/db.js";
+import { transact, transactPipelined, type Db, type FinishingStatement, type Tx } from "../runtime/db.js";
 import { timeSortableId } from "../runtime/ids.js";
 import { creation, transition } from "./lifecycle.js";
-import { appendEvents } from "../runtime/events.js";
+import { eventsInsert } from "../runtime/events.js";
 import { paymentStatusChanged } from "./messages.js";
 import { gatewayCalls, outbox, paymentTransitions, payments, refundRefusals, type RequestFields } from "./schema.js";
 
@@ -53,7 +53,7 @@ export function differingField(stored: RequestFields, incoming: RequestFields): 
  * twenty racing calls find one payment.
  */
 export async function insertPayment(db: Db, payment: NewPayment, reason: string): Promise<{ row: PaymentRow; created: boolean }> {
-  return transact(db, async (tx) => {
+  return transactPipelined<{ row: PaymentRow; created: boolean }>(db, async (tx) => {
     // A payment that starts in PROCESSING has taken two steps (CREATED, then PROCESSING): version 1,
     // so that its two events carry different versions.
     const [inserted] = await tx
@@ -61,13 +61,10 @@ export async function insertPayment(db: Db, payment: NewPayment, reason: string)
       .values({ ...payment, version: payment.status === PaymentStatus.PROCESSING ? 1 : 0 })
       .onConflictDoNothing({ target: [payments.tenantId, payments.idempotencyKey] })
       .returning();
-    if (inserted) {
-      await recordCreation(tx, inserted, reason);
-      return { row: inserted, created: true };
-    }
+    if (inserted) return { result: { row: inserted, created: true }, finish: creationStatements(tx, inserted, reason) };
     const existing = await findByKey(tx, payment.tenantId, payment.idempotencyKey);
     if (!existing) throw new Error(`payment under key ${payment.idempotencyKey} vanished`);
-    return { row: existing, created: false };
+    return { result: { row: existing, created: false }, finish: [] };
   });
 }
 
@@ -76,7 +73,13 @@ export async function insertPayment(db: Db, payment: NewPayment, reason: string)
  * request path, which starts moving its money at once) also gets its CREATED → PROCESSING step,
  * in the same statement, so the history is the same path as for any other payment.
  */
+/** Writes the history and events of a new payment, in the caller's transaction. */
 async function recordCreation(tx: Tx, row: PaymentRow, reason: string): Promise<void> {
+  for (const statement of creationStatements(tx, row, reason)) await statement;
+}
+
+/** The history and events of a new payment, to write with it. */
+function creationStatements(tx: Tx, row: PaymentRow, reason: string): FinishingStatement[] {
   const change = creation(reason);
   const steps = [{ paymentId: row.id, fromStatus: change.from, toStatus: change.to, at: row.createdAt, reason }];
   const events = [paymentStatusChanged({ ...row, status: change.to, version: 0 }, change.from, reason)];
@@ -85,8 +88,7 @@ async function recordCreation(tx: Tx, row: PaymentRow, reason: string): Promise<
     steps.push({ paymentId: row.id, fromStatus: change.to, toStatus: PaymentStatus.PROCESSING, at: row.createdAt, reason: MOVING_FUNDS });
     events.push(paymentStatusChanged(row, change.to, MOVING_FUNDS));
   }
-  await tx.insert(paymentTransitions).values(steps);
-  await appendEvents(tx, outbox, "router", events);
+  return [tx.insert(paymentTransitions).values(steps), eventsInsert(tx, outbox, "router", events)];
 }
 
 /** The reason recorded when a payment's money starts moving. */
@@ -149,24 +151,26 @@ export async function persistTransition(
 ): Promise<PaymentRow | undefined> {
   transition({ status: payment.status as PaymentStatus }, to, reason);
   const now = new Date();
-  const work = async (tx: Tx): Promise<PaymentRow | undefined> => {
+  const work = async (tx: Tx) => {
     const [moved] = await tx
       .update(payments)
       .set({ ...fields, status: to, version: payment.version + 1, updatedAt: now, leaseUntil: null })
       .where(and(eq(payments.id, payment.id), eq(payments.status, payment.status), eq(payments.version, payment.version)))
       .returning();
-    if (!moved) return undefined;
-    await tx.insert(paymentTransitions).values({ paymentId: moved.id, fromStatus: payment.status, toStatus: to, at: now, reason });
-    await appendEvents(tx, outbox, "router", [paymentStatusChanged(moved, payment.status as PaymentStatus, reason)]);
+    if (!moved) return { result: undefined, finish: [] };
+    const finish: FinishingStatement[] = [
+      tx.insert(paymentTransitions).values({ paymentId: moved.id, fromStatus: payment.status, toStatus: to, at: now, reason }),
+      eventsInsert(tx, outbox, "router", [paymentStatusChanged(moved, payment.status as PaymentStatus, reason)]),
+    ];
     if (moved.refundedPaymentId && (to === PaymentStatus.FAILED || to === PaymentStatus.CANCELED)) {
-      await tx
+      finish.push(tx
         .update(payments)
         .set({ refundedMinor: sql`${payments.refundedMinor} - ${moved.amountMinor}`, updatedAt: now })
-        .where(eq(payments.id, moved.refundedPaymentId));
+        .where(eq(payments.id, moved.refundedPaymentId)));
     }
-    return moved;
+    return { result: moved, finish };
   };
-  return bound ? transact(db, work) : db.transaction(work);
+  return bound ? transactPipelined(db, work) : transactPipelined(db, work, null);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,11 @@ import assert from "node:assert/strict";
 import * as net from "node:net";
 import { after, before, describe, it } from "node:test";
 import { sql } from "drizzle-orm";
-import { createPostgresDatabase, rowsOf, type Database } from "./db.js";
+import { integer, pgTable, text } from "drizzle-orm/pg-core";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
+import { createPostgresDatabase, openEmbeddedDatabase, rowsOf, transactPipelined, type Database, type Db } from "./db.js";
 import { pause } from "./pause.js";
 import { freshDatabase } from "./testing.js";
 
@@ -154,5 +158,67 @@ describe("drizzle's is(), patched (patches/drizzle-orm+0.45.4.patch)", () => {
     );
     class NotAnEntity {}
     assert.throws(() => is(table, NotAnEntity as unknown as typeof Table), /doesn't look like a Drizzle entity/);
+  });
+});
+
+describe("transactPipelined", () => {
+  const probe = pgTable("pipelined_probe", { id: integer("id").primaryKey(), note: text("note").notNull() });
+  const ids = async (db: Db) => rowsOf<{ id: number }>(await db.execute(sql`select id from pipelined_probe order by id`)).map((row) => row.id);
+
+  /** The same outcomes on postgres.js (pipelined) and on PGlite (statement by statement). */
+  async function outcomes(db: Db): Promise<void> {
+    await db.execute(sql`create table if not exists pipelined_probe (id int primary key, note text not null)`);
+    await db.execute(sql`truncate pipelined_probe`);
+
+    const written = await transactPipelined(db, async (tx) => {
+      const [first] = await tx.insert(probe).values({ id: 1, note: "work" }).returning();
+      return { result: first?.note, finish: [tx.insert(probe).values({ id: 2, note: "finish" }), tx.insert(probe).values({ id: 3, note: "finish" })] };
+    });
+    assert.equal(written, "work");
+    assert.deepEqual(await ids(db), [1, 2, 3]);
+    const [{ transactions } = { transactions: 0 }] = rowsOf<{ transactions: number }>(await db.execute(sql`select count(distinct xmin::text)::int as transactions from pipelined_probe`));
+    assert.equal(transactions, 1, "one transaction wrote all three");
+
+    // A finishing statement fails: the work's statement and the finishing one before it go too.
+    await assert.rejects(
+      transactPipelined(db, async (tx) => {
+        await tx.insert(probe).values({ id: 10, note: "work" });
+        return { result: undefined, finish: [tx.insert(probe).values({ id: 11, note: "finish" }), tx.insert(probe).values({ id: 1, note: "duplicate" })] };
+      }),
+      (error: { code?: string; cause?: { code?: string } }) => (error.code ?? error.cause?.code) === "23505",
+    );
+    await assert.rejects(
+      transactPipelined(db, async (tx) => {
+        await tx.insert(probe).values({ id: 20, note: "work" });
+        throw new Error("the work failed");
+      }),
+      /the work failed/,
+    );
+    // The deadline passes during the work: nothing more is sent, and the work's statement goes.
+    const deadline = new AbortController();
+    await assert.rejects(
+      transactPipelined(db, async (tx) => {
+        await tx.insert(probe).values({ id: 30, note: "work" });
+        deadline.abort(new Error("deadline passed"));
+        return { result: undefined, finish: [tx.insert(probe).values({ id: 31, note: "finish" })] };
+      }, deadline.signal),
+      /deadline passed/,
+    );
+    assert.deepEqual(await ids(db), [1, 2, 3], "nothing of the failed transactions was kept");
+  }
+
+  it("on postgres.js: commits the work and its finishing statements together, or none of them", async () => {
+    await outcomes(database.db);
+  });
+
+  it("on PGlite: the same", async () => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), "cowrie-pipelined-"));
+    const embedded = await openEmbeddedDatabase(dataDir);
+    try {
+      await outcomes(embedded.database().db);
+    } finally {
+      await embedded.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 });

@@ -97,8 +97,13 @@ export function envelopeToJson(envelope: Envelope): JsonObject {
 /** Writes events to the outbox in the caller's transaction; they are published once it commits. */
 export async function appendEvents(tx: Tx, outbox: OutboxTable, source: ServiceName, events: readonly NewEvent[]): Promise<void> {
   if (events.length === 0) return;
+  await eventsInsert(tx, outbox, source, events);
+}
+
+/** The outbox insert of appendEvents, not yet run: a finishing statement of transactPipelined. */
+export function eventsInsert(tx: Tx, outbox: OutboxTable, source: ServiceName, events: readonly NewEvent[]) {
   const now = new Date();
-  await tx.insert(outbox).values(events.map((event) => outboxRowOf(source, event, now)));
+  return tx.insert(outbox).values(events.map((event) => outboxRowOf(source, event, now)));
 }
 
 // ---------------------------------------------------------------------------------------------
