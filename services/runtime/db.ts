@@ -195,12 +195,8 @@ function isAlive(pid: number): boolean {
  * comes back, long after the caller was told DEADLINE_EXCEEDED.
  */
 export async function transact<T>(db: Db, work: (tx: Tx) => Promise<T>, signal = currentCallContext()?.signal): Promise<T> {
-  signal?.throwIfAborted();
-  return db.transaction(async (tx) => {
-    const result = await work(tx);
-    signal?.throwIfAborted();
-    return result;
-  });
+  // BEGIN goes out with the first statement of `work` (see transactPipelined).
+  return transactPipelined(db, async (tx) => ({ result: await work(tx), finish: [] }), signal ?? null);
 }
 
 /** A statement a pipelined transaction ends with: a drizzle query, not yet run (not awaited). */
@@ -211,17 +207,19 @@ export interface FinishingStatement extends PromiseLike<unknown> {
 const pipelineDialect = new PgDialect();
 
 /**
- * A transaction in two socket writes where `transact` takes one per statement plus two: BEGIN goes
- * out with the first statement `work` runs, and the statements `work` returns to end the
- * transaction go out in one write with the COMMIT. For read-or-insert, decide, then write
- * transactions (a payment and its history and events). Each write is a system call that wakes
- * PostgreSQL, and on these machines it costs as much CPU as drizzle's building of the statement.
+ * A transaction in as few socket writes as its statements allow. drizzle's transactions take one
+ * for BEGIN, one per statement and one for COMMIT; here BEGIN goes out with the first statement
+ * `work` runs, and the statements `work` returns, those whose results it does not need, go out in
+ * one write with the COMMIT. A read-or-insert, decide, then write transaction (a payment, its
+ * history and its events) is two writes. Each write is a system call that wakes PostgreSQL, and on
+ * these machines it costs about as much CPU as drizzle's building of the statement.
  *
- * `work` runs its statements on `tx` as usual, and must not run those it returns. A failure
- * anywhere rolls everything back (a COMMIT after a failed statement is a ROLLBACK), and the first
- * error is thrown. `signal`, as for `transact` (null: not bound to a call): nothing starts once it
- * has fired, and the finishing statements are not sent when it fired during `work`. On PGlite (one connection, no
- * pipelining) it is `transact`, the finishing statements run one after another.
+ * `work` runs its statements on `tx` as usual, and must not run those it returns, nor open a
+ * nested transaction (a savepoint) on `tx`. A failure anywhere rolls everything back (a COMMIT
+ * after a failed statement is a ROLLBACK) and the first error is thrown. `signal`, as for
+ * `transact` (null: not bound to a call): nothing starts once it has fired, and the finishing
+ * statements are not sent when it fired during `work`. On PGlite (one connection, no pipelining)
+ * it is a plain transaction, the finishing statements run one after another.
  */
 export async function transactPipelined<T>(
   db: Db,
@@ -231,11 +229,12 @@ export async function transactPipelined<T>(
   signal?.throwIfAborted();
   const client = (db as { $client?: unknown }).$client;
   if (!isPostgresJs(client)) {
-    return transact(db, async (tx) => {
+    return db.transaction(async (tx) => {
       const { result, finish } = await work(tx);
+      signal?.throwIfAborted();
       for (const statement of finish) await statement;
       return result;
-    }, signal ?? undefined);
+    });
   }
   const reserved = await client.reserve();
   const connection = preparing(reserved);
