@@ -68,17 +68,16 @@ export async function insertPayment(db: Db, payment: NewPayment, reason: string)
   });
 }
 
-/**
- * The creation of a payment in its history; a payment inserted straight into PROCESSING (the
- * request path, which starts moving its money at once) also gets its CREATED → PROCESSING step,
- * in the same statement, so the history is the same path as for any other payment.
- */
-/** Writes the history and events of a new payment, in the caller's transaction. */
+/** Writes the history and events of a new payment, in the caller's transaction (refunds). */
 async function recordCreation(tx: Tx, row: PaymentRow, reason: string): Promise<void> {
   for (const statement of creationStatements(tx, row, reason)) await statement;
 }
 
-/** The history and events of a new payment, to write with it. */
+/**
+ * The statements that write a new payment's history and events. A payment inserted straight into
+ * PROCESSING (the request path, which starts moving its money at once) also gets its CREATED →
+ * PROCESSING step, in the same statement, so the history is the same path as for any other payment.
+ */
 function creationStatements(tx: Tx, row: PaymentRow, reason: string): FinishingStatement[] {
   const change = creation(reason);
   const steps = [{ paymentId: row.id, fromStatus: change.from, toStatus: change.to, at: row.createdAt, reason }];

@@ -65,18 +65,18 @@ export function metrics(): Metrics {
       labelNames: ["target"],
       registers: [registry],
     }),
-    riskEvaluationSeconds: new Histogram({
-      name: "cowrie_risk_evaluation_seconds",
-      help: "Time Risk took to decide an Evaluate, by path: clean (counted, nothing fired: no write), flagged (a rule fired: the decision committed to PostgreSQL first), replayed (an earlier decision read back), fallback (Redis unavailable).",
-      labelNames: ["path"],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
-      registers: [registry],
-    }),
     clientSlotWaitSeconds: new Histogram({
       name: "cowrie_client_slot_wait_seconds",
       help: "How long outbound calls that found every in-flight slot taken waited for one (until sent or given up), by target service.",
       labelNames: ["target"],
       buckets: [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry],
+    }),
+    riskEvaluationSeconds: new Histogram({
+      name: "cowrie_risk_evaluation_seconds",
+      help: "Time Risk took to decide an Evaluate, by path: clean (counted, nothing fired: no write), flagged (a rule fired: the decision committed to PostgreSQL first), replayed (an earlier decision read back), fallback (Redis unavailable).",
+      labelNames: ["path"],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
       registers: [registry],
     }),
     breakerState: new Gauge({
