@@ -16,14 +16,13 @@ import { AccountCode, LedgerService, TransferKind, type Transfer } from "../../.
 import { FindingStatus, FindingType, ReconciliationService, type Finding, type ReconciliationRun } from "../../../gen/cowrie/router/v1/reconciliation_pb.js";
 import { PaymentKind, PaymentStatus } from "../../../gen/cowrie/router/v1/router_pb.js";
 import { WalletKind, WalletService } from "../../../gen/cowrie/wallet/v1/wallet_pb.js";
-import { startMesh, type Mesh } from "../../mesh.js";
+import { meshTopology, startMesh, type Mesh } from "../../mesh.js";
 import { metrics } from "../../runtime/metrics.js";
 import { capturingLogger, deleteBrokerTopology, freshDatabase, meshEnvironment, rejection, TEST_AMQP_URL, TEST_REDIS_URL, testConfig } from "../../runtime/testing.js";
 import { simulatorControl, simulatorGatewayEnv, type ImportRecord, type SimulatorControl } from "../../simulator/control.js";
 import { startSimulator } from "../../simulator/simulator.js";
 import { captureIdFor, clearingAccountId, holdIdFor, transferIdFor } from "../../wallet/service.js";
 import { gatewayReference } from "../gateway-flow.js";
-import { workTopology } from "../service.js";
 import { newPaymentId } from "../store.js";
 import { takeLease } from "./store.js";
 
@@ -94,7 +93,8 @@ after(async () => {
   await mesh?.close();
   await simulator?.close();
   await database?.drop();
-  if (namespace) await deleteBrokerTopology(workTopology(namespace));
+  // The mesh declared every event consumer's queues too, not only the Router's work queue.
+  if (namespace) await deleteBrokerTopology(meshTopology(namespace));
 });
 
 // ---------------------------------------------------------------------------------------------
