@@ -389,7 +389,7 @@ export async function recordSentCall(
   db: Db,
   call: Pick<GatewayCallRow, "paymentId" | "gateway" | "operation" | "reference" | "candidates" | "reason">,
 ): Promise<GatewayCallRow> {
-  return db.transaction(async (tx) => {
+  return transactPipelined(db, async (tx) => {
     const [row] = await tx
       .insert(gatewayCalls)
       .values({
@@ -399,9 +399,9 @@ export async function recordSentCall(
         outcome: "sent",
       })
       .returning();
-    if (call.operation !== "status") await tx.update(payments).set({ gateway: call.gateway }).where(eq(payments.id, call.paymentId));
-    return row as GatewayCallRow;
-  });
+    const finish = call.operation === "status" ? [] : [tx.update(payments).set({ gateway: call.gateway }).where(eq(payments.id, call.paymentId))];
+    return { result: row as GatewayCallRow, finish };
+  }, null);
 }
 
 export async function recordCallResult(

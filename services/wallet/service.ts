@@ -38,8 +38,8 @@ import {
   type WalletLimits,
 } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import { expireTransferId } from "../ledger/service.js";
-import { transact, type Tx } from "../runtime/db.js";
-import { appendEvents, outboxFeed, type NewEvent } from "../runtime/events.js";
+import { transact, transactPipelined, type Tx } from "../runtime/db.js";
+import { appendEvents, eventsInsert, outboxFeed, type NewEvent } from "../runtime/events.js";
 import { HoldChangedSchema, WalletChangedSchema } from "../../gen/cowrie/events/v1/events_pb.js";
 import { invalidArgument, notFound } from "../runtime/errors.js";
 import { pageOf, pagePosition } from "../runtime/pages.js";
@@ -549,15 +549,14 @@ export const walletModule: ServiceModule = {
 
     /** Writes a hold's new state if it is still HELD; the Ledger decided it, so no deadline applies. */
     async function resolveHold(row: HoldRow, change: { status: HoldStatus; capturedMinor?: bigint }): Promise<HoldRow> {
-      const updated = await db.transaction(async (tx) => {
+      const updated = await transactPipelined(db, async (tx) => {
         const [moved] = await tx
           .update(holds)
           .set({ ...change, updatedAt: sql`now()` })
           .where(and(eq(holds.id, row.id), eq(holds.status, HoldStatus.HELD)))
           .returning();
-        if (moved) await appendEvents(tx, outbox, "wallet", [holdChanged(moved)]);
-        return moved;
-      });
+        return { result: moved, finish: moved ? [eventsInsert(tx, outbox, "wallet", [holdChanged(moved)])] : [] };
+      }, null);
       return updated ?? (await findHold(row.tenantId, row.id)) ?? row;
     }
 
@@ -935,7 +934,7 @@ export const walletModule: ServiceModule = {
             const committed = (await ledger.lookupTransfers({ ids: [holdId] })).transfers[0];
             if (!committed?.createdAt) throw new ConnectError(`ledger lost pending transfer ${holdId}`, Code.Internal);
             const createdAt = timestampDate(committed.createdAt);
-            await db.transaction(async (tx) => {
+            await transactPipelined(db, async (tx) => {
               const [placed] = await tx
                 .insert(holds)
                 .values({
@@ -949,8 +948,8 @@ export const walletModule: ServiceModule = {
                 })
                 .onConflictDoNothing({ target: holds.id })
                 .returning();
-              if (placed) await appendEvents(tx, outbox, "wallet", [holdChanged(placed)]);
-            });
+              return { result: undefined, finish: placed ? [eventsInsert(tx, outbox, "wallet", [holdChanged(placed)])] : [] };
+            }, null);
             const row = await requireHold(tenantId, holdId);
             return { hold: holdMessage(outcome.status === "exists" ? await syncHold(row) : row), replayed: outcome.status === "exists" };
           },
