@@ -49,28 +49,30 @@ export async function reserveOutflow(
   const { operationId, walletId, amountMinor, dailyLimitMinor } = reservation;
   if (dailyLimitMinor > 0n && amountMinor > dailyLimitMinor) return "limit_exceeded";
   try {
+    // One statement, then the COMMIT (transact sends BEGIN with it): the operation's row, and
+    // the day's total counted only if that row is new; a limit that refuses the count rolls the
+    // row back too.
     return await transact(db, async (tx) => {
-      const recorded = rowsOf<{ day: string }>(
+      const [outcome] = rowsOf<{ recorded: boolean; counted: boolean }>(
         await tx.execute(sql`
-          insert into wallet.outflows (operation_id, wallet_id, day, amount_minor)
-          values (${operationId}, ${walletId}, ${TODAY}, ${amountMinor})
-          on conflict (operation_id) do nothing
-          returning day::text as day`),
+          with recorded as (
+            insert into wallet.outflows (operation_id, wallet_id, day, amount_minor)
+            values (${operationId}, ${walletId}, ${TODAY}, ${amountMinor})
+            on conflict (operation_id) do nothing
+            returning day),
+          counted as (
+            insert into wallet.outflow_totals (wallet_id, day, total_minor)
+            select ${walletId}, day, ${amountMinor}::bigint from recorded
+            on conflict (wallet_id, day) do update
+              set total_minor = least(wallet.outflow_totals.total_minor::numeric + excluded.total_minor, ${INT64_MAX}::numeric)::bigint
+              where ${dailyLimitMinor}::bigint = 0
+                or wallet.outflow_totals.total_minor::numeric + excluded.total_minor <= ${dailyLimitMinor}::numeric
+            returning total_minor)
+          select exists (select 1 from recorded) as recorded, exists (select 1 from counted) as counted`),
       );
-      const day = recorded[0]?.day;
-      if (day === undefined) return "known";
-      const counted = rowsOf<{ total: unknown }>(
-        await tx.execute(sql`
-          insert into wallet.outflow_totals (wallet_id, day, total_minor)
-          values (${walletId}, ${day}::date, ${amountMinor})
-          on conflict (wallet_id, day) do update
-            set total_minor = least(wallet.outflow_totals.total_minor::numeric + excluded.total_minor, ${INT64_MAX}::numeric)::bigint
-            where ${dailyLimitMinor}::bigint = 0
-              or wallet.outflow_totals.total_minor::numeric + excluded.total_minor <= ${dailyLimitMinor}::numeric
-          returning total_minor as total`),
-      );
-      // Nothing returned: the limit refused it. Throwing rolls the operation's row back too.
-      if (counted.length === 0) throw new LimitExceeded();
+      if (!outcome?.recorded) return "known";
+      // Recorded but not counted: the limit refused it. Throwing rolls the operation's row back.
+      if (!outcome.counted) throw new LimitExceeded();
       return "reserved";
     });
   } catch (error) {
