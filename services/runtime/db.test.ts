@@ -2,13 +2,13 @@
 // run as prepared statements (one round trip once the connection has seen the text), within
 // bounds; and a connection cut while it starts fails its query without taking the process down.
 import assert from "node:assert/strict";
-import * as net from "node:net";
-import { after, before, describe, it } from "node:test";
-import { sql } from "drizzle-orm";
-import { integer, pgTable, text } from "drizzle-orm/pg-core";
 import { mkdtemp, rm } from "node:fs/promises";
+import * as net from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Column, is, sql, SQL, Table, View } from "drizzle-orm";
+import { integer, PgColumn, PgTable, pgTable, text } from "drizzle-orm/pg-core";
 import { createPostgresDatabase, openEmbeddedDatabase, rowsOf, transactPipelined, type Database, type Db } from "./db.js";
 import { pause } from "./pause.js";
 import { freshDatabase } from "./testing.js";
@@ -143,9 +143,7 @@ async function cutAfterStartup(target: { host: string; port: number }, count: nu
 }
 
 describe("drizzle's is(), patched (patches/drizzle-orm+0.45.4.patch)", () => {
-  it("answers as upstream's does: subclasses match, unrelated entities and plain values do not (and a null-prototype value is none, where upstream throws)", async () => {
-    const { Column, SQL, Table, View, is } = await import("drizzle-orm");
-    const { PgColumn, PgTable, pgTable, text } = await import("drizzle-orm/pg-core");
+  it("answers as upstream's does: subclasses match, unrelated entities and plain values do not (and a null-prototype value is none, where upstream throws)", () => {
     const table = pgTable("is_probe", { id: text("id") });
     const fragment = sql`select 1`;
     assert.deepEqual(

@@ -383,14 +383,12 @@ export const walletModule: ServiceModule = {
 
     /** The wallet within the tenant; another tenant's wallet is NOT_FOUND like an unknown one. */
     async function requireWallet(tenantId: string, walletId: string): Promise<WalletRow> {
-      const row = await findWallet(tenantId, walletId);
-      if (!row) throw notFound(`wallet ${walletId}`);
-      return row;
+      return (await requireWalletsOf(tenantId, [walletId]))[0] as WalletRow;
     }
 
     /**
      * The wallets of a transfer or hold within the tenant, in one query, in the order asked; the
-     * first one missing is NOT_FOUND, as requireWallet would have said checking them in turn.
+     * first one missing is NOT_FOUND.
      */
     async function requireWalletsOf(tenantId: string, walletIds: readonly string[]): Promise<WalletRow[]> {
       const rows = await db.select().from(wallets).where(and(eq(wallets.tenantId, tenantId), inArray(wallets.id, [...walletIds])));
