@@ -39,6 +39,11 @@ export const accounts = ledger.table(
  * the caller's idempotency key, kept forever. `sequence` numbers transfers 1, 2, 3... in commit
  * order without gaps; `batch` ties each to the hash-chained journal batch that committed it.
  * POST/VOID/EXPIRE rows are stored resolved: accounts, currency and amount filled in.
+ *
+ * The accounts a row names are checked once per statement, not per row by foreign keys: a
+ * statement trigger (migration 0004) refuses a row whose debit or credit account does not exist
+ * in the transfer's currency, and accounts can be neither deleted nor renamed. Per-row foreign
+ * key triggers were 60% of the PostgreSQL time of a 1,000-transfer insert.
  */
 export const transfers = ledger.table(
   "transfers",
@@ -47,8 +52,8 @@ export const transfers = ledger.table(
     sequence: bigint("sequence", { mode: "bigint" }).notNull().unique(),
     batch: bigint("batch", { mode: "bigint" }).notNull(),
     kind: smallint("kind").notNull(),
-    debitAccountId: text("debit_account_id").notNull().references(() => accounts.id),
-    creditAccountId: text("credit_account_id").notNull().references(() => accounts.id),
+    debitAccountId: text("debit_account_id").notNull(),
+    creditAccountId: text("credit_account_id").notNull(),
     amountMinor: bigint("amount_minor", { mode: "bigint" }).notNull(),
     currency: text("currency").notNull(),
     code: integer("code").notNull(),

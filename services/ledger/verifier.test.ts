@@ -1,6 +1,7 @@
 // The journal verifier against the real Ledger on fresh PostgreSQL databases: a clean journal
 // has no findings; tampering as a DBA would (triggers disabled with session_replication_role)
-// is reported by kind and subject; the append-only triggers refuse a plain UPDATE or DELETE; and
+// is reported by kind and subject; the append-only triggers refuse a plain UPDATE or DELETE; the
+// journal's rows must name accounts that exist in their currency, and accounts are never deleted; and
 // `npm run ledger:verify` exits 0 on a clean journal and 1 on a tampered one.
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -280,6 +281,46 @@ describe("VerifyJournal on a tampered journal", () => {
       await assert.rejects(sql`delete from ledger.journal_batches`, refused);
       const [row] = await sql`select amount_minor::text from ledger.transfers where id = ${ids.aliceToBob}`;
       assert.equal(row?.amount_minor, "500");
+    } finally {
+      await sql.end();
+    }
+    assert.deepEqual(described(await verify(ledger)), []);
+    await close();
+  });
+
+  it("refuses a journal row whose account does not exist in its currency, and keeps accounts from being deleted or renamed", async () => {
+    const { url, ledger, accounts, close } = await seededLedger("accounts");
+    const sql = postgres(url, { max: 1, onnotice: () => {} });
+    const failsWith = (code: string, pattern: RegExp) => (error: unknown) => {
+      const { code: actual, message } = error as { code?: string; message?: string };
+      assert.equal(actual, code, message);
+      assert.match(message ?? "", pattern);
+      return true;
+    };
+    const insert = (id: string, sequence: number, debit: string, credit: string, currency: string) => sql`
+      insert into ledger.transfers (id, sequence, batch, kind, debit_account_id, credit_account_id, amount_minor, currency, code, reference, metadata, linked, pending_id, timeout_seconds, created_at)
+      values (${id}, ${sequence}, 999, ${TransferKind.POSTED}, ${debit}, ${credit}, 1, ${currency}, 1, '', '{}', false, '', 0, now())`;
+    try {
+      const { alice, bob } = accounts;
+      await assert.rejects(insert("ghost-credit", 1_000_001, alice, "nobody", "NGN"), failsWith("23503", /names account nobody in NGN, which does not exist/));
+      await assert.rejects(insert("ghost-debit", 1_000_002, "nobody", bob, "NGN"), failsWith("23503", /names account nobody in NGN/));
+      await assert.rejects(insert("wrong-currency", 1_000_003, alice, bob, "KES"), failsWith("23503", /names account (alice|bob) in KES/));
+      // A statement is checked as a whole: one bad row among good ones refuses all of them.
+      await assert.rejects(
+        sql`insert into ledger.transfers (id, sequence, batch, kind, debit_account_id, credit_account_id, amount_minor, currency, code, reference, metadata, linked, pending_id, timeout_seconds, created_at)
+          select 'many-' || g, 2000000 + g, 999, ${TransferKind.POSTED}, ${alice}, case when g = 7 then 'nobody' else ${bob} end, 1, 'NGN', 1, '', '{}', false, '', 0, now()
+          from generate_series(1, 10) g`,
+        failsWith("23503", /names account nobody in NGN/),
+      );
+      const guard = /ledger accounts are closed, never deleted, and keep their id and currency: (DELETE|TRUNCATE|UPDATE) on ledger\.accounts refused/;
+      await assert.rejects(sql`delete from ledger.accounts where id = ${bob}`, failsWith("42501", guard));
+      await assert.rejects(sql`truncate ledger.accounts cascade`, failsWith("42501", guard));
+      await assert.rejects(sql`update ledger.accounts set id = 'robert' where id = ${bob}`, failsWith("42501", guard));
+      await assert.rejects(sql`update ledger.accounts set currency = 'KES' where id = ${bob}`, failsWith("42501", guard));
+      // Setting them to what they are is no change, and closing stays possible.
+      await sql`update ledger.accounts set id = id, currency = currency, closed = closed where id = ${bob}`;
+      const [row] = await sql`select count(*)::int as n from ledger.transfers where id like 'ghost-%' or id like 'many-%' or id = 'wrong-currency'`;
+      assert.equal(row?.n, 0);
     } finally {
       await sql.end();
     }
