@@ -1,7 +1,7 @@
 // Property tests of the Ledger's decision logic: random accounts and random batches of
 // transfers (posted, pending, post, void and expire; linked chains; retries of earlier ids;
 // conflicting retries), applied to an in-memory store the way the database applies them, with
-// the invariants checked after every batch.
+// the invariants checked after every batch. Also the journal hash, pinned.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
@@ -17,6 +17,7 @@ import {
   type StoredOutcome,
   type TransferInput,
 } from "./engine.js";
+import { batchHash, type JournalRow } from "./journal.js";
 
 const CURRENCIES = ["NGN", "KES"];
 const START_MS = 1_700_000_000_000;
@@ -325,5 +326,18 @@ describe("assertConserved()", () => {
     const store = newStore(3);
     const account = store.accounts.get("acc-0") as AccountState;
     assert.throws(() => assertConserved(store.accounts, new Map([["acc-0", { ...account, debitsPosted: 5n }]])), /NGN debits and credits differ by 5/);
+  });
+});
+
+describe("batchHash()", () => {
+  it("hashes a batch exactly as journals already stored were hashed", () => {
+    // Pinned: a change to the canonical encoding would make every stored journal fail to verify.
+    const createdAt = new Date("2026-12-07T12:00:00.123Z");
+    const rows: JournalRow[] = [
+      { id: "pay-1", kind: TransferKind.POSTED, debitAccountId: "alice", creditAccountId: "merchant", amountMinor: 9_223_372_036_854_775_807n, currency: "NGN", code: 7, reference: 'order "42" \\ ü', metadata: { zeta: "1", alpha: "two" }, linked: true, pendingId: "", timeoutSeconds: 0, sequence: 41n, batch: 9n, createdAt },
+      { id: "post-1", kind: TransferKind.POST_PENDING, debitAccountId: "alice", creditAccountId: "merchant", amountMinor: 1n, currency: "NGN", code: 0, reference: "", metadata: {}, linked: false, pendingId: "hold-1", timeoutSeconds: 30, sequence: 42n, batch: 9n, createdAt },
+    ];
+    const hex = Buffer.from(batchHash(new Uint8Array(32).fill(7), rows)).toString("hex");
+    assert.equal(hex, "c45e8830d3283d2ea44b2f9b7b4eae1a8fec222943b777c521b834110b06d6da");
   });
 });

@@ -22,8 +22,10 @@ export function canonicalTransfer(row: JournalRow): string {
   ]);
 }
 
+/** SHA-256 of the previous hash, then each row's canonical line and a newline. */
 export function batchHash(previousHash: Uint8Array, rows: readonly JournalRow[]): Uint8Array {
-  const hash = createHash("sha256").update(previousHash);
-  for (const row of rows) hash.update(canonicalTransfer(row)).update("\n");
-  return new Uint8Array(hash.digest());
+  // One update for all the lines: two native calls per row cost more than the string does.
+  let lines = "";
+  for (const row of rows) lines += `${canonicalTransfer(row)}\n`;
+  return new Uint8Array(createHash("sha256").update(previousHash).update(lines).digest());
 }

@@ -143,12 +143,12 @@ function accountStateOf(row: Record<string, unknown>): AccountState {
  * under its ids, the pending transfers it resolves, and every account it or they touch.
  */
 async function readForCommit(tx: Tx, batch: readonly TransferInput[]) {
-  const ids = arrayLiteral(batch.map((transfer) => transfer.id));
+  const ids = arrayLiteral(batch, (transfer) => transfer.id);
   const pendingIds = [...new Set(batch.filter((t) => resolvesPending(t.kind)).map((t) => t.pendingId))];
   const accountIds = new Set<string>();
   for (const transfer of batch) accountIds.add(transfer.debitAccountId).add(transfer.creditAccountId);
   accountIds.delete("");
-  const pendingList = arrayLiteral(pendingIds);
+  const pendingList = arrayLiteral(pendingIds, itself);
   const pendingAccounts =
     pendingIds.length === 0
       ? sql``
@@ -166,7 +166,7 @@ async function readForCommit(tx: Tx, batch: readonly TransferInput[]) {
     tx.execute(sql`
       select id, currency, debits_must_not_exceed_credits, credits_must_not_exceed_debits, closed,
         debits_posted, credits_posted, debits_pending, credits_pending
-      from ledger.accounts where id = any(${arrayLiteral([...accountIds])}::text[]${pendingAccounts})`),
+      from ledger.accounts where id = any(${arrayLiteral([...accountIds], itself)}::text[]${pendingAccounts})`),
   ]);
   const [headRow] = rowsOf<Record<string, unknown>>(head);
   if (!headRow) throw new Error("ledger invariant: journal head row is missing");
@@ -195,19 +195,32 @@ async function readForCommit(tx: Tx, batch: readonly TransferInput[]) {
   return { head: headState, stored, pendings, accounts: accountStates };
 }
 
-/** A PostgreSQL array literal, passed as one text parameter: one round trip for any batch size. */
-function arrayLiteral(values: readonly (string | bigint | number | boolean | null)[]): string {
-  const items = values.map((value) => {
-    if (value === null) return "NULL";
-    if (typeof value === "boolean") return value ? "t" : "f";
-    if (typeof value !== "string") return String(value);
-    return `"${value.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
-  });
-  return `{${items.join(",")}}`;
+type Scalar = string | bigint | number | boolean | null;
+
+const QUOTE_OR_BACKSLASH = /["\\]/;
+
+/**
+ * A PostgreSQL array literal of `pick` over `items`, passed as one text parameter: one round trip
+ * for any batch size. Built in one pass; a batch's 14 columns of 1,000 rows are on the hot path.
+ */
+function arrayLiteral<T>(items: readonly T[], pick: (item: T) => Scalar): string {
+  let literal = "{";
+  for (let index = 0; index < items.length; index++) {
+    const value = pick(items[index] as T);
+    if (index > 0) literal += ",";
+    if (typeof value === "string") {
+      literal += QUOTE_OR_BACKSLASH.test(value) ? `"${value.replace(/["\\]/g, "\\$&")}"` : `"${value}"`;
+    } else if (value === null) literal += "NULL";
+    else if (typeof value === "boolean") literal += value ? "t" : "f";
+    else literal += String(value);
+  }
+  return `${literal}}`;
 }
 
-function column<T>(rows: readonly T[], pick: (row: T) => string | bigint | number | boolean | null, type: string): SQL {
-  return sql`${arrayLiteral(rows.map(pick))}::${sql.raw(type)}[]`;
+const itself = (value: string): string => value;
+
+function column<T>(rows: readonly T[], pick: (row: T) => Scalar, type: string): SQL {
+  return sql`${arrayLiteral(rows, pick)}::${sql.raw(type)}[]`;
 }
 
 /** The journal rows, and the hash-chained batch record with the new head. */
@@ -287,6 +300,27 @@ function balanceStatements(changed: Map<string, AccountState>): SQL[] {
     where a.id = v.id`];
 }
 
+/** A journal row, built field by field: every row has the same shape, which keeps reading them fast. */
+function journalRow(transfer: TransferInput, sequence: bigint, batch: bigint, createdAt: Date): JournalRow {
+  return {
+    id: transfer.id,
+    kind: transfer.kind,
+    debitAccountId: transfer.debitAccountId,
+    creditAccountId: transfer.creditAccountId,
+    amountMinor: transfer.amountMinor,
+    currency: transfer.currency,
+    code: transfer.code,
+    reference: transfer.reference,
+    metadata: transfer.metadata,
+    linked: transfer.linked,
+    pendingId: transfer.pendingId,
+    timeoutSeconds: transfer.timeoutSeconds,
+    sequence,
+    batch,
+    createdAt,
+  };
+}
+
 /**
  * Commits one batch of validated transfers (in the Ledger, a group of callers' batches) in one
  * transaction. `nowMs` is the commit time: it stamps the transfers and decides expiry.
@@ -296,12 +330,8 @@ export async function commitTransfers(db: Db, batch: TransferInput[], nowMs = Da
     const { head, stored, pendings, accounts: accountStates } = await readForCommit(tx, batch);
     const plan = planTransfers(batch, accountStates, pendings, stored, nowMs);
     const createdAt = new Date(nowMs);
-    const rows: JournalRow[] = plan.created.map((transfer, index) => ({
-      ...transfer,
-      sequence: head.lastSequence + BigInt(index + 1),
-      batch: head.lastBatch + 1n,
-      createdAt,
-    }));
+    const batchNumber = head.lastBatch + 1n;
+    const rows = plan.created.map((transfer, index) => journalRow(transfer, head.lastSequence + BigInt(index + 1), batchNumber, createdAt));
     const resolvedBy = new Map(plan.created.filter((t) => resolvesPending(t.kind)).map((t) => [t.pendingId, t.id]));
     // One pipelined wave. Statements run in the order given, so the journal rows are in before
     // the pending states that reference them.
