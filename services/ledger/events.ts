@@ -3,13 +3,13 @@
 // nothing. Nothing is skipped: every commit holds the journal head's lock to its end, so batches
 // become visible in batch order, and a batch the relay cannot see yet is numbered above every
 // batch it has seen. The cursor moves in the relay's transaction once the broker confirmed.
-import { create, toBinary } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { toBinary } from "@bufbuild/protobuf";
 import { sql } from "drizzle-orm";
 import { EnvelopeSchema, LedgerBatchCommittedSchema } from "../../gen/cowrie/events/v1/events_pb.js";
-import { TransferSchema, type Transfer } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
 import { rowsOf, type Tx } from "../runtime/db.js";
 import { envelopeOf, type EventFeed, type FeedEvent } from "../runtime/events.js";
+import { encodeBatchCommitted, type BatchTransfer } from "./batch-encoding.js";
+import { journalRow, transferOf } from "./store.js";
 
 export const LEDGER_BATCH_COMMITTED = "ledger.batch.committed";
 
@@ -29,25 +29,6 @@ export function batchEventId(hash: Uint8Array): string {
   bytes[8] = ((bytes[8] as number) & 0x3f) | 0x80;
   const hex = bytes.toString("hex");
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
-}
-
-function transferOf(row: Row): Transfer {
-  return create(TransferSchema, {
-    id: row.id as string,
-    kind: Number(row.kind),
-    debitAccountId: row.debit_account_id as string,
-    creditAccountId: row.credit_account_id as string,
-    amountMinor: BigInt(row.amount_minor as bigint),
-    currency: row.currency as string,
-    code: Number(row.code),
-    reference: row.reference as string,
-    metadata: (typeof row.metadata === "string" ? JSON.parse(row.metadata) : row.metadata) as Record<string, string>,
-    linked: row.linked as boolean,
-    pendingId: row.pending_id as string,
-    timeoutSeconds: Number(row.timeout_seconds),
-    sequence: BigInt(row.sequence as bigint),
-    createdAt: timestampFromDate(new Date(row.created_at as string)),
-  });
 }
 
 async function unpublishedBatches(tx: Tx, limit: number): Promise<Row[]> {
@@ -78,19 +59,16 @@ export const journalFeed: EventFeed<BatchEvent> = {
     return batches.map((row) => {
       const batch = BigInt(row.batch as bigint);
       const lastSequence = BigInt(row.last_sequence as bigint);
-      const members: Transfer[] = [];
-      while (next < rows.length && BigInt((rows[next] as Row).sequence as bigint) <= lastSequence) members.push(transferOf(rows[next++] as Row));
+      const members: BatchTransfer[] = [];
+      while (next < rows.length && BigInt((rows[next] as Row).sequence as bigint) <= lastSequence) {
+        const member = rows[next++] as Row;
+        members.push(journalRow(transferOf(member), BigInt(member.sequence as bigint), batch, new Date(member.created_at as string)));
+      }
       const hash = row.hash as Uint8Array;
       const committedAt = new Date(row.created_at as string);
       const id = batchEventId(hash);
-      const data = create(LedgerBatchCommittedSchema, {
-        batch,
-        firstSequence: BigInt(row.first_sequence as bigint),
-        lastSequence,
-        hash,
-        transfers: members,
-      });
-      const envelope = envelopeOf(id, "ledger", committedAt, { type: LEDGER_BATCH_COMMITTED, subject: `batch/${batch}`, schema: LedgerBatchCommittedSchema, data });
+      const encoded = encodeBatchCommitted({ batch, firstSequence: BigInt(row.first_sequence as bigint), lastSequence, hash, transfers: members });
+      const envelope = envelopeOf(id, "ledger", committedAt, { type: LEDGER_BATCH_COMMITTED, subject: `batch/${batch}`, schema: LedgerBatchCommittedSchema, encoded });
       return { id, type: LEDGER_BATCH_COMMITTED, payload: toBinary(EnvelopeSchema, envelope), committedAt, batch };
     });
   },

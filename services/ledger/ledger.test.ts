@@ -1,7 +1,11 @@
 // The Ledger service against a real PostgreSQL, over a real socket: results per item, replays
-// that never flip, validation that writes nothing, and races between many concurrent clients.
+// that never flip, validation that writes nothing, races between many concurrent clients, and
+// the journal feed the relay publishes.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { sql } from "drizzle-orm";
+import { equals, fromBinary } from "@bufbuild/protobuf";
+import { anyUnpack } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import {
@@ -10,9 +14,13 @@ import {
   CreateTransferResult,
   LedgerService,
   TransferKind,
+  TransferSchema,
   type Transfer,
 } from "../../gen/cowrie/ledger/v1/ledger_pb.js";
+import { EnvelopeSchema, LedgerBatchCommittedSchema, type Envelope, type LedgerBatchCommitted } from "../../gen/cowrie/events/v1/events_pb.js";
+import { createPostgresDatabase } from "../runtime/db.js";
 import { freshDatabase, startTestService } from "../runtime/testing.js";
+import { journalFeed } from "./events.js";
 import { ledgerModule } from "./service.js";
 
 let database: Awaited<ReturnType<typeof freshDatabase>>;
@@ -106,6 +114,48 @@ describe("LedgerService.CreateTransfers", () => {
     assert.equal((await balances(wallet)).creditsPosted, 2500n);
     const [stored] = (await ledger.lookupTransfers({ ids: [first.id as string] })).transfers;
     assert.equal(stored?.amountMinor, 2500n);
+  });
+
+  it("publishes each batch as ledger.batch.committed with its transfers as LookupTransfers returns them", async () => {
+    const source = await fundingAccount();
+    const [payer, merchant] = (await openAccounts(2)) as [string, string];
+    const batch = [
+      transfer({ debitAccountId: source, creditAccountId: payer, amountMinor: 9_000n, reference: "top-up ü", metadata: { channel: "app", note: "" } }),
+      transfer({ debitAccountId: payer, creditAccountId: merchant, amountMinor: 2_500n, kind: TransferKind.PENDING, timeoutSeconds: 300, linked: true }),
+      transfer({ debitAccountId: payer, creditAccountId: merchant, amountMinor: 1n, code: 65535 }),
+    ];
+    const { results } = await ledger.createTransfers({ transfers: batch });
+    assert.deepEqual(results.map((item) => item.result), batch.map(() => CreateTransferResult.CREATED));
+    const ids = batch.map((item) => item.id as string);
+    const { transfers: stored } = await ledger.lookupTransfers({ ids });
+    // The feed from the start of the journal, read in a transaction that rolls back so that the
+    // running relay's cursor is left where it was.
+    const database_ = createPostgresDatabase(database.url, { poolMax: 1, applicationName: "ledger-feed-test" });
+    const rolledBack = new Error("roll back");
+    let published: LedgerBatchCommitted | undefined;
+    let envelope: Envelope | undefined;
+    await database_.db
+      .transaction(async (tx) => {
+        await tx.execute(sql`update ledger.relay_cursor set last_batch = 0 where id = 1`);
+        for (const event of await journalFeed.next(tx, 10_000)) {
+          const candidate = fromBinary(EnvelopeSchema, event.payload);
+          const data = candidate.data && anyUnpack(candidate.data, LedgerBatchCommittedSchema);
+          if (data?.transfers.some((item) => item.id === ids[0])) [published, envelope] = [data, candidate];
+        }
+        throw rolledBack;
+      })
+      .catch((error: unknown) => assert.equal(error, rolledBack));
+    await database_.close();
+    assert.ok(published && envelope, "no ledger.batch.committed carries the batch");
+    assert.equal(envelope.type, "ledger.batch.committed");
+    assert.equal(envelope.subject, `batch/${published.batch}`);
+    const mine = published.transfers.filter((item) => ids.includes(item.id));
+    assert.equal(mine.length, 3);
+    for (const item of mine) {
+      const expected = stored.find((candidate) => candidate.id === item.id);
+      assert.ok(expected && equals(TransferSchema, item, expected), `${item.id} differs from LookupTransfers`);
+    }
+    assert.equal(published.lastSequence - published.firstSequence + 1n, BigInt(published.transfers.length));
   });
 
   it("records a refusal so that a retry never flips it, even after the funds arrive", async () => {

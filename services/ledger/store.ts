@@ -107,7 +107,7 @@ const TRANSFER_COLUMNS = sql.raw(
 );
 
 /** A journal or refusal row read by raw SQL: the same shape on postgres.js and on PGlite. */
-function transferOf(row: Record<string, unknown>): TransferInput {
+export function transferOf(row: Record<string, unknown>): TransferInput {
   return {
     id: row.id as string,
     kind: Number(row.kind) as TransferKind,
@@ -301,7 +301,7 @@ function balanceStatements(changed: Map<string, AccountState>): SQL[] {
 }
 
 /** A journal row, built field by field: every row has the same shape, which keeps reading them fast. */
-function journalRow(transfer: TransferInput, sequence: bigint, batch: bigint, createdAt: Date): JournalRow {
+export function journalRow(transfer: TransferInput, sequence: bigint, batch: bigint, createdAt: Date): JournalRow {
   return {
     id: transfer.id,
     kind: transfer.kind,

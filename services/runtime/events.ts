@@ -12,7 +12,7 @@
 //    reason, where EventOperationsService lists and replays it.
 // The event type is the routing key ("payment.succeeded"); the envelope is cowrie.events.v1.
 import { create, createRegistry, fromBinary, toBinary, toJson, type DescMessage, type JsonObject, type MessageShape } from "@bufbuild/protobuf";
-import { anyPack, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { anyPack, AnySchema, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { and, asc, eq, gt, isNull, sql, type SQL } from "drizzle-orm";
 import { randomUUID } from "node:crypto";
@@ -60,7 +60,7 @@ export interface NewEvent<S extends DescMessage = DescMessage> {
 }
 
 /** The envelope of an event, as published and as rendered for webhooks. */
-export function envelopeOf(id: string, source: ServiceName, time: Date, event: NewEvent): Envelope {
+export function envelopeOf(id: string, source: ServiceName, time: Date, event: NewEvent | EncodedEvent): Envelope {
   return create(EnvelopeSchema, {
     id,
     type: event.type,
@@ -68,8 +68,13 @@ export function envelopeOf(id: string, source: ServiceName, time: Date, event: N
     subject: event.subject,
     time: timestampFromDate(time),
     tenantId: event.tenantId ?? "",
-    data: anyPack(event.schema, event.data),
+    data: "encoded" in event ? create(AnySchema, { typeUrl: `type.googleapis.com/${event.schema.typeName}`, value: event.encoded }) : anyPack(event.schema, event.data),
   });
+}
+
+/** An event whose data is already in Protobuf's binary format (the Ledger's journal feed). */
+export interface EncodedEvent extends Omit<NewEvent, "data"> {
+  encoded: Uint8Array;
 }
 
 /** The outbox row of a new event, for a statement that writes it itself (see appendEvents). */
