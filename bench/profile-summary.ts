@@ -8,14 +8,18 @@
 // (native work V8 does not attribute to a JS function: syscalls, HTTP/2 framing in C++...); the
 // `top` (default 15) functions by self time; and inclusive time of the project's own functions
 // (what they cost with everything they call). Divided by the calls completed in the window
-// (windows.json "calls"), each figure is CPU ms per call.
-import { readFileSync, readdirSync } from "node:fs";
+// (windows.json "calls"), each figure is CPU ms per call. Project functions are named by their
+// source line, through tsx's source maps (see sourceMapsOfTsxCache).
+import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import * as path from "node:path";
+import { SourceMapConsumer, type RawSourceMap } from "source-map";
 
 interface CallFrame {
   functionName: string;
   url: string;
   lineNumber: number;
+  columnNumber: number;
 }
 
 interface ProfileNode {
@@ -58,9 +62,46 @@ function bucketOf(frame: CallFrame): string {
   return project ? `src ${project[1]}` : url;
 }
 
+/**
+ * tsx runs the services from its transform cache (<tmpdir>/tsx-<uid>: one JSON file per module
+ * with the transformed code and its source map), minified, so V8's line numbers are not the
+ * source's and anonymous functions cannot be told apart. Each file's newest map, when it is newer
+ * than the file, turns positions back into source lines; a file edited since its last transform,
+ * or not in the cache, keeps V8's line, marked "~".
+ */
+function sourceMapsOfTsxCache(): Map<string, SourceMapConsumer> {
+  const newest = new Map<string, { atMs: number; map: RawSourceMap }>();
+  const cache = path.join(tmpdir(), `tsx-${process.getuid?.() ?? ""}`);
+  if (!existsSync(cache)) return new Map();
+  for (const file of readdirSync(cache)) {
+    try {
+      const full = path.join(cache, file);
+      const { map } = JSON.parse(readFileSync(full, "utf8")) as { map?: RawSourceMap | string };
+      const raw = typeof map === "string" ? (JSON.parse(map) as RawSourceMap) : map;
+      const source = raw?.sources[0];
+      const atMs = statSync(full).mtimeMs;
+      if (!raw || !source || (newest.get(source)?.atMs ?? -1) > atMs) continue;
+      newest.set(source, { atMs, map: raw });
+    } catch {
+      // Not a transform (tsx keeps other files there too), or unreadable: that module keeps V8's lines.
+    }
+  }
+  const consumers = new Map<string, SourceMapConsumer>();
+  for (const [source, { atMs, map }] of newest) {
+    if (existsSync(source) && statSync(source).mtimeMs <= atMs) consumers.set(source, new SourceMapConsumer(map));
+  }
+  return consumers;
+}
+
+const sourceMaps = sourceMapsOfTsxCache();
+
 function label(frame: CallFrame): string {
-  const where = frame.url.replace(/^file:\/\//, "").replace(/^.*node_modules\//, "").replace(/^\/work\/[^/]+\//, "");
-  return `${frame.functionName || "(anonymous)"} ${where}${frame.lineNumber >= 0 ? `:${frame.lineNumber + 1}` : ""}`;
+  const file = frame.url.replace(/^file:\/\//, "");
+  const where = file.replace(/^.*node_modules\//, "").replace(/^\/work\/[^/]+\//, "");
+  if (frame.lineNumber < 0) return `${frame.functionName || "(anonymous)"} ${where}`;
+  const original = sourceMaps.get(file)?.originalPositionFor({ line: frame.lineNumber + 1, column: frame.columnNumber });
+  const line = original?.line ? `:${original.line}` : `:~${frame.lineNumber + 1}`;
+  return `${frame.functionName || "(anonymous)"} ${where}${file.includes("node_modules/") || !file.startsWith("/") ? `:${frame.lineNumber + 1}` : line}`;
 }
 
 /** Coarse groups of the buckets, to see at a glance what a call pays for. */
