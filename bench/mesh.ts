@@ -171,11 +171,13 @@ async function runPhase(load: Load, accounting: Accounting, message: PhaseMessag
   const resulted = load.next("result", message.id, boundMs + TIMEOUT_MS);
   load.send(message);
   await started;
+  const startMs = Date.now();
   const first = await accounting.sample();
   await ended;
+  const endMs = Date.now();
   const last = await accounting.sample();
   const result = (await resulted) as PhaseResult;
-  return { result, usage: accounting.delta(first, last), window: { startUs: first.monotonicUs, endUs: last.monotonicUs } };
+  return { result, usage: accounting.delta(first, last), window: { startUs: first.monotonicUs, endUs: last.monotonicUs }, wall: { startMs, endMs } };
 }
 
 const pad = (text: string, width: number): string => text.padEnd(width);
@@ -286,6 +288,8 @@ async function main(): Promise<never> {
     progress(`waiting for ${last.accepted.payIns.length} pay-ins and ${last.accepted.payouts.length} payouts to end (at most ${DRAIN_TIMEOUT_SECONDS} s)`);
     const drainSeconds = await gatewayPaymentsEnded(routerSql, tenant.tenantId, DRAIN_TIMEOUT_SECONDS * 1000);
     const gateway = await checkGatewayPayments(routerSql, control, tenant.tenantId, last.accepted);
+    const riskFallbacks = await riskFallbacksOf(routerSql, tenant.tenantId, closed.wall);
+    const openRiskFallbacks = open ? await riskFallbacksOf(routerSql, tenant.tenantId, open.wall) : undefined;
 
     // Conservation: the journal verifies, and the wallets, the fee account and the gateways'
     // clearing accounts hold what was funded.
@@ -378,6 +382,10 @@ async function main(): Promise<never> {
         `${drainSeconds === null ? `NOT all ended within ${DRAIN_TIMEOUT_SECONDS} s` : `all ended ${drainSeconds.toFixed(1)} s after the load`}`,
       `  lost ${gateway.lost}, doubled ${gateway.doubled}, unfinished ${gateway.unfinished}, gateway records not matching their payment ${gateway.mismatched}; ` +
         `clearing accounts ${clearingMinor} = payouts ${gateway.payouts.succeededMinor} - pay-ins ${gateway.payIns.succeededMinor}: ${clearingOk ? "yes" : "NO"}`,
+      `risk fallbacks (payments the Router decided by COWRIE_RISK_WHEN_UNAVAILABLE, Risk not answering within COWRIE_RISK_TIMEOUT_MS or its breaker open): ` +
+        `closed loop ${riskFallbacks.unavailable} of ${riskFallbacks.payments}` +
+        `${openRiskFallbacks ? `, open loop ${openRiskFallbacks.unavailable} of ${openRiskFallbacks.payments}` : ""}` +
+        `${riskFallbacks.unavailable + (openRiskFallbacks?.unavailable ?? 0) > 0 ? "; payments that skip Risk cost less, so the rates above are flattered" : ""}`,
       journalLine(verify),
       `money: customers ${customersMinor} + merchants ${merchantsMinor} + fees ${feesMinor} + clearing ${clearingMinor} = ${sumMinor}; funded ${fundedMinor}; ` +
         `${conserved ? "conserved" : "NOT CONSERVED"}${missing.length > 0 ? ` (${missing.length} accounts missing)` : ""}${pendingTotal !== 0n ? ` (pending ${pendingTotal})` : ""}; ` +
@@ -436,6 +444,7 @@ async function main(): Promise<never> {
       window_cpu: windowCpu,
       other_cpu_pct: otherCpu === undefined ? null : round((otherCpu / closed.usage.seconds) * 100, 1),
       db_transactions_per_call: round(closed.usage.xacts / callsInWindow, 2),
+      risk_fallbacks: { closed: riskFallbacks, open: openRiskFallbacks ?? null },
       journal_findings: verify.findings.length,
       transfers_verified: Number(verify.transfersChecked),
       conservation: {
@@ -480,6 +489,19 @@ async function gatewayPaymentsEnded(sql: postgres.Sql, tenantId: string, timeout
 }
 
 const GATEWAY_KINDS = [PaymentKind.PAY_IN, PaymentKind.PAYOUT];
+
+/**
+ * The tenant's payments created in a phase's window, and how many of them the Router decided
+ * without Risk's verdict (no answer within COWRIE_RISK_TIMEOUT_MS, or its breaker to Risk open):
+ * they cost less, so a rate is only comparable with how many skipped Risk.
+ */
+async function riskFallbacksOf(sql: postgres.Sql, tenantId: string, wall: { startMs: number; endMs: number }): Promise<{ payments: number; unavailable: number }> {
+  const [row] = await sql<{ payments: number; unavailable: number }[]>`
+    select count(*)::int as payments, (count(*) filter (where risk_reasons ? 'RISK_UNAVAILABLE'))::int as unavailable
+    from router.payments
+    where tenant_id = ${tenantId} and created_at >= ${new Date(wall.startMs)} and created_at < ${new Date(wall.endMs)}`;
+  return { payments: row?.payments ?? 0, unavailable: row?.unavailable ?? 0 };
+}
 
 interface GatewayKindCheck {
   /** Accepted by the Edge during the load (warm-ups included). */
