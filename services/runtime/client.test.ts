@@ -403,6 +403,34 @@ describe("createServiceClient()", () => {
     }
   });
 
+  it("counts the calls that expire together in one stall once, but opens the breaker on a target that stays silent", async () => {
+    // A stall (the target's or this process's) longer than the deadline expires every call on the
+    // wire at once. Counted one by one, ten of them would open a breaker that needs three.
+    const stalled = await startOn<EvaluateRequest, EvaluateResponse>("risk-stall", RiskService, async (request) => {
+      if (request.paymentId.startsWith("pay_stall") || request.paymentId.startsWith("pay_silent")) await sleep(400);
+      return allow();
+    }, { config: configB, log: logsB.log });
+    try {
+      const config = testConfig({ ...baseEnv, COWRIE_BREAKER_FAILURES: "3", COWRIE_BREAKER_HALF_OPEN_AFTER_MS: "60000" });
+      const risk = createServiceClient(RiskService, { caller: "router-a", target: "risk-stall", baseUrl: stalled.baseUrl, config, log: logsA.log });
+      await risk.evaluate({ paymentId: "pay_connect" });
+      const together = await Promise.all(Array.from({ length: 10 }, (_, index) => rejection(risk.evaluate({ paymentId: `pay_stall${index}` }, { timeoutMs: 100 }))));
+      assert.deepEqual(new Set(together.map((error) => Code[error.code])), new Set(["DeadlineExceeded"]));
+      assert.equal(await breakerState("router-a", "risk-stall"), 0, "ten expiries of one stall, and the breaker stayed closed");
+      assert.deepEqual((await risk.evaluate({ paymentId: "pay_after_stall" })).reasons, []);
+
+      // Silent for wave after wave: each wave is sent after the previous one's expiry was counted.
+      for (let wave = 0; wave < 3; wave++) {
+        const expired = await Promise.all(Array.from({ length: 4 }, (_, index) => rejection(risk.evaluate({ paymentId: `pay_silent${wave}_${index}` }, { timeoutMs: 100 }))));
+        assert.ok(expired.every((error) => error.code === Code.DeadlineExceeded), `wave ${wave}`);
+      }
+      assert.equal(await breakerState("router-a", "risk-stall"), 1, "three waves of expiries opened it");
+      assert.match((await rejection(risk.evaluate({ paymentId: "pay_fast" }))).rawMessage, /circuit breaker open/);
+    } finally {
+      await stalled.server.close();
+    }
+  });
+
   it("keeps calls of another lane off the target's slots: long waits cannot hold up short calls", async () => {
     // One slot per lane. The waiting lane's slot is held by a call the target keeps for a second;
     // a second waiting call queues behind it, while a call of the default lane goes straight through.

@@ -105,17 +105,25 @@ export class InFlightLimit {
   }
 }
 
-/** Deadline expiries of calls that were sent with too little of their time left: see below. */
-const expiredInLine = new WeakSet<ConnectError>();
+/** Deadline expiries that say nothing more about the target than one already counted: see below. */
+const uncountedExpiries = new WeakSet<ConnectError>();
 
 /**
  * Failures that say the target is unhealthy: it could not be reached, or did not answer within
  * the deadline. Business outcomes (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND...) prove the
- * target is working and never count, and neither does the expiry of a call that waited in this
- * process until less than half of its time was left (expiredInLine).
+ * target is working and never count, and neither do two kinds of expiry (uncountedExpiries):
+ *  - a call that waited in this process until less than half of its time was left: under
+ *    overload such expiries are the queue's doing;
+ *  - a call that was already on the wire when another expiry was counted: the calls in flight
+ *    when the target, or this process, stalls for longer than their deadline all expire
+ *    together, and that is one stall, counted once. Counted one by one, a single pause (a
+ *    saturated machine, a long GC) opened the Router's breaker to Risk, and every payment for the
+ *    next COWRIE_BREAKER_HALF_OPEN_AFTER_MS skipped its fraud checks. A target that stays silent
+ *    still opens the breaker: each call sent after a counted expiry counts when it expires.
+ * Transport failures (refused, reset) always count, so a target that is down opens it at once.
  */
 function isTargetFailure(error: unknown): boolean {
-  if (!(error instanceof ConnectError) || expiredInLine.has(error)) return false;
+  if (!(error instanceof ConnectError) || uncountedExpiries.has(error)) return false;
   return error.code === Code.Unavailable || error.code === Code.DeadlineExceeded || error.code === Code.Unknown;
 }
 
@@ -198,6 +206,8 @@ export function createServiceClient<T extends DescService>(service: T, options: 
   // When the open breaker lets its next probe through: what a caller failed fast should wait.
   let probeAtMs = 0;
   breaker.onBreak(() => (probeAtMs = Date.now() + options.config.breakerHalfOpenAfterMs));
+  // When the last deadline expiry that counted against the target happened (isTargetFailure).
+  let countedExpiryAt = -Infinity;
   const { clientRequests: counter, clientSlotWaitSeconds: slotWait } = metrics();
   const waited = (startedAt: number): void => slotWait.observe({ target: label }, (performance.now() - startedAt) / 1000);
   const client: Record<string, unknown> = {};
@@ -234,13 +244,17 @@ export function createServiceClient<T extends DescService>(service: T, options: 
           // of its time was left says little about the target when it expires: under overload
           // such expiries would open the breaker and fail every call waiting behind them at once.
           const sentInTime = leftMs * 2 >= fullMs;
-          return breaker.execute(() =>
-            call(request, { ...callOptions, timeoutMs: leftMs, headers, signal }).catch((error: unknown) => {
+          return breaker.execute(() => {
+            const sentAt = performance.now();
+            return call(request, { ...callOptions, timeoutMs: leftMs, headers, signal }).catch((error: unknown) => {
               const failure = connectionLost(options.target, error);
-              if (!sentInTime && failure instanceof ConnectError && failure.code === Code.DeadlineExceeded) expiredInLine.add(failure);
+              if (failure instanceof ConnectError && failure.code === Code.DeadlineExceeded) {
+                if (sentInTime && sentAt >= countedExpiryAt) countedExpiryAt = performance.now();
+                else uncountedExpiries.add(failure);
+              }
               throw failure;
-            }),
-          );
+            });
+          });
         }).catch((error: unknown) => {
           // Given up while waiting for a turn: nothing reached the target.
           if (!(error instanceof DOMException)) throw error;

@@ -134,7 +134,7 @@ export const VARIABLES = {
   clientMaxInFlight: variable("COWRIE_CLIENT_MAX_IN_FLIGHT", "256", integer(1, 100_000),
     "Most calls a process has on the wire to one target at once; the rest wait off the wire, within their deadlines."),
   breakerFailures: variable("COWRIE_BREAKER_FAILURES", "5", integer(1, 1000),
-    "Consecutive transport failures or deadline expiries (of calls sent with at least half their time) that open a circuit breaker."),
+    "Consecutive transport failures or deadline expiries (of calls sent with at least half their time; the calls that expire together in one stall count once) that open a circuit breaker."),
   breakerHalfOpenAfterMs: variable("COWRIE_BREAKER_HALF_OPEN_AFTER_MS", "5000",
     integer(10, 600_000), "How long an open breaker fails fast before it lets a probe through."),
   shutdownGraceMs: variable("COWRIE_SHUTDOWN_GRACE_MS", "10000", integer(0, 600_000),
