@@ -120,7 +120,7 @@ describe("LedgerService.CreateTransfers", () => {
     const source = await fundingAccount();
     const [payer, merchant] = (await openAccounts(2)) as [string, string];
     const batch = [
-      transfer({ debitAccountId: source, creditAccountId: payer, amountMinor: 9_000n, reference: "top-up ü", metadata: { channel: "app", note: "" } }),
+      transfer({ debitAccountId: source, creditAccountId: payer, amountMinor: 9_000n, reference: "top-up \"ü\" \\\\ {1,2}", metadata: { channel: "app", note: "" } }),
       transfer({ debitAccountId: payer, creditAccountId: merchant, amountMinor: 2_500n, kind: TransferKind.PENDING, timeoutSeconds: 300, linked: true }),
       transfer({ debitAccountId: payer, creditAccountId: merchant, amountMinor: 1n, code: 65535 }),
     ];
@@ -128,6 +128,9 @@ describe("LedgerService.CreateTransfers", () => {
     assert.deepEqual(results.map((item) => item.result), batch.map(() => CreateTransferResult.CREATED));
     const ids = batch.map((item) => item.id as string);
     const { transfers: stored } = await ledger.lookupTransfers({ ids });
+    // Quotes, backslashes, braces and commas survive the array literals the commit sends.
+    assert.equal(stored.find((item) => item.id === ids[0])?.reference, batch[0]?.reference);
+    assert.deepEqual(stored.find((item) => item.id === ids[0])?.metadata, { channel: "app", note: "" });
     // The feed from the start of the journal, read in a transaction that rolls back so that the
     // running relay's cursor is left where it was.
     const database_ = createPostgresDatabase(database.url, { poolMax: 1, applicationName: "ledger-feed-test" });
