@@ -6,6 +6,11 @@ import { bigint, boolean, check, customType, index, integer, jsonb, pgSchema, sm
 
 export const ledger = pgSchema("ledger");
 
+// The id columns (accounts' id; transfers' id, accounts and pending id; pending transfers' id and
+// resolver; refusals' id) use COLLATE "C", set by migration 0005: drizzle has no way to say so
+// here. Ids are ASCII and compare byte by byte, which is faster than the server's collation and
+// the same on every server.
+
 const bytea = customType<{ data: Uint8Array; driverData: Uint8Array }>({ dataType: () => "bytea" });
 
 export const accounts = ledger.table(

@@ -319,6 +319,23 @@ describe("VerifyJournal on a tampered journal", () => {
       await assert.rejects(sql`update ledger.accounts set currency = 'KES' where id = ${bob}`, failsWith("42501", guard));
       // Setting them to what they are is no change, and closing stays possible.
       await sql`update ledger.accounts set id = id, currency = currency, closed = closed where id = ${bob}`;
+      // Ids compare byte by byte (migration 0005), whatever the server's collation.
+      const collations = await sql<{ column: string; collation: string | null }[]>`
+        select table_name || '.' || column_name as column, collation_name as collation from information_schema.columns
+        where table_schema = 'ledger' and (column_name in ('id', 'debit_account_id', 'credit_account_id', 'pending_id', 'resolved_by'))
+          and table_name in ('accounts', 'transfers', 'pending_transfers', 'transfer_failures')
+          and not (table_name = 'transfer_failures' and column_name <> 'id')
+        order by 1`;
+      assert.deepEqual(collations.map((row) => `${row.column} ${row.collation}`), [
+        "accounts.id C",
+        "pending_transfers.id C",
+        "pending_transfers.resolved_by C",
+        "transfer_failures.id C",
+        "transfers.credit_account_id C",
+        "transfers.debit_account_id C",
+        "transfers.id C",
+        "transfers.pending_id C",
+      ]);
       const [row] = await sql`select count(*)::int as n from ledger.transfers where id like 'ghost-%' or id like 'many-%' or id = 'wrong-currency'`;
       assert.equal(row?.n, 0);
     } finally {
