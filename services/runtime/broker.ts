@@ -13,6 +13,7 @@
  * reuses the declaration made for its source queue (see isDeadLetterConsumer).
  */
 import { Connection, ConsumerStatus, type AsyncMessage, type Consumer } from "rabbitmq-client";
+import { withTimeout } from "./limits.js";
 
 export interface BrokerMessage {
   body: Uint8Array;
@@ -217,6 +218,8 @@ export interface RabbitBrokerOptions extends BrokerErrorOptions {
 const RABBIT_CONNECTION_TIMEOUT_MS = 5_000;
 /** How long publish/consume wait for a (re)connection before rejecting. */
 const RABBIT_ACQUIRE_TIMEOUT_MS = 5_000;
+/** An exchange declaration waits for a channel (the acquire timeout), then for the broker's reply. */
+const EXCHANGE_DECLARE_TIMEOUT_MS = 2 * RABBIT_ACQUIRE_TIMEOUT_MS;
 const RABBIT_HEARTBEAT_SECONDS = 30;
 const RABBIT_RETRY_LOW_MS = 100;
 const RABBIT_RETRY_HIGH_MS = 5_000;
@@ -347,7 +350,9 @@ function createExchangeDeclarer(connection: Connection) {
     ensure(exchange: string): Promise<void> {
       let declaration = declared.get(exchange);
       if (!declaration) {
-        declaration = connection.exchangeDeclare(exchangeDeclaration(exchange));
+        // Bounded, and forgotten when it fails: a declaration that never settled (its connection
+        // dropped under it) would otherwise hold every later publish to the exchange.
+        declaration = withTimeout(connection.exchangeDeclare(exchangeDeclaration(exchange)).then(() => {}), EXCHANGE_DECLARE_TIMEOUT_MS, `declaring exchange ${exchange} took more than ${EXCHANGE_DECLARE_TIMEOUT_MS} ms`);
         declared.set(exchange, declaration);
         declaration.catch(() => declared.delete(exchange));
       }

@@ -135,6 +135,34 @@ describe("events: outbox, relay and consumers on PostgreSQL and RabbitMQ", () =>
     assert.equal((unpublished as unknown as { n: number }[])[0]?.n, 0);
   });
 
+  it("gives up a batch whose publishes are never confirmed, rolls it back and sends it again", async () => {
+    // As once in the chaos round: a publish cut off by a dropped RabbitMQ connection never
+    // settled, and the relay waited for it for ever (nothing more published, no clean stop).
+    await clearOutbox();
+    const { namespace, applied } = await sink("unconfirmed");
+    await appendInTransactions(20, 10, (i) => `payment/u${i}`);
+    let unanswered = 0;
+    const silent: Broker = {
+      ...broker,
+      async publish(exchange, routingKey, body, options) {
+        if (unanswered < 20) {
+          unanswered++;
+          return new Promise<void>(() => {});
+        }
+        return broker.publish(exchange, routingKey, body, options);
+      },
+    };
+    const relay = startRelay({ source: "risk", db: database.db, feed: outboxFeed(outbox), broker: silent, namespace, log, intervalMs: 50, confirmTimeoutMs: 300 });
+    await until(() => new Set(applied.map((e) => e.id)).size === 20, "20 applications");
+    const stoppedAt = Date.now();
+    await relay.stop();
+    assert.ok(Date.now() - stoppedAt < 1000, "the relay stops at once");
+    assert.equal(unanswered, 20, "the first batch's publishes were never answered");
+    assert.equal(applied.length, 20, "each event applied once");
+    const unpublished = await database.db.execute(sql`select count(*)::int as n from risk.outbox where published_at is null`);
+    assert.equal((unpublished as unknown as { n: number }[])[0]?.n, 0);
+  });
+
   it("keeps each subject's events in commit order on the wire", async () => {
     await clearOutbox();
     const { namespace } = await sink("order");

@@ -25,6 +25,7 @@ import { retryQueueNames, type Broker, type BrokerMessage, type ConsumerOptions 
 import type { ServiceName } from "./config.js";
 import { rowsOf, type Db, type Tx } from "./db.js";
 import { invalidArgument, notFound } from "./errors.js";
+import { withTimeout } from "./limits.js";
 import type { EventTables } from "./event-tables.js";
 import { errorText, type Logger } from "./log.js";
 import { metrics } from "./metrics.js";
@@ -178,6 +179,8 @@ export interface RelayOptions {
   batchSize?: number;
   /** How often the feed is looked at when nothing kicked the relay. */
   intervalMs?: number;
+  /** How long a batch's publishes may wait for confirms before the batch is given up. */
+  confirmTimeoutMs?: number;
 }
 
 export interface Relay {
@@ -190,11 +193,20 @@ export interface Relay {
 
 const RELAY_BATCH_SIZE = 500;
 const RELAY_INTERVAL_MS = 250;
+/**
+ * The longest a batch's publishes may take to be confirmed. The broker client bounds its own
+ * waits (five seconds per attempt, two attempts); this bounds whatever it does not. Once, in the
+ * CI chaos round, the Ledger's relay waited for ever on a publish cut off by a dropped RabbitMQ
+ * connection: nothing more was published, and the process could not stop. Given up, the batch
+ * rolls back and goes again (consumers deduplicate).
+ */
+const RELAY_CONFIRM_TIMEOUT_MS = 30_000;
 const PRUNE_EVERY_MS = 60_000;
 
 export function startRelay(options: RelayOptions): Relay {
   const { source, db, feed, broker, log } = options;
   const batchSize = options.batchSize ?? RELAY_BATCH_SIZE;
+  const confirmTimeoutMs = options.confirmTimeoutMs ?? RELAY_CONFIRM_TIMEOUT_MS;
   const exchange = eventsExchange(options.namespace);
   const lockKey = `cowrie.outbox.${source}`;
   const { outboxLagSeconds, eventsPublished, eventPublishFailures } = metrics();
@@ -230,7 +242,11 @@ export function startRelay(options: RelayOptions): Relay {
       recordLag(events[0]?.committedAt);
       if (events.length === 0) return 0;
       // One channel publishes in call order: issuing them together keeps the order and pipelines the confirms.
-      await Promise.all(events.map((event) => broker.publish(exchange, event.type, event.payload, { messageId: event.id, headers: { "cowrie-source": source } })));
+      await withTimeout(
+        Promise.all(events.map((event) => broker.publish(exchange, event.type, event.payload, { messageId: event.id, headers: { "cowrie-source": source } }))),
+        confirmTimeoutMs,
+        `the broker did not confirm ${events.length} events within ${confirmTimeoutMs} ms`,
+      );
       await feed.markPublished(tx, events);
       eventsPublished.inc({ service: source }, events.length);
       return events.length;
