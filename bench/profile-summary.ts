@@ -99,9 +99,11 @@ function label(frame: CallFrame): string {
   const file = frame.url.replace(/^file:\/\//, "");
   const where = file.replace(/^.*node_modules\//, "").replace(/^\/work\/[^/]+\//, "");
   if (frame.lineNumber < 0) return `${frame.functionName || "(anonymous)"} ${where}`;
-  const original = sourceMaps.get(file)?.originalPositionFor({ line: frame.lineNumber + 1, column: frame.columnNumber });
-  const line = original?.line ? `:${original.line}` : `:~${frame.lineNumber + 1}`;
-  return `${frame.functionName || "(anonymous)"} ${where}${file.includes("node_modules/") || !file.startsWith("/") ? `:${frame.lineNumber + 1}` : line}`;
+  // Only the project's files run through tsx; packages and Node's own keep V8's line.
+  const project = file.startsWith("/") && !file.includes("node_modules/");
+  const original = project ? sourceMaps.get(file)?.originalPositionFor({ line: frame.lineNumber + 1, column: frame.columnNumber }).line : undefined;
+  const line = !project ? frame.lineNumber + 1 : (original ?? `~${frame.lineNumber + 1}`);
+  return `${frame.functionName || "(anonymous)"} ${where}:${line}`;
 }
 
 /** Coarse groups of the buckets, to see at a glance what a call pays for. */

@@ -34,7 +34,6 @@ function varintSize(value: number): number {
 class Writer {
   #buffer = Buffer.allocUnsafe(64 * 1024);
   #position = 0;
-  readonly #forks: number[] = [];
 
   #reserve(bytes: number): void {
     if (this.#position + bytes <= this.#buffer.length) return;
@@ -108,15 +107,12 @@ class Writer {
     this.#position += value.length;
   }
 
-  /** Starts a nested message: its length is written by join(), once it is known. */
-  fork(field: number): void {
+  /** A nested message: `write` writes its fields, and its length goes in front once it is known. */
+  message(field: number, write: () => void): void {
     this.#tag(field, LENGTH_DELIMITED);
     this.#reserve(1);
-    this.#forks.push(this.#position++);
-  }
-
-  join(): void {
-    const start = this.#forks.pop() as number;
+    const start = this.#position++;
+    write();
     const length = this.#position - start - 1;
     const size = varintSize(length);
     if (size > 1) {
@@ -146,20 +142,20 @@ function writeTransfer(writer: Writer, transfer: BatchTransfer): void {
   writer.uint32(6, transfer.code);
   writer.string(7, transfer.reference);
   for (const key in transfer.metadata) {
-    writer.fork(8);
-    writer.string(1, key, true);
-    writer.string(2, transfer.metadata[key] as string, true);
-    writer.join();
+    writer.message(8, () => {
+      writer.string(1, key, true);
+      writer.string(2, transfer.metadata[key] as string, true);
+    });
   }
   writer.bool(9, transfer.linked);
   writer.int64(10, transfer.sequence);
   // google.protobuf.Timestamp, always present.
   const milliseconds = transfer.createdAt.getTime();
   const seconds = Math.floor(milliseconds / 1000);
-  writer.fork(11);
-  writer.int64(1, BigInt(seconds));
-  writer.uint32(2, (milliseconds - seconds * 1000) * 1_000_000);
-  writer.join();
+  writer.message(11, () => {
+    writer.int64(1, BigInt(seconds));
+    writer.uint32(2, (milliseconds - seconds * 1000) * 1_000_000);
+  });
   writer.int32(12, transfer.kind);
   writer.string(13, transfer.pendingId);
   writer.uint32(14, transfer.timeoutSeconds);
@@ -172,10 +168,6 @@ export function encodeBatchCommitted(event: BatchCommitted): Uint8Array {
   writer.int64(2, event.firstSequence);
   writer.int64(3, event.lastSequence);
   writer.bytes(4, event.hash);
-  for (const transfer of event.transfers) {
-    writer.fork(5);
-    writeTransfer(writer, transfer);
-    writer.join();
-  }
+  for (const transfer of event.transfers) writer.message(5, () => writeTransfer(writer, transfer));
   return writer.finish();
 }
