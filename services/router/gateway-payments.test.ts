@@ -129,18 +129,18 @@ async function payout(walletId: string, amountMinor: bigint, accountNumber = "01
  * recipient: with the recipient still to create, a gateway that hangs fails the recipient call,
  * which proves no transfer was made, and the payout fails over instead of becoming unknown.
  */
-async function warmRecipient(walletId: string): Promise<void> {
+/**
+ * Keeps Flutterwave answering 503 (proof it did nothing) while `body` runs, so that every payout
+ * ends at Paystack whichever gateway ranks first after earlier tests' random outcomes.
+ */
+async function onlyPaystackPays(body: () => Promise<void>): Promise<void> {
   // An earlier test's outage may have left Paystack's circuit open for a while.
   for (let tries = 0; tries < 100 && (await circuit("paystack")) === CircuitState.OPEN; tries++) {
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
-  // Earlier tests' random ambiguous outcomes decide which gateway ranks first now: with Flutterwave
-  // answering 503 (proof it did nothing), the payout ends at Paystack whichever is tried first.
   await sim.configure("flutterwave", { outage: "unavailable" });
   try {
-    const warm = await payout(walletId, 500n, "0123456789", { waitForOutcome: true });
-    assert.equal(warm.status, SUCCEEDED, warm.failureMessage);
-    assert.equal(warm.gateway, "paystack");
+    await body();
   } finally {
     await sim.configure("flutterwave", { outage: "none" });
   }
@@ -340,30 +340,36 @@ describe("routing and resilience", () => {
 
   it("keeps a payout's money held while its outcome is unknown, and settles it when the gateway answers", async () => {
     const walletId = await openWallet(10_500n);
-    await warmRecipient(walletId);
-    // The gateway stops answering: the payout's call times out after it was sent, and the status
-    // query cannot settle it either.
-    await sim.configure("paystack", { outage: "hang", ambiguousHoldMs: 2_000 });
-    const accepted = await payout(walletId, 3_000n);
-    const untilMs = Date.now() + 10_000;
-    let unknown: Payment | undefined;
-    while (Date.now() < untilMs) {
-      unknown = (await router.getPayment({ tenantId: TENANT, paymentId: accepted.id })).payment;
-      if (unknown?.status === OUTCOME_UNKNOWN) break;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    assert.equal(unknown?.status, OUTCOME_UNKNOWN);
-    assert.deepEqual(await balances(walletId), { posted: 10_000n, available: 7_000n }, "the money stays held");
+    await onlyPaystackPays(async () => {
+      // Paystack learns the recipient while it still answers.
+      const warm = await payout(walletId, 500n, "0123456789", { waitForOutcome: true });
+      assert.equal(warm.status, SUCCEEDED, warm.failureMessage);
+      assert.equal(warm.gateway, "paystack");
 
-    await sim.configure("paystack", { outage: "none" });
-    const [done] = await settled([accepted.id]);
-    assert.equal(done?.status, SUCCEEDED, done?.failureMessage);
-    // The gateway had no record of it (it hung before processing): once that answer is older than
-    // any request still in flight could be, the payout is routed again, to the same gateway.
-    assert.deepEqual(done?.history.map((change) => PaymentStatus[change.toStatus]), ["CREATED", "PROCESSING", "OUTCOME_UNKNOWN", "PROCESSING", "SUCCEEDED"]);
-    assert.deepEqual(await balances(walletId), { posted: 7_000n, available: 7_000n });
-    const reference = `${accepted.id.replace("pay_", "pay-")}.paystack`;
-    assert.equal((await sim.records({ operation: "payout", reference })).filter((record) => record.status === "succeeded").length, 1);
+      // Then it stops answering: the payout's call times out after it was sent, and the status
+      // query cannot settle it either.
+      await sim.configure("paystack", { outage: "hang", ambiguousHoldMs: 2_000 });
+      const accepted = await payout(walletId, 3_000n);
+      const untilMs = Date.now() + 10_000;
+      let unknown: Payment | undefined;
+      while (Date.now() < untilMs) {
+        unknown = (await router.getPayment({ tenantId: TENANT, paymentId: accepted.id })).payment;
+        if (unknown?.status === OUTCOME_UNKNOWN) break;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      assert.equal(unknown?.status, OUTCOME_UNKNOWN, `${unknown?.id} is ${PaymentStatus[unknown?.status ?? 0]} at ${unknown?.gateway}`);
+      assert.deepEqual(await balances(walletId), { posted: 10_000n, available: 7_000n }, "the money stays held");
+
+      await sim.configure("paystack", { outage: "none" });
+      const [done] = await settled([accepted.id]);
+      assert.equal(done?.status, SUCCEEDED, done?.failureMessage);
+      // Paystack had no record of it (it hung before processing): once that answer is older than
+      // any request still in flight could be, the payout is routed again, and Paystack pays it.
+      assert.deepEqual(done?.history.map((change) => PaymentStatus[change.toStatus]), ["CREATED", "PROCESSING", "OUTCOME_UNKNOWN", "PROCESSING", "SUCCEEDED"]);
+      assert.deepEqual(await balances(walletId), { posted: 7_000n, available: 7_000n });
+      const reference = `${accepted.id.replace("pay_", "pay-")}.paystack`;
+      assert.equal((await sim.records({ operation: "payout", reference })).filter((record) => record.status === "succeeded").length, 1);
+    });
   });
 
   it("flags a payment whose outcome stays unknown past the limit for reconciliation, and keeps asking", async () => {
