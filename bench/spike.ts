@@ -47,6 +47,9 @@
 //
 // Options (flag, or environment variable; flags win):
 //   --multiplier X           BENCH_SPIKE_MULTIPLIER     spike rate as a multiple of the sustainable rate (10)
+//   --spike-rate N           BENCH_SPIKE_RATE           spike rate in calls/s instead (0: use the multiplier). The
+//                                                       sustainable rate of a noisy machine varies by 2x from run to
+//                                                       run; a fixed rate makes two versions comparable.
 //   --spike-duration N       BENCH_SPIKE_SECONDS        spike length, seconds (10)
 //   --retry-share X          BENCH_RETRY_SHARE          share of spike calls that retry an earlier key (0.05)
 //   --sustain-duration N     BENCH_SUSTAIN_SECONDS      sustainable-rate window, seconds (8)
@@ -106,11 +109,12 @@ const ROOT = path.resolve(HERE, "..");
 const NAME = "bench:spike";
 
 // The header of this file is the manual; --help prints the short form.
-const option = benchOptions(NAME, "usage: npm run bench:spike -- [--multiplier 10] [--spike-duration 10] [--retry-share 0.05]\n" +
+const option = benchOptions(NAME, "usage: npm run bench:spike -- [--multiplier 10 | --spike-rate N] [--spike-duration 10] [--retry-share 0.05]\n" +
   "  [--sustain-duration 8] [--sustain-warmup 2] [--sustain-concurrency 64] [--gateway-median-ms 60]\n" +
   "  [--gateway-p99-ms 250] [--drain-timeout 120] [--merchants 10] [--connections 8] [--timeout-ms 10000]\n" +
   "  (or BENCH_* environment variables; see bench/spike.ts)\n");
 const MULTIPLIER = option("multiplier", "BENCH_SPIKE_MULTIPLIER", 10, 0.1, 100);
+const SPIKE_RATE = option("spike-rate", "BENCH_SPIKE_RATE", 0, 0, 100_000);
 const SPIKE_SECONDS = option("spike-duration", "BENCH_SPIKE_SECONDS", 10, 1, 120);
 const RETRY_SHARE = option("retry-share", "BENCH_RETRY_SHARE", 0.05, 0, 0.5);
 const SUSTAIN_SECONDS = option("sustain-duration", "BENCH_SUSTAIN_SECONDS", 8, 1, 120);
@@ -323,8 +327,9 @@ async function main(): Promise<never> {
     if (probeFailures > 0) progress(`the Edge could not reach the Router for ${probeFailures} probes after the sustain phase (circuit breaker open)`);
 
     // 2. The spike, open loop, while the backlog is sampled.
-    const spikeRate = sustainableRate * MULTIPLIER;
-    progress(`spike: ${spikeRate.toFixed(0)} calls/s (${MULTIPLIER}x) for ${SPIKE_SECONDS} s, ${RETRY_SHARE * 100}% retries of earlier keys`);
+    const spikeRate = SPIKE_RATE > 0 ? SPIKE_RATE : sustainableRate * MULTIPLIER;
+    const multiplier = spikeRate / sustainableRate;
+    progress(`spike: ${spikeRate.toFixed(0)} calls/s (${multiplier.toFixed(1)}x) for ${SPIKE_SECONDS} s, ${RETRY_SHARE * 100}% retries of earlier keys`);
     const spikeMessage: SpikeMessage = { type: "spike", id: "spike", ratePerSecond: spikeRate, seconds: SPIKE_SECONDS, retryShare: RETRY_SHARE, maxInFlight: SPIKE_MAX_IN_FLIGHT };
     const boundMs = SPIKE_SECONDS * 1000 + 30_000;
     const spikeEnded = load.next("spike-end", "spike", boundMs);
@@ -434,7 +439,7 @@ async function main(): Promise<never> {
       `  create-to-final latency  p50 ${ms(sustain.latency.p50Ms)}  p99 ${ms(sustain.latency.p99Ms)}  max ${ms(sustain.latency.maxMs)} ms; errors ${countsText(sustain.errors)}` +
         (sustain.notFinalInTime > 0 ? `; ${sustain.notFinalInTime} not final within 30 s` : "") +
         (probeFailures > 0 ? `; the Edge failed ${probeFailures} probes of the Router afterwards` : ""),
-      `spike              ${spikeRate.toFixed(1).padStart(7)} calls/s offered (${MULTIPLIER}x) for ${SPIKE_SECONDS} s: ${s.due} calls due, ${s.acceptedFresh} payments accepted, ${s.replaysChecked} retries replayed`,
+      `spike              ${spikeRate.toFixed(1).padStart(7)} calls/s offered (${multiplier.toFixed(1)}x) for ${SPIKE_SECONDS} s: ${s.due} calls due, ${s.acceptedFresh} payments accepted, ${s.replaysChecked} retries replayed`,
       `  accept latency (from when due)  p50 ${ms(s.accept.p50Ms)}  p95 ${ms(s.accept.p95Ms)}  p99 ${ms(s.accept.p99Ms)}  max ${ms(s.accept.maxMs)} ms; most in flight ${s.maxInFlightSeen}`,
       `  p99 by second of the spike  ${s.acceptP99BySecondMs.join(" ")} ms`,
       `  errors   ${countsText(s.errors)}`,
@@ -466,7 +471,7 @@ async function main(): Promise<never> {
       sustain_p50_ms: round(sustain.latency.p50Ms),
       sustain_p99_ms: round(sustain.latency.p99Ms),
       sustain_errors: sustain.errors,
-      multiplier: MULTIPLIER,
+      multiplier: round(multiplier, 2),
       spike_rate_per_s: round(spikeRate, 1),
       spike_seconds: SPIKE_SECONDS,
       calls_due: s.due,
