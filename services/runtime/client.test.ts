@@ -3,6 +3,8 @@
 // but the generated protobuf-es code. Server A (Router contract) calls server B (Risk contract)
 // through createServiceClient(); both handlers are controllable test doubles.
 import { after, before, beforeEach, describe, it } from "node:test";
+import * as http2 from "node:http2";
+import type { AddressInfo } from "node:net";
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
@@ -298,12 +300,13 @@ describe("createServiceClient()", () => {
     assert.ok(seenAtB.length <= 1 + 256, `${seenAtB.length} calls reached B`);
   });
 
-  it("answers UNAVAILABLE, outcome unknown, for calls on a connection the target closed under them", async () => {
-    // The same burst with the limit raised past it (and a connection of its own: the base URL
-    // differs by its trailing slash): B's nghttp2 closes the connection, which connect-node
-    // reports as INTERNAL.
-    answerB = async () => {
-      await sleep(1000);
+  it("keeps its connection while hundreds of calls expire: the target ends them at their deadline, nothing is reset", async () => {
+    // No in-flight limit to hide behind: 1,500 calls expire within a few hundred milliseconds.
+    // Cancelled here, each would reset its HTTP/2 stream, and past 1,000 resets nghttp2 under B
+    // closes the connection (Rapid Reset protection), failing the patient calls with it. B ends
+    // each call itself at the deadline the call carries, and the stream closes normally.
+    answerB = async (request) => {
+      await sleep(request.paymentId.startsWith("pay_expiring") ? 800 : 300);
       return allow();
     };
     const unbounded = createServiceClient(RiskService, {
@@ -315,19 +318,35 @@ describe("createServiceClient()", () => {
     });
     await unbounded.evaluate({ paymentId: "pay_warm" });
     const patient = Array.from({ length: 50 }, (_, index) =>
-      unbounded.evaluate({ paymentId: `pay_patient${index}` }).then(() => undefined, (error: unknown) => ConnectError.from(error)),
+      unbounded.evaluate({ paymentId: `pay_patient${index}` }, { timeoutMs: 5_000 }).then(() => "ok", (error: unknown) => ConnectError.from(error).rawMessage),
     );
-    const givingUp = new AbortController();
-    const abandoned = Array.from({ length: 1500 }, (_, index) =>
-      unbounded.evaluate({ paymentId: `pay_abandoned${index}` }, { signal: givingUp.signal }).catch(() => undefined),
-    );
-    await sleep(100);
-    givingUp.abort();
-    await Promise.all(abandoned);
-    const failures = (await Promise.all(patient)).filter((error) => error !== undefined);
-    assert.ok(failures.length > 0, "the connection survived: nghttp2's reset limit was not reached");
-    assert.deepEqual([...new Set(failures.map((error) => Code[error.code]))], ["Unavailable"]);
-    assert.match(failures[0]!.rawMessage, /connection to risk-b-unbounded was closed during the call.*outcome is unknown/);
+    const startedAt = Date.now();
+    const expiring = await Promise.all(Array.from({ length: 1500 }, (_, index) =>
+      rejection(unbounded.evaluate({ paymentId: `pay_expiring${index}` }, { timeoutMs: 150 }))));
+    assert.deepEqual([...new Set(expiring.map((error) => Code[error.code]))], ["DeadlineExceeded"]);
+    assert.ok(Date.now() - startedAt < 1_500, "each caller had its answer at its deadline, not the target's");
+    assert.deepEqual((await Promise.all(patient)).filter((outcome) => outcome !== "ok"), []);
+  });
+
+  it("answers UNAVAILABLE, outcome unknown, for calls on a connection the target closed under them", async () => {
+    // A target that closes the connection with an error (GOAWAY INTERNAL_ERROR: what nghttp2 does
+    // past its reset limit) under 20 calls in flight: connect-node reports INTERNAL.
+    const closing = http2.createServer();
+    let open = 0;
+    closing.on("stream", (stream) => {
+      stream.on("error", () => {});
+      if (++open === 20) stream.session?.goaway(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    });
+    await new Promise<void>((resolve) => closing.listen(0, "127.0.0.1", resolve));
+    try {
+      const { port } = closing.address() as AddressInfo;
+      const risk = createServiceClient(RiskService, { caller: "router-a", target: "risk-closing", baseUrl: `http://127.0.0.1:${port}`, config: configA, log: logsA.log });
+      const failures = await Promise.all(Array.from({ length: 20 }, (_, index) => rejection(risk.evaluate({ paymentId: `pay_cut${index}` }, { timeoutMs: 5_000 }))));
+      assert.deepEqual([...new Set(failures.map((error) => Code[error.code]))], ["Unavailable"]);
+      assert.match(failures[0]!.rawMessage, /connection to risk-closing was closed during the call.*outcome is unknown/);
+    } finally {
+      closing.close();
+    }
   });
 
   it("opens the breaker after consecutive transport failures, fails fast, and closes once the target answers", async () => {

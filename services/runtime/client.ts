@@ -10,7 +10,7 @@
 import { randomUUID } from "node:crypto";
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type CallOptions, type Client, type Transport } from "@connectrpc/connect";
-import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { codeToString, headerTimeout as CONNECT_TIMEOUT_HEADER } from "@connectrpc/connect/protocol-connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { BrokenCircuitError, ConsecutiveBreaker, circuitBreaker, handleWhen, type CircuitBreakerPolicy } from "cockatiel";
 import { currentCallContext, outboundTimeoutMs, remainingMs } from "./call-context.js";
@@ -70,16 +70,27 @@ export class InFlightLimit {
   ) {}
 
   async run<T>(waitSignal: () => AbortSignal, work: () => Promise<T>): Promise<T> {
-    if (this.#active < this.limit) this.#active++;
-    else await this.#turn(waitSignal());
+    const release = await this.acquire(waitSignal);
     try {
       return await work();
     } finally {
+      release();
+    }
+  }
+
+  /** Takes a slot (waiting for one if need be); the function returned gives it back, once. */
+  async acquire(waitSignal: () => AbortSignal): Promise<() => void> {
+    if (this.#active < this.limit) this.#active++;
+    else await this.#turn(waitSignal());
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
       // The slot goes straight to the first waiting call, if any.
       const next = this.#waiting.values().next();
       if (next.done) this.#active--;
       else next.value();
-    }
+    };
   }
 
   #turn(signal: AbortSignal): Promise<void> {
@@ -196,6 +207,64 @@ function waitedTooLong(target: string, limit: number, timeoutMs: number): Connec
   return new ConnectError(`${limit} calls to ${target} were in flight for the whole ${timeoutMs} ms deadline; this one was not sent`, Code.DeadlineExceeded);
 }
 
+/** How long a call stays on the wire past its deadline for the target's own answer. */
+const WIRE_GRACE_MS = 1_000;
+
+/**
+ * Sends a call whose deadline the target enforces: it travels in the Connect timeout header, and
+ * every Cowrie server answers DEADLINE_EXCEEDED when it passes. The call is not cancelled here at
+ * the deadline, because a cancelled call resets its HTTP/2 stream, and past a burst of 1,000
+ * resets (then 33 a second) the target's HTTP/2 library closes the whole connection (its Rapid
+ * Reset protection; Node 20 cannot raise the limit). Under a flash sale the Edge's calls to the
+ * Router expired by the hundred a second: every few seconds the Router closed the connection,
+ * failing the 256 calls on it with their outcome unknown, and a run that should have accepted
+ * most payments accepted a sixth of them. Only a target silent WIRE_GRACE_MS past the deadline
+ * (hung, stopped) has the call cut off here.
+ */
+function onTheWire(
+  call: (request: unknown, options: CallOptions) => Promise<unknown>,
+  request: unknown,
+  callOptions: CallOptions,
+  headers: Headers,
+  leftMs: number,
+  target: string,
+): Promise<unknown> {
+  headers.set(CONNECT_TIMEOUT_HEADER, String(leftMs));
+  const silent = new AbortController();
+  const timer = setTimeout(() => silent.abort(new ConnectError(`${target} did not answer within ${leftMs} ms`, Code.DeadlineExceeded)), leftMs + WIRE_GRACE_MS);
+  return call(request, { ...callOptions, timeoutMs: undefined, headers, signal: silent.signal }).finally(() => clearTimeout(timer));
+}
+
+/**
+ * The call's answer, or DEADLINE_EXCEEDED when `leftMs` passes first, or the reason the caller
+ * left (its signal): the caller never waits past its deadline for a call still on the wire.
+ */
+function answerBy<T>(wire: Promise<T>, leftMs: number, signal: AbortSignal, target: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", onLeave);
+    };
+    const onLeave = (): void => {
+      done();
+      reject(ConnectError.from(signal.reason, Code.Canceled));
+    };
+    const timer = setTimeout(() => {
+      done();
+      reject(new ConnectError(`${target} did not answer within ${leftMs} ms`, Code.DeadlineExceeded));
+    }, leftMs);
+    if (signal.aborted) return onLeave();
+    signal.addEventListener("abort", onLeave, { once: true });
+    wire.then((value) => {
+      done();
+      resolve(value);
+    }, (error: unknown) => {
+      done();
+      reject(error);
+    });
+  });
+}
+
 /** A client for one target service whose unary methods carry deadline, request id, in-flight limit and breaker. */
 export function createServiceClient<T extends DescService>(service: T, options: ClientOptions): Client<T> {
   const { transport, inFlight } = sharedTarget(options);
@@ -235,18 +304,33 @@ export function createServiceClient<T extends DescService>(service: T, options: 
         headers.set(REQUEST_ID_HEADER, context?.requestId ?? randomUUID());
         const signal = AbortSignal.any([context?.signal, callOptions.signal].filter((given) => given !== undefined));
         const startedAt = performance.now();
-        return await inFlight.run(() => AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]), () => {
-          const waitedMs = performance.now() - startedAt;
-          if (waitedMs >= 1) waited(startedAt);
-          const leftMs = waitedMs < 1 ? timeoutMs : Math.floor(timeoutMs - waitedMs);
-          if (leftMs <= 0) throw waitedTooLong(options.target, inFlight.limit, timeoutMs);
-          // A call that waited here (for a database connection, for a slot) until less than half
-          // of its time was left says little about the target when it expires: under overload
-          // such expiries would open the breaker and fail every call waiting behind them at once.
-          const sentInTime = leftMs * 2 >= fullMs;
-          return breaker.execute(() => {
+        const release = await inFlight.acquire(() => AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)])).catch((error: unknown) => {
+          // Given up while waiting for a turn: nothing reached the target.
+          if (!(error instanceof DOMException)) throw error;
+          waited(startedAt);
+          throw error.name === "TimeoutError" ? waitedTooLong(options.target, inFlight.limit, timeoutMs) : ConnectError.from(error);
+        });
+        const waitedMs = performance.now() - startedAt;
+        if (waitedMs >= 1) waited(startedAt);
+        const leftMs = waitedMs < 1 ? timeoutMs : Math.floor(timeoutMs - waitedMs);
+        if (leftMs <= 0) {
+          release();
+          throw waitedTooLong(options.target, inFlight.limit, timeoutMs);
+        }
+        // A call that waited here (for a database connection, for a slot) until less than half
+        // of its time was left says little about the target when it expires: under overload
+        // such expiries would open the breaker and fail every call waiting behind them at once.
+        const sentInTime = leftMs * 2 >= fullMs;
+        let sent = false;
+        try {
+          return await breaker.execute(() => {
             const sentAt = performance.now();
-            return call(request, { ...callOptions, timeoutMs: leftMs, headers, signal }).catch((error: unknown) => {
+            // The slot follows the call on the wire, which the target ends; the caller (and the
+            // breaker) has its answer by the deadline, or as soon as the caller leaves.
+            const wire = onTheWire(call, request, callOptions, headers, leftMs, options.target);
+            sent = true;
+            wire.then(release, release);
+            return answerBy(wire, leftMs, signal, options.target).catch((error: unknown) => {
               const failure = connectionLost(options.target, error);
               if (failure instanceof ConnectError && failure.code === Code.DeadlineExceeded) {
                 if (sentInTime && sentAt >= countedExpiryAt) countedExpiryAt = performance.now();
@@ -255,12 +339,9 @@ export function createServiceClient<T extends DescService>(service: T, options: 
               throw failure;
             });
           });
-        }).catch((error: unknown) => {
-          // Given up while waiting for a turn: nothing reached the target.
-          if (!(error instanceof DOMException)) throw error;
-          waited(startedAt);
-          throw error.name === "TimeoutError" ? waitedTooLong(options.target, inFlight.limit, timeoutMs) : ConnectError.from(error);
-        });
+        } finally {
+          if (!sent) release();
+        }
       } catch (error) {
         const mapped = error instanceof BrokenCircuitError
           ? new ConnectError(`${options.target} is unavailable: circuit breaker open, failing fast`, Code.Unavailable, {
