@@ -77,6 +77,8 @@ import postgres from "postgres";
 import { Connection } from "rabbitmq-client";
 import { WalletKind } from "../gen/cowrie/edge/v1/wallets_pb.js";
 import { PaymentStatus } from "../gen/cowrie/router/v1/router_pb.js";
+import { COMPLETER_ATTEMPTS_MAX } from "../services/edge/idempotency.js";
+import { IDEMPOTENCY_STATE } from "../services/edge/schema.js";
 import { workTopology } from "../services/router/service.js";
 import { pause } from "../services/runtime/pause.js";
 import { TEST_AMQP_URL, freshDatabase } from "../services/runtime/testing.js";
@@ -147,6 +149,11 @@ const SAMPLE_INTERVAL_MS = 250;
 const SAMPLE_WAIT_MAX_MS = 15_000;
 /** Longest wait for the sustain phase's own backlog to clear before the spike starts. */
 const SETTLE_TIMEOUT_MS = 30_000;
+/**
+ * Longest wait after the drain for the Edge to finish the calls its clients gave up on: their
+ * lease (deadline + 1 s), then COWRIE_RECOVERY_AFTER_MS (35 s), then its completer's next pass.
+ */
+const QUIESCE_TIMEOUT_MS = 90_000;
 /** Spike: most calls in flight before due calls are shed (counted as errors). */
 const SPIKE_MAX_IN_FLIGHT = 8192;
 
@@ -168,6 +175,11 @@ interface BacklogSample {
   final: number;
   /** Ready messages in the work queue (taken but unacknowledged ones are not counted); -1: unknown. */
   queued: number;
+  /**
+   * Public calls the Edge still owes an outcome (idempotency keys in progress that its completer
+   * will run again): a call given up by its client may still record a payment later.
+   */
+  edgeInProgress: number;
 }
 
 /** Counts the backlog every SAMPLE_INTERVAL_MS until stopped; keeps every sample. */
@@ -210,27 +222,30 @@ class BacklogMonitor {
     }
   }
 
-  /** Waits until a sample shows no backlog and `also()` holds, or `timeoutMs` passes. */
-  async drained(timeoutMs: number, also: () => boolean = () => true): Promise<BacklogSample | undefined> {
+  /** Waits until a sample shows no backlog and `also(sample)` holds, or `timeoutMs` passes. */
+  async drained(timeoutMs: number, also: (sample: BacklogSample) => boolean = () => true): Promise<BacklogSample | undefined> {
     const untilMs = performance.now() + timeoutMs;
     while (performance.now() < untilMs) {
       const sample = await this.after(performance.now());
-      if (sample.backlog === 0 && also()) return sample;
+      if (sample.backlog === 0 && also(sample)) return sample;
     }
     return undefined;
   }
 
   private async sample(): Promise<BacklogSample> {
-    const [[counts], queued] = await Promise.all([
+    const [[counts], [edge], queued] = await Promise.all([
       this.sql<{ backlog: number; final: number }[]>`
         select count(*) filter (where status <> all(${FINAL_STATUSES}))::int as backlog, count(*) filter (where status = any(${FINAL_STATUSES}))::int as final
         from router.payments`,
+      this.sql<{ inProgress: number }[]>`
+        select count(*)::int as "inProgress" from edge.idempotency_keys
+        where state = ${IDEMPOTENCY_STATE.inProgress} and attempts < ${COMPLETER_ATTEMPTS_MAX}`,
       Promise.race([
         this.amqp.queueDeclare({ queue: this.workQueue, passive: true }).then((ok) => ok.messageCount, () => -1),
         new Promise<number>((resolve) => setTimeout(() => resolve(-1), SAMPLE_INTERVAL_MS * 4).unref()),
       ]),
     ]);
-    return { atMs: performance.now(), backlog: counts?.backlog ?? 0, final: counts?.final ?? 0, queued };
+    return { atMs: performance.now(), backlog: counts?.backlog ?? 0, final: counts?.final ?? 0, queued, edgeInProgress: edge?.inProgress ?? 0 };
   }
 }
 
@@ -250,7 +265,7 @@ async function main(): Promise<never> {
   let amqp: Connection | undefined;
   let backlog: BacklogMonitor | undefined;
   // Whatever goes wrong, the processes this run started stop, its database and queues go.
-  const watchdogMs = (SUSTAIN_WARMUP_SECONDS + SUSTAIN_SECONDS + SPIKE_SECONDS + DRAIN_TIMEOUT_SECONDS) * 1000 + SETTLE_TIMEOUT_MS + 4 * TIMEOUT_MS + 240_000;
+  const watchdogMs = (SUSTAIN_WARMUP_SECONDS + SUSTAIN_SECONDS + SPIKE_SECONDS + DRAIN_TIMEOUT_SECONDS) * 1000 + SETTLE_TIMEOUT_MS + QUIESCE_TIMEOUT_MS + 4 * TIMEOUT_MS + 240_000;
   return runGuarded(NAME, watchdogMs, async (timedOut) => {
     ServiceProcess.tearingDown = true;
     await backlog?.stop().catch(() => undefined);
@@ -351,10 +366,20 @@ async function main(): Promise<never> {
     // 3. The drain: no backlog, and every call of the spike answered.
     const drainedSample = await backlog.drained(DRAIN_TIMEOUT_SECONDS * 1000, () => spike !== undefined);
     const spikeResult = (await spikeResulted) as SpikeResult;
-    await backlog.stop();
     const cpu = accounting.delta(cpuAtStart, await accounting.sample());
+    const drainEndUs = monotonicUs();
+    // Then quiescence, before anything is verified: the calls that clients gave up on are still the
+    // Edge's to finish (its completer runs them again COWRIE_RECOVERY_AFTER_MS after their lease),
+    // and a payment they record then moves money like any other. Verified while one of them was
+    // still PROCESSING, a run reported it unfinished and its money as not conserved.
+    const quietFromMs = performance.now();
+    const quiet = await backlog.drained(QUIESCE_TIMEOUT_MS, (sample) => sample.edgeInProgress === 0);
+    progress(quiet
+      ? `quiet ${((quiet.atMs - quietFromMs) / 1000).toFixed(1)} s after the drain (the Edge owes no call an outcome)`
+      : `NOT quiet within ${QUIESCE_TIMEOUT_MS} ms of the drain; verifying anyway`);
+    await backlog.stop();
     if (CPU_PROF_DIR) {
-      const windows = { spike: { startUs: spikeStartUs, endUs: spikeEndUs }, drain: { startUs: spikeEndUs, endUs: monotonicUs() } };
+      const windows = { spike: { startUs: spikeStartUs, endUs: spikeEndUs }, drain: { startUs: spikeEndUs, endUs: drainEndUs } };
       writeFileSync(path.join(CPU_PROF_DIR, "windows.json"), JSON.stringify(windows, null, 2));
     }
     const drainSeconds = drainedSample ? (drainedSample.atMs - spikeEndMs) / 1000 : null;

@@ -53,7 +53,7 @@ const REAP_BATCH = 1000;
 const REAP_ROUNDS_MAX = 10;
 const COMPLETER_BATCH = 100;
 /** Executions (first run and takeovers) after which the completer leaves a request alone. */
-const COMPLETER_ATTEMPTS_MAX = 5;
+export const COMPLETER_ATTEMPTS_MAX = 5;
 const CACHE_TTL_MAX_MS = 60 * 60 * 1000;
 /** Lease slack beyond the call's own deadline, so a slow but live executor keeps its lease. */
 const LEASE_MARGIN_MS = 1_000;
