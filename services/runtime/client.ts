@@ -324,6 +324,8 @@ export function createServiceClient<T extends DescService>(service: T, options: 
         let sent = false;
         try {
           return await breaker.execute(() => {
+            // A caller that left while it waited for a slot sends nothing.
+            if (signal.aborted) return Promise.reject(ConnectError.from(signal.reason, Code.Canceled));
             const sentAt = performance.now();
             // The slot follows the call on the wire, which the target ends; the caller (and the
             // breaker) has its answer by the deadline, or as soon as the caller leaves.
