@@ -2,11 +2,12 @@
 // (with keepalive pings) and each calling service one circuit breaker per target. Every call
 // carries the request id and what is left of the caller's deadline minus a margin, capped per
 // hop, so no downstream call outlives its caller. At most COWRIE_CLIENT_MAX_IN_FLIGHT calls per
-// target are on the wire at once; the rest wait their turn off the wire. A call given up on the
-// wire (its deadline passed, its caller went away) resets its HTTP/2 stream, and nghttp2, under
-// every Node server, closes a connection after a burst of 1,000 resets (its Rapid Reset
-// protection; Node 20 cannot raise that limit), failing every other call on it. Under overload
-// thousands of calls can be given up at once; one given up while it waits resets nothing.
+// target are on the wire at once; the rest wait their turn off the wire. A call cancelled on the
+// wire resets its HTTP/2 stream, and nghttp2, under every Node server, closes a connection after
+// a burst of 1,000 resets (its Rapid Reset protection; Node 20 cannot raise that limit), failing
+// every other call on it. So a call whose deadline passes, or whose caller goes away, is answered
+// at once but left on the wire for the target to end (onTheWire), and one given up while it
+// waits for a slot was never sent.
 import { randomUUID } from "node:crypto";
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type CallOptions, type Client, type Transport } from "@connectrpc/connect";
@@ -68,15 +69,6 @@ export class InFlightLimit {
     readonly limit: number,
     private readonly waitingChanged: (waiting: number) => void = () => {},
   ) {}
-
-  async run<T>(waitSignal: () => AbortSignal, work: () => Promise<T>): Promise<T> {
-    const release = await this.acquire(waitSignal);
-    try {
-      return await work();
-    } finally {
-      release();
-    }
-  }
 
   /** Takes a slot (waiting for one if need be); the function returned gives it back, once. */
   async acquire(waitSignal: () => AbortSignal): Promise<() => void> {
