@@ -214,11 +214,16 @@ export class Workload {
     if (random() < this.options.replayShare) await this.#replay(op, random);
   }
 
-  /** GetPayment until the payment is final (or the run gives up polling). */
+  /**
+   * GetPayment until the payment is final (or the run gives up polling). The give-up time is read
+   * on every round: it is set when the faults end, often while a poll is already running, and a
+   * poll that kept its own 60 s kept a CI chaos round past its time limit before the run could
+   * report what had not quiesced.
+   */
   async #poll(op: Op, random: () => number): Promise<void> {
     const { tenant, callTimeoutMs } = this.options;
-    const until = Math.min(this.options.giveUpAtMs(), Date.now() + 60_000);
-    while (Date.now() < until) {
+    const pollUntilMs = Date.now() + 60_000;
+    while (Date.now() < Math.min(this.options.giveUpAtMs(), pollUntilMs)) {
       await pause(300 + Math.floor(random() * 400));
       try {
         const { payment } = await tenant.payments.getPayment({ paymentId: op.paymentId }, { headers: { authorization: `Bearer ${tenant.apiKey}` }, timeoutMs: callTimeoutMs });
