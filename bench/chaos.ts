@@ -495,12 +495,14 @@ async function main(): Promise<never> {
     monitor = postgres(pg.url, { max: 2, onnotice: () => {}, connection: { application_name: "cowrie-chaos-monitor", statement_timeout: 30_000 } });
     let lastBacklog: Record<string, number> = {};
     let quiesced = false;
-    while ((performance.now() - quiesceStartedMs) / 1000 < QUIESCE_SECONDS) {
+    for (let round = 1; (performance.now() - quiesceStartedMs) / 1000 < QUIESCE_SECONDS; round++) {
       lastBacklog = await backlog(monitor, tenant.tenantId).catch((error: unknown) => ({ [`monitor error: ${String(error)}`]: 1 }));
       if (Object.values(lastBacklog).every((count) => count === 0)) {
         quiesced = true;
         break;
       }
+      // What a slow quiescence waits on, every 5 s: the last line of a run cut off by its bound says.
+      if (round % 5 === 0) progress(`quiescing for ${((performance.now() - quiesceStartedMs) / 1000).toFixed(0)} s: ${Object.entries(lastBacklog).filter(([, count]) => count > 0).map(([what, count]) => `${what} ${count}`).join(", ")}`);
       await pause(1000);
     }
     const quiesceSeconds = (performance.now() - quiesceStartedMs) / 1000;
