@@ -494,6 +494,8 @@ async function main(): Promise<never> {
     const quiesceStartedMs = performance.now();
     monitor = postgres(pg.url, { max: 2, onnotice: () => {}, connection: { application_name: "cowrie-chaos-monitor", statement_timeout: 30_000 } });
     let lastBacklog: Record<string, number> = {};
+    /** The backlog's non-zero parts, "payments_not_final 2, ...". */
+    const left = (): string => Object.entries(lastBacklog).filter(([, count]) => count > 0).map(([what, count]) => `${what} ${count}`).join(", ");
     let quiesced = false;
     for (let round = 1; (performance.now() - quiesceStartedMs) / 1000 < QUIESCE_SECONDS; round++) {
       lastBacklog = await backlog(monitor, tenant.tenantId).catch((error: unknown) => ({ [`monitor error: ${String(error)}`]: 1 }));
@@ -502,13 +504,12 @@ async function main(): Promise<never> {
         break;
       }
       // What a slow quiescence waits on, every 5 s: the last line of a run cut off by its bound says.
-      if (round % 5 === 0) progress(`quiescing for ${((performance.now() - quiesceStartedMs) / 1000).toFixed(0)} s: ${Object.entries(lastBacklog).filter(([, count]) => count > 0).map(([what, count]) => `${what} ${count}`).join(", ")}`);
+      if (round % 5 === 0) progress(`quiescing for ${((performance.now() - quiesceStartedMs) / 1000).toFixed(0)} s: ${left()}`);
       await pause(1000);
     }
     const quiesceSeconds = (performance.now() - quiesceStartedMs) / 1000;
-    const left = Object.entries(lastBacklog).filter(([, count]) => count > 0);
-    progress(quiesced ? `quiesced in ${quiesceSeconds.toFixed(1)} s` : `NOT quiesced after ${QUIESCE_SECONDS} s: ${left.map(([what, count]) => `${what} ${count}`).join(", ")}`);
-    if (!quiesced) anomalies.add("not_quiesced", left.map(([what, count]) => `${what} ${count}`).join(", "));
+    progress(quiesced ? `quiesced in ${quiesceSeconds.toFixed(1)} s` : `NOT quiesced after ${QUIESCE_SECONDS} s: ${left()}`);
+    if (!quiesced) anomalies.add("not_quiesced", left());
 
     if (SABOTAGE) await sabotage(monitor, tenant.tenantId, control);
 
