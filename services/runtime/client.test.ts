@@ -327,7 +327,7 @@ describe("createServiceClient()", () => {
     const expiring = await Promise.all(Array.from({ length: 1500 }, (_, index) =>
       rejection(unbounded.evaluate({ paymentId: `pay_expiring${index}` }, { timeoutMs: 150 }))));
     assert.deepEqual([...new Set(expiring.map((error) => Code[error.code]))], ["DeadlineExceeded"]);
-    assert.ok(Date.now() - startedAt < 1_500, "each caller had its answer at its deadline, not the target's");
+    assert.ok(Date.now() - startedAt < 3_000, "each caller had its answer at its deadline, not when the call left the wire");
     assert.deepEqual((await Promise.all(patient)).filter((outcome) => outcome !== "ok"), []);
   });
 

@@ -132,7 +132,7 @@ export const VARIABLES = {
   hopTimeoutMaxMs: variable("COWRIE_HOP_TIMEOUT_MAX_MS", "5000", integer(1, 300_000),
     "Longest deadline any single outbound call may carry."),
   clientMaxInFlight: variable("COWRIE_CLIENT_MAX_IN_FLIGHT", "256", integer(1, 100_000),
-    "Most calls a process has on the wire to one target at once, until the target ends them (a call past its deadline stays on the wire until the target answers it, at most 1 s more); the rest wait off the wire, within their deadlines."),
+    "Most calls a process has on the wire to one target at once, until the target ends them (a call past its deadline stays on the wire until the target answers it, at most 5 s more); the rest wait off the wire, within their deadlines."),
   breakerFailures: variable("COWRIE_BREAKER_FAILURES", "5", integer(1, 1000),
     "Consecutive transport failures or deadline expiries (of calls sent with at least half their time; the calls that expire together in one stall count once) that open a circuit breaker."),
   breakerHalfOpenAfterMs: variable("COWRIE_BREAKER_HALF_OPEN_AFTER_MS", "5000",
