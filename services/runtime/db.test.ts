@@ -94,6 +94,91 @@ describe("connections cut while they start", () => {
   });
 });
 
+describe("connections that close in use (patches/postgres+3.4.9.patch)", () => {
+  // PostgreSQL ends a connection's session: pg_terminate_backend here, a restart or a failover in
+  // production. Unpatched, postgres.js 3.4.9 then left promises that never settle: a transaction
+  // waiting for its connection hung for ever, and so did the service's pass that started it (the
+  // chaos run's relays and completers after `postgres:restart`).
+  let cut: Database;
+  let cutUrl: string;
+
+  before(async () => {
+    cutUrl = new URL(fresh.url).toString();
+    cut = createPostgresDatabase(cutUrl, { poolMax: 1, applicationName: "db-test-closing" });
+    await database.db.execute(sql`create table if not exists closing_probe (id text primary key)`);
+  });
+
+  after(async () => {
+    await cut.close();
+  });
+
+  /** `promise`, or "pending" if it has not settled within `ms`. */
+  async function within<T>(promise: Promise<T>, ms: number): Promise<{ value?: T; error?: unknown } | "pending"> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<"pending">((resolve) => (timer = setTimeout(() => resolve("pending"), ms)));
+    try {
+      return await Promise.race([promise.then((value) => ({ value }), (error: unknown) => ({ error })), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  const terminate = (pid: number) => database.db.execute(sql`select pg_terminate_backend(${pid})`);
+  const backendPid = async (tx: Db) => rowsOf<{ pid: number }>(await tx.execute(sql`select pg_backend_pid() as pid`))[0]?.pid as number;
+  const probeIds = async () => rowsOf<{ id: string }>(await database.db.execute(sql`select id from closing_probe order by id`)).map((row) => row.id);
+
+  it("a transaction waiting for the pool's only connection gets it back when that connection is cut, and the cut one fails", async () => {
+    let holding!: (pid: number) => void;
+    const held = new Promise<number>((resolve) => (holding = resolve));
+    let letGo!: () => void;
+    const goOn = new Promise<void>((resolve) => (letGo = resolve));
+    const first = transactPipelined(cut.db, async (tx) => {
+      holding(await backendPid(tx));
+      await goOn;
+      await tx.execute(sql`insert into closing_probe values ('first')`);
+      return { result: "first", finish: [] };
+    }, null);
+    const pid = await held;
+    // Waits for the only connection; upstream issue #1195 dropped this wait when the connection
+    // it waited on closed and came back.
+    const second = transactPipelined(cut.db, async (tx) => ({ result: await backendPid(tx), finish: [] }), null);
+    await terminate(pid);
+    await pause(200);
+    letGo();
+    const [firstOutcome, secondOutcome] = await Promise.all([within(first, 5_000), within(second, 5_000)]);
+    assert.notEqual(firstOutcome, "pending", "the cut transaction settled");
+    assert.ok(firstOutcome !== "pending" && firstOutcome.error, "the cut transaction failed");
+    assert.notEqual(secondOutcome, "pending", "the waiting transaction settled");
+    assert.ok(secondOutcome !== "pending" && typeof secondOutcome.value === "number" && secondOutcome.value !== pid, "it ran on a new session");
+    assert.deepEqual(await probeIds(), [], "nothing of the cut transaction was written");
+    assert.equal(rowsOf<{ n: number }>(await cut.db.execute(sql`select 1 as n`))[0]?.n, 1, "the pool works");
+  });
+
+  it("a statement a drizzle transaction sends after its connection was cut fails, and never runs on the next session", async () => {
+    // The transaction fails as its connection closes, but its callback runs on (upstream issues
+    // #1186 and #1215): what it sends later went to the connection's next session, outside any
+    // transaction, or waited for ever.
+    let callbackDone!: (sent: { statement: Promise<unknown> }) => void;
+    const sentLater = new Promise<{ statement: Promise<unknown> }>((resolve) => (callbackDone = resolve));
+    const transaction = cut.db.transaction(async (tx) => {
+      const pid = await backendPid(tx);
+      await terminate(pid);
+      // Something else keeps the pool busy, so the connection comes back at once for it.
+      const other = cut.db.execute(sql`select 1`);
+      await pause(300);
+      const statement = tx.execute(sql`insert into closing_probe values ('after-the-cut')`);
+      callbackDone({ statement });
+      await Promise.all([statement, other]);
+    });
+    const outcome = await within(transaction, 5_000);
+    assert.ok(outcome !== "pending" && outcome.error, "the transaction failed");
+    const sent = await within((await sentLater).statement, 5_000);
+    assert.ok(sent !== "pending" && sent.error, "the statement failed instead of hanging");
+    assert.deepEqual(await probeIds(), [], "it did not run outside the transaction");
+    assert.equal(rowsOf<{ n: number }>(await cut.db.execute(sql`select 1 as n`))[0]?.n, 1, "the pool works");
+  });
+});
+
 /**
  * A TCP proxy to PostgreSQL that cuts each of the first `count` connections as soon as the client
  * sends something after the server's first ReadyForQuery (the end of the start-up), with a reset.
