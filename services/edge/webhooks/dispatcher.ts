@@ -7,7 +7,10 @@
 //   send:   POST outside any transaction, signed, with a timeout, redirects not followed;
 //   record: one transaction logs the attempt and sets the delivery's next state, only if the
 //           attempt count is still the one claimed (a slower, older claimant writes nothing over
-//           a newer one's state; its attempt still appears in the log).
+//           a newer one's state; its attempt still appears in the log). If the database does not
+//           take it (a restart, a failover), the process, which knows the outcome, records it
+//           again as soon as the database answers while its lease lasts, rather than leaving the
+//           delivery to be sent again once the lease runs out.
 // 2xx is DELIVERED. Anything else is retried after an exponential backoff with jitter until the
 // retry window (COWRIE_WEBHOOK_RETRY_FOR_MS from the delivery's creation) would be passed, then it
 // is FAILED. A due delivery always gets its attempt, even past the window (a long outage of the
@@ -26,7 +29,7 @@ import { errorText, type Logger } from "../../runtime/log.js";
 import { every, type Periodic } from "../../runtime/periodic.js";
 import { WEBHOOK_DELIVERY_STATUS, webhookAttempts, webhookDeliveries, webhookEndpoints } from "../schema.js";
 import { webhookMetrics, type AttemptResult } from "./metrics.js";
-import { backoffMs } from "../../runtime/pause.js";
+import { backoffMs, pause } from "../../runtime/pause.js";
 import { SIGNATURE_HEADER, signWebhook } from "./signature.js";
 
 export interface DispatcherOptions {
@@ -47,6 +50,10 @@ export interface DispatcherOptions {
 
 /** A claim's lease beyond the timeout, so a slow but live attempt is not taken over. */
 const LEASE_MARGIN_MS = 30_000;
+/** An attempt not recorded is recorded again after these delays (doubling), until this much of the lease is left. */
+const RECORD_RETRY_BASE_MS = 250;
+const RECORD_RETRY_MAX_DELAY_MS = 4_000;
+const RECORD_LEASE_RESERVE_MS = 5_000;
 /** Claims per pass at most, so that stop() never waits on an endless backlog. */
 const ROUNDS_MAX = 20;
 /** The gauges count every pending delivery: not on every pass. */
@@ -206,33 +213,58 @@ export class WebhookDispatcher {
 
   /** Sends one claimed delivery and records the outcome; failures are logged, never thrown. */
   private async attempt(delivery: Claimed): Promise<void> {
-    const { db, log } = this.options;
+    const { log } = this.options;
+    const leaseEndsAt = performance.now() + this.options.timeoutMs + LEASE_MARGIN_MS;
+    let outcome: AttemptOutcome;
     try {
       const endpoint = await this.target(delivery.endpointId);
       if (!endpoint.usable) {
         await this.settle(delivery, { status: STATUS.failed, lastError: endpoint.reason });
         return;
       }
-      const outcome = await postWebhook({ ...delivery, url: endpoint.url, secrets: endpoint.secrets, deliveryId: delivery.id }, this.options.timeoutMs);
+      outcome = await postWebhook({ ...delivery, url: endpoint.url, secrets: endpoint.secrets, deliveryId: delivery.id }, this.options.timeoutMs);
       webhookMetrics().attempted(outcome.result, outcome.durationMs);
-      await db.transaction(async (tx) => {
-        await tx.insert(webhookAttempts).values({
-          deliveryId: delivery.id,
-          attemptedAt: outcome.attemptedAt,
-          httpStatus: outcome.httpStatus,
-          error: outcome.error,
-          durationMs: outcome.durationMs,
-        });
-        if (outcome.result === "success") {
-          await this.settle(delivery, { status: STATUS.delivered, lastError: null }, tx);
-        } else {
-          await this.reschedule(delivery, outcome.error, tx);
-        }
-      });
     } catch (error) {
       // The lease runs out and the delivery is taken again.
-      log.warn({ err: errorText(error), deliveryId: delivery.id }, "webhook attempt not recorded; it will be retried");
+      log.warn({ err: errorText(error), deliveryId: delivery.id }, "webhook attempt not made; it will be retried");
+      return;
     }
+    for (let retry = 0; ; retry++) {
+      try {
+        await this.record(delivery, outcome);
+        return;
+      } catch (error) {
+        const waitMs = backoffMs(retry, RECORD_RETRY_BASE_MS, RECORD_RETRY_MAX_DELAY_MS, "equal");
+        if (this.stopping || performance.now() + waitMs > leaseEndsAt - RECORD_LEASE_RESERVE_MS) {
+          // The lease runs out and the delivery is sent again.
+          log.warn({ err: errorText(error), deliveryId: delivery.id }, "webhook attempt not recorded; it will be retried");
+          return;
+        }
+        if (retry === 0) log.warn({ err: errorText(error), deliveryId: delivery.id }, "webhook attempt not recorded yet; recording it again");
+        await pause(waitMs);
+      }
+    }
+  }
+
+  /**
+   * Logs an attempt and sets the delivery's next state, in one transaction. Repeatable: after a
+   * commit whose answer was lost, the attempt is not logged twice, and the state is set only while
+   * the delivery is still as claimed.
+   */
+  private async record(delivery: Claimed, outcome: AttemptOutcome): Promise<void> {
+    await this.options.db.transaction(async (tx) => {
+      const attemptedAt = outcome.attemptedAt.toISOString();
+      await tx.execute(sql`
+        insert into ${webhookAttempts} (delivery_id, attempted_at, http_status, error, duration_ms)
+        select ${delivery.id}, ${attemptedAt}::timestamptz, ${outcome.httpStatus}::int, ${outcome.error}, ${outcome.durationMs}::int
+        where not exists (
+          select 1 from ${webhookAttempts} where delivery_id = ${delivery.id} and attempted_at = ${attemptedAt}::timestamptz and not manual)`);
+      if (outcome.result === "success") {
+        await this.settle(delivery, { status: STATUS.delivered, lastError: null }, tx);
+      } else {
+        await this.reschedule(delivery, outcome.error, tx);
+      }
+    });
   }
 
   /** Where a delivery goes now, with the secrets that sign it; or why it goes nowhere. */

@@ -187,6 +187,42 @@ describe("delivery", () => {
     assert.deepEqual(verifyWebhook({ secret: created.secret, signatureHeader, body: last.body, nowSeconds: signedAt + 301 }), { ok: false, reason: "stale_timestamp" });
   });
 
+  it("an attempt the database does not take at first is recorded by the same process once it does: no second request", async () => {
+    const { tenantId, webhooks } = await tenant("shop behind a failover");
+    const endpoint = await receiver(() => 200);
+    await webhooks.createWebhookEndpoint({ url: endpoint.url, eventTypes: ["*"] }, keyed());
+    // The database refuses the first record of this tenant's attempt, as when it restarts
+    // between the POST and its record (a sequence, since a refused transaction keeps nothing).
+    const refusals = `webhook_refusals_${process.pid}`;
+    await sql.unsafe(`create sequence edge.${refusals}`);
+    await sql.unsafe(`
+      create function edge.${refusals}() returns trigger language plpgsql as $$
+      begin
+        if exists (select 1 from edge.webhook_deliveries d where d.id = new.delivery_id and d.tenant_id = '${tenantId}')
+           and nextval('edge.${refusals}') = 1 then
+          raise exception 'the database is restarting (test)';
+        end if;
+        return new;
+      end $$`);
+    await sql.unsafe(`create trigger ${refusals} before insert on edge.webhook_attempts for each row execute function edge.${refusals}()`);
+    try {
+      const event = paymentEvent(tenantId);
+      const started = Date.now();
+      await enqueue(event);
+      // Left to the lease, it would be sent again after the timeout plus 30 s.
+      const delivery = await deliveryOf(webhooks, event.id, WebhookDeliveryStatus.DELIVERED);
+      assert.ok(Date.now() - started < TIMEOUT_MS + 10_000);
+      assert.equal(endpoint.requests.length, 1, "one request");
+      assert.deepEqual(delivery.attempts.map((attempt) => attempt.httpStatus), [200], "one attempt logged");
+      const [refused] = await sql.unsafe(`select last_value from edge.${refusals}`);
+      assert.ok(Number(refused?.last_value) >= 2, "the first record was refused");
+    } finally {
+      await sql.unsafe(`drop trigger ${refusals} on edge.webhook_attempts`);
+      await sql.unsafe(`drop function edge.${refusals}()`);
+      await sql.unsafe(`drop sequence edge.${refusals}`);
+    }
+  });
+
   it("the retry window passing marks the delivery failed; nothing is sent after that", async () => {
     const { tenantId, webhooks } = await tenant("broken shop");
     const endpoint = await receiver(() => 503);
