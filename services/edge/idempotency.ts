@@ -441,7 +441,7 @@ export class IdempotencyStore {
     } catch (error) {
       if (error instanceof ConnectError && DECIDED_CODES.has(error.code)) {
         const outcome: Outcome = { kind: "error", code: error.code, message: error.rawMessage, details: detailsOf(error) };
-        await this.record(owned, outcome, () =>
+        await this.record(owned, tenantId, outcome, () =>
           this.cacheOutcome(tenantId, key, methodName, fingerprint, outcome, expiresAt),
         );
       } else {
@@ -449,33 +449,46 @@ export class IdempotencyStore {
         // (downstream keys make that safe). The row and its fingerprint stay, so the key still
         // cannot be reused for a different request, whose downstream key would name this one's
         // effects; if nobody retries, the completer finishes it.
-        await this.options.db.update(idempotencyKeys).set({ lockedUntil: sql`now()` }).where(owned).catch((releaseError: unknown) => {
-          // The row stays in progress; the lease runs out and a retry or the completer takes over.
-          this.options.log.warn({ err: errorText(releaseError), tenantId }, "could not release an idempotency key");
-        });
+        await this.releaseLease(owned, tenantId);
       }
       throw error;
     }
     const outcome: Outcome = { kind: "response", bytes: toBinary(mutation.method.output, response) };
-    await this.record(owned, outcome, () => this.cacheOutcome(tenantId, key, methodName, fingerprint, outcome, expiresAt));
+    await this.record(owned, tenantId, outcome, () => this.cacheOutcome(tenantId, key, methodName, fingerprint, outcome, expiresAt));
     return response;
   }
 
-  /** Stores a decided outcome; if that fails the lease runs out and the completer finishes it. */
-  private async record(owned: ReturnType<typeof and>, outcome: Outcome, cacheIt: () => Promise<void>): Promise<void> {
+  /** Ends the lease of a request in progress, so that a retry executes it again at once. */
+  private async releaseLease(owned: ReturnType<typeof and>, tenantId: string): Promise<void> {
+    await this.options.db.update(idempotencyKeys).set({ lockedUntil: sql`now()` }).where(owned).catch((error: unknown) => {
+      // The row stays in progress; the lease runs out and a retry or the completer takes over.
+      this.options.log.warn({ err: errorText(error), tenantId }, "could not release an idempotency key");
+    });
+  }
+
+  /**
+   * Stores a decided outcome. If that fails the caller is not given the outcome, which a replay
+   * could then contradict (a payment answered PROCESSING now, replayed SUCCEEDED later), but
+   * UNAVAILABLE: a retry with the same key, or the completer once the lease runs out, executes
+   * again (downstream keys make that safe) and records what it gets.
+   */
+  private async record(owned: ReturnType<typeof and>, tenantId: string, outcome: Outcome, cacheIt: () => Promise<void>): Promise<void> {
     const fields = outcome.kind === "response"
       ? { response: Buffer.from(outcome.bytes) }
       : { errorCode: outcome.code, errorMessage: outcome.message, errorDetails: JSON.stringify(outcome.details) };
+    let updated: { attempts: number }[];
     try {
-      const updated = await this.options.db
+      updated = await this.options.db
         .update(idempotencyKeys)
         .set({ ...fields, state: IDEMPOTENCY_STATE.completed, completedAt: sql`now()`, lockedUntil: sql`now()` })
         .where(owned)
         .returning({ attempts: idempotencyKeys.attempts });
-      if (updated.length > 0) await cacheIt();
     } catch (error) {
-      this.options.log.warn({ err: errorText(error) }, "could not record an idempotent outcome; the completer will");
+      this.options.log.warn({ err: errorText(error), tenantId }, "could not record an idempotent outcome; answering UNAVAILABLE, a retry or the completer records it");
+      await this.releaseLease(owned, tenantId);
+      throw new ConnectError("the request's outcome could not be recorded; retry with the same Idempotency-Key", Code.Unavailable);
     }
+    if (updated.length > 0) await cacheIt();
   }
 
   private replay(method: DescMethod, outcome: Outcome, responseHeader: Headers): Message {
