@@ -129,6 +129,9 @@ async function eventsOf(sql: postgres.Sql, source: "ledger" | (typeof OUTBOX_SOU
   return batches.map((row) => ({ id: batchEventId(row.hash), event_type: LEDGER_BATCH_COMMITTED, subject: `batch/${row.batch}`, published: row.published }));
 }
 
+/** Events the Edge's webhooks consumer takes (its binding keys). */
+const forWebhooks = (event: EventRow): boolean => /^(payment|risk|wallet|reconciliation)\./.test(event.event_type);
+
 async function eventIds(sql: postgres.Sql, query: postgres.PendingQuery<{ id: string }[]>): Promise<Set<string>> {
   return new Set((await query).map((row) => row.id));
 }
@@ -146,10 +149,13 @@ export async function backlog(sql: postgres.Sql, tenantId: string): Promise<Reco
   const [payments] = await sql<{ count: number }[]>`select count(*)::int as count from router.payments where tenant_id = ${tenantId} and status not in (4, 5, 6)`;
   const result: Record<string, number> = { payments_not_final: payments?.count ?? 0 };
   const audited = await eventIds(sql, sql`select event_id as id from edge.audit_events`);
+  const inWebhooks = await eventIds(sql, sql`select event_id as id from edge.inbox where consumer = 'edge.webhooks'`);
   for (const source of ["ledger", ...OUTBOX_SOURCES] as const) {
     const events = await eventsOf(sql, source);
     result[`${source}_events_unpublished`] = events.filter((event) => !event.published).length;
     result[`${source}_events_not_audited`] = events.filter((event) => !audited.has(event.id)).length;
+    // The webhooks consumer retries on its own schedule (1 s, 5 s, 30 s...): wait for it too.
+    result[`${source}_events_not_in_webhooks_inbox`] = events.filter((event) => forWebhooks(event) && !inWebhooks.has(event.id)).length;
   }
   const [feedback] = await sql<{ count: number }[]>`
     select count(*)::int as count from router.outbox o
@@ -450,7 +456,7 @@ async function checkEvents(sql: postgres.Sql, payments: readonly PaymentRow[], a
       const what = `${source} ${row.event_type} ${row.subject} (${row.id})`;
       if (!row.published) anomalies.add("event_unpublished", what);
       if (!audited.has(row.id)) anomalies.add("event_not_audited", what);
-      if (/^(payment|risk|wallet|reconciliation)\./.test(row.event_type) && !inWebhooks.has(row.id)) anomalies.add("event_not_in_webhooks_inbox", what);
+      if (forWebhooks(row) && !inWebhooks.has(row.id)) anomalies.add("event_not_in_webhooks_inbox", what);
       if ((row.event_type === "payment.succeeded" || row.event_type === "payment.failed") && !inFeedback.has(row.id)) anomalies.add("event_not_in_feedback_inbox", what);
     }
   }
