@@ -8,9 +8,9 @@
 //   record: one transaction logs the attempt and sets the delivery's next state, only if the
 //           attempt count is still the one claimed (a slower, older claimant writes nothing over
 //           a newer one's state; its attempt still appears in the log). If the database does not
-//           take it (a restart, a failover), the process, which knows the outcome, records it
-//           again as soon as the database answers while its lease lasts, rather than leaving the
-//           delivery to be sent again once the lease runs out.
+//           answer (a restart, a failover), the process reads the endpoint or records the outcome
+//           again as soon as it does, while its lease lasts, rather than leaving the delivery to be
+//           sent again once the lease runs out.
 // 2xx is DELIVERED. Anything else is retried after an exponential backoff with jitter until the
 // retry window (COWRIE_WEBHOOK_RETRY_FOR_MS from the delivery's creation) would be passed, then it
 // is FAILED. A due delivery always gets its attempt, even past the window (a long outage of the
@@ -50,10 +50,10 @@ export interface DispatcherOptions {
 
 /** A claim's lease beyond the timeout, so a slow but live attempt is not taken over. */
 const LEASE_MARGIN_MS = 30_000;
-/** An attempt not recorded is recorded again after these delays (doubling), until this much of the lease is left. */
-const RECORD_RETRY_BASE_MS = 250;
-const RECORD_RETRY_MAX_DELAY_MS = 4_000;
-const RECORD_LEASE_RESERVE_MS = 5_000;
+/** What failed in an attempt is done again after these delays (doubling), until this much of the lease is left. */
+const RETRY_IN_LEASE_BASE_MS = 250;
+const RETRY_IN_LEASE_MAX_DELAY_MS = 4_000;
+const RETRY_IN_LEASE_RESERVE_MS = 5_000;
 /** Claims per pass at most, so that stop() never waits on an endless backlog. */
 const ROUNDS_MAX = 20;
 /** The gauges count every pending delivery: not on every pass. */
@@ -213,34 +213,34 @@ export class WebhookDispatcher {
 
   /** Sends one claimed delivery and records the outcome; failures are logged, never thrown. */
   private async attempt(delivery: Claimed): Promise<void> {
-    const { log } = this.options;
     const leaseEndsAt = performance.now() + this.options.timeoutMs + LEASE_MARGIN_MS;
-    let outcome: AttemptOutcome;
-    try {
-      const endpoint = await this.target(delivery.endpointId);
-      if (!endpoint.usable) {
-        await this.settle(delivery, { status: STATUS.failed, lastError: endpoint.reason });
-        return;
-      }
-      outcome = await postWebhook({ ...delivery, url: endpoint.url, secrets: endpoint.secrets, deliveryId: delivery.id }, this.options.timeoutMs);
-      webhookMetrics().attempted(outcome.result, outcome.durationMs);
-    } catch (error) {
-      // The lease runs out and the delivery is taken again.
-      log.warn({ err: errorText(error), deliveryId: delivery.id }, "webhook attempt not made; it will be retried");
+    const endpoint = await this.whileLeased(delivery, leaseEndsAt, "webhook endpoint not read", () => this.target(delivery.endpointId));
+    if (endpoint === undefined) return;
+    if (!endpoint.usable) {
+      await this.whileLeased(delivery, leaseEndsAt, "webhook delivery not failed", () => this.settle(delivery, { status: STATUS.failed, lastError: endpoint.reason }));
       return;
     }
+    const outcome = await postWebhook({ ...delivery, url: endpoint.url, secrets: endpoint.secrets, deliveryId: delivery.id }, this.options.timeoutMs);
+    webhookMetrics().attempted(outcome.result, outcome.durationMs);
+    await this.whileLeased(delivery, leaseEndsAt, "webhook attempt not recorded", () => this.record(delivery, outcome));
+  }
+
+  /**
+   * `work`, done again after a failure (the database away for a moment: a restart, a failover)
+   * while the claim's lease has time left; undefined once it has not, or once the dispatcher is
+   * stopping: the lease then runs out and the delivery is taken again.
+   */
+  private async whileLeased<T>(delivery: Claimed, leaseEndsAt: number, what: string, work: () => Promise<T>): Promise<T | undefined> {
     for (let retry = 0; ; retry++) {
       try {
-        await this.record(delivery, outcome);
-        return;
+        return await work();
       } catch (error) {
-        const waitMs = backoffMs(retry, RECORD_RETRY_BASE_MS, RECORD_RETRY_MAX_DELAY_MS, "equal");
-        if (this.stopping || performance.now() + waitMs > leaseEndsAt - RECORD_LEASE_RESERVE_MS) {
-          // The lease runs out and the delivery is sent again.
-          log.warn({ err: errorText(error), deliveryId: delivery.id }, "webhook attempt not recorded; it will be retried");
-          return;
+        const waitMs = backoffMs(retry, RETRY_IN_LEASE_BASE_MS, RETRY_IN_LEASE_MAX_DELAY_MS, "equal");
+        const giveUp = this.stopping || performance.now() + waitMs > leaseEndsAt - RETRY_IN_LEASE_RESERVE_MS;
+        if (giveUp || retry === 0) {
+          this.options.log.warn({ err: errorText(error), deliveryId: delivery.id }, giveUp ? `${what}; it will be retried once the claim's lease runs out` : `${what}; trying again`);
         }
-        if (retry === 0) log.warn({ err: errorText(error), deliveryId: delivery.id }, "webhook attempt not recorded yet; recording it again");
+        if (giveUp) return undefined;
         await pause(waitMs);
       }
     }
