@@ -13,7 +13,7 @@ import { FundWalletRequestSchema, WalletsService } from "../../gen/cowrie/edge/v
 import { HoldSchema, RefusalSchema, WalletSchema, WalletService } from "../../gen/cowrie/wallet/v1/wallet_pb.js";
 import { freshDatabase, rejection } from "../runtime/testing.js";
 import { downstreamKeyFor, fingerprintOf } from "./idempotency.js";
-import { edgeClient, idempotencyRows, newTenant, startEdgeAlone, startStub } from "./test-support.js";
+import { edgeClient, idempotencyRows, newTenant, refusingFirstWrite, startEdgeAlone, startStub } from "./test-support.js";
 
 /** What the stand-in Wallet saw: one entry per execution, and the effects applied per downstream key. */
 const executions: { tenantId: string; walletId: string; key: string; amountMinor: bigint }[] = [];
@@ -213,20 +213,8 @@ describe("Idempotency-Key", () => {
 
   it("answers UNAVAILABLE, not the outcome, when the outcome cannot be recorded; the retry replays what was recorded, with one effect", async () => {
     const key = newKey("unrecorded");
-    // PostgreSQL refuses the first record of this key's outcome, as when it restarts just then
-    // (a sequence counts the refusals, since a refused statement keeps nothing).
-    const refusals = `idempotency_refusals_${process.pid}`;
-    await sql.unsafe(`create sequence edge.${refusals}`);
-    await sql.unsafe(`
-      create function edge.${refusals}() returns trigger language plpgsql as $$
-      begin
-        if new.key = '${key}' and new.state = 2 and nextval('edge.${refusals}') = 1 then
-          raise exception 'the database is restarting (test)';
-        end if;
-        return new;
-      end $$`);
-    await sql.unsafe(`create trigger ${refusals} before update on edge.idempotency_keys for each row execute function edge.${refusals}()`);
-    try {
+    // PostgreSQL refuses the first record of this key's outcome, as when it restarts just then.
+    const { refusedFirst } = await refusingFirstWrite(sql, "update", "idempotency_keys", `new.key = '${key}' and new.state = 2`, async () => {
       const first = await rejection(fund("wal_unrecorded", 50n, key));
       assert.equal(first.code, Code.Unavailable);
       assert.match(first.rawMessage, /could not be recorded; retry with the same Idempotency-Key/);
@@ -236,13 +224,10 @@ describe("Idempotency-Key", () => {
       const replay = await fund("wal_unrecorded", 50n, key);
       assert.equal(replay.replayedHeader, "true");
       assert.equal(replay.response.transferId, retry.response.transferId);
-      assert.equal(effects.get(`${tenant.tenantId}/${executionsOf("wal_unrecorded")[0]?.key}`), 50n, "one effect");
-      assert.equal(new Set(executionsOf("wal_unrecorded").map((execution) => execution.key)).size, 1, "every execution named the same effect");
-    } finally {
-      await sql.unsafe(`drop trigger ${refusals} on edge.idempotency_keys`);
-      await sql.unsafe(`drop function edge.${refusals}()`);
-      await sql.unsafe(`drop sequence edge.${refusals}`);
-    }
+    });
+    assert.ok(refusedFirst);
+    assert.equal(effects.get(`${tenant.tenantId}/${executionsOf("wal_unrecorded")[0]?.key}`), 50n, "one effect");
+    assert.equal(new Set(executionsOf("wal_unrecorded").map((execution) => execution.key)).size, 1, "every execution named the same effect");
   });
 
   it("takes over a request whose executor died once its lease expired", async () => {

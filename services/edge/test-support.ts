@@ -92,6 +92,41 @@ export async function snapshotRows(sql: postgres.Sql, schemas: string[]): Promis
 }
 
 /** Rows of edge.idempotency_keys, read directly. */
+/**
+ * Runs `body` while PostgreSQL refuses the first `write` to `edge.<table>` whose new row matches
+ * `condition` (SQL over `new`), as when the database restarts just then. A sequence counts the
+ * matching writes, since a refused transaction keeps nothing; `refusedFirst` says whether the
+ * refusal happened.
+ */
+export async function refusingFirstWrite<T>(
+  sql: postgres.Sql,
+  write: "insert" | "update",
+  table: string,
+  condition: string,
+  body: () => Promise<T>,
+): Promise<{ result: T; refusedFirst: boolean }> {
+  const name = `edge.refuse_${table}_${process.pid}`;
+  await sql.unsafe(`create sequence ${name}`);
+  await sql.unsafe(`
+    create function ${name}() returns trigger language plpgsql as $$
+    begin
+      if (${condition}) and nextval('${name}') = 1 then
+        raise exception 'the database is restarting (test)';
+      end if;
+      return new;
+    end $$`);
+  await sql.unsafe(`create trigger refuse_${table}_${process.pid} before ${write} on edge.${table} for each row execute function ${name}()`);
+  try {
+    const result = await body();
+    const [counted] = await sql.unsafe(`select last_value, is_called from ${name}`);
+    return { result, refusedFirst: Boolean(counted?.is_called) };
+  } finally {
+    await sql.unsafe(`drop trigger refuse_${table}_${process.pid} on edge.${table}`);
+    await sql.unsafe(`drop function ${name}()`);
+    await sql.unsafe(`drop sequence ${name}`);
+  }
+}
+
 export async function idempotencyRows(databaseUrl: string): Promise<{ tenant_id: string; key: string; state: number; attempts: number; method: string }[]> {
   const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} });
   try {

@@ -21,7 +21,7 @@ import { PaymentStatus } from "../../../gen/cowrie/router/v1/router_pb.js";
 import { createPostgresDatabase, type Database, type Tx } from "../../runtime/db.js";
 import { capturingLogger, freePorts, freshDatabase, rejection } from "../../runtime/testing.js";
 import { webhookEndpoints } from "../schema.js";
-import { edgeClient, newTenant, snapshotRows, startEdgeAlone, startWebhookReceiver, type WebhookReceiver, type WebhookRequest } from "../test-support.js";
+import { edgeClient, newTenant, refusingFirstWrite, snapshotRows, startEdgeAlone, startWebhookReceiver, type WebhookReceiver, type WebhookRequest } from "../test-support.js";
 import { WebhookDispatcher } from "./dispatcher.js";
 import { verifyWebhook } from "./signature.js";
 import { enqueueWebhookDeliveries, envelopeJson } from "./store.js";
@@ -192,35 +192,24 @@ describe("delivery", () => {
     const endpoint = await receiver(() => 200);
     await webhooks.createWebhookEndpoint({ url: endpoint.url, eventTypes: ["*"] }, keyed());
     // The database refuses the first record of this tenant's attempt, as when it restarts
-    // between the POST and its record (a sequence, since a refused transaction keeps nothing).
-    const refusals = `webhook_refusals_${process.pid}`;
-    await sql.unsafe(`create sequence edge.${refusals}`);
-    await sql.unsafe(`
-      create function edge.${refusals}() returns trigger language plpgsql as $$
-      begin
-        if exists (select 1 from edge.webhook_deliveries d where d.id = new.delivery_id and d.tenant_id = '${tenantId}')
-           and nextval('edge.${refusals}') = 1 then
-          raise exception 'the database is restarting (test)';
-        end if;
-        return new;
-      end $$`);
-    await sql.unsafe(`create trigger ${refusals} before insert on edge.webhook_attempts for each row execute function edge.${refusals}()`);
-    try {
-      const event = paymentEvent(tenantId);
-      const started = Date.now();
-      await enqueue(event);
-      // Left to the lease, it would be sent again after the timeout plus 30 s.
-      const delivery = await deliveryOf(webhooks, event.id, WebhookDeliveryStatus.DELIVERED);
-      assert.ok(Date.now() - started < TIMEOUT_MS + 10_000);
-      assert.equal(endpoint.requests.length, 1, "one request");
-      assert.deepEqual(delivery.attempts.map((attempt) => attempt.httpStatus), [200], "one attempt logged");
-      const [refused] = await sql.unsafe(`select last_value from edge.${refusals}`);
-      assert.ok(Number(refused?.last_value) >= 2, "the first record was refused");
-    } finally {
-      await sql.unsafe(`drop trigger ${refusals} on edge.webhook_attempts`);
-      await sql.unsafe(`drop function edge.${refusals}()`);
-      await sql.unsafe(`drop sequence edge.${refusals}`);
-    }
+    // between the POST and its record.
+    const event = paymentEvent(tenantId);
+    const started = Date.now();
+    const { result: delivery, refusedFirst } = await refusingFirstWrite(
+      sql,
+      "insert",
+      "webhook_attempts",
+      `exists (select 1 from edge.webhook_deliveries d where d.id = new.delivery_id and d.tenant_id = '${tenantId}')`,
+      async () => {
+        await enqueue(event);
+        // Left to the lease, it would be sent again after the timeout plus 30 s.
+        return deliveryOf(webhooks, event.id, WebhookDeliveryStatus.DELIVERED);
+      },
+    );
+    assert.ok(refusedFirst, "the first record was refused");
+    assert.ok(Date.now() - started < TIMEOUT_MS + 10_000);
+    assert.equal(endpoint.requests.length, 1, "one request");
+    assert.deepEqual(delivery.attempts.map((attempt) => attempt.httpStatus), [200], "one attempt logged");
   });
 
   it("the retry window passing marks the delivery failed; nothing is sent after that", async () => {
