@@ -162,7 +162,7 @@ export const VARIABLES = {
   completerIntervalMs: variable("COWRIE_COMPLETER_INTERVAL_MS", "5000", integer(50, 600_000),
     "How often the completers and reapers look for unfinished and expired work."),
   webhookTimeoutMs: variable("COWRIE_WEBHOOK_TIMEOUT_MS", "10000", integer(100, 60_000),
-    "Longest one merchant webhook POST may take (until the answer's headers); longer is a failed attempt."),
+    "Longest one merchant webhook POST may take (until the answer's headers); longer is a failed attempt. A claimed delivery's lease is four times it (at least it plus 5 s)."),
   webhookRetryBaseMs: variable("COWRIE_WEBHOOK_RETRY_BASE_MS", "30000", integer(1, 3_600_000),
     "Delay before a failed webhook's first retry; each further retry doubles it (with jitter), up to COWRIE_WEBHOOK_RETRY_MAX_DELAY_MS."),
   webhookRetryMaxDelayMs: variable("COWRIE_WEBHOOK_RETRY_MAX_DELAY_MS", "3600000", integer(1, 86_400_000),

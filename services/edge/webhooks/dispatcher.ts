@@ -48,8 +48,11 @@ export interface DispatcherOptions {
   intervalMs: number;
 }
 
-/** A claim's lease beyond the timeout, so a slow but live attempt is not taken over. */
-const LEASE_MARGIN_MS = 30_000;
+/**
+ * A claim's lease: the timeout and a margin of three times it (at least 5 s), so a slow but live
+ * attempt is not taken over; 40 s with the default 10 s timeout.
+ */
+const leaseMs = (timeoutMs: number): number => timeoutMs + Math.max(5_000, 3 * timeoutMs);
 /** What failed in an attempt is done again after these delays (doubling), until this much of the lease is left. */
 const RETRY_IN_LEASE_BASE_MS = 250;
 const RETRY_IN_LEASE_MAX_DELAY_MS = 4_000;
@@ -197,7 +200,7 @@ export class WebhookDispatcher {
       .update(webhookDeliveries)
       .set({
         attempts: sql`${webhookDeliveries.attempts} + 1`,
-        nextAttemptAt: sql`now() + ${timeoutMs + LEASE_MARGIN_MS}::float8 * interval '1 millisecond'`,
+        nextAttemptAt: sql`now() + ${leaseMs(timeoutMs)}::float8 * interval '1 millisecond'`,
         updatedAt: sql`now()`,
       })
       .where(inArray(webhookDeliveries.id, due))
@@ -213,7 +216,7 @@ export class WebhookDispatcher {
 
   /** Sends one claimed delivery and records the outcome; failures are logged, never thrown. */
   private async attempt(delivery: Claimed): Promise<void> {
-    const leaseEndsAt = performance.now() + this.options.timeoutMs + LEASE_MARGIN_MS;
+    const leaseEndsAt = performance.now() + leaseMs(this.options.timeoutMs);
     const endpoint = await this.whileLeased(delivery, leaseEndsAt, "webhook endpoint not read", () => this.target(delivery.endpointId));
     if (endpoint === undefined) return;
     if (!endpoint.usable) {
