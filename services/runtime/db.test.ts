@@ -100,11 +100,9 @@ describe("connections that close in use (patches/postgres+3.4.9.patch)", () => {
   // waiting for its connection hung for ever, and so did the service's pass that started it (the
   // chaos run's relays and completers after `postgres:restart`).
   let cut: Database;
-  let cutUrl: string;
 
   before(async () => {
-    cutUrl = new URL(fresh.url).toString();
-    cut = createPostgresDatabase(cutUrl, { poolMax: 1, applicationName: "db-test-closing" });
+    cut = createPostgresDatabase(fresh.url, { poolMax: 1, applicationName: "db-test-closing" });
     await database.db.execute(sql`create table if not exists closing_probe (id text primary key)`);
   });
 
