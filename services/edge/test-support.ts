@@ -91,7 +91,6 @@ export async function snapshotRows(sql: postgres.Sql, schemas: string[]): Promis
   return out;
 }
 
-/** Rows of edge.idempotency_keys, read directly. */
 /**
  * Runs `body` while PostgreSQL refuses the first `write` to `edge.<table>` whose new row matches
  * `condition` (SQL over `new`), as when the database restarts just then. A sequence counts the
@@ -118,7 +117,7 @@ export async function refusingFirstWrite<T>(
   await sql.unsafe(`create trigger refuse_${table}_${process.pid} before ${write} on edge.${table} for each row execute function ${name}()`);
   try {
     const result = await body();
-    const [counted] = await sql.unsafe(`select last_value, is_called from ${name}`);
+    const [counted] = await sql.unsafe(`select is_called from ${name}`);
     return { result, refusedFirst: Boolean(counted?.is_called) };
   } finally {
     await sql.unsafe(`drop trigger refuse_${table}_${process.pid} on edge.${table}`);
@@ -127,6 +126,7 @@ export async function refusingFirstWrite<T>(
   }
 }
 
+/** Rows of edge.idempotency_keys, read directly. */
 export async function idempotencyRows(databaseUrl: string): Promise<{ tenant_id: string; key: string; state: number; attempts: number; method: string }[]> {
   const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} });
   try {

@@ -306,19 +306,16 @@ export function createServiceClient<T extends DescService>(service: T, options: 
           waited(startedAt);
           throw error.name === "TimeoutError" ? waitedTooLong(options.target, inFlight.limit, timeoutMs) : ConnectError.from(error);
         });
-        const waitedMs = performance.now() - startedAt;
-        if (waitedMs >= 1) waited(startedAt);
-        const leftMs = waitedMs < 1 ? timeoutMs : Math.floor(timeoutMs - waitedMs);
-        if (leftMs <= 0) {
-          release();
-          throw waitedTooLong(options.target, inFlight.limit, timeoutMs);
-        }
-        // A call that waited here (for a database connection, for a slot) until less than half
-        // of its time was left says little about the target when it expires: under overload
-        // such expiries would open the breaker and fail every call waiting behind them at once.
-        const sentInTime = leftMs * 2 >= fullMs;
         let sent = false;
         try {
+          const waitedMs = performance.now() - startedAt;
+          if (waitedMs >= 1) waited(startedAt);
+          const leftMs = waitedMs < 1 ? timeoutMs : Math.floor(timeoutMs - waitedMs);
+          if (leftMs <= 0) throw waitedTooLong(options.target, inFlight.limit, timeoutMs);
+          // A call that waited here (for a database connection, for a slot) until less than half
+          // of its time was left says little about the target when it expires: under overload
+          // such expiries would open the breaker and fail every call waiting behind them at once.
+          const sentInTime = leftMs * 2 >= fullMs;
           return await breaker.execute(() => {
             // A caller that left while it waited for a slot sends nothing.
             if (signal.aborted) return Promise.reject(ConnectError.from(signal.reason, Code.Canceled));
